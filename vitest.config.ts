@@ -6,5 +6,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: "forks",
+    // The JSON report is what .ci/run counts from.
+    reporters: ["default", ["json", { outputFile: "build/test-report.json" }]],
   },
 });

@@ -528,6 +528,8 @@ export const KvEventSchema: GenMessage<KvEvent> = /*@__PURE__*/
 export type KvEventBatch = Message<"switchyard.worker.v1.KvEventBatch"> & {
   /**
    * Increases by one per batch on a worker, from 1; a gap tells a subscriber it missed events.
+   * The snapshot that opens a KvEvents stream carries the sequence of the last batch it covers
+   * (0 before any), so the next live batch is exactly one more.
    *
    * @generated from field: uint64 sequence = 1;
    */

@@ -1,0 +1,10 @@
+/** Flags shared by `switchyard frontend` and `switchyard serve` for the HTTP side and routing. */
+import { z } from "zod";
+
+export const ROUTER_OPTIONS = {
+  "router-mode": { type: "string" },
+} as const;
+
+export const RouterFlagsSchema = z.object({
+  "router-mode": z.enum(["round-robin", "random", "kv"]).default("round-robin"),
+});

@@ -1,0 +1,52 @@
+/** The `switchyard` command: dispatches to one file per subcommand. */
+import { describeError } from "../runtime/logger.ts";
+import { UsageError } from "./args.ts";
+import { FRONTEND_USAGE, frontendCommand } from "./frontend.ts";
+import { SERVE_USAGE, serveCommand } from "./serve.ts";
+import { WORKER_USAGE, workerCommand } from "./worker.ts";
+
+const ENGINE_USAGE = `engine options (vLLM's names):
+  --engine mocker|native        default mocker
+  --model DIR                   Hugging Face model folder (default: tiny random Qwen3, generated once)
+  --served-model-name NAME      name clients use (default: --model as given)
+  --block-size N                tokens per KV block (default 16)
+  --max-num-seqs N              running requests at most (default 256)
+  --max-num-batched-tokens N    tokens per engine step (default 8192)
+  --max-model-len N             context length (default: from config.json)
+  --[no-]enable-prefix-caching  default on
+  --num-gpu-blocks N            mocker: simulated KV blocks (default 16384)
+  --speedup-ratio X             mocker: run X times faster than simulated real time; 0 = no cost
+  --kv-cache-memory BYTES       native on CPU: KV cache budget (default 1 GiB)`;
+
+const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: string }> = {
+  serve: { run: serveCommand, usage: SERVE_USAGE },
+  worker: { run: workerCommand, usage: WORKER_USAGE },
+  frontend: { run: frontendCommand, usage: FRONTEND_USAGE },
+};
+
+function usage(): string {
+  return `usage: switchyard <command> [options]\n\n${Object.values(COMMANDS).map((c) => c.usage).join("\n\n")}\n\n${ENGINE_USAGE}\n`;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    process.stdout.write(usage());
+    return;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`switchyard: unknown command '${name}'\n\n${usage()}`);
+    process.exit(2);
+  }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    process.stdout.write(`${command.usage}\n\n${ENGINE_USAGE}\n`);
+    return;
+  }
+  try {
+    await command.run(rest);
+  } catch (err) {
+    process.stderr.write(`switchyard ${name}: ${describeError(err)}\n`);
+    process.exit(err instanceof UsageError ? 2 : 1);
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * `switchyard serve`: frontend, router and --num-workers workers in one process, talking
+ * Connect over loopback exactly as separate processes would, with no NATS.
+ */
+import { z } from "zod";
+import { createEngine } from "../engine/create_engine.ts";
+import { startFrontend } from "../frontend/server.ts";
+import { createSelector } from "../router/create_selector.ts";
+import { connectWorker } from "../router/worker_handle.ts";
+import { WorkerRouter } from "../router/worker_router.ts";
+import { createLogger } from "../runtime/logger.ts";
+import { exitOnSignals } from "../runtime/shutdown.ts";
+import { startWorker, type RunningWorker } from "../worker/worker_server.ts";
+import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand } from "./args.ts";
+import { ROUTER_OPTIONS, RouterFlagsSchema } from "./frontend_options.ts";
+import { resolveModel } from "./model_source.ts";
+import { engineConfig } from "./worker.ts";
+
+export const SERVE_USAGE = `switchyard serve [options]
+  --host H             HTTP address (default 127.0.0.1)
+  --port N             HTTP port (default 8000; 0 picks a free one)
+  --num-workers N      workers in this process (default 1)
+  --router-mode M      round-robin | random (default round-robin)
+  engine options       see 'switchyard --help'`;
+
+const ServeFlagsSchema = EngineFlagsSchema.extend(RouterFlagsSchema.shape).extend({
+  host: z.string().default("127.0.0.1"),
+  port: intFlag(0, 65535).default(8000),
+  "num-workers": intFlag(1, 64).default(1),
+});
+
+export interface ServeHandle {
+  url: string;
+  workers: RunningWorker[];
+  stop(gracePeriodMs?: number): Promise<void>;
+}
+
+/** Starts everything; used by the CLI and by tests that want a whole server in-process. */
+export async function serve(argv: string[]): Promise<ServeHandle> {
+  const flags = parseCommand(argv, { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, ...ROUTER_OPTIONS, "num-workers": { type: "string" } }, ServeFlagsSchema);
+  const log = createLogger("serve");
+  const model = resolveModel(flags.model, flags["served-model-name"], log);
+  const config = engineConfig(flags, model);
+  const workers: RunningWorker[] = [];
+  const router = new WorkerRouter(
+    new Map([[model.servedName, { name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] }]]),
+    createSelector(flags["router-mode"]),
+  );
+  try {
+    for (let i = 0; i < flags["num-workers"]; i++) {
+      const engine = await createEngine(config);
+      const worker = await startWorker({ engine, engineName: flags.engine, model: model.servedName, workerId: `worker-${i}` });
+      workers.push(worker);
+      router.addWorker(await connectWorker(worker.url));
+    }
+  } catch (err) {
+    await Promise.all(workers.map((w) => w.close()));
+    throw err;
+  }
+  const frontend = await startFrontend({ host: flags.host, port: flags.port, router });
+  log.info(`${workers.length} ${flags.engine} worker(s): ${workers.map((w) => w.url).join(", ")}`);
+  log.info(`OpenAI API at ${frontend.url}/v1 serving '${model.servedName}'`);
+  return {
+    url: frontend.url,
+    workers,
+    async stop(gracePeriodMs = 0) {
+      await frontend.close(gracePeriodMs);
+      await router.close();
+      await Promise.all(workers.map((w) => w.close(gracePeriodMs)));
+    },
+  };
+}
+
+export async function serveCommand(argv: string[]): Promise<void> {
+  const handle = await serve(argv);
+  console.log(`${handle.url}/v1`);
+  exitOnSignals((grace) => handle.stop(grace), createLogger("serve"));
+}

@@ -1,0 +1,53 @@
+/**
+ * Builds the engine a worker runs from its configuration: the mocker (simulated, TypeScript)
+ * or the native engine (C++ addon).
+ */
+import { readModelFolder } from "../model/model_folder.ts";
+import type { Engine } from "./engine.ts";
+import { MockerEngine } from "./mocker/mocker_engine.ts";
+
+export type EngineKind = "mocker" | "native";
+
+export interface EngineConfig {
+  engine: EngineKind;
+  model: string;
+  blockSize: number;
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  maxModelLen?: number;
+  enablePrefixCaching: boolean;
+  /** Mocker: KV blocks in its simulated pool. */
+  numGpuBlocks: number;
+  /** Mocker: divides every simulated duration; 0 costs nothing at all. */
+  speedupRatio: number;
+  /** Native on CPU: bytes for the KV cache. */
+  kvCacheMemoryBytes: number;
+}
+
+export async function createEngine(config: EngineConfig): Promise<Engine> {
+  const folder = readModelFolder(config.model);
+  const maxModelLen = config.maxModelLen ?? folder.maxPositionEmbeddings;
+  switch (config.engine) {
+    case "mocker":
+      return new MockerEngine({
+        blockSize: config.blockSize,
+        numGpuBlocks: config.numGpuBlocks,
+        maxNumSeqs: config.maxNumSeqs,
+        maxNumBatchedTokens: config.maxNumBatchedTokens,
+        maxModelLen,
+        enablePrefixCaching: config.enablePrefixCaching,
+        speedupRatio: config.speedupRatio,
+        vocabSize: regularVocabSize(folder.vocabSize),
+      });
+    case "native":
+      throw new Error("the native engine is not built yet: use --engine mocker");
+  }
+}
+
+/**
+ * Ids the mocker may emit: Qwen-family configs pad vocab_size past the tokenizer's regular
+ * tokens (151643 of 151936) with special and unused ids, which would detokenize to nothing.
+ */
+function regularVocabSize(configVocab: number): number {
+  return configVocab === 151936 ? 151643 : configVocab;
+}

@@ -1,0 +1,177 @@
+/**
+ * WorkerService: the wire contract over one Engine. Handlers parse and validate, call the
+ * engine, and map its errors to Connect codes; the engine owns all scheduling and caching.
+ */
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import {
+  CancelResponseSchema,
+  FinishReason as WireFinishReason,
+  GenerateResponseSchema,
+  GetInfoResponseSchema,
+  HealthResponseSchema,
+  ServingStatus,
+  WorkerService,
+  type GenerateRequest,
+  type GenerateResponse,
+} from "../../gen/switchyard/worker/v1/worker_pb.ts";
+import { EngineError, type Engine, type EngineOutput, type FinishReason } from "../engine/engine.ts";
+import { resolveSampling } from "../engine/sampling.ts";
+import { runCanary, type CanaryResult, type HealthCheckPayload } from "./health_check.ts";
+import type { KvEventPublisher } from "./kv_event_publisher.ts";
+
+export type DisaggregationMode = "agg" | "prefill" | "decode";
+
+export interface WorkerIdentity {
+  workerId: string;
+  /** The served model name. */
+  model: string;
+  engineName: string;
+  disaggregationMode: DisaggregationMode;
+}
+
+export interface WorkerServiceOptions extends WorkerIdentity {
+  engine: Engine;
+  kvEvents: KvEventPublisher;
+  healthPayload: HealthCheckPayload;
+  canaryTimeoutMs?: number;
+}
+
+/** The worker's mutable serving state, shared by the handlers and lifecycle code. */
+export class WorkerState {
+  /** Set on shutdown: new requests are refused, in-flight ones finish. */
+  draining = false;
+  inFlight = 0;
+  lastCanary?: CanaryResult & { atMs: number };
+}
+
+const FINISH_REASONS: Record<FinishReason, WireFinishReason> = {
+  stop: WireFinishReason.STOP,
+  length: WireFinishReason.LENGTH,
+  cancelled: WireFinishReason.CANCELLED,
+  error: WireFinishReason.ERROR,
+};
+
+export function engineErrorToConnect(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (err instanceof EngineError) {
+    const code = {
+      invalid_argument: Code.InvalidArgument,
+      resource_exhausted: Code.ResourceExhausted,
+      unavailable: Code.Unavailable,
+      internal: Code.Internal,
+    }[err.code];
+    return new ConnectError(err.message, code, undefined, undefined, err);
+  }
+  return ConnectError.from(err, Code.Internal);
+}
+
+export function createWorkerService(options: WorkerServiceOptions, state: WorkerState): ServiceImpl<typeof WorkerService> {
+  const { engine } = options;
+  const canaryTimeoutMs = options.canaryTimeoutMs ?? 5000;
+
+  async function health(): Promise<CanaryResult> {
+    if (state.draining) return { healthy: false, latencyMs: 0, message: "draining: shutting down" };
+    const result = await runCanary(engine, options.healthPayload, canaryTimeoutMs);
+    state.lastCanary = { ...result, atMs: Date.now() };
+    return result;
+  }
+
+  return {
+    async *generate(request, context) {
+      if (state.draining) throw new ConnectError("worker is shutting down", Code.Unavailable);
+      const engineRequest = toEngineRequest(request, options);
+      state.inFlight++;
+      try {
+        for await (const output of engine.generate(engineRequest, context.signal)) {
+          yield toWireResponse(output);
+        }
+      } catch (err) {
+        throw engineErrorToConnect(err);
+      } finally {
+        state.inFlight--;
+      }
+    },
+
+    cancel(request) {
+      return create(CancelResponseSchema, { cancelled: engine.abort(request.requestId) });
+    },
+
+    async health() {
+      const result = await health();
+      return create(HealthResponseSchema, {
+        status: result.healthy ? ServingStatus.SERVING : ServingStatus.NOT_SERVING,
+        message: result.message,
+        canaryLatencyMs: Math.round(result.latencyMs),
+      });
+    },
+
+    kvEvents(_request, context) {
+      return options.kvEvents.subscribe(context.signal);
+    },
+
+    getInfo() {
+      const stats = engine.stats();
+      return create(GetInfoResponseSchema, {
+        workerId: options.workerId,
+        model: options.model,
+        blockSize: engine.blockSize,
+        maxModelLen: engine.maxModelLen,
+        disaggregationMode: options.disaggregationMode,
+        engine: options.engineName,
+        load: {
+          runningRequests: stats.runningRequests,
+          waitingRequests: stats.waitingRequests,
+          kvBlocksUsed: stats.kvBlocksUsed,
+          kvBlocksTotal: stats.kvBlocksTotal,
+        },
+      });
+    },
+  };
+}
+
+function toEngineRequest(request: GenerateRequest, options: WorkerServiceOptions) {
+  const { engine } = options;
+  if (request.model !== "" && request.model !== options.model) {
+    throw new ConnectError(`this worker serves '${options.model}', not '${request.model}'`, Code.NotFound);
+  }
+  if (request.tokenIds.length === 0) throw new ConnectError("token_ids must not be empty", Code.InvalidArgument);
+  if (request.tokenIds.length >= engine.maxModelLen) {
+    throw new ConnectError(
+      `the prompt has ${request.tokenIds.length} tokens; this model's context length is ${engine.maxModelLen}, which leaves no room to generate`,
+      Code.InvalidArgument,
+    );
+  }
+  const disagg = request.disaggregation;
+  if (disagg && (disagg.doRemoteDecode || disagg.doRemotePrefill)) {
+    throw new ConnectError("disaggregated prefill/decode is not implemented yet by this worker", Code.Unimplemented);
+  }
+  try {
+    return {
+      requestId: request.requestId || randomUUID(),
+      promptTokenIds: request.tokenIds,
+      sampling: resolveSampling(request.sampling, engine.maxModelLen - request.tokenIds.length),
+    };
+  } catch (err) {
+    throw engineErrorToConnect(err);
+  }
+}
+
+function toWireResponse(output: EngineOutput): GenerateResponse {
+  return create(GenerateResponseSchema, {
+    tokenIds: output.tokenIds,
+    logprobs: output.logprobs?.map((lp) => ({
+      tokenId: lp.tokenId,
+      logprob: lp.logprob,
+      topLogprobs: lp.top.map((t) => ({ tokenId: t.tokenId, logprob: t.logprob })),
+    })),
+    finishReason: output.finishReason ? FINISH_REASONS[output.finishReason] : WireFinishReason.UNSPECIFIED,
+    errorMessage: output.errorMessage ?? "",
+    usage: {
+      promptTokens: output.usage.promptTokens,
+      completionTokens: output.usage.completionTokens,
+      cachedTokens: output.usage.cachedTokens,
+    },
+  });
+}
