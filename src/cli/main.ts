@@ -1,6 +1,7 @@
 /** The `switchyard` command: dispatches to one file per subcommand. */
 import { describeError } from "../runtime/logger.ts";
 import { UsageError } from "./args.ts";
+import { BENCH_USAGE, benchCommand } from "./bench.ts";
 import { FRONTEND_USAGE, frontendCommand } from "./frontend.ts";
 import { SERVE_USAGE, serveCommand } from "./serve.ts";
 import { WORKER_USAGE, workerCommand } from "./worker.ts";
@@ -22,6 +23,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: 
   serve: { run: serveCommand, usage: SERVE_USAGE },
   worker: { run: workerCommand, usage: WORKER_USAGE },
   frontend: { run: frontendCommand, usage: FRONTEND_USAGE },
+  bench: { run: benchCommand, usage: BENCH_USAGE },
 };
 
 function usage(): string {
