@@ -1,20 +1,29 @@
-/** `switchyard frontend`: the OpenAI HTTP gateway with the router inside, over --worker URLs. */
+/**
+ * `switchyard frontend`: the OpenAI HTTP gateway with the router inside. Workers come from
+ * --worker URLs, or from NATS discovery with --nats (which also brings the model cards).
+ */
 import { z } from "zod";
 import { startFrontend } from "../frontend/server.ts";
 import { createSelector } from "../router/create_selector.ts";
+import { NatsWorkers } from "../router/nats_workers.ts";
+import type { ModelCard } from "../router/router.ts";
 import { StaticWorkers } from "../router/static_workers.ts";
 import { WorkerRouter } from "../router/worker_router.ts";
+import { connectNats } from "../runtime/discovery/nats_client.ts";
+import { DEFAULT_REGISTRATION_TIMING } from "../runtime/discovery/instance_registration.ts";
 import { createLogger } from "../runtime/logger.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError } from "./args.ts";
 import { ROUTER_OPTIONS, RouterFlagsSchema } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
 
-export const FRONTEND_USAGE = `switchyard frontend --worker URL [--worker URL ...] [options]
+export const FRONTEND_USAGE = `switchyard frontend (--worker URL ... | --nats URL) [options]
   --host H              HTTP address (default 127.0.0.1)
   --port N              HTTP port (default 8000; 0 picks a free one)
   --worker URL          a worker's Connect URL, e.g. http://127.0.0.1:9000 (repeatable)
-  --model DIR           model folder for the tokenizer and chat template (default: the tiny model)
+  --nats URL            discover workers and models over NATS (default: $SWITCHYARD_NATS_URL)
+  --model DIR           model folder for the tokenizer and chat template (default with --worker:
+                        the tiny model; with --nats: what workers announce)
   --served-model-name N the name workers serve the model under (default: --model as given)
   --max-model-len N     context length (default: config.json's max_position_embeddings)
   --router-mode M       round-robin | random (default round-robin)`;
@@ -23,6 +32,7 @@ const FrontendFlagsSchema = RouterFlagsSchema.extend({
   host: z.string().default("127.0.0.1"),
   port: intFlag(0, 65535).default(8000),
   worker: z.array(z.string().url()).default([]),
+  nats: z.string().min(1).optional(),
   model: z.string().optional(),
   "served-model-name": z.string().min(1).optional(),
   "max-model-len": intFlag(2).optional(),
@@ -36,6 +46,7 @@ export async function frontendCommand(argv: string[]): Promise<void> {
       ...HOST_PORT_OPTIONS,
       ...ROUTER_OPTIONS,
       worker: { type: "string", multiple: true },
+      nats: { type: "string" },
       model: { type: "string" },
       "served-model-name": { type: "string" },
       "max-model-len": { type: "string" },
@@ -43,20 +54,26 @@ export async function frontendCommand(argv: string[]): Promise<void> {
     },
     FrontendFlagsSchema,
   );
-  if (flags.worker.length === 0) throw new UsageError("give at least one --worker URL (NATS discovery is not available yet)");
+  const natsUrl = flags.nats ?? process.env.SWITCHYARD_NATS_URL;
+  if (flags.worker.length === 0 && !natsUrl) throw new UsageError("give --worker URL (repeatable) or --nats URL");
   const log = createLogger("frontend");
-  const model = resolveModel(flags.model, flags["served-model-name"], log);
-  const router = new WorkerRouter(
-    new Map([[model.servedName, { name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] }]]),
-    createSelector(flags["router-mode"]),
-  );
-  const discovery = new StaticWorkers(flags.worker, router, log);
+  const cards: ModelCard[] = [];
+  if (flags.model || !natsUrl) {
+    const model = resolveModel(flags.model, flags["served-model-name"], log);
+    cards.push({ name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] });
+  }
+  const router = new WorkerRouter(cards, createSelector(flags["router-mode"]));
+  const discoveries: { close(): Promise<void> }[] = [];
+  if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, router, log));
+  const nc = natsUrl ? await connectNats(natsUrl, "switchyard-frontend", log) : undefined;
+  if (nc) discoveries.push(new NatsWorkers(nc, router, log, DEFAULT_REGISTRATION_TIMING.ttlMs));
   const frontend = await startFrontend({ host: flags.host, port: flags.port, router });
-  log.info(`OpenAI API at ${frontend.url}/v1 serving '${model.servedName}' over ${flags.worker.length} worker URL(s)`);
+  log.info(`OpenAI API at ${frontend.url}/v1${natsUrl ? `, discovering workers over NATS at ${natsUrl}` : ""}`);
   console.log(`${frontend.url}/v1`);
   exitOnSignals(async (grace) => {
     await frontend.close(grace);
-    await discovery.close();
+    await Promise.all(discoveries.map((d) => d.close()));
     await router.close();
+    await nc?.close();
   }, log);
 }

@@ -43,7 +43,7 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
   const config = engineConfig(flags, model);
   const workers: RunningWorker[] = [];
   const router = new WorkerRouter(
-    new Map([[model.servedName, { name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] }]]),
+    [{ name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] }],
     createSelector(flags["router-mode"]),
   );
   try {

@@ -1,8 +1,16 @@
 /** `switchyard worker`: one engine behind a WorkerService on its own Connect port. */
+import { resolve } from "node:path";
+import { Registry } from "prom-client";
 import { z } from "zod";
 import { createEngine, type EngineConfig } from "../engine/create_engine.ts";
+import { InstanceRegistration } from "../runtime/discovery/instance_registration.ts";
+import { connectNats } from "../runtime/discovery/nats_client.ts";
 import { createLogger } from "../runtime/logger.ts";
+import { startMetricsServer } from "../runtime/metrics_server.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
+import { EngineMonitor } from "../worker/engine_monitor.ts";
+import { healthCheckPayload } from "../worker/health_check.ts";
+import { registerWorkerMetrics } from "../worker/worker_metrics.ts";
 import { startWorker } from "../worker/worker_server.ts";
 import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError, type EngineFlags } from "./args.ts";
 import { resolveModel, type ModelSource } from "./model_source.ts";
@@ -13,6 +21,8 @@ export const WORKER_USAGE = `switchyard worker [options]
   --worker-id ID            stable id (default: random)
   --disaggregation-mode M   agg (only agg is implemented so far)
   --tls-cert FILE --tls-key FILE   serve TLS instead of plaintext h2c
+  --nats URL                register in NATS discovery (default: $SWITCHYARD_NATS_URL)
+  --metrics-port N          serve Prometheus metrics at http://HOST:N/metrics
   engine options            see 'switchyard --help'`;
 
 const WorkerFlagsSchema = EngineFlagsSchema.extend({
@@ -22,6 +32,8 @@ const WorkerFlagsSchema = EngineFlagsSchema.extend({
   "disaggregation-mode": z.enum(["agg", "prefill", "decode"]).default("agg"),
   "tls-cert": z.string().optional(),
   "tls-key": z.string().optional(),
+  nats: z.string().min(1).optional(),
+  "metrics-port": intFlag(0, 65535).optional(),
 });
 
 export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConfig {
@@ -42,7 +54,7 @@ export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConf
 export async function workerCommand(argv: string[]): Promise<void> {
   const flags = parseCommand(
     argv,
-    { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, "worker-id": { type: "string" }, "disaggregation-mode": { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" } },
+    { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, "worker-id": { type: "string" }, "disaggregation-mode": { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" }, nats: { type: "string" }, "metrics-port": { type: "string" } },
     WorkerFlagsSchema,
   );
   if (flags["disaggregation-mode"] !== "agg") {
@@ -62,6 +74,45 @@ export async function workerCommand(argv: string[]): Promise<void> {
     tls: flags["tls-cert"] ? { certFile: flags["tls-cert"], keyFile: flags["tls-key"]! } : undefined,
   });
   log.info(`${worker.workerId} serving '${model.servedName}' with the ${flags.engine} engine at ${worker.url}`);
+
+  const natsUrl = flags.nats ?? process.env.SWITCHYARD_NATS_URL;
+  const nc = natsUrl ? await connectNats(natsUrl, `switchyard-worker-${worker.workerId}`, log) : undefined;
+  const registration = nc
+    ? new InstanceRegistration(
+        nc,
+        {
+          id: worker.workerId,
+          address: worker.url,
+          model: model.servedName,
+          mode: flags["disaggregation-mode"],
+          engine: flags.engine,
+          card: { path: resolve(model.folder.path), maxModelLen: engine.maxModelLen, blockSize: engine.blockSize },
+        },
+        log,
+      )
+    : undefined;
+  await registration?.start();
+  if (registration) log.info(`registered in NATS discovery at ${natsUrl}`);
+
+  const registry = new Registry();
+  registerWorkerMetrics(registry, engine, worker.kvEvents, { worker_id: worker.workerId, model: model.servedName });
+  const metrics = flags["metrics-port"] !== undefined ? await startMetricsServer(registry, flags.host, flags["metrics-port"]) : undefined;
+  if (metrics) log.info(`metrics at ${metrics.url}`);
+
+  const stop = async (grace: number) => {
+    monitor.stop();
+    // Deregister first, so frontends stop sending work while in-flight requests drain.
+    await registration?.stop();
+    await worker.close(grace);
+    await metrics?.close();
+    await nc?.close();
+  };
+  const monitor = new EngineMonitor(engine, healthCheckPayload(), (reason) => {
+    log.error(`engine stopped responding (${reason}): taking this worker out of service`);
+    worker.state.draining = true;
+    stop(0).finally(() => process.exit(3));
+  }, log);
+  monitor.start();
   console.log(worker.url);
-  exitOnSignals((grace) => worker.close(grace), log);
+  exitOnSignals(stop, log);
 }

@@ -10,12 +10,17 @@ import type { WorkerSelector } from "./worker_selector.ts";
 
 export class WorkerRouter implements Router {
   private readonly workers = new Map<string, WorkerHandle>();
+  /** Tokenizer and limits per served model name; a worker of an unknown model is refused. */
+  private readonly modelCards = new Map<string, ModelCard>();
 
-  constructor(
-    /** Tokenizer and limits per served model name; a worker of an unknown model is refused. */
-    private readonly modelCards: ReadonlyMap<string, ModelCard>,
-    private readonly selector: WorkerSelector,
-  ) {}
+  constructor(modelCards: Iterable<ModelCard>, private readonly selector: WorkerSelector) {
+    for (const card of modelCards) this.modelCards.set(card.name, card);
+  }
+
+  /** Learns a model from discovery; a card given at start-up (--model) takes precedence. */
+  addModelCard(card: ModelCard): void {
+    if (!this.modelCards.has(card.name)) this.modelCards.set(card.name, card);
+  }
 
   addWorker(worker: WorkerHandle): void {
     const model = worker.info.model;

@@ -1,0 +1,59 @@
+/**
+ * Keeps one worker URL in the router while it answers: connects in the background, polls
+ * GetInfo to keep load figures fresh, takes the worker out of rotation when it stops answering
+ * and puts it back when it answers again. Static --worker lists and NATS discovery both use it.
+ */
+import { create } from "@bufbuild/protobuf";
+import { GetInfoRequestSchema } from "../../gen/switchyard/worker/v1/worker_pb.ts";
+import type { Logger } from "../runtime/logger.ts";
+import { connectWorker, type WorkerHandle } from "./worker_handle.ts";
+import type { WorkerRouter } from "./worker_router.ts";
+
+export interface FollowOptions {
+  pollIntervalMs?: number;
+  timeoutMs?: number;
+}
+
+/** Runs until `signal` aborts; the worker is removed from the router on the way out. */
+export async function followWorker(url: string, router: WorkerRouter, log: Logger, signal: AbortSignal, options: FollowOptions = {}): Promise<void> {
+  const pollMs = options.pollIntervalMs ?? 2000;
+  const timeoutMs = options.timeoutMs ?? 5000;
+  let worker: WorkerHandle | undefined;
+  let warned = false;
+  while (!signal.aborted) {
+    try {
+      if (!worker) {
+        worker = await connectWorker(url, timeoutMs);
+        if (signal.aborted) break;
+        router.addWorker(worker);
+        log.info(`worker ${worker.id} at ${url} serves '${worker.info.model}'`);
+        warned = false;
+      } else {
+        worker.info = await worker.client.getInfo(create(GetInfoRequestSchema, {}), { timeoutMs, signal });
+      }
+    } catch (err) {
+      if (signal.aborted) break;
+      if (worker) {
+        log.warn(`worker ${worker.id} at ${url} stopped answering; routing around it`, err);
+        router.removeWorker(worker.id);
+        worker = undefined;
+      } else if (!warned) {
+        log.warn(`worker at ${url} is not reachable yet; retrying`, err);
+        warned = true;
+      }
+    }
+    await sleep(pollMs, signal);
+  }
+  if (worker) router.removeWorker(worker.id);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
