@@ -26,7 +26,8 @@ export const FRONTEND_USAGE = `switchyard frontend (--worker URL ... | --nats UR
                         the tiny model; with --nats: what workers announce)
   --served-model-name N the name workers serve the model under (default: --model as given)
   --max-model-len N     context length (default: config.json's max_position_embeddings)
-  --router-mode M       round-robin | random (default round-robin)`;
+  --router-mode M       round-robin | random (default round-robin)
+  --migration-limit N   move a request to another worker up to N times when its worker fails (default 0)`;
 
 const FrontendFlagsSchema = RouterFlagsSchema.extend({
   host: z.string().default("127.0.0.1"),

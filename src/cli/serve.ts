@@ -21,6 +21,7 @@ export const SERVE_USAGE = `switchyard serve [options]
   --port N             HTTP port (default 8000; 0 picks a free one)
   --num-workers N      workers in this process (default 1)
   --router-mode M      round-robin | random (default round-robin)
+  --migration-limit N  move a request to another worker up to N times when its worker fails (default 0)
   engine options       see 'switchyard --help'`;
 
 const ServeFlagsSchema = EngineFlagsSchema.extend(RouterFlagsSchema.shape).extend({
@@ -45,6 +46,7 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
   const router = new WorkerRouter(
     [{ name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] }],
     createSelector(flags["router-mode"]),
+    { migrationLimit: flags["migration-limit"], log },
   );
   try {
     for (let i = 0; i < flags["num-workers"]; i++) {

@@ -2,19 +2,51 @@
  * The Router the frontend uses: keeps the set of live workers per model, asks a WorkerSelector
  * for one per request, and relays that worker's Generate stream. Workers come from a static
  * list (--worker URLs), the in-process `serve`, or discovery; all feed addWorker/removeWorker.
+ *
+ * Migration: when a worker's stream breaks mid-request (process killed, connection lost), the
+ * request is sent again to another worker as prompt + the tokens generated so far, with the
+ * token budget reduced by as much, up to `migrationLimit` times. The caller sees one stream:
+ * usage is rewritten to count against the original prompt.
  */
-import type { GenerateRequest, GenerateResponse } from "../../gen/switchyard/worker/v1/worker_pb.ts";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  FinishReason,
+  GenerateRequestSchema,
+  GenerateResponseSchema,
+  type GenerateRequest,
+  type GenerateResponse,
+} from "../../gen/switchyard/worker/v1/worker_pb.ts";
+import type { Logger } from "../runtime/logger.ts";
 import { RouterError, type ModelCard, type Router } from "./router.ts";
 import type { WorkerHandle } from "./worker_handle.ts";
 import type { WorkerSelector } from "./worker_selector.ts";
+
+export interface WorkerRouterOptions {
+  /** Times one request may move to another worker after its stream broke (0: never). */
+  migrationLimit?: number;
+  log?: Logger;
+}
+
+/** Codes that say the worker or the connection failed, not the request. */
+const MIGRATABLE = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.Aborted, Code.DeadlineExceeded]);
+
+export class StreamBrokenError extends Error {
+  constructor(workerId: string) {
+    super(`worker ${workerId} closed the stream before the request finished`);
+    this.name = "StreamBrokenError";
+  }
+}
 
 export class WorkerRouter implements Router {
   private readonly workers = new Map<string, WorkerHandle>();
   /** Tokenizer and limits per served model name; a worker of an unknown model is refused. */
   private readonly modelCards = new Map<string, ModelCard>();
+  private readonly migrationLimit: number;
 
-  constructor(modelCards: Iterable<ModelCard>, private readonly selector: WorkerSelector) {
+  constructor(modelCards: Iterable<ModelCard>, private readonly selector: WorkerSelector, private readonly options: WorkerRouterOptions = {}) {
     for (const card of modelCards) this.modelCards.set(card.name, card);
+    this.migrationLimit = options.migrationLimit ?? 0;
   }
 
   /** Learns a model from discovery; a card given at start-up (--model) takes precedence. */
@@ -45,18 +77,43 @@ export class WorkerRouter implements Router {
   }
 
   async *generate(request: GenerateRequest, signal: AbortSignal): AsyncIterable<GenerateResponse> {
-    const candidates = [...this.workers.values()].filter((w) => w.info.model === request.model);
-    if (candidates.length === 0) {
-      if (!this.modelCards.has(request.model)) throw new RouterError("unknown_model", `model '${request.model}' does not exist`);
-      throw new RouterError("no_workers", `no live worker serves model '${request.model}'`, 1);
-    }
-    const { worker } = this.selector.select({ requestId: request.requestId, tokenIds: request.tokenIds }, candidates);
-    worker.inFlight++;
-    try {
-      yield* worker.client.generate(request, { signal });
-    } finally {
-      worker.inFlight--;
-      this.selector.requestFinished?.(request.requestId, worker);
+    const promptTokens = request.tokenIds.length;
+    const generated: number[] = [];
+    const failedWorkers = new Set<string>();
+    for (let migrations = 0; ; migrations++) {
+      const worker = this.pick(request, failedWorkers);
+      const attempt = migrations === 0 ? request : continuation(request, generated);
+      worker.inFlight++;
+      try {
+        let finished = false;
+        for await (const response of worker.client.generate(attempt, { signal })) {
+          generated.push(...response.tokenIds);
+          if (migrations > 0 && response.usage) {
+            response.usage.promptTokens = promptTokens;
+            response.usage.completionTokens = generated.length;
+          }
+          finished ||= response.finishReason !== FinishReason.UNSPECIFIED;
+          yield response;
+        }
+        if (finished) return;
+        throw new StreamBrokenError(worker.id);
+      } catch (err) {
+        if (signal.aborted || !this.canMigrate(err, migrations)) throw err;
+        failedWorkers.add(worker.id);
+        const maxTokens = request.sampling?.maxTokens;
+        if (maxTokens !== undefined && generated.length >= maxTokens) {
+          // Every token arrived; only the closing message was lost.
+          yield create(GenerateResponseSchema, {
+            finishReason: FinishReason.LENGTH,
+            usage: { promptTokens, completionTokens: generated.length, cachedTokens: 0 },
+          });
+          return;
+        }
+        this.options.log?.warn(`request ${request.requestId} lost worker ${worker.id} after ${generated.length} tokens; migrating (${migrations + 1}/${this.migrationLimit})`, err);
+      } finally {
+        worker.inFlight--;
+        this.selector.requestFinished?.(request.requestId, worker);
+      }
     }
   }
 
@@ -64,4 +121,36 @@ export class WorkerRouter implements Router {
     await this.selector.close?.();
     this.workers.clear();
   }
+
+  private pick(request: GenerateRequest, failedWorkers: ReadonlySet<string>): WorkerHandle {
+    const all = [...this.workers.values()].filter((w) => w.info.model === request.model);
+    // Avoid workers this request already lost, unless they are all that is left.
+    const fresh = all.filter((w) => !failedWorkers.has(w.id));
+    const candidates = fresh.length > 0 ? fresh : all;
+    if (candidates.length === 0) {
+      if (!this.modelCards.has(request.model)) throw new RouterError("unknown_model", `model '${request.model}' does not exist`);
+      throw new RouterError("no_workers", `no live worker serves model '${request.model}'`, 1);
+    }
+    return this.selector.select({ requestId: request.requestId, tokenIds: request.tokenIds }, candidates).worker;
+  }
+
+  private canMigrate(err: unknown, migrations: number): boolean {
+    if (migrations >= this.migrationLimit) return false;
+    if (err instanceof StreamBrokenError) return true;
+    return err instanceof ConnectError && MIGRATABLE.has(err.code);
+  }
+}
+
+/** The request that carries on where a broken attempt stopped. */
+function continuation(request: GenerateRequest, generated: readonly number[]): GenerateRequest {
+  const sampling = request.sampling;
+  return create(GenerateRequestSchema, {
+    ...request,
+    tokenIds: [...request.tokenIds, ...generated],
+    sampling: sampling && {
+      ...sampling,
+      maxTokens: sampling.maxTokens === undefined ? undefined : sampling.maxTokens - generated.length,
+      minTokens: Math.max(0, sampling.minTokens - generated.length),
+    },
+  });
 }
