@@ -1,0 +1,136 @@
+/**
+ * Switchyard as separate processes on a real NATS server: discovery, migration when a worker
+ * is killed, graceful shutdown under load, NATS restarts.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { streamCompletion, type StreamResult } from "../helpers/openai_stream.ts";
+import { startNatsServer, startSwitchyard, stop, type NatsServer, type Proc } from "../helpers/processes.ts";
+
+const MODEL = "switchyard-tiny-qwen3";
+
+async function modelIds(frontendUrl: string): Promise<string[]> {
+  const res = await fetch(`${frontendUrl}/v1/models`);
+  return ((await res.json()) as { data: { id: string }[] }).data.map((m) => m.id);
+}
+
+async function workerCount(frontendUrl: string): Promise<number> {
+  const res = await fetch(`${frontendUrl}/health`);
+  if (res.status !== 200) return 0;
+  const body = (await res.json()) as { instances?: unknown[] };
+  return body.instances?.length ?? 0;
+}
+
+function load(frontendUrl: string, n: number, maxTokens: number): Promise<StreamResult[]> {
+  return Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      streamCompletion(frontendUrl, { model: MODEL, prompt: `request ${i} tells a story`, max_tokens: maxTokens, ignore_eos: true, seed: i }),
+    ),
+  );
+}
+
+describe("distributed runtime over NATS", () => {
+  let nats: NatsServer;
+  let procs: Proc[] = [];
+  const spawnSwitchyard = async (args: string[], env?: Record<string, string>) => {
+    const proc = await startSwitchyard(args, env);
+    procs.push(proc);
+    return proc;
+  };
+  const worker = (id: string, extra: string[] = []) =>
+    spawnSwitchyard(["worker", "--port", "0", "--worker-id", id, "--nats", nats.url, "--speedup-ratio", "1", ...extra]);
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+  });
+  afterEach(async () => {
+    await Promise.all(procs.map((p) => stop(p, "SIGKILL")));
+    procs = [];
+  });
+  afterAll(() => nats.stop());
+
+  it("discovers workers, serves through them and forgets one that deregisters", async () => {
+    const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url]);
+    expect(await modelIds(frontend.url)).toEqual([]);
+    const a = await worker("disc-a");
+    await worker("disc-b");
+    await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(2);
+    expect(await modelIds(frontend.url)).toEqual([MODEL]);
+    const [result] = await load(frontend.url, 1, 5);
+    expect(result).toMatchObject({ status: 200, completionTokens: 5, finishReason: "length" });
+
+    expect(await stop(a, "SIGTERM")).toBe(0);
+    await expect.poll(() => workerCount(frontend.url), { timeout: 5000 }).toBe(1);
+  });
+
+  it("completes all 50 streams, full length, when a worker is killed mid-stream (migration on)", async () => {
+    const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url, "--migration-limit", "3"]);
+    const a = await worker("kill-a");
+    await worker("kill-b");
+    await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(2);
+    const running = load(frontend.url, 50, 200);
+    // Let every stream get going, then kill one of the two workers outright.
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    a.child.kill("SIGKILL");
+    const results = await running;
+    expect(results.filter((r) => r.error)).toEqual([]);
+    expect(results.map((r) => r.completionTokens)).toEqual(Array(50).fill(200));
+    expect(results.every((r) => r.finishReason === "length")).toBe(true);
+  });
+
+  it("ends a broken stream with a clean error event when migration is off", async () => {
+    const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url, "--migration-limit", "0"]);
+    const a = await worker("nomig-a");
+    await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(1);
+    const running = load(frontend.url, 4, 400);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    a.child.kill("SIGKILL");
+    const results = await running;
+    for (const r of results) {
+      expect(r.status).toBe(200);
+      expect(r.error).toBeTruthy();
+    }
+  });
+
+  it("loses no request when a worker gets SIGTERM under load", async () => {
+    const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url]);
+    const a = await worker("term-a");
+    await worker("term-b");
+    await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(2);
+    const running = load(frontend.url, 30, 150);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    a.child.kill("SIGTERM");
+    const late = load(frontend.url, 10, 20);
+    const results = [...(await running), ...(await late)];
+    expect(results.filter((r) => r.error)).toEqual([]);
+    expect(results.every((r) => r.finishReason === "length")).toBe(true);
+    expect(await a.exited).toBe(0);
+  });
+
+  it("keeps serving across a NATS restart, workers re-registering within 10 s", async () => {
+    const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url]);
+    await worker("restart-a");
+    await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(1);
+    await nats.restart();
+    // The bucket was lost with the server; the worker must write its record again.
+    const restartedAt = Date.now();
+    const [during] = await load(frontend.url, 1, 5);
+    expect(during).toMatchObject({ status: 200, completionTokens: 5 });
+    await expect.poll(async () => {
+      const { connect } = await import("@nats-io/transport-node");
+      const { Kvm } = await import("@nats-io/kv");
+      const nc = await connect({ servers: nats.url });
+      try {
+        const kv = await new Kvm(nc).open("switchyard_instances");
+        return (await kv.get("instances.restart-a"))?.operation === "PUT";
+      } catch {
+        return false;
+      } finally {
+        await nc.close();
+      }
+    }, { timeout: 10_000, interval: 250 }).toBe(true);
+    expect(Date.now() - restartedAt).toBeLessThan(10_000);
+    const [after] = await load(frontend.url, 1, 5);
+    expect(after).toMatchObject({ status: 200, completionTokens: 5 });
+    expect(await workerCount(frontend.url)).toBe(1);
+  });
+});
