@@ -14,9 +14,19 @@ export interface ModelCard {
   blockSize: number;
 }
 
+/** A worker the router can send requests to, as /health reports it. */
+export interface InstanceInfo {
+  id: string;
+  url: string;
+  model: string;
+  inFlight: number;
+}
+
 export interface Router {
   /** Models with at least one live worker. */
   models(): ModelCard[];
+  /** The live workers. */
+  instances(): InstanceInfo[];
   /**
    * Streams the worker's responses for one request. Throws RouterError when no worker can take
    * it, and ConnectError (from the worker) for a request the worker rejects. Aborting `signal`

@@ -18,7 +18,7 @@ import {
   type GenerateResponse,
 } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import type { Logger } from "../runtime/logger.ts";
-import { RouterError, type ModelCard, type Router } from "./router.ts";
+import { RouterError, type InstanceInfo, type ModelCard, type Router } from "./router.ts";
 import type { WorkerHandle } from "./worker_handle.ts";
 import type { WorkerSelector } from "./worker_selector.ts";
 
@@ -69,6 +69,10 @@ export class WorkerRouter implements Router {
 
   liveWorkers(): WorkerHandle[] {
     return [...this.workers.values()];
+  }
+
+  instances(): InstanceInfo[] {
+    return [...this.workers.values()].map((w) => ({ id: w.id, url: w.url, model: w.info.model, inFlight: w.inFlight }));
   }
 
   models(): ModelCard[] {
