@@ -25,7 +25,7 @@ export function registerWorkerMetrics(registry: Registry, engine: Engine, kvEven
     const s = engine.stats();
     return s.kvBlocksTotal === 0 ? 0 : s.kvBlocksUsed / s.kvBlocksTotal;
   });
-  gauge("switchyard_worker_kv_blocks_total", "KV-cache blocks in the pool.", () => engine.stats().kvBlocksTotal);
+  gauge("switchyard_worker_kv_blocks", "KV-cache blocks in the pool.", () => engine.stats().kvBlocksTotal);
   counter("switchyard_worker_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", () => engine.stats().prefixCacheQueries);
   counter("switchyard_worker_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", () => engine.stats().prefixCacheHits);
   counter("switchyard_worker_preemptions_total", "Requests preempted for lack of KV blocks.", () => engine.stats().preemptions);
