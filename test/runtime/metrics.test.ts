@@ -19,7 +19,7 @@ describe("metrics", () => {
       const res = await fetch(`${server.url}/v1/completions`, {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "switchyard-tiny-qwen3", prompt: "metrics please", max_tokens: 5, stream }),
+        body: JSON.stringify({ model: "switchyard-tiny-qwen3", prompt: "metrics please ".repeat(10), max_tokens: 5, stream }),
       });
       await res.text();
     }
