@@ -21,7 +21,10 @@ function rng(seed: number) {
 }
 
 const WRONG_VALUES: unknown[] = [null, true, -1, 1e308, -1e308, 3.5, "", "x".repeat(3000), [], [[]], {}, { a: 1 }, [1, "a"], "NaN", -0.0001];
-const FIELDS = ["model", "messages", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "stream", "seed", "logprobs", "top_logprobs", "stream_options", "top_k", "min_p", "stop_token_ids", "max_completion_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "echo"];
+// Fields each endpoint reads; like OpenAI, an endpoint ignores fields it does not know.
+const COMMON_FIELDS = ["model", "max_tokens", "temperature", "top_p", "n", "stop", "stream", "seed", "logprobs", "stream_options", "top_k", "min_p", "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens"];
+const CHAT_FIELDS = [...COMMON_FIELDS, "messages", "top_logprobs", "max_completion_tokens"];
+const COMPLETION_FIELDS = [...COMMON_FIELDS, "prompt", "echo"];
 
 function hostileBody(random: () => number): { path: string; body: string; contentType?: string } {
   const pick = <T>(xs: readonly T[]) => xs[Math.floor(random() * xs.length)];
@@ -40,7 +43,7 @@ function hostileBody(random: () => number): { path: string; body: string; conten
     case 1:
       // A required or typed field with a value of the wrong type or range.
       for (;;) {
-        const field = pick(FIELDS);
+        const field = pick(chat ? CHAT_FIELDS : COMPLETION_FIELDS);
         const value = pick(WRONG_VALUES);
         const body = { ...valid, [field]: value };
         if (isStillValid(field, value, chat)) continue;
