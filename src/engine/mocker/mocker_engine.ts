@@ -1,0 +1,423 @@
+/**
+ * The mocker: an Engine that runs no model but keeps real KV-cache bookkeeping (block pool,
+ * prefix cache, KV events, continuous batching, preemption) and takes as long as the timing
+ * model says a small model on an H100 would. It is the test double for KV-aware routing at
+ * scale.
+ *
+ * The step loop runs on timers: each tick finishes the step in flight (tokens, outputs, KV
+ * events), plans the next one and sleeps for its simulated duration. It stops when there is
+ * no work and restarts on the next request. KV events of one tick are delivered together as
+ * one batch, and the pool never holds undelivered events between ticks, so `kvSnapshot()`
+ * taken between ticks plus every later batch rebuilds the cache exactly.
+ *
+ * Generated tokens are pseudo-random ids in [0, vocabSize), a function of the request's seed
+ * (mixed with its prompt), or of the prompt alone without a seed, and of the output position:
+ * the same request gives the same tokens whatever else is batched with it, even across
+ * preemptions.
+ */
+import {
+  EngineError,
+  type Engine,
+  type EngineOutput,
+  type EngineRequest,
+  type EngineStats,
+  type FinishReason,
+  type KvEvent,
+  type KvEventListener,
+  type TokenLogprob,
+  type TopLogprob,
+} from "../engine.ts";
+import { BlockPool } from "./block_pool.ts";
+import { Scheduler, type StepPlan } from "./scheduler.ts";
+import { Sequence } from "./sequence.ts";
+import { TimingModel, type TimingConstants } from "./timing.ts";
+
+export interface MockerEngineOptions {
+  /** Tokens per KV block. */
+  blockSize?: number;
+  /** KV blocks in the simulated pool. */
+  numGpuBlocks?: number;
+  maxNumSeqs?: number;
+  /** Token budget of one step (decode tokens plus prefill chunks). */
+  maxNumBatchedTokens?: number;
+  maxModelLen?: number;
+  enablePrefixCaching?: boolean;
+  /** Divides every simulated duration; 0 or Infinity runs steps back to back. */
+  speedupRatio?: number;
+  /** Generated ids lie in [0, vocabSize). */
+  vocabSize?: number;
+  /** Ids that end a request with "stop" (unless ignore_eos). */
+  eosTokenIds?: number[];
+  timing?: Partial<TimingConstants>;
+}
+
+const DEFAULTS = {
+  blockSize: 16,
+  numGpuBlocks: 16384,
+  maxNumSeqs: 256,
+  maxNumBatchedTokens: 8192,
+  maxModelLen: 32768,
+  enablePrefixCaching: true,
+  speedupRatio: 1,
+  vocabSize: 151643,
+  eosTokenIds: [] as number[],
+};
+
+interface ActiveRequest {
+  seq: Sequence;
+  outputs: OutputQueue;
+  sampler: FakeSampler;
+  detachSignal?: () => void;
+}
+
+export class MockerEngine implements Engine {
+  readonly blockSize: number;
+  readonly maxModelLen: number;
+  readonly numGpuBlocks: number;
+  private readonly vocabSize: number;
+  private readonly eosTokenIds: ReadonlySet<number>;
+  private readonly pool: BlockPool;
+  private readonly scheduler: Scheduler;
+  private readonly timing: TimingModel;
+  private readonly requests = new Map<string, ActiveRequest>();
+  private readonly listeners = new Set<KvEventListener>();
+  private inFlight?: StepPlan;
+  private loopActive = false;
+  private timer?: NodeJS.Timeout;
+  private immediate?: NodeJS.Immediate;
+  /** performance.now() at which the next tick is due; steps are laid end to end from it. */
+  private nextTickAtMs = 0;
+  private closed = false;
+
+  constructor(options: MockerEngineOptions = {}) {
+    const o = { ...DEFAULTS, ...stripUndefined(options) };
+    const positiveInt = (name: string, value: number) => {
+      if (!Number.isInteger(value) || value < 1) throw new Error(`mocker option ${name} must be a positive integer, got ${value}`);
+    };
+    positiveInt("blockSize", o.blockSize);
+    positiveInt("numGpuBlocks", o.numGpuBlocks);
+    positiveInt("maxNumSeqs", o.maxNumSeqs);
+    positiveInt("maxNumBatchedTokens", o.maxNumBatchedTokens);
+    positiveInt("maxModelLen", o.maxModelLen);
+    positiveInt("vocabSize", o.vocabSize);
+    this.blockSize = o.blockSize;
+    this.maxModelLen = o.maxModelLen;
+    this.numGpuBlocks = o.numGpuBlocks;
+    this.vocabSize = o.vocabSize;
+    this.eosTokenIds = new Set(o.eosTokenIds);
+    this.pool = new BlockPool({ numBlocks: o.numGpuBlocks, blockSize: o.blockSize, enablePrefixCaching: o.enablePrefixCaching });
+    this.scheduler = new Scheduler(this.pool, { maxNumSeqs: o.maxNumSeqs, maxNumBatchedTokens: o.maxNumBatchedTokens });
+    this.timing = new TimingModel(options.timing, o.speedupRatio);
+  }
+
+  generate(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
+    const { requestId, promptTokenIds: prompt, sampling } = request;
+    if (this.closed) throw new EngineError("unavailable", "the mocker engine is closed");
+    if (prompt.length === 0) throw new EngineError("invalid_argument", `request ${requestId}: the prompt is empty`);
+    if (prompt.length >= this.maxModelLen) {
+      throw new EngineError(
+        "invalid_argument",
+        `request ${requestId}: the prompt has ${prompt.length} tokens; the context length is ${this.maxModelLen}, which leaves no room to generate`,
+      );
+    }
+    if (this.requests.has(requestId)) throw new EngineError("invalid_argument", `request id ${requestId} is already running`);
+    if (!(sampling.maxTokens >= 1)) throw new EngineError("invalid_argument", `request ${requestId}: max_tokens must be >= 1, got ${sampling.maxTokens}`);
+    const maxTotalTokens = Math.min(prompt.length + sampling.maxTokens, this.maxModelLen);
+    const blocksNeeded = this.scheduler.maxBlocksFor(maxTotalTokens);
+    if (blocksNeeded > this.numGpuBlocks) {
+      throw new EngineError(
+        "resource_exhausted",
+        `request ${requestId}: prompt (${prompt.length}) plus max_tokens (${sampling.maxTokens}) needs ${blocksNeeded} KV blocks of ${this.blockSize} tokens; the whole pool has ${this.numGpuBlocks}`,
+      );
+    }
+
+    const seq = new Sequence(requestId, prompt, sampling, this.blockSize);
+    const active: ActiveRequest = { seq, outputs: new OutputQueue(), sampler: new FakeSampler(sampling.seed, prompt, this.vocabSize) };
+    this.requests.set(requestId, active);
+    this.scheduler.add(seq);
+    if (signal) {
+      const onAbort = () => this.abortRequest(active);
+      signal.addEventListener("abort", onAbort, { once: true });
+      active.detachSignal = () => signal.removeEventListener("abort", onAbort);
+      if (signal.aborted) this.abortRequest(active);
+    }
+    this.startLoop();
+    return this.stream(active);
+  }
+
+  abort(requestId: string): boolean {
+    const active = this.requests.get(requestId);
+    if (!active) return false;
+    this.abortRequest(active);
+    return true;
+  }
+
+  stats(): EngineStats {
+    return {
+      runningRequests: this.scheduler.running.length,
+      waitingRequests: this.scheduler.waiting.length,
+      kvBlocksUsed: this.pool.numUsedBlocks,
+      kvBlocksTotal: this.pool.numBlocks,
+      // In tokens, as vLLM reports its prefix cache hit rate.
+      prefixCacheQueries: this.pool.prefixCacheQueryTokens,
+      prefixCacheHits: this.pool.prefixCacheHitTokens,
+      preemptions: this.scheduler.numPreemptions,
+    };
+  }
+
+  onKvEvents(listener: KvEventListener): () => void {
+    const wrapped: KvEventListener = (events) => listener(events);
+    this.listeners.add(wrapped);
+    return () => {
+      this.listeners.delete(wrapped);
+    };
+  }
+
+  kvSnapshot(): KvEvent[] {
+    return this.pool.snapshot();
+  }
+
+  /**
+   * Drops every cached block (AllBlocksCleared), as vLLM's reset_prefix_cache; refuses and
+   * returns false while any request holds blocks.
+   */
+  resetPrefixCache(): boolean {
+    const reset = this.pool.resetPrefixCache();
+    this.deliverEvents();
+    return reset;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const active of [...this.requests.values()]) this.abortRequest(active);
+    clearTimeout(this.timer);
+    clearImmediate(this.immediate);
+    this.timer = this.immediate = this.inFlight = undefined;
+    this.loopActive = false;
+    this.listeners.clear();
+  }
+
+  private async *stream(active: ActiveRequest): AsyncGenerator<EngineOutput> {
+    let finished = false;
+    try {
+      while (!finished) {
+        const output = await active.outputs.next();
+        finished = output.finishReason !== undefined;
+        yield output;
+      }
+    } finally {
+      // Reached when the consumer stops early (break, return, throw).
+      if (!finished && this.requests.get(active.seq.requestId) === active) this.abortRequest(active);
+    }
+  }
+
+  private abortRequest(active: ActiveRequest): void {
+    if (this.requests.get(active.seq.requestId) !== active) return;
+    this.scheduler.remove(active.seq);
+    this.finish(active, { tokenIds: [], finishReason: "cancelled", usage: usageOf(active.seq) });
+  }
+
+  private finish(active: ActiveRequest, output: EngineOutput): void {
+    this.requests.delete(active.seq.requestId);
+    active.detachSignal?.();
+    active.outputs.push(output);
+  }
+
+  private startLoop(): void {
+    if (this.loopActive || this.closed) return;
+    this.loopActive = true;
+    this.nextTickAtMs = performance.now();
+    // Deferred, so requests submitted in the same turn of the event loop share the first step.
+    this.immediate = setImmediate(this.tick);
+  }
+
+  private readonly tick = (): void => {
+    this.timer = this.immediate = undefined;
+    if (this.inFlight) this.completeStep(this.inFlight);
+    this.inFlight = undefined;
+    const plan = this.scheduler.schedule();
+    if (plan.scheduled.length === 0) {
+      if (plan.preempted.length > 0) {
+        // Everything running was preempted: admit again next tick.
+        this.immediate = setImmediate(this.tick);
+      } else if (this.scheduler.waiting.length > 0) {
+        this.failUnschedulable(this.scheduler.waiting[0]);
+        this.immediate = setImmediate(this.tick);
+      } else {
+        this.loopActive = false;
+      }
+    } else {
+      this.inFlight = plan;
+      const durationMs = this.timing.simulatedMs(plan.work);
+      this.nextTickAtMs = Math.max(this.nextTickAtMs, performance.now() - durationMs) + durationMs;
+      const delayMs = this.nextTickAtMs - performance.now();
+      // Behind schedule (timers fire late, at 1 ms granularity): catch up back to back.
+      if (delayMs < 1) this.immediate = setImmediate(this.tick);
+      else this.timer = setTimeout(this.tick, delayMs);
+    }
+    // Last, so a listener that throws cannot stop the loop.
+    this.deliverEvents();
+  };
+
+  /** The step's forward pass is done: its tokens' KV exists and the last chunk samples a token. */
+  private completeStep(plan: StepPlan): void {
+    for (const { seq, numNewTokens } of plan.scheduled) {
+      if (seq.status !== "running") continue; // aborted while the step ran
+      this.scheduler.commitComputed(seq, numNewTokens);
+      if (seq.numComputedTokens < seq.numTokens) continue; // a prefill chunk: no token yet
+      const active = this.requests.get(seq.requestId)!;
+      const position = seq.numOutputTokens;
+      const tokenId = active.sampler.tokenAt(position);
+      seq.appendToken(tokenId);
+      const output: EngineOutput = { tokenIds: [tokenId], usage: usageOf(seq) };
+      if (seq.sampling.logprobs !== undefined) {
+        output.logprobs = [active.sampler.logprobsAt(position, tokenId, seq.sampling.logprobs)];
+      }
+      const finishReason = this.stopReason(seq);
+      if (finishReason) {
+        output.finishReason = finishReason;
+        this.scheduler.remove(seq);
+        this.finish(active, output);
+      } else {
+        active.outputs.push(output);
+      }
+    }
+  }
+
+  /** vLLM's order: length caps first, then stop ids, which min_tokens holds back. */
+  private stopReason(seq: Sequence): FinishReason | undefined {
+    const s = seq.sampling;
+    if (seq.numTokens >= this.maxModelLen || seq.numOutputTokens >= s.maxTokens) return "length";
+    if (seq.numOutputTokens < s.minTokens) return undefined;
+    const last = seq.lastTokenId;
+    if (!s.ignoreEos && this.eosTokenIds.has(last)) return "stop";
+    if (s.stopTokenIds.includes(last)) return "stop";
+    return undefined;
+  }
+
+  /**
+   * Nothing runs and the head of the waiting queue still cannot be admitted: it cannot fit
+   * even in an empty pool. generate() rejects such requests up front; this keeps a case it
+   * missed from hanging.
+   */
+  private failUnschedulable(seq: Sequence): void {
+    const active = this.requests.get(seq.requestId)!;
+    this.scheduler.remove(seq);
+    this.finish(active, {
+      tokenIds: [],
+      finishReason: "error",
+      errorMessage: `request ${seq.requestId} needs more KV blocks than the whole pool of ${this.pool.numBlocks} holds`,
+      usage: usageOf(seq),
+    });
+  }
+
+  private deliverEvents(): void {
+    const events = this.pool.drainEvents();
+    if (events.length === 0) return;
+    for (const listener of [...this.listeners]) listener(events);
+  }
+}
+
+function usageOf(seq: Sequence) {
+  return {
+    promptTokens: seq.numPromptTokens,
+    completionTokens: seq.numOutputTokens,
+    cachedTokens: Math.max(seq.numCachedTokens, 0),
+  };
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** A request's outputs between the step loop and its consumer. */
+class OutputQueue {
+  private readonly queued: EngineOutput[] = [];
+  private waiter?: (output: EngineOutput) => void;
+
+  push(output: EngineOutput): void {
+    const waiter = this.waiter;
+    if (waiter) {
+      this.waiter = undefined;
+      waiter(output);
+    } else {
+      this.queued.push(output);
+    }
+  }
+
+  next(): Promise<EngineOutput> {
+    const output = this.queued.shift();
+    if (output) return Promise.resolve(output);
+    return new Promise((resolve) => (this.waiter = resolve));
+  }
+}
+
+/** murmur3's 32-bit finaliser: a bijection that mixes every input bit into every output bit. */
+function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/**
+ * Deterministic stand-in for sampling: every draw is a hash of (request key, output
+ * position, lane), so it depends on nothing else in the batch.
+ */
+class FakeSampler {
+  private readonly key0: number;
+  private readonly key1: number;
+
+  constructor(
+    seed: bigint | undefined,
+    prompt: readonly number[],
+    private readonly vocabSize: number,
+  ) {
+    let h0 = 0x243f6a88;
+    let h1 = 0x85a308d3;
+    for (const t of prompt) {
+      h0 = fmix32(h0 ^ t);
+      h1 = fmix32(Math.imul(h1, 0x9e3779b1) ^ t);
+    }
+    if (seed !== undefined) {
+      const s = BigInt.asUintN(64, seed);
+      h0 = fmix32(h0 ^ fmix32(Number(s & 0xffffffffn)));
+      h1 = fmix32(h1 ^ fmix32(Number(s >> 32n) ^ 0x13198a2e));
+    }
+    this.key0 = h0;
+    this.key1 = h1;
+  }
+
+  tokenAt(position: number): number {
+    return this.draw(position, 0) % this.vocabSize;
+  }
+
+  /**
+   * Fake but consistent logprobs: the chosen token is the most likely one, with probability
+   * p in [0.3, 0.9); the i-th alternative has p(1-p)^i, so the values are sorted, all <= 0, and
+   * their probabilities sum to at most 1.
+   */
+  logprobsAt(position: number, tokenId: number, numAlternatives: number): TokenLogprob {
+    const p = 0.3 + (0.6 * this.draw(position, 1)) / 2 ** 32;
+    const top: TopLogprob[] = [];
+    const used = new Set<number>();
+    const count = Math.min(numAlternatives, this.vocabSize);
+    for (let i = 0, lane = 2; i < count; i++) {
+      let id = tokenId;
+      if (i > 0) {
+        do id = this.draw(position, lane++) % this.vocabSize;
+        while (used.has(id));
+      }
+      used.add(id);
+      top.push({ tokenId: id, logprob: Math.log(p * (1 - p) ** i) });
+    }
+    return { tokenId, logprob: Math.log(p), top };
+  }
+
+  private draw(position: number, lane: number): number {
+    return fmix32(fmix32(this.key0 ^ Math.imul(position + 1, 0x9e3779b1)) ^ this.key1 ^ Math.imul(lane + 1, 0x7feb352d));
+  }
+}
