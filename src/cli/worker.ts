@@ -10,6 +10,7 @@ import { startMetricsServer } from "../runtime/metrics_server.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { EngineMonitor } from "../worker/engine_monitor.ts";
 import { healthCheckPayload } from "../worker/health_check.ts";
+import { NatsKvEventBridge } from "../worker/nats_kv_events.ts";
 import { registerWorkerMetrics } from "../worker/worker_metrics.ts";
 import { startWorker } from "../worker/worker_server.ts";
 import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError, type EngineFlags } from "./args.ts";
@@ -22,6 +23,7 @@ export const WORKER_USAGE = `switchyard worker [options]
   --disaggregation-mode M   agg (only agg is implemented so far)
   --tls-cert FILE --tls-key FILE   serve TLS instead of plaintext h2c
   --nats URL                register in NATS discovery (default: $SWITCHYARD_NATS_URL)
+  --advertise-url URL       the URL frontends should use (default: the listening address)
   --metrics-port N          serve Prometheus metrics at http://HOST:N/metrics
   engine options            see 'switchyard --help'`;
 
@@ -33,6 +35,7 @@ const WorkerFlagsSchema = EngineFlagsSchema.extend({
   "tls-cert": z.string().optional(),
   "tls-key": z.string().optional(),
   nats: z.string().min(1).optional(),
+  "advertise-url": z.string().url().optional(),
   "metrics-port": intFlag(0, 65535).optional(),
 });
 
@@ -54,7 +57,7 @@ export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConf
 export async function workerCommand(argv: string[]): Promise<void> {
   const flags = parseCommand(
     argv,
-    { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, "worker-id": { type: "string" }, "disaggregation-mode": { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" }, nats: { type: "string" }, "metrics-port": { type: "string" } },
+    { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, "worker-id": { type: "string" }, "disaggregation-mode": { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" }, nats: { type: "string" }, "advertise-url": { type: "string" }, "metrics-port": { type: "string" } },
     WorkerFlagsSchema,
   );
   if (flags["disaggregation-mode"] !== "agg") {
@@ -82,7 +85,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
         nc,
         {
           id: worker.workerId,
-          address: worker.url,
+          address: flags["advertise-url"] ?? worker.url,
           model: model.servedName,
           mode: flags["disaggregation-mode"],
           engine: flags.engine,
@@ -91,6 +94,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
         log,
       )
     : undefined;
+  const kvBridge = nc ? new NatsKvEventBridge(nc, worker.kvEvents, worker.workerId, log) : undefined;
   await registration?.start();
   if (registration) log.info(`registered in NATS discovery at ${natsUrl}`);
 
@@ -104,6 +108,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
     // Deregister first, so frontends stop sending work while in-flight requests drain.
     await registration?.stop();
     await worker.close(grace);
+    await kvBridge?.close();
     await metrics?.close();
     await nc?.close();
   };

@@ -42,6 +42,11 @@ export class KvEventPublisher {
     return this.publishedEvents;
   }
 
+  /** A batch that rebuilds the cache contents, numbered with the last published sequence. */
+  snapshot(): KvEventBatch {
+    return this.batch(this.engine.kvSnapshot(), this.sequence);
+  }
+
   /** The snapshot batch, then every live batch, until `signal` aborts. */
   async *subscribe(signal: AbortSignal): AsyncGenerator<KvEventBatch> {
     const queue: (KvEventBatch | SubscriberTooSlowError)[] = [];
@@ -57,7 +62,7 @@ export class KvEventPublisher {
       wake?.();
     };
     // Snapshot and registration happen in the same tick, so no event falls between them.
-    const snapshot = this.batch(this.engine.kvSnapshot(), this.sequence);
+    const snapshot = this.snapshot();
     this.subscribers.add(subscriber);
     const onAbort = () => wake?.();
     signal.addEventListener("abort", onAbort);
