@@ -4,7 +4,7 @@
  * and puts it back when it answers again. Static --worker lists and NATS discovery both use it.
  */
 import { create } from "@bufbuild/protobuf";
-import { GetInfoRequestSchema } from "../../gen/switchyard/worker/v1/worker_pb.ts";
+import { GetInfoRequestSchema, ServingStatus } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { connectWorker, type WorkerHandle } from "./worker_handle.ts";
 import type { WorkerRouter } from "./worker_router.ts";
@@ -23,13 +23,21 @@ export async function followWorker(url: string, router: WorkerRouter, log: Logge
   while (!signal.aborted) {
     try {
       if (!worker) {
-        worker = await connectWorker(url, timeoutMs);
+        const candidate = await connectWorker(url, timeoutMs);
         if (signal.aborted) break;
-        router.addWorker(worker);
-        log.info(`worker ${worker.id} at ${url} serves '${worker.info.model}'`);
-        warned = false;
+        if (candidate.info.status !== ServingStatus.NOT_SERVING) {
+          worker = candidate;
+          router.addWorker(worker);
+          log.info(`worker ${worker.id} at ${url} serves '${worker.info.model}'`);
+          warned = false;
+        }
       } else {
         worker.info = await worker.client.getInfo(create(GetInfoRequestSchema, {}), { timeoutMs, signal });
+        if (worker.info.status === ServingStatus.NOT_SERVING) {
+          log.info(`worker ${worker.id} at ${url} is not serving (draining); routing around it`);
+          router.removeWorker(worker.id);
+          worker = undefined;
+        }
       }
     } catch (err) {
       if (signal.aborted) break;

@@ -120,6 +120,7 @@ export function createWorkerService(options: WorkerServiceOptions, state: Worker
         maxModelLen: engine.maxModelLen,
         disaggregationMode: options.disaggregationMode,
         engine: options.engineName,
+        status: state.draining ? ServingStatus.NOT_SERVING : ServingStatus.SERVING,
         load: {
           runningRequests: stats.runningRequests,
           waitingRequests: stats.waitingRequests,
