@@ -1,0 +1,186 @@
+#include "engine/llm_engine.h"
+
+#include <algorithm>
+#include <thread>
+
+namespace sy {
+
+LlmEngine::LlmEngine(const EngineOptions& options) : options_(options), seed_source_(options.seed) {
+  if (options_.block_size <= 0) throw std::runtime_error("block size must be positive");
+  if (options_.max_num_seqs <= 0 || options_.max_num_batched_tokens <= 0) {
+    throw std::runtime_error("max_num_seqs and max_num_batched_tokens must be positive");
+  }
+  model_ = std::make_unique<Qwen3Model>(options_.model_dir);
+  int threads = options_.threads > 0 ? options_.threads : static_cast<int>(std::thread::hardware_concurrency());
+  backend_ = make_cpu_backend(std::max(1, threads), options_.reference_kernels);
+  KvCacheShape shape = model_->kv_shape(options_.block_size);
+  const int64_t num_blocks = options_.kv_cache_memory_bytes / shape.bytes_per_block();
+  if (num_blocks < 1) {
+    throw std::runtime_error("kvCacheMemoryBytes " + std::to_string(options_.kv_cache_memory_bytes) +
+                             " holds no KV block; one block of this model takes " +
+                             std::to_string(shape.bytes_per_block()) + " bytes");
+  }
+  cache_ = std::make_unique<KvCache>(shape, static_cast<int>(std::min<int64_t>(num_blocks, 1 << 30)));
+  pool_ = std::make_unique<BlockPool>(cache_->num_blocks(), options_.block_size, options_.enable_prefix_caching);
+  scheduler_ = std::make_unique<Scheduler>(
+      SchedulerConfig{options_.max_num_seqs, options_.max_num_batched_tokens}, *pool_);
+  // A sequence must fit in the cache on its own, or preemption could not make room for it.
+  const int model_max = model_->config().max_position_embeddings;
+  max_model_len_ = options_.max_model_len > 0 ? options_.max_model_len : model_max;
+  max_model_len_ = std::min<int64_t>(max_model_len_, static_cast<int64_t>(cache_->num_blocks()) * options_.block_size);
+}
+
+void LlmEngine::validate(const std::vector<int32_t>& prompt, const SamplingParams& p) const {
+  if (prompt.empty()) throw RequestError("invalid_argument", "the prompt has no tokens");
+  if (static_cast<int>(prompt.size()) >= max_model_len_) {
+    throw RequestError("invalid_argument", "the prompt has " + std::to_string(prompt.size()) +
+                                               " tokens; this engine's max model length is " +
+                                               std::to_string(max_model_len_) + ", which leaves no room to generate");
+  }
+  const int vocab = model_->config().vocab_size;
+  for (int32_t t : prompt) {
+    if (t < 0 || t >= vocab) {
+      throw RequestError("invalid_argument",
+                         "prompt token id " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+    }
+  }
+  if (p.max_tokens < 1) throw RequestError("invalid_argument", "max_tokens must be at least 1");
+  if (p.logprobs > vocab) throw RequestError("invalid_argument", "logprobs exceeds the vocabulary size");
+}
+
+void LlmEngine::add_request(const std::string& id, std::vector<int32_t> prompt, SamplingParams params) {
+  validate(prompt, params);
+  if (sequences_.count(id)) throw RequestError("invalid_argument", "request id " + id + " is already running");
+  auto seq = std::make_unique<Sequence>(id, std::move(prompt), std::move(params), options_.block_size, seed_source_.next());
+  scheduler_->add(seq.get());
+  sequences_[id] = std::move(seq);
+}
+
+RequestOutput LlmEngine::base_output(const Sequence& seq) const {
+  RequestOutput out;
+  out.request_id = seq.request_id;
+  out.prompt_tokens = seq.num_prompt_tokens;
+  out.completion_tokens = seq.num_output_tokens();
+  out.cached_tokens = std::max(0, seq.num_cached_prompt_tokens);
+  out.has_logprobs = seq.sampling.logprobs >= 0;
+  return out;
+}
+
+void LlmEngine::finish(Sequence* seq, const std::string& reason, RequestOutput* out) {
+  scheduler_->remove(seq);
+  out->finish_reason = reason;
+  sequences_.erase(seq->request_id);  // destroys seq
+}
+
+bool LlmEngine::abort_request(const std::string& id) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return false;
+  RequestOutput out = base_output(*it->second);
+  finish(it->second.get(), "cancelled", &out);
+  pending_outputs_.push_back(std::move(out));
+  return true;
+}
+
+StepResult LlmEngine::step() {
+  StepResult result;
+  result.outputs.swap(pending_outputs_);
+  SchedulerOutput plan = scheduler_->schedule();
+  result.num_tokens = plan.num_tokens;
+
+  // Flatten the scheduled tokens; the ones whose logits are needed are the last of each
+  // sequence that has all its known tokens computed after this step.
+  ForwardBatch& b = batch_;
+  b.tokens.clear();
+  b.positions.clear();
+  b.slots.clear();
+  b.token_seq.clear();
+  b.block_tables.clear();
+  b.logit_tokens.clear();
+  std::vector<Sequence*> sampled;
+  const int bs = options_.block_size;
+  for (size_t s = 0; s < plan.scheduled.size(); ++s) {
+    Sequence* seq = plan.scheduled[s].seq;
+    const int start = seq->num_computed_tokens, n = plan.scheduled[s].num_new_tokens;
+    for (int pos = start; pos < start + n; ++pos) {
+      b.tokens.push_back(seq->tokens[pos]);
+      b.positions.push_back(pos);
+      b.slots.push_back(seq->block_table[pos / bs] * bs + pos % bs);
+      b.token_seq.push_back(static_cast<int32_t>(s));
+    }
+    b.block_tables.push_back(seq->block_table.data());
+    if (start + n == seq->num_tokens()) {
+      b.logit_tokens.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
+      sampled.push_back(seq);
+    }
+  }
+  const int vocab = model_->config().vocab_size;
+  if (!b.tokens.empty()) {
+    logits_.resize(static_cast<size_t>(b.logit_tokens.size()) * vocab);
+    model_->forward(b, *cache_, *backend_, logits_.data());
+  }
+  scheduler_->on_computed(plan);
+
+  for (size_t i = 0; i < sampled.size(); ++i) {
+    Sequence* seq = sampled[i];
+    const SamplingParams& p = seq->sampling;
+    SamplingContext ctx{seq->tokens.data(), seq->num_prompt_tokens, seq->output_tokens(), seq->num_output_tokens(),
+                        &model_->config().eos_token_ids};
+    SampledToken tok = sample_token(logits_.data() + i * vocab, vocab, p, ctx, seq->rng);
+    seq->append_token(tok.token);
+    RequestOutput out = base_output(*seq);
+    out.token_ids.push_back(tok.token);
+    if (out.has_logprobs) out.logprobs.push_back(std::move(tok));
+    const int n_out = seq->num_output_tokens();
+    const bool past_min = n_out >= p.min_tokens;
+    const auto& eos = model_->config().eos_token_ids;
+    if (past_min && !p.ignore_eos && std::find(eos.begin(), eos.end(), out.token_ids[0]) != eos.end()) {
+      finish(seq, "stop", &out);
+    } else if (past_min && std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), out.token_ids[0]) !=
+                               p.stop_token_ids.end()) {
+      finish(seq, "stop", &out);
+    } else if (n_out >= p.max_tokens || seq->num_tokens() >= max_model_len_) {
+      finish(seq, "length", &out);
+    }
+    result.outputs.push_back(std::move(out));
+  }
+  result.events = pool_->take_events();
+  return result;
+}
+
+void LlmEngine::fail_all(const std::string& message) {
+  std::vector<Sequence*> all;
+  for (auto& [id, seq] : sequences_) all.push_back(seq.get());
+  for (Sequence* seq : all) {
+    RequestOutput out = base_output(*seq);
+    out.error_message = message;
+    finish(seq, "error", &out);
+    pending_outputs_.push_back(std::move(out));
+  }
+}
+
+EngineStats LlmEngine::stats() const {
+  EngineStats s;
+  s.running = scheduler_->num_running();
+  s.waiting = scheduler_->num_waiting();
+  s.kv_blocks_total = pool_->num_blocks();
+  s.kv_blocks_used = pool_->num_blocks() - pool_->num_free();
+  s.prefix_cache_queries = scheduler_->prefix_cache_queries();
+  s.prefix_cache_hits = scheduler_->prefix_cache_hits();
+  s.preemptions = scheduler_->preemptions();
+  return s;
+}
+
+std::string LlmEngine::check_invariants() const {
+  std::string problem = pool_->check_invariants();
+  if (!problem.empty()) return problem;
+  // Every reference is held by exactly one block-table entry.
+  std::vector<int> refs(pool_->num_blocks(), 0);
+  for (const auto& [id, seq] : sequences_)
+    for (int32_t b : seq->block_table) ++refs[b];
+  for (int b = 0; b < pool_->num_blocks(); ++b) {
+    if (refs[b] != pool_->ref_count(b)) return "block " + std::to_string(b) + " reference count disagrees with block tables";
+  }
+  return "";
+}
+
+}  // namespace sy

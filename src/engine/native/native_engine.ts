@@ -1,0 +1,314 @@
+/**
+ * The native engine: the C++ paged-attention engine (native/, built by `npm install` through
+ * cmake-js) behind the Engine interface. The engine steps on its own native thread; each
+ * step's outputs and KV events arrive here in one callback, which routes outputs to the
+ * request streams and events to the KV listeners. kvSnapshot() is built from the events
+ * already delivered, so a snapshot plus the events after it always rebuild the cache exactly.
+ */
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  EngineError,
+  type Engine,
+  type EngineErrorCode,
+  type EngineOutput,
+  type EngineRequest,
+  type EngineStats,
+  type FinishReason,
+  type KvEvent,
+  type KvEventListener,
+  type TokenLogprob,
+} from "../engine.ts";
+
+export interface NativeEngineOptions {
+  /** Hugging Face model folder (config.json, safetensors). */
+  model: string;
+  blockSize?: number;
+  /** Bytes of host memory for the paged KV cache; sets the number of blocks. */
+  kvCacheMemoryBytes?: number;
+  maxNumSeqs?: number;
+  maxNumBatchedTokens?: number;
+  /** Defaults to the model's max_position_embeddings; capped by what the KV cache holds. */
+  maxModelLen?: number;
+  enablePrefixCaching?: boolean;
+  /** Matmul/attention threads including the step thread; 0 or absent: all cores. */
+  threads?: number;
+  /** Seed of the random generators of requests without their own seed. */
+  seed?: number;
+  /** Plain single-threaded reference kernels (tests compare the fast kernels against them). */
+  referenceKernels?: boolean;
+}
+
+export const NATIVE_ENGINE_DEFAULTS = {
+  blockSize: 16,
+  kvCacheMemoryBytes: 256 * 1024 * 1024,
+  maxNumSeqs: 256,
+  maxNumBatchedTokens: 2048,
+  enablePrefixCaching: true,
+} as const;
+
+/** What the loaded model and engine look like. */
+export interface NativeEngineInfo {
+  architecture: string;
+  blockSize: number;
+  maxModelLen: number;
+  numKvBlocks: number;
+  vocabSize: number;
+  eosTokenIds: number[];
+  /** Bytes of weights one decode step reads (the memory-bandwidth roofline's numerator). */
+  weightBytesPerStep: number;
+  backend: string;
+}
+
+interface NativeOutput {
+  requestId: string;
+  tokenIds: number[];
+  logprobs?: TokenLogprob[];
+  finishReason?: FinishReason;
+  errorMessage?: string;
+  promptTokens: number;
+  completionTokens: number;
+  cachedTokens: number;
+}
+
+interface NativeHandle {
+  add(requestId: string, promptTokenIds: Int32Array, sampling: object): void;
+  abort(requestId: string): void;
+  stats(): EngineStats;
+  kvSnapshot(): KvEvent[];
+  checkInvariants(): string;
+  info(): NativeEngineInfo;
+  ref(): void;
+  unref(): void;
+  close(): Promise<void>;
+}
+
+export interface NativeAddon {
+  Engine: new (
+    options: object,
+    onStep: (outputs: NativeOutput[], events: KvEvent[], numTokens: number) => void,
+  ) => NativeHandle;
+  xxh64(bytes: Uint8Array, seed: bigint): bigint;
+  blockHashes(tokenIds: ArrayLike<number>, blockSize: number, parentHash?: bigint): bigint[];
+}
+
+const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), "../../../native/build/Release/switchyard_native.node");
+
+let addon: NativeAddon | undefined;
+
+/** The compiled addon; throws a clear error when it has not been built. */
+export function loadNativeAddon(): NativeAddon {
+  if (addon) return addon;
+  if (!existsSync(ADDON_PATH)) {
+    throw new Error(`the native engine is not built (${ADDON_PATH} is missing): run \`npm install\` (or \`npx cmake-js compile -d native -O native/build\`)`);
+  }
+  addon = createRequire(import.meta.url)(ADDON_PATH) as NativeAddon;
+  return addon;
+}
+
+/** Outputs of one request, from the step callback to its generate() loop. */
+class RequestStream {
+  private readonly queue: EngineOutput[] = [];
+  private wake: (() => void) | undefined;
+
+  push(output: EngineOutput): void {
+    this.queue.push(output);
+    this.wake?.();
+    this.wake = undefined;
+  }
+
+  async next(): Promise<EngineOutput> {
+    while (this.queue.length === 0) await new Promise<void>((resolve) => (this.wake = resolve));
+    return this.queue.shift()!;
+  }
+}
+
+interface MirroredBlock {
+  parent?: bigint;
+  tokenIds: number[];
+}
+
+export class NativeEngine implements Engine {
+  readonly blockSize: number;
+  readonly maxModelLen: number;
+  readonly info: NativeEngineInfo;
+  private readonly streams = new Map<string, RequestStream>();
+  private readonly listeners = new Set<KvEventListener>();
+  /** The cache contents as told by the events delivered so far, in the order stored. */
+  private readonly cachedBlocks = new Map<bigint, MirroredBlock>();
+  private closed = false;
+  /** Tokens the forward passes computed; for benchmarks. */
+  tokensComputed = 0;
+
+  private constructor(private readonly handle: NativeHandle) {
+    this.info = handle.info();
+    this.blockSize = this.info.blockSize;
+    this.maxModelLen = this.info.maxModelLen;
+  }
+
+  /** Loads the model and starts the engine thread; rejects with the loader's message (file, tensor). */
+  static async load(options: NativeEngineOptions): Promise<NativeEngine> {
+    const native = loadNativeAddon();
+    let engine: NativeEngine | undefined;
+    const handle = new native.Engine({ ...NATIVE_ENGINE_DEFAULTS, ...options }, (outputs, events, numTokens) =>
+      engine?.onStep(outputs, events, numTokens),
+    );
+    engine = new NativeEngine(handle);
+    return engine;
+  }
+
+  generate(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
+    return this.run(request, signal);
+  }
+
+  private async *run(request: EngineRequest, signal?: AbortSignal): AsyncGenerator<EngineOutput> {
+    const { requestId, promptTokenIds, sampling } = request;
+    if (this.closed) throw new EngineError("unavailable", "the engine is closed");
+    if (this.streams.has(requestId)) throw new EngineError("invalid_argument", `request id ${requestId} is already running`);
+    if (promptTokenIds.length >= this.maxModelLen) {
+      throw new EngineError(
+        "invalid_argument",
+        `the prompt has ${promptTokenIds.length} tokens; this engine's max model length is ${this.maxModelLen}, which leaves no room to generate`,
+      );
+    }
+    const usage = { promptTokens: promptTokenIds.length, completionTokens: 0, cachedTokens: 0 };
+    if (signal?.aborted) {
+      yield { tokenIds: [], finishReason: "cancelled", usage };
+      return;
+    }
+    const stream = new RequestStream();
+    try {
+      this.handle.add(requestId, Int32Array.from(promptTokenIds), {
+        ...sampling,
+        // Never generate past the context: the engine also stops there, with "length".
+        maxTokens: Math.min(sampling.maxTokens, this.maxModelLen - promptTokenIds.length),
+      });
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code) throw new EngineError(code as EngineErrorCode, (err as Error).message, { cause: err });
+      throw new EngineError("internal", (err as Error).message, { cause: err });
+    }
+    this.streams.set(requestId, stream);
+    if (this.streams.size === 1) this.handle.ref();
+    const onAbort = () => this.handle.abort(requestId);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let finished = false;
+    try {
+      for (;;) {
+        const output = await stream.next();
+        if (output.finishReason) finished = true;
+        yield output;
+        if (finished) return;
+      }
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      // The consumer stopped early: abort; the engine's "cancelled" output then closes the stream.
+      if (!finished && !this.closed) this.handle.abort(requestId);
+    }
+  }
+
+  abort(requestId: string): boolean {
+    if (!this.streams.has(requestId) || this.closed) return false;
+    this.handle.abort(requestId);
+    return true;
+  }
+
+  stats(): EngineStats {
+    if (this.closed) {
+      return { runningRequests: 0, waitingRequests: 0, kvBlocksUsed: 0, kvBlocksTotal: this.info.numKvBlocks, prefixCacheQueries: 0, prefixCacheHits: 0, preemptions: 0 };
+    }
+    return this.handle.stats();
+  }
+
+  onKvEvents(listener: KvEventListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  kvSnapshot(): KvEvent[] {
+    // Parents before children: a parent re-stored after its child was kept is emitted first.
+    const events: KvEvent[] = [];
+    const emitted = new Set<bigint>();
+    for (const start of this.cachedBlocks.keys()) {
+      const chain: bigint[] = [];
+      for (let h: bigint | undefined = start; h !== undefined && !emitted.has(h) && this.cachedBlocks.has(h); h = this.cachedBlocks.get(h)!.parent) {
+        chain.push(h);
+        emitted.add(h);
+      }
+      for (const hash of chain.reverse()) {
+        const block = this.cachedBlocks.get(hash)!;
+        events.push({
+          type: "stored",
+          blockHashes: [hash],
+          ...(block.parent !== undefined ? { parentBlockHash: block.parent } : {}),
+          tokenIds: block.tokenIds,
+          blockSize: this.blockSize,
+        });
+      }
+    }
+    return events;
+  }
+
+  /** The native block pool's own snapshot (after the current step); equals kvSnapshot() when idle. */
+  nativeKvSnapshot(): KvEvent[] {
+    return this.handle.kvSnapshot();
+  }
+
+  /** Checks the block pool's invariants; returns "" or the first violation. */
+  checkInvariants(): string {
+    return this.handle.checkInvariants();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+    for (const [, stream] of this.streams) {
+      stream.push({ tokenIds: [], finishReason: "cancelled", usage: { promptTokens: 0, completionTokens: 0, cachedTokens: 0 } });
+    }
+    this.streams.clear();
+  }
+
+  private onStep(outputs: NativeOutput[], events: KvEvent[], numTokens: number): void {
+    this.tokensComputed += numTokens;
+    for (const event of events) this.mirror(event);
+    if (events.length > 0) for (const listener of this.listeners) listener(events);
+    for (const out of outputs) {
+      const stream = this.streams.get(out.requestId);
+      if (!stream) continue;
+      const output: EngineOutput = {
+        tokenIds: out.tokenIds,
+        usage: { promptTokens: out.promptTokens, completionTokens: out.completionTokens, cachedTokens: out.cachedTokens },
+      };
+      if (out.logprobs) output.logprobs = out.logprobs;
+      if (out.finishReason) {
+        output.finishReason = out.finishReason;
+        if (out.errorMessage) output.errorMessage = out.errorMessage;
+        this.streams.delete(out.requestId);
+        if (this.streams.size === 0) this.handle.unref();
+      }
+      stream.push(output);
+    }
+  }
+
+  private mirror(event: KvEvent): void {
+    switch (event.type) {
+      case "stored":
+        event.blockHashes.forEach((hash, i) => {
+          this.cachedBlocks.set(hash, {
+            parent: i === 0 ? event.parentBlockHash : event.blockHashes[i - 1],
+            tokenIds: event.tokenIds.slice(i * event.blockSize, (i + 1) * event.blockSize),
+          });
+        });
+        break;
+      case "removed":
+        for (const hash of event.blockHashes) this.cachedBlocks.delete(hash);
+        break;
+      case "cleared":
+        this.cachedBlocks.clear();
+        break;
+    }
+  }
+}
