@@ -1,0 +1,107 @@
+/** `POST /v1/completions`: a prompt (text or token ids) in, text out, streamed or whole. */
+import { create } from "@bufbuild/protobuf";
+import { GenerateRequestSchema } from "../../gen/switchyard/worker/v1/worker_pb.ts";
+import { ApiError } from "./errors.ts";
+import { GenerationRun, type GenerationStep, type GenerationUsage, type OpenAIFinishReason } from "./generation.ts";
+import { ChunkFrame, openAIUsage, sendGeneration, type Outcome, type ResponseFormat } from "./generation_response.ts";
+import { CompletionLogprobsBuilder, emptyCompletionLogprobs, TokenRenderer, type CompletionLogprobs } from "./logprobs.ts";
+import { findModel } from "./models.ts";
+import { CompletionRequestSchema, parseBody } from "./openai_schemas.ts";
+import type { RequestContext } from "./request_context.ts";
+import { buildSamplingParams } from "./sampling_params.ts";
+import { stopStringList } from "./stop_strings.ts";
+import { tokenizerFor } from "./tokenizer.ts";
+
+export async function handleCompletions(ctx: RequestContext, raw: unknown): Promise<Outcome> {
+  const body = parseBody(CompletionRequestSchema, raw);
+  ctx.model = body.model;
+  const card = findModel(ctx.router, body.model);
+  const tokenizer = tokenizerFor(card.path);
+  const promptIds = typeof body.prompt === "string" ? tokenizer.encode(body.prompt, true) : body.prompt;
+  if (promptIds.length === 0) throw ApiError.badRequest("prompt: the prompt is empty", "prompt");
+  const sampling = buildSamplingParams(body, {
+    promptTokens: promptIds.length,
+    maxModelLen: card.maxModelLen,
+    eosTokenIds: tokenizer.eosTokenIds,
+    maxTokens: body.max_tokens ?? undefined,
+    logprobs: body.logprobs ?? undefined,
+  });
+  const request = create(GenerateRequestSchema, { requestId: ctx.requestId, tokenIds: promptIds, sampling, model: card.name });
+  const skipSpecialTokens = body.skip_special_tokens ?? true;
+  const run = new GenerationRun(
+    ctx.router,
+    { tokenizer, request, stop: stopStringList(body.stop), skipSpecialTokens },
+    ctx.clientSignal,
+    ctx.observe(card.name),
+  );
+  const echo = body.echo ? { text: typeof body.prompt === "string" ? body.prompt : tokenizer.decode(promptIds, skipSpecialTokens), ids: promptIds } : undefined;
+  const logprobs =
+    body.logprobs == null
+      ? undefined
+      : new CompletionLogprobsBuilder(new TokenRenderer(tokenizer, body.return_tokens_as_token_ids ?? false), body.logprobs);
+  const stream = body.stream ?? false;
+  const includeUsage = stream && (body.stream_options?.include_usage ?? false);
+  const format = new CompletionFormat(`cmpl-${ctx.requestId}`, body.model, includeUsage, echo, logprobs);
+  return sendGeneration(ctx.res, run, format, stream, includeUsage);
+}
+
+/** Completion chunks and bodies. */
+class CompletionFormat implements ResponseFormat {
+  private readonly frame: ChunkFrame;
+  private readonly texts: string[] = [];
+  private readonly collected: CompletionLogprobs | undefined;
+
+  constructor(
+    id: string,
+    model: string,
+    includeUsage: boolean,
+    private readonly echo: { text: string; ids: number[] } | undefined,
+    private readonly logprobs: CompletionLogprobsBuilder | undefined,
+  ) {
+    this.frame = new ChunkFrame(id, "text_completion", model, includeUsage);
+    if (logprobs) this.collected = emptyCompletionLogprobs();
+    if (echo) {
+      this.texts.push(echo.text);
+      if (logprobs) logprobs.addPrompt(this.collected!, echo.ids);
+    }
+  }
+
+  openingChunks(): string[] {
+    if (!this.echo) return [];
+    const logprobs = this.collected ? JSON.stringify(this.collected) : "null";
+    return [this.frame.choice(`"text":${JSON.stringify(this.echo.text)},"logprobs":${logprobs},"finish_reason":null`)];
+  }
+
+  chunk(step: GenerationStep): string | null {
+    if (step.text === "" && step.finishReason === null && step.logprobs === undefined) return null;
+    let logprobs = "null";
+    if (this.logprobs) {
+      const part = emptyCompletionLogprobs();
+      if (step.logprobs) this.logprobs.add(part, step.logprobs);
+      logprobs = JSON.stringify(part);
+    }
+    const finish = step.finishReason === null ? "null" : `"${step.finishReason}"`;
+    return this.frame.choice(`"text":${JSON.stringify(step.text)},"logprobs":${logprobs},"finish_reason":${finish}`);
+  }
+
+  usageChunk(usage: GenerationUsage): string {
+    return this.frame.usage(usage);
+  }
+
+  collect(step: GenerationStep): void {
+    if (step.text !== "") this.texts.push(step.text);
+    if (this.logprobs && step.logprobs) this.logprobs.add(this.collected!, step.logprobs);
+  }
+
+  body(finishReason: OpenAIFinishReason, usage: GenerationUsage): string {
+    const { id, created, model } = this.frame;
+    return JSON.stringify({
+      id,
+      object: "text_completion",
+      created,
+      model,
+      choices: [{ index: 0, text: this.texts.join(""), logprobs: this.collected ?? null, finish_reason: finishReason }],
+      usage: openAIUsage(usage),
+    });
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * The request bodies of /v1/chat/completions and /v1/completions as OpenAI (and vLLM's
+ * extensions) define them. Unknown fields are dropped, as OpenAI does; what we parse but
+ * cannot serve (n > 1, batched prompts, suffix) is refused with a message naming the field.
+ */
+import { z } from "zod";
+import { ApiError } from "./errors.ts";
+
+const nonNegativeInt = z.number().int().min(0);
+
+const unsupportedAbove = (max: number, what: string) =>
+  z
+    .number()
+    .int()
+    .min(1)
+    .refine((v) => v <= max, { message: `${what} is not supported: only ${max} choice per request` });
+
+/** Fields shared by both endpoints: sampling, stopping and vLLM's extras. */
+const generationFields = {
+  model: z.string().min(1),
+  stream: z.boolean().nullish(),
+  stream_options: z.object({ include_usage: z.boolean().nullish() }).nullish(),
+  max_tokens: z.number().int().min(1).nullish(),
+  stop: z.union([z.string(), z.array(z.string()).max(4, { message: "at most 4 stop strings" })]).nullish(),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().gt(0).max(1).nullish(),
+  seed: z.number().int().nullish(),
+  n: unsupportedAbove(1, "n > 1").nullish(),
+  presence_penalty: z.number().min(-2).max(2).nullish(),
+  frequency_penalty: z.number().min(-2).max(2).nullish(),
+  // vLLM's extra sampling parameters.
+  top_k: z.number().int().min(-1).nullish(),
+  min_p: z.number().min(0).max(1).nullish(),
+  repetition_penalty: z.number().gt(0).max(2).nullish(),
+  min_tokens: nonNegativeInt.nullish(),
+  stop_token_ids: z.array(nonNegativeInt).nullish(),
+  ignore_eos: z.boolean().nullish(),
+  skip_special_tokens: z.boolean().nullish(),
+  return_tokens_as_token_ids: z.boolean().nullish(),
+  user: z.string().nullish(),
+};
+
+const TextPartSchema = z.object({
+  type: z.literal("text", { error: "only text content parts are supported" }),
+  text: z.string(),
+});
+
+const MessageSchema = z.object({
+  role: z.enum(["system", "developer", "user", "assistant", "tool"]),
+  content: z.union([z.string(), z.array(TextPartSchema)]).nullish(),
+  name: z.string().nullish(),
+  tool_call_id: z.string().nullish(),
+  tool_calls: z.array(z.unknown()).nullish(),
+  reasoning_content: z.string().nullish(),
+});
+
+export const ChatCompletionRequestSchema = z
+  .object({
+    ...generationFields,
+    messages: z.array(MessageSchema).min(1, { message: "at least one message is required" }),
+    max_completion_tokens: z.number().int().min(1).nullish(),
+    logprobs: z.boolean().nullish(),
+    top_logprobs: z.number().int().min(0).max(20).nullish(),
+    // vLLM: extra variables for the chat template, e.g. {"enable_thinking": false} for Qwen3.
+    chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+  })
+  .refine((body) => body.top_logprobs == null || body.logprobs === true, {
+    message: "top_logprobs requires logprobs to be true",
+    path: ["top_logprobs"],
+  });
+
+/** `prompt`: one text or one token-id sequence, in any of the shapes OpenAI accepts for one. */
+const PromptSchema = z
+  .union([z.string(), z.array(z.string()), z.array(nonNegativeInt), z.array(z.array(nonNegativeInt))])
+  .transform((prompt, ctx): string | number[] => {
+    if (typeof prompt === "string") return prompt;
+    if (prompt.length === 0) {
+      ctx.issues.push({ code: "custom", message: "prompt must not be empty", input: prompt });
+      return z.NEVER;
+    }
+    if (typeof prompt[0] === "number") return prompt as number[];
+    if (prompt.length > 1) {
+      ctx.issues.push({
+        code: "custom",
+        message: `batched prompts (${prompt.length} prompts in one request) are not supported; send one prompt per request`,
+        input: prompt,
+      });
+      return z.NEVER;
+    }
+    const only = prompt[0] as string | number[];
+    if (typeof only !== "string" && only.length === 0) {
+      ctx.issues.push({ code: "custom", message: "prompt must not be empty", input: prompt });
+      return z.NEVER;
+    }
+    return only;
+  });
+
+export const CompletionRequestSchema = z.object({
+  ...generationFields,
+  prompt: PromptSchema,
+  echo: z.boolean().nullish(),
+  logprobs: z.number().int().min(0).max(20).nullish(),
+  best_of: unsupportedAbove(1, "best_of > 1").nullish(),
+  suffix: z.null({ error: "suffix is not supported" }).optional(),
+});
+
+export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>;
+export type ChatMessage = ChatCompletionRequest["messages"][number];
+export type CompletionRequest = z.infer<typeof CompletionRequestSchema>;
+
+/** Validates a parsed JSON body; a failure is a 400 whose message names the field. */
+export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
+  const result = schema.safeParse(body);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const param = formatPath(issue.path);
+  const message = param ? `${param}: ${issue.message}` : issue.message;
+  const more = result.error.issues.length > 1 ? ` (and ${result.error.issues.length - 1} more problem(s))` : "";
+  throw ApiError.badRequest(message + more, param || null);
+}
+
+function formatPath(path: PropertyKey[]): string {
+  let out = "";
+  for (const part of path) {
+    if (typeof part === "number") out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out;
+}
