@@ -37,7 +37,7 @@ async function measure(name: string, url: string, model: string): Promise<LoadRe
 }
 
 const bare = await start(process.execPath, ["--import", "tsx", "bench/bare_sse_server.ts"]);
-const yard = await start(process.execPath, ["bin/switchyard.mjs", "serve", "--port", "0", "--speedup-ratio", "0"]);
+const yard = await start(process.execPath, ["bin/switchyard.mjs", "serve", "--port", "0", "--engine", "mocker", "--speedup-ratio", "0"]);
 try {
   const bareReport = await measure("bare", bare.url, "bare");
   const yardReport = await measure("switchyard", yard.url, "switchyard-tiny-qwen3");

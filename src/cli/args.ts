@@ -51,20 +51,37 @@ export const ENGINE_OPTIONS: Options = {
   "num-gpu-blocks": { type: "string" },
   "speedup-ratio": { type: "string" },
   "kv-cache-memory": { type: "string" },
+  threads: { type: "string" },
 };
 
 export const EngineFlagsSchema = z.object({
-  engine: z.enum(["mocker", "native"]).default("mocker"),
+  engine: z.enum(["mocker", "native"]).default("native"),
   model: z.string().optional(),
   "served-model-name": z.string().min(1).optional(),
   "block-size": intFlag(1, 1024).default(16),
   "max-num-seqs": intFlag(1).default(256),
-  "max-num-batched-tokens": intFlag(1).default(8192),
+  "max-num-batched-tokens": intFlag(1).default(2048),
   "max-model-len": intFlag(2).optional(),
   "enable-prefix-caching": z.boolean().default(true),
-  "num-gpu-blocks": intFlag(1).default(16384),
-  "speedup-ratio": numberFlag(0).default(1),
-  "kv-cache-memory": intFlag(1).default(1 << 30),
+  "num-gpu-blocks": intFlag(1).optional(),
+  "speedup-ratio": numberFlag(0).optional(),
+  "kv-cache-memory": intFlag(1).optional(),
+  threads: intFlag(1, 1024).optional(),
 });
 
 export type EngineFlags = z.infer<typeof EngineFlagsSchema>;
+
+/** Flags that only one engine reads: giving them to the other is a mistake worth saying. */
+const ENGINE_ONLY_FLAGS = {
+  mocker: ["num-gpu-blocks", "speedup-ratio"],
+  native: ["kv-cache-memory", "threads"],
+} as const;
+
+export function checkEngineFlags(flags: EngineFlags): void {
+  for (const [engine, names] of Object.entries(ENGINE_ONLY_FLAGS)) {
+    if (engine === flags.engine) continue;
+    for (const name of names) {
+      if (flags[name] !== undefined) throw new UsageError(`--${name} applies to the ${engine} engine only; add --engine ${engine}`);
+    }
+  }
+}

@@ -7,17 +7,18 @@ import { SERVE_USAGE, serveCommand } from "./serve.ts";
 import { WORKER_USAGE, workerCommand } from "./worker.ts";
 
 const ENGINE_USAGE = `engine options (vLLM's names):
-  --engine mocker|native        default mocker
+  --engine native|mocker        default native (the C++ engine); mocker simulates one
   --model DIR                   Hugging Face model folder (default: tiny random Qwen3, generated once)
   --served-model-name NAME      name clients use (default: --model as given)
   --block-size N                tokens per KV block (default 16)
   --max-num-seqs N              running requests at most (default 256)
-  --max-num-batched-tokens N    tokens per engine step (default 8192)
+  --max-num-batched-tokens N    tokens per engine step (default 2048)
   --max-model-len N             context length (default: from config.json)
   --[no-]enable-prefix-caching  default on
   --num-gpu-blocks N            mocker: simulated KV blocks (default 16384)
   --speedup-ratio X             mocker: run X times faster than simulated real time; 0 = no cost
-  --kv-cache-memory BYTES       native on CPU: KV cache budget (default 1 GiB)`;
+  --kv-cache-memory BYTES       native on CPU: KV cache budget (default 1 GiB)
+  --threads N                   native: matmul threads (default: one per core)`;
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: string }> = {
   serve: { run: serveCommand, usage: SERVE_USAGE },

@@ -43,22 +43,23 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
   const model = resolveModel(flags.model, flags["served-model-name"], log);
   const config = engineConfig(flags, model);
   const workers: RunningWorker[] = [];
-  const router = new WorkerRouter(
-    [{ name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] }],
-    createSelector(flags["router-mode"]),
-    { migrationLimit: flags["migration-limit"], log },
-  );
   try {
     for (let i = 0; i < flags["num-workers"]; i++) {
       const engine = await createEngine(config);
-      const worker = await startWorker({ engine, engineName: flags.engine, model: model.servedName, workerId: `worker-${i}` });
-      workers.push(worker);
-      router.addWorker(await connectWorker(worker.url));
+      workers.push(await startWorker({ engine, engineName: flags.engine, model: model.servedName, workerId: `worker-${i}` }));
     }
   } catch (err) {
     await Promise.all(workers.map((w) => w.close()));
     throw err;
   }
+  // The engine knows the real context length (the native engine caps it at what its KV cache holds).
+  const { maxModelLen, blockSize } = workers[0].engine;
+  const router = new WorkerRouter(
+    [{ name: model.servedName, path: model.folder.path, maxModelLen, blockSize }],
+    createSelector(flags["router-mode"]),
+    { migrationLimit: flags["migration-limit"], log },
+  );
+  for (const worker of workers) router.addWorker(await connectWorker(worker.url));
   const frontend = await startFrontend({ host: flags.host, port: flags.port, router });
   log.info(`${workers.length} ${flags.engine} worker(s): ${workers.map((w) => w.url).join(", ")}`);
   log.info(`OpenAI API at ${frontend.url}/v1 serving '${model.servedName}'`);

@@ -13,7 +13,7 @@ import { healthCheckPayload } from "../worker/health_check.ts";
 import { NatsKvEventBridge } from "../worker/nats_kv_events.ts";
 import { registerWorkerMetrics } from "../worker/worker_metrics.ts";
 import { startWorker } from "../worker/worker_server.ts";
-import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError, type EngineFlags } from "./args.ts";
+import { checkEngineFlags, ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError, type EngineFlags } from "./args.ts";
 import { resolveModel, type ModelSource } from "./model_source.ts";
 
 export const WORKER_USAGE = `switchyard worker [options]
@@ -40,6 +40,7 @@ const WorkerFlagsSchema = EngineFlagsSchema.extend({
 });
 
 export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConfig {
+  checkEngineFlags(flags);
   return {
     engine: flags.engine,
     model: model.folder.path,
@@ -48,9 +49,10 @@ export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConf
     maxNumBatchedTokens: flags["max-num-batched-tokens"],
     maxModelLen: flags["max-model-len"],
     enablePrefixCaching: flags["enable-prefix-caching"],
-    numGpuBlocks: flags["num-gpu-blocks"],
-    speedupRatio: flags["speedup-ratio"],
-    kvCacheMemoryBytes: flags["kv-cache-memory"],
+    numGpuBlocks: flags["num-gpu-blocks"] ?? 16384,
+    speedupRatio: flags["speedup-ratio"] ?? 1,
+    kvCacheMemoryBytes: flags["kv-cache-memory"] ?? 1 << 30,
+    threads: flags.threads,
   };
 }
 

@@ -5,6 +5,7 @@
 import { readModelFolder } from "../model/model_folder.ts";
 import type { Engine } from "./engine.ts";
 import { MockerEngine } from "./mocker/mocker_engine.ts";
+import { NativeEngine } from "./native/native_engine.ts";
 
 export type EngineKind = "mocker" | "native";
 
@@ -22,6 +23,8 @@ export interface EngineConfig {
   speedupRatio: number;
   /** Native on CPU: bytes for the KV cache. */
   kvCacheMemoryBytes: number;
+  /** Native: threads for the matmuls (default: one per core). */
+  threads?: number;
 }
 
 export async function createEngine(config: EngineConfig): Promise<Engine> {
@@ -40,7 +43,16 @@ export async function createEngine(config: EngineConfig): Promise<Engine> {
         vocabSize: regularVocabSize(folder.vocabSize),
       });
     case "native":
-      throw new Error("the native engine is not built yet: use --engine mocker");
+      return NativeEngine.load({
+        model: config.model,
+        blockSize: config.blockSize,
+        kvCacheMemoryBytes: config.kvCacheMemoryBytes,
+        maxNumSeqs: config.maxNumSeqs,
+        maxNumBatchedTokens: config.maxNumBatchedTokens,
+        maxModelLen,
+        enablePrefixCaching: config.enablePrefixCaching,
+        threads: config.threads,
+      });
   }
 }
 

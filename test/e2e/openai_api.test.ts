@@ -13,7 +13,7 @@ describe("OpenAI API through switchyard serve", () => {
   let client: OpenAI;
   beforeAll(async () => {
     // Simulated time at 10x: fast tests, yet slow enough to cancel a request mid-stream.
-    server = await serve(["--port", "0", "--num-workers", "2", "--speedup-ratio", "10"]);
+    server = await serve(["--port", "0", "--num-workers", "2", "--engine", "mocker", "--speedup-ratio", "10"]);
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
   });
   afterAll(() => server.stop());

@@ -37,7 +37,7 @@ describe("distributed runtime over NATS", () => {
     return proc;
   };
   const worker = (id: string, extra: string[] = []) =>
-    spawnSwitchyard(["worker", "--port", "0", "--worker-id", id, "--nats", nats.url, "--speedup-ratio", "1", ...extra]);
+    spawnSwitchyard(["worker", "--port", "0", "--worker-id", id, "--nats", nats.url, "--engine", "mocker", "--speedup-ratio", "1", ...extra]);
 
   beforeAll(async () => {
     nats = await startNatsServer();

@@ -102,7 +102,7 @@ function isStillValid(field: string, value: unknown, chat: boolean): boolean {
 describe("hostile request bodies", () => {
   let server: ServeHandle;
   beforeAll(async () => {
-    server = await serve(["--port", "0", "--speedup-ratio", "0"]);
+    server = await serve(["--port", "0", "--engine", "mocker", "--speedup-ratio", "0"]);
   });
   afterAll(() => server.stop());
 

@@ -14,7 +14,7 @@ function promtool(exposition: string): string {
 describe("metrics", () => {
   let server: ServeHandle;
   beforeAll(async () => {
-    server = await serve(["--port", "0", "--speedup-ratio", "0"]);
+    server = await serve(["--port", "0", "--engine", "mocker", "--speedup-ratio", "0"]);
     for (const stream of [false, true]) {
       const res = await fetch(`${server.url}/v1/completions`, {
         method: "POST",
