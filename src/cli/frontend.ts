@@ -63,7 +63,7 @@ export async function frontendCommand(argv: string[]): Promise<void> {
     const model = resolveModel(flags.model, flags["served-model-name"], log);
     cards.push({ name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] });
   }
-  const router = new WorkerRouter(cards, createSelector(flags["router-mode"]));
+  const router = new WorkerRouter(cards, createSelector(flags["router-mode"]), { migrationLimit: flags["migration-limit"], log });
   const discoveries: { close(): Promise<void> }[] = [];
   if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, router, log));
   const nc = natsUrl ? await connectNats(natsUrl, "switchyard-frontend", log) : undefined;

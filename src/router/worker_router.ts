@@ -28,8 +28,12 @@ export interface WorkerRouterOptions {
   log?: Logger;
 }
 
-/** Codes that say the worker or the connection failed, not the request. */
-const MIGRATABLE = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.Aborted, Code.DeadlineExceeded]);
+/**
+ * Codes that say the worker or the connection failed, not the request. Canceled is among them
+ * because a worker that dies resets its HTTP/2 streams with CANCEL; a cancellation of our own
+ * (the client left) is recognised by our signal instead.
+ */
+const MIGRATABLE = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.Aborted, Code.DeadlineExceeded, Code.Canceled]);
 
 export class StreamBrokenError extends Error {
   constructor(workerId: string) {
@@ -84,9 +88,10 @@ export class WorkerRouter implements Router {
     const promptTokens = request.tokenIds.length;
     const generated: number[] = [];
     const failedWorkers = new Set<string>();
-    for (let migrations = 0; ; migrations++) {
+    let migrations = 0;
+    for (;;) {
       const worker = this.pick(request, failedWorkers);
-      const attempt = migrations === 0 ? request : continuation(request, generated);
+      const attempt = generated.length === 0 ? request : continuation(request, generated);
       worker.inFlight++;
       try {
         let finished = false;
@@ -102,7 +107,16 @@ export class WorkerRouter implements Router {
         if (finished) return;
         throw new StreamBrokenError(worker.id);
       } catch (err) {
-        if (signal.aborted || !this.canMigrate(err, migrations)) throw err;
+        if (signal.aborted) throw err;
+        if (generated.length === 0 && refusedBeforeStart(err) && !failedWorkers.has(worker.id)) {
+          // A draining or overloaded worker refused the request before doing any work: any
+          // other worker may take it, and that is no migration.
+          failedWorkers.add(worker.id);
+          if (this.hasOtherWorker(request.model, failedWorkers)) continue;
+          throw err;
+        }
+        if (!this.canMigrate(err, migrations)) throw err;
+        migrations++;
         failedWorkers.add(worker.id);
         const maxTokens = request.sampling?.maxTokens;
         if (maxTokens !== undefined && generated.length >= maxTokens) {
@@ -113,7 +127,7 @@ export class WorkerRouter implements Router {
           });
           return;
         }
-        this.options.log?.warn(`request ${request.requestId} lost worker ${worker.id} after ${generated.length} tokens; migrating (${migrations + 1}/${this.migrationLimit})`, err);
+        this.options.log?.warn(`request ${request.requestId} lost worker ${worker.id} after ${generated.length} tokens; migrating (${migrations}/${this.migrationLimit})`, err);
       } finally {
         worker.inFlight--;
         this.selector.requestFinished?.(request.requestId, worker);
@@ -138,11 +152,22 @@ export class WorkerRouter implements Router {
     return this.selector.select({ requestId: request.requestId, tokenIds: request.tokenIds }, candidates).worker;
   }
 
+  private hasOtherWorker(model: string, excluded: ReadonlySet<string>): boolean {
+    for (const w of this.workers.values()) if (w.info.model === model && !excluded.has(w.id)) return true;
+    return false;
+  }
+
   private canMigrate(err: unknown, migrations: number): boolean {
     if (migrations >= this.migrationLimit) return false;
     if (err instanceof StreamBrokenError) return true;
-    return err instanceof ConnectError && MIGRATABLE.has(err.code);
+    const code = ConnectError.from(err).code;
+    this.options.log?.debug(`worker stream failed with ${Code[code]}: ${(err as Error).message}`);
+    return MIGRATABLE.has(code);
   }
+}
+
+function refusedBeforeStart(err: unknown): boolean {
+  return err instanceof ConnectError && (err.code === Code.Unavailable || err.code === Code.ResourceExhausted);
 }
 
 /** The request that carries on where a broken attempt stopped. */

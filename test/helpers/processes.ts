@@ -13,7 +13,7 @@ const root = join(import.meta.dirname, "..", "..");
 
 export interface Proc {
   child: ChildProcess;
-  /** The URL the process printed on stdout. */
+  /** The URL the process printed on stdout, without a trailing /v1. */
   url: string;
   output(): string;
   /** Resolves with the exit code (or signal name). */
@@ -36,7 +36,7 @@ export async function startSwitchyard(args: string[], env: Record<string, string
     const match = out.match(/^(https?:\/\/\S+)$/m);
     if (match) {
       child.stdout!.resume();
-      return { child, url: match[1], output: () => log, exited };
+      return { child, url: match[1].replace(/\/v1$/, ""), output: () => log, exited };
     }
   }
   throw new Error(`switchyard ${args.join(" ")} exited before serving:\n${log}`);

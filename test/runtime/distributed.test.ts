@@ -20,6 +20,12 @@ async function workerCount(frontendUrl: string): Promise<number> {
   return body.instances?.length ?? 0;
 }
 
+/** One request through every worker, so tokenizers and connections are warm before the clock runs. */
+async function warmUp(frontendUrl: string, workers: number): Promise<void> {
+  const results = await load(frontendUrl, workers * 2, 2);
+  expect(results.filter((r) => r.error)).toEqual([]);
+}
+
 function load(frontendUrl: string, n: number, maxTokens: number): Promise<StreamResult[]> {
   return Promise.all(
     Array.from({ length: n }, (_, i) =>
@@ -67,6 +73,7 @@ describe("distributed runtime over NATS", () => {
     const a = await worker("kill-a");
     await worker("kill-b");
     await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(2);
+    await warmUp(frontend.url, 2);
     const running = load(frontend.url, 50, 200);
     // Let every stream get going, then kill one of the two workers outright.
     await new Promise((resolve) => setTimeout(resolve, 700));
@@ -81,6 +88,7 @@ describe("distributed runtime over NATS", () => {
     const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url, "--migration-limit", "0"]);
     const a = await worker("nomig-a");
     await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(1);
+    await warmUp(frontend.url, 1);
     const running = load(frontend.url, 4, 400);
     await new Promise((resolve) => setTimeout(resolve, 500));
     a.child.kill("SIGKILL");
@@ -96,6 +104,7 @@ describe("distributed runtime over NATS", () => {
     const a = await worker("term-a");
     await worker("term-b");
     await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(2);
+    await warmUp(frontend.url, 2);
     const running = load(frontend.url, 30, 150);
     await new Promise((resolve) => setTimeout(resolve, 500));
     a.child.kill("SIGTERM");
