@@ -52,6 +52,10 @@ const MessageSchema = z.object({
   tool_call_id: z.string().nullish(),
   tool_calls: z.array(z.unknown()).nullish(),
   reasoning_content: z.string().nullish(),
+}).refine((message) => message.content != null || (message.role === "assistant" && message.tool_calls != null), {
+  // OpenAI: only an assistant message that carries tool calls may go without content.
+  message: "content is required for this message",
+  path: ["content"],
 });
 
 export const ChatCompletionRequestSchema = z

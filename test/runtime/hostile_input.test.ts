@@ -93,7 +93,8 @@ function isStillValid(field: string, value: unknown, chat: boolean): boolean {
   if (["seed"].includes(field) && Number.isInteger(value)) return (value as number) >= -(2 ** 63) && (value as number) < 2 ** 63;
   if (["top_k"].includes(field) && value === -1) return true;
   if (["stop_token_ids"].includes(field) && Array.isArray(value) && value.length === 0) return true;
-  if (["stream_options"].includes(field) && typeof value === "object" && value !== null && !Array.isArray(value) && Object.keys(value).length === 0) return true;
+  // Unknown keys inside stream_options are ignored, as OpenAI does.
+  if (["stream_options"].includes(field) && typeof value === "object" && value !== null && !Array.isArray(value)) return true;
   if (field === "logprobs" && !chat && Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 5) return true;
   if (["min_tokens", "top_logprobs"].includes(field) && value === 0) return true;
   return false;
