@@ -2,9 +2,9 @@
  * `switchyard frontend`: the OpenAI HTTP gateway with the router inside. Workers come from
  * --worker URLs, or from NATS discovery with --nats (which also brings the model cards).
  */
+import { Registry } from "prom-client";
 import { z } from "zod";
 import { startFrontend } from "../frontend/server.ts";
-import { createSelector } from "../router/create_selector.ts";
 import { NatsWorkers } from "../router/nats_workers.ts";
 import type { ModelCard } from "../router/router.ts";
 import { StaticWorkers } from "../router/static_workers.ts";
@@ -14,7 +14,7 @@ import { DEFAULT_REGISTRATION_TIMING } from "../runtime/discovery/instance_regis
 import { createLogger } from "../runtime/logger.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError } from "./args.ts";
-import { ROUTER_OPTIONS, RouterFlagsSchema } from "./frontend_options.ts";
+import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
 
 export const FRONTEND_USAGE = `switchyard frontend (--worker URL ... | --nats URL) [options]
@@ -26,8 +26,7 @@ export const FRONTEND_USAGE = `switchyard frontend (--worker URL ... | --nats UR
                         the tiny model; with --nats: what workers announce)
   --served-model-name N the name workers serve the model under (default: --model as given)
   --max-model-len N     context length (default: config.json's max_position_embeddings)
-  --router-mode M       round-robin | random (default round-robin)
-  --migration-limit N   move a request to another worker up to N times when its worker fails (default 0)`;
+${ROUTER_USAGE}`;
 
 const FrontendFlagsSchema = RouterFlagsSchema.extend({
   host: z.string().default("127.0.0.1"),
@@ -63,12 +62,13 @@ export async function frontendCommand(argv: string[]): Promise<void> {
     const model = resolveModel(flags.model, flags["served-model-name"], log);
     cards.push({ name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] });
   }
-  const router = new WorkerRouter(cards, createSelector(flags["router-mode"]), { migrationLimit: flags["migration-limit"], log });
+  const registry = new Registry();
+  const router = new WorkerRouter(cards, selectorFromFlags(flags, cards[0]?.blockSize, registry, log), { migrationLimit: flags["migration-limit"], log });
   const discoveries: { close(): Promise<void> }[] = [];
   if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, router, log));
   const nc = natsUrl ? await connectNats(natsUrl, "switchyard-frontend", log) : undefined;
   if (nc) discoveries.push(new NatsWorkers(nc, router, log, DEFAULT_REGISTRATION_TIMING.ttlMs));
-  const frontend = await startFrontend({ host: flags.host, port: flags.port, router });
+  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry });
   log.info(`OpenAI API at ${frontend.url}/v1${natsUrl ? `, discovering workers over NATS at ${natsUrl}` : ""}`);
   console.log(`${frontend.url}/v1`);
   exitOnSignals(async (grace) => {

@@ -1,13 +1,35 @@
-/** Flags shared by `switchyard frontend` and `switchyard serve` for the HTTP side and routing. */
+/** Flags shared by `switchyard frontend`, `serve` and `router` for routing. */
+import type { Registry } from "prom-client";
 import { z } from "zod";
+import { KV_ROUTER_OPTIONS, KvRouterFlagsSchema, kvSelectorOptions } from "../router/kv/kv_router_flags.ts";
+import { createSelector } from "../router/create_selector.ts";
+import type { WorkerSelector } from "../router/worker_selector.ts";
+import type { Logger } from "../runtime/logger.ts";
 import { intFlag } from "./args.ts";
 
 export const ROUTER_OPTIONS = {
   "router-mode": { type: "string" },
   "migration-limit": { type: "string" },
+  ...KV_ROUTER_OPTIONS,
 } as const;
 
-export const RouterFlagsSchema = z.object({
+export const RouterFlagsSchema = KvRouterFlagsSchema.extend({
   "router-mode": z.enum(["round-robin", "random", "kv"]).default("round-robin"),
   "migration-limit": intFlag(0, 100).default(0),
 });
+
+export type RouterFlags = z.infer<typeof RouterFlagsSchema>;
+
+export const ROUTER_USAGE = `  --router-mode M       round-robin | random | kv (default round-robin)
+  --migration-limit N   move a request to another worker up to N times when its worker fails (default 0)
+  kv mode:
+  --kv-overlap-score-weight W     weight of the prefill saved by cached blocks (default 1.0)
+  --router-temperature T          0 picks the cheapest worker; above 0, softmax sampling (default 0)
+  --no-kv-events                  predict caches from routing decisions instead of KV events
+  --busy-threshold F              skip workers whose KV usage is over F (0..1]; 503 when all are
+  --router-max-waiting-requests N skip workers with more waiting requests than N
+  --router-prediction-ttl-secs S  with --no-kv-events: how long routed blocks count as cached (120)`;
+
+export function selectorFromFlags(flags: RouterFlags, blockSize: number | undefined, registry: Registry, log: Logger): WorkerSelector {
+  return createSelector(flags["router-mode"], { ...kvSelectorOptions(flags, blockSize), registry, log: log.child("kv-router") });
+}

@@ -2,17 +2,17 @@
  * `switchyard serve`: frontend, router and --num-workers workers in one process, talking
  * Connect over loopback exactly as separate processes would, with no NATS.
  */
+import { Registry } from "prom-client";
 import { z } from "zod";
 import { createEngine } from "../engine/create_engine.ts";
 import { startFrontend } from "../frontend/server.ts";
-import { createSelector } from "../router/create_selector.ts";
 import { connectWorker } from "../router/worker_handle.ts";
 import { WorkerRouter } from "../router/worker_router.ts";
 import { createLogger } from "../runtime/logger.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { startWorker, type RunningWorker } from "../worker/worker_server.ts";
 import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand } from "./args.ts";
-import { ROUTER_OPTIONS, RouterFlagsSchema } from "./frontend_options.ts";
+import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
 import { engineConfig } from "./worker.ts";
 
@@ -20,8 +20,7 @@ export const SERVE_USAGE = `switchyard serve [options]
   --host H             HTTP address (default 127.0.0.1)
   --port N             HTTP port (default 8000; 0 picks a free one)
   --num-workers N      workers in this process (default 1)
-  --router-mode M      round-robin | random (default round-robin)
-  --migration-limit N  move a request to another worker up to N times when its worker fails (default 0)
+${ROUTER_USAGE}
   engine options       see 'switchyard --help'`;
 
 const ServeFlagsSchema = EngineFlagsSchema.extend(RouterFlagsSchema.shape).extend({
@@ -54,13 +53,14 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
   }
   // The engine knows the real context length (the native engine caps it at what its KV cache holds).
   const { maxModelLen, blockSize } = workers[0].engine;
+  const registry = new Registry();
   const router = new WorkerRouter(
     [{ name: model.servedName, path: model.folder.path, maxModelLen, blockSize }],
-    createSelector(flags["router-mode"]),
+    selectorFromFlags(flags, blockSize, registry, log),
     { migrationLimit: flags["migration-limit"], log },
   );
   for (const worker of workers) router.addWorker(await connectWorker(worker.url));
-  const frontend = await startFrontend({ host: flags.host, port: flags.port, router });
+  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry });
   log.info(`${workers.length} ${flags.engine} worker(s): ${workers.map((w) => w.url).join(", ")}`);
   log.info(`OpenAI API at ${frontend.url}/v1 serving '${model.servedName}'`);
   return {
