@@ -283,7 +283,7 @@ async function runPolicy(policy: string, workload: Workload, options: { workers:
       for (const [t, turn] of turns.entries()) {
         const prompt = [...history, ...turn.message];
         const requestId = `u${user}-t${t}`;
-        const { worker } = selector.select({ requestId, tokenIds: prompt }, handles);
+        const { worker } = await selector.select({ requestId, tokenIds: prompt }, handles);
         const engine = engines[handles.indexOf(worker)];
         const sent = performance.now();
         let last = sent;

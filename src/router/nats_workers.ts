@@ -8,7 +8,7 @@ import type { InstanceRecord } from "../runtime/discovery/instance_record.ts";
 import { InstanceWatcher } from "../runtime/discovery/instance_watcher.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { followWorker, type FollowOptions } from "./worker_follower.ts";
-import type { WorkerRouter } from "./worker_router.ts";
+import type { WorkerSink } from "./worker_selector.ts";
 
 export class NatsWorkers {
   private readonly followed = new Map<string, { abort: AbortController; done: Promise<void> }>();
@@ -16,7 +16,7 @@ export class NatsWorkers {
 
   constructor(
     nc: NatsConnection,
-    private readonly router: WorkerRouter,
+    private readonly router: WorkerSink,
     private readonly log: Logger,
     ttlMs: number,
     private readonly options: FollowOptions = {},
@@ -35,7 +35,7 @@ export class NatsWorkers {
       this.log.warn(`instance ${record.id} runs in ${record.mode} mode, which this frontend cannot route to yet`);
       return;
     }
-    this.router.addModelCard({ name: record.model, ...record.card });
+    this.router.addModelCard?.({ name: record.model, ...record.card });
     const abort = new AbortController();
     const done = followWorker(record.address, this.router, this.log, abort.signal, this.options);
     this.followed.set(record.id, { abort, done });

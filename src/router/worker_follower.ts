@@ -7,7 +7,7 @@ import { create } from "@bufbuild/protobuf";
 import { GetInfoRequestSchema, ServingStatus } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { connectWorker, type WorkerHandle } from "./worker_handle.ts";
-import type { WorkerRouter } from "./worker_router.ts";
+import type { WorkerSink } from "./worker_selector.ts";
 
 export interface FollowOptions {
   pollIntervalMs?: number;
@@ -15,7 +15,7 @@ export interface FollowOptions {
 }
 
 /** Runs until `signal` aborts; the worker is removed from the router on the way out. */
-export async function followWorker(url: string, router: WorkerRouter, log: Logger, signal: AbortSignal, options: FollowOptions = {}): Promise<void> {
+export async function followWorker(url: string, router: WorkerSink, log: Logger, signal: AbortSignal, options: FollowOptions = {}): Promise<void> {
   const pollMs = options.pollIntervalMs ?? 2000;
   const timeoutMs = options.timeoutMs ?? 5000;
   let worker: WorkerHandle | undefined;

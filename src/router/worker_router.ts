@@ -20,7 +20,7 @@ import {
 import type { Logger } from "../runtime/logger.ts";
 import { RouterError, type InstanceInfo, type ModelCard, type Router } from "./router.ts";
 import type { WorkerHandle } from "./worker_handle.ts";
-import type { WorkerSelector } from "./worker_selector.ts";
+import type { WorkerSelector, WorkerSink } from "./worker_selector.ts";
 
 export interface WorkerRouterOptions {
   /** Times one request may move to another worker after its stream broke (0: never). */
@@ -42,7 +42,7 @@ export class StreamBrokenError extends Error {
   }
 }
 
-export class WorkerRouter implements Router {
+export class WorkerRouter implements Router, WorkerSink {
   private readonly workers = new Map<string, WorkerHandle>();
   /** Tokenizer and limits per served model name; a worker of an unknown model is refused. */
   private readonly modelCards = new Map<string, ModelCard>();
@@ -90,7 +90,7 @@ export class WorkerRouter implements Router {
     const failedWorkers = new Set<string>();
     let migrations = 0;
     for (;;) {
-      const worker = this.pick(request, failedWorkers);
+      const worker = await this.pick(request, failedWorkers);
       const attempt = generated.length === 0 ? request : continuation(request, generated);
       worker.inFlight++;
       try {
@@ -140,7 +140,7 @@ export class WorkerRouter implements Router {
     this.workers.clear();
   }
 
-  private pick(request: GenerateRequest, failedWorkers: ReadonlySet<string>): WorkerHandle {
+  private async pick(request: GenerateRequest, failedWorkers: ReadonlySet<string>): Promise<WorkerHandle> {
     const all = [...this.workers.values()].filter((w) => w.info.model === request.model);
     // Avoid workers this request already lost, unless they are all that is left.
     const fresh = all.filter((w) => !failedWorkers.has(w.id));
@@ -149,7 +149,7 @@ export class WorkerRouter implements Router {
       if (!this.modelCards.has(request.model)) throw new RouterError("unknown_model", `model '${request.model}' does not exist`);
       throw new RouterError("no_workers", `no live worker serves model '${request.model}'`, 1);
     }
-    return this.selector.select({ requestId: request.requestId, tokenIds: request.tokenIds }, candidates).worker;
+    return (await this.selector.select({ requestId: request.requestId, tokenIds: request.tokenIds, model: request.model }, candidates)).worker;
   }
 
   private hasOtherWorker(model: string, excluded: ReadonlySet<string>): boolean {

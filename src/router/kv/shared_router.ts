@@ -8,7 +8,7 @@
  */
 import { RouterError } from "../router.ts";
 import type { WorkerHandle } from "../worker_handle.ts";
-import type { Selection, WorkerSelector } from "../worker_selector.ts";
+import type { Selection, SyncWorkerSelector } from "../worker_selector.ts";
 
 export interface SharedRouterOptions {
   /** How long a request may run before it is counted as finished anyway (default 10 min). */
@@ -29,7 +29,7 @@ export class SharedRouter {
   private readonly now: () => number;
 
   constructor(
-    readonly selector: WorkerSelector,
+    readonly selector: SyncWorkerSelector,
     options: SharedRouterOptions = {},
   ) {
     this.requestLeaseMs = options.requestLeaseMs ?? 600_000;
