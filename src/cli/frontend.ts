@@ -6,6 +6,7 @@ import { Registry } from "prom-client";
 import { z } from "zod";
 import { startFrontend } from "../frontend/server.ts";
 import { NatsWorkers } from "../router/nats_workers.ts";
+import { RemoteSelector } from "../router/remote_selector.ts";
 import type { ModelCard } from "../router/router.ts";
 import { StaticWorkers } from "../router/static_workers.ts";
 import { WorkerRouter } from "../router/worker_router.ts";
@@ -25,6 +26,7 @@ export const FRONTEND_USAGE = `switchyard frontend (--worker URL ... | --nats UR
   --model DIR           model folder for the tokenizer and chat template (default with --worker:
                         the tiny model; with --nats: what workers announce)
   --served-model-name N the name workers serve the model under (default: --model as given)
+  --router-url URL      route with a standalone 'switchyard router' instead of in-process
   --max-model-len N     context length (default: config.json's max_position_embeddings)
 ${ROUTER_USAGE}`;
 
@@ -33,6 +35,7 @@ const FrontendFlagsSchema = RouterFlagsSchema.extend({
   port: intFlag(0, 65535).default(8000),
   worker: z.array(z.string().url()).default([]),
   nats: z.string().min(1).optional(),
+  "router-url": z.string().url().optional(),
   model: z.string().optional(),
   "served-model-name": z.string().min(1).optional(),
   "max-model-len": intFlag(2).optional(),
@@ -47,6 +50,7 @@ export async function frontendCommand(argv: string[]): Promise<void> {
       ...ROUTER_OPTIONS,
       worker: { type: "string", multiple: true },
       nats: { type: "string" },
+      "router-url": { type: "string" },
       model: { type: "string" },
       "served-model-name": { type: "string" },
       "max-model-len": { type: "string" },
@@ -63,7 +67,8 @@ export async function frontendCommand(argv: string[]): Promise<void> {
     cards.push({ name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] });
   }
   const registry = new Registry();
-  const router = new WorkerRouter(cards, selectorFromFlags(flags, cards[0]?.blockSize, registry, log), { migrationLimit: flags["migration-limit"], log });
+  const selector = flags["router-url"] ? new RemoteSelector(flags["router-url"], log) : selectorFromFlags(flags, cards[0]?.blockSize, registry, log);
+  const router = new WorkerRouter(cards, selector, { migrationLimit: flags["migration-limit"], log });
   const discoveries: { close(): Promise<void> }[] = [];
   if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, router, log));
   const nc = natsUrl ? await connectNats(natsUrl, "switchyard-frontend", log) : undefined;

@@ -3,6 +3,7 @@ import { describeError } from "../runtime/logger.ts";
 import { UsageError } from "./args.ts";
 import { BENCH_USAGE, benchCommand } from "./bench.ts";
 import { FRONTEND_USAGE, frontendCommand } from "./frontend.ts";
+import { ROUTER_COMMAND_USAGE, routerCommand } from "./router.ts";
 import { SERVE_USAGE, serveCommand } from "./serve.ts";
 import { WORKER_USAGE, workerCommand } from "./worker.ts";
 
@@ -24,6 +25,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: 
   serve: { run: serveCommand, usage: SERVE_USAGE },
   worker: { run: workerCommand, usage: WORKER_USAGE },
   frontend: { run: frontendCommand, usage: FRONTEND_USAGE },
+  router: { run: routerCommand, usage: ROUTER_COMMAND_USAGE },
   bench: { run: benchCommand, usage: BENCH_USAGE },
 };
 

@@ -164,7 +164,11 @@ export class GenerationRun {
       finishReason = "stop";
       this.cancel();
     }
-    if (finishReason !== null) this.finished = true;
+    if (finishReason !== null && !this.finished) {
+      this.finished = true;
+      // Close the router's stream now rather than leave it suspended at its last message.
+      this.iterator?.return?.().catch(() => {});
+    }
     let logprobs: TokenLogprobs[] | undefined;
     if (response.logprobs.length > 0) logprobs = consumed < response.logprobs.length ? response.logprobs.slice(0, consumed) : response.logprobs;
     return { text, logprobs, finishReason };

@@ -93,18 +93,29 @@ export class WorkerRouter implements Router, WorkerSink {
       const worker = await this.pick(request, failedWorkers);
       const attempt = generated.length === 0 ? request : continuation(request, generated);
       worker.inFlight++;
+      let released = false;
+      // Consumers may stop iterating at the final message without closing the stream, so the
+      // request is released before that message is handed over, and only once.
+      const release = () => {
+        if (released) return;
+        released = true;
+        worker.inFlight--;
+        this.selector.requestFinished?.(request.requestId, worker);
+      };
       try {
-        let finished = false;
         for await (const response of worker.client.generate(attempt, { signal })) {
           generated.push(...response.tokenIds);
           if (migrations > 0 && response.usage) {
             response.usage.promptTokens = promptTokens;
             response.usage.completionTokens = generated.length;
           }
-          finished ||= response.finishReason !== FinishReason.UNSPECIFIED;
+          if (response.finishReason !== FinishReason.UNSPECIFIED) {
+            release();
+            yield response;
+            return;
+          }
           yield response;
         }
-        if (finished) return;
         throw new StreamBrokenError(worker.id);
       } catch (err) {
         if (signal.aborted) throw err;
@@ -129,8 +140,7 @@ export class WorkerRouter implements Router, WorkerSink {
         }
         this.options.log?.warn(`request ${request.requestId} lost worker ${worker.id} after ${generated.length} tokens; migrating (${migrations}/${this.migrationLimit})`, err);
       } finally {
-        worker.inFlight--;
-        this.selector.requestFinished?.(request.requestId, worker);
+        release();
       }
     }
   }
