@@ -67,11 +67,11 @@ export async function frontendCommand(argv: string[]): Promise<void> {
     cards.push({ name: model.servedName, path: model.folder.path, maxModelLen: flags["max-model-len"] ?? model.folder.maxPositionEmbeddings, blockSize: flags["block-size"] });
   }
   const registry = new Registry();
-  const selector = flags["router-url"] ? new RemoteSelector(flags["router-url"], log) : selectorFromFlags(flags, cards[0]?.blockSize, registry, log);
+  const nc = natsUrl ? await connectNats(natsUrl, "switchyard-frontend", log) : undefined;
+  const selector = flags["router-url"] ? new RemoteSelector(flags["router-url"], log) : selectorFromFlags(flags, cards[0]?.blockSize, registry, log, nc);
   const router = new WorkerRouter(cards, selector, { migrationLimit: flags["migration-limit"], log });
   const discoveries: { close(): Promise<void> }[] = [];
   if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, router, log));
-  const nc = natsUrl ? await connectNats(natsUrl, "switchyard-frontend", log) : undefined;
   if (nc) discoveries.push(new NatsWorkers(nc, router, log, DEFAULT_REGISTRATION_TIMING.ttlMs));
   const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry });
   log.info(`OpenAI API at ${frontend.url}/v1${natsUrl ? `, discovering workers over NATS at ${natsUrl}` : ""}`);

@@ -1,21 +1,26 @@
 /** Flags shared by `switchyard frontend`, `serve` and `router` for routing. */
+import type { NatsConnection } from "@nats-io/transport-node";
 import type { Registry } from "prom-client";
 import { z } from "zod";
-import { KV_ROUTER_OPTIONS, KvRouterFlagsSchema, kvSelectorOptions } from "../router/kv/kv_router_flags.ts";
+import { KV_ROUTER_OPTIONS, KvRouterFlagsSchema, kvSelectorOptions, type KvRouterFlags } from "../router/kv/kv_router_flags.ts";
+import { KvSelector } from "../router/kv/kv_selector.ts";
+import { NatsFedKvSelector } from "../router/kv/nats_kv_event_source.ts";
 import { createSelector } from "../router/create_selector.ts";
-import type { WorkerSelector } from "../router/worker_selector.ts";
+import type { SyncWorkerSelector, WorkerSelector } from "../router/worker_selector.ts";
 import type { Logger } from "../runtime/logger.ts";
-import { intFlag } from "./args.ts";
+import { intFlag, UsageError } from "./args.ts";
 
 export const ROUTER_OPTIONS = {
   "router-mode": { type: "string" },
   "migration-limit": { type: "string" },
   ...KV_ROUTER_OPTIONS,
+  "kv-events-transport": { type: "string" },
 } as const;
 
 export const RouterFlagsSchema = KvRouterFlagsSchema.extend({
   "router-mode": z.enum(["round-robin", "random", "kv"]).default("round-robin"),
   "migration-limit": intFlag(0, 100).default(0),
+  "kv-events-transport": z.enum(["stream", "nats"]).optional(),
 });
 
 export type RouterFlags = z.infer<typeof RouterFlagsSchema>;
@@ -28,8 +33,26 @@ export const ROUTER_USAGE = `  --router-mode M       round-robin | random | kv (
   --no-kv-events                  predict caches from routing decisions instead of KV events
   --busy-threshold F              skip workers whose KV usage is over F (0..1]; 503 when all are
   --router-max-waiting-requests N skip workers with more waiting requests than N
-  --router-prediction-ttl-secs S  with --no-kv-events: how long routed blocks count as cached (120)`;
+  --router-prediction-ttl-secs S  with --no-kv-events: how long routed blocks count as cached (120)
+  --kv-events-transport T         stream (a KvEvents stream per worker) | nats (default with --nats)`;
 
-export function selectorFromFlags(flags: RouterFlags, blockSize: number | undefined, registry: Registry, log: Logger): WorkerSelector {
-  return createSelector(flags["router-mode"], { ...kvSelectorOptions(flags, blockSize), registry, log: log.child("kv-router") });
+export function selectorFromFlags(flags: RouterFlags, blockSize: number | undefined, registry: Registry, log: Logger, nc?: NatsConnection): WorkerSelector {
+  if (flags["router-mode"] === "kv") return kvSelectorFromFlags(flags, blockSize, registry, log, nc);
+  return createSelector(flags["router-mode"]);
+}
+
+/** The KV selector, fed by KV events over NATS when there is a connection, else by streams. */
+export function kvSelectorFromFlags(
+  flags: KvRouterFlags & { "kv-events-transport"?: "stream" | "nats" },
+  blockSize: number | undefined,
+  registry: Registry,
+  log: Logger,
+  nc?: NatsConnection,
+): SyncWorkerSelector {
+  const transport = flags["kv-events-transport"] ?? (nc ? "nats" : "stream");
+  if (transport === "nats" && !nc) throw new UsageError("--kv-events-transport nats needs --nats");
+  const kvLog = log.child("kv-router");
+  const options = { ...kvSelectorOptions(flags, blockSize), registry, log: kvLog };
+  if (transport === "stream") return new KvSelector(options);
+  return new NatsFedKvSelector(new KvSelector({ ...options, kvEventSource: "external" }), nc!, kvLog);
 }

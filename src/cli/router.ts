@@ -7,8 +7,6 @@ import { Registry } from "prom-client";
 import { z } from "zod";
 import { HealthCheckResponse_ServingStatus as GrpcServingStatus } from "../../gen/grpc/health/v1/health_pb.ts";
 import { RouterService } from "../../gen/switchyard/router/v1/router_pb.ts";
-import { KvSelector } from "../router/kv/kv_selector.ts";
-import { kvSelectorOptions } from "../router/kv/kv_router_flags.ts";
 import { createRouterService } from "../router/kv/router_service.ts";
 import { SharedRouter } from "../router/kv/shared_router.ts";
 import { NatsWorkers } from "../router/nats_workers.ts";
@@ -20,6 +18,7 @@ import { createLogger } from "../runtime/logger.ts";
 import { startMetricsServer } from "../runtime/metrics_server.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError } from "./args.ts";
+import { kvSelectorFromFlags } from "./frontend_options.ts";
 import { KV_ROUTER_OPTIONS, KvRouterFlagsSchema } from "../router/kv/kv_router_flags.ts";
 
 export const ROUTER_COMMAND_USAGE = `switchyard router (--worker URL ... | --nats URL) [options]
@@ -32,6 +31,7 @@ export const ROUTER_COMMAND_USAGE = `switchyard router (--worker URL ... | --nat
   the kv-mode flags of 'switchyard frontend'`;
 
 const RouterCommandFlagsSchema = KvRouterFlagsSchema.extend({
+  "kv-events-transport": z.enum(["stream", "nats"]).optional(),
   host: z.string().default("127.0.0.1"),
   port: intFlag(0, 65535).default(7000),
   worker: z.array(z.string().url()).default([]),
@@ -43,17 +43,17 @@ const RouterCommandFlagsSchema = KvRouterFlagsSchema.extend({
 export async function routerCommand(argv: string[]): Promise<void> {
   const flags = parseCommand(
     argv,
-    { ...HOST_PORT_OPTIONS, ...KV_ROUTER_OPTIONS, worker: { type: "string", multiple: true }, nats: { type: "string" }, "block-size": { type: "string" }, "metrics-port": { type: "string" } },
+    { ...HOST_PORT_OPTIONS, ...KV_ROUTER_OPTIONS, "kv-events-transport": { type: "string" }, worker: { type: "string", multiple: true }, nats: { type: "string" }, "block-size": { type: "string" }, "metrics-port": { type: "string" } },
     RouterCommandFlagsSchema,
   );
   const natsUrl = flags.nats ?? process.env.SWITCHYARD_NATS_URL;
   if (flags.worker.length === 0 && !natsUrl) throw new UsageError("give --worker URL (repeatable) or --nats URL");
   const log = createLogger("router");
   const registry = new Registry();
-  const shared = new SharedRouter(new KvSelector({ ...kvSelectorOptions(flags, flags["block-size"]), registry, log }));
+  const nc = natsUrl ? await connectNats(natsUrl, "switchyard-router", log) : undefined;
+  const shared = new SharedRouter(kvSelectorFromFlags(flags, flags["block-size"], registry, log, nc));
   const discoveries: { close(): Promise<void> }[] = [];
   if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, shared, log));
-  const nc = natsUrl ? await connectNats(natsUrl, "switchyard-router", log) : undefined;
   if (nc) discoveries.push(new NatsWorkers(nc, shared, log, DEFAULT_REGISTRATION_TIMING.ttlMs));
   const server = await startConnectServer({
     host: flags.host,

@@ -115,6 +115,26 @@ describe("distributed runtime over NATS", () => {
     expect(await a.exited).toBe(0);
   });
 
+  it("routes by KV events that arrive over NATS subjects", async () => {
+    const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url, "--router-mode", "kv"]);
+    await worker("kvnats-a", ["--speedup-ratio", "0"]);
+    await worker("kvnats-b", ["--speedup-ratio", "0"]);
+    await worker("kvnats-c", ["--speedup-ratio", "0"]);
+    await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(3);
+    const prompts = Array.from({ length: 4 }, (_, i) => `nats routed ${i}: ` + `the yard master's long instructions ${i} `.repeat(30));
+    const complete = async (prompt: string) => {
+      const res = await fetch(`${frontend.url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: MODEL, prompt, max_tokens: 2 }) });
+      return ((await res.json()) as { usage: { prompt_tokens_details?: { cached_tokens?: number } } }).usage.prompt_tokens_details?.cached_tokens ?? 0;
+    };
+    for (const p of prompts) await complete(p);
+    const indexed = async () => {
+      const text = await (await fetch(`${frontend.url}/metrics`)).text();
+      return [...text.matchAll(/^switchyard_router_indexer_blocks\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+    };
+    await expect.poll(indexed, { timeout: 10_000 }).toBeGreaterThanOrEqual(4 * 12);
+    for (const p of prompts) expect(await complete(p)).toBeGreaterThanOrEqual(200);
+  });
+
   it("keeps serving across a NATS restart, workers re-registering within 10 s", async () => {
     const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url]);
     await worker("restart-a");
