@@ -25,6 +25,7 @@ import { KvSelector } from "../src/router/kv/kv_selector.ts";
 import type { WorkerClient, WorkerHandle } from "../src/router/worker_handle.ts";
 import { RandomSelector, RoundRobinSelector, type Selection, type SelectionRequest, type WorkerSelector } from "../src/router/worker_selector.ts";
 import { toWireEvent } from "../src/worker/kv_event_publisher.ts";
+import { seededRandom } from "../src/util/seeded_random.ts";
 
 const { values } = parseArgs({
   options: {
@@ -42,17 +43,7 @@ const { values } = parseArgs({
   },
 });
 
-/** A seeded uniform [0, 1) generator (mulberry32), so every policy sees the same workload. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;

@@ -4,21 +4,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { serve, type ServeHandle } from "../../src/cli/serve.ts";
+import { seededRandom } from "../../src/util/seeded_random.ts";
 
 const MODEL = "switchyard-tiny-qwen3";
 
-/** xorshift32: the same 10,000 bodies on every run. */
-function rng(seed: number) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 4294967296;
-  };
-}
 
 const WRONG_VALUES: unknown[] = [null, true, -1, 1e308, -1e308, 3.5, "", "x".repeat(3000), [], [[]], {}, { a: 1 }, [1, "a"], "NaN", -0.0001];
 // Fields each endpoint reads; like OpenAI, an endpoint ignores fields it does not know.
@@ -108,7 +97,8 @@ describe("hostile request bodies", () => {
   afterAll(() => server.stop());
 
   it("answers 10,000 of them with a 4xx OpenAI error, and stays healthy", async () => {
-    const random = rng(20261123);
+    // Seeded, so the same 10,000 bodies are sent on every run.
+    const random = seededRandom(20261123);
     const bodies = Array.from({ length: 10_000 }, () => hostileBody(random));
     const failures: string[] = [];
     let next = 0;

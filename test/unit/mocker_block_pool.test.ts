@@ -2,20 +2,11 @@ import { describe, expect, it } from "vitest";
 import { blockHashes } from "../../src/engine/block_hash.ts";
 import type { KvEvent } from "../../src/engine/engine.ts";
 import { BlockPool, type KvBlock } from "../../src/engine/mocker/block_pool.ts";
+import { seededRandom } from "../../src/util/seeded_random.ts";
 
 const BS = 4;
 
-/** A small deterministic PRNG (mulberry32), so random cases can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+const rng = seededRandom;
 
 const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
 

@@ -3,17 +3,9 @@ import { blockHashes } from "../../src/engine/block_hash.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type KvEvent, type SamplingParams } from "../../src/engine/engine.ts";
 import { MockerEngine, type MockerEngineOptions } from "../../src/engine/mocker/mocker_engine.ts";
 import { TimingModel } from "../../src/engine/mocker/timing.ts";
+import { seededRandom } from "../../src/util/seeded_random.ts";
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+const rng = seededRandom;
 
 const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
 

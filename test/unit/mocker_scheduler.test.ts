@@ -3,19 +3,11 @@ import type { SamplingParams } from "../../src/engine/engine.ts";
 import { BlockPool } from "../../src/engine/mocker/block_pool.ts";
 import { Scheduler, type StepPlan } from "../../src/engine/mocker/scheduler.ts";
 import { Sequence } from "../../src/engine/mocker/sequence.ts";
+import { seededRandom } from "../../src/util/seeded_random.ts";
 
 const BS = 4;
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+const rng = seededRandom;
 
 const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
 
