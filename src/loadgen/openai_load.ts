@@ -1,7 +1,12 @@
 /**
  * A closed-loop load generator for any OpenAI-compatible endpoint: `concurrency` clients each
  * send streamed completions back to back until `requests` are done, measuring time to first
- * token, inter-token latency and throughput from the SSE stream as a client sees it.
+ * token, inter-chunk latency and throughput from the SSE stream as a client sees it.
+ *
+ * Tokens are counted from the usage chunk that `stream_options.include_usage` asks for, not
+ * from content chunks: a server may put several tokens in one chunk (vLLM does when its client
+ * falls behind). Latencies are per chunk: ITL is the gap between content chunks, so with
+ * multi-token chunks it is the gap between deliveries, not between tokens.
  */
 import http from "node:http";
 import https from "node:https";
@@ -27,6 +32,8 @@ export interface RequestRecord {
   latencyMs: number;
   /** Content chunks received (one per streamed token for a server that streams per token). */
   chunks: number;
+  /** usage.completion_tokens of the stream's usage chunk; undefined when the server sent none. */
+  completionTokens: number | undefined;
   itlMs: number[];
   error?: string;
 }
@@ -37,6 +44,12 @@ export interface LoadReport {
   durationS: number;
   requestsPerS: number;
   chunksPerS: number;
+  /** Generated tokens per second, from each stream's usage.completion_tokens. */
+  tokensPerS: number;
+  /** Mean tokens per content chunk. */
+  tokensPerChunk: number;
+  /** Successful requests whose stream carried no usage chunk (counted by their chunks instead). */
+  usageMissing: number;
   ttftMs: Percentiles;
   itlMs: Percentiles;
   latencyMs: Percentiles;
@@ -74,12 +87,16 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   agent.destroy();
   const ok = records.filter((r) => r.ok);
   const chunks = ok.reduce((a, r) => a + r.chunks, 0);
+  const tokens = ok.reduce((a, r) => a + (r.completionTokens ?? r.chunks), 0);
   return {
     requests: records.length,
     failed: records.length - ok.length,
     durationS,
     requestsPerS: ok.length / durationS,
     chunksPerS: chunks / durationS,
+    tokensPerS: tokens / durationS,
+    tokensPerChunk: tokens / chunks,
+    usageMissing: ok.filter((r) => r.completionTokens === undefined).length,
     ttftMs: percentiles(ok.map((r) => r.ttftMs)),
     itlMs: percentiles(ok.flatMap((r) => r.itlMs)),
     latencyMs: percentiles(ok.map((r) => r.latencyMs)),
@@ -96,6 +113,7 @@ function oneRequest(url: URL, agent: http.Agent, options: LoadOptions, index: nu
     ...(options.endpoint === "chat"
       ? { messages: [{ role: "user", content: typeof prompt === "string" ? prompt : String(prompt) }] }
       : { prompt }),
+    stream_options: { include_usage: true },
     ...options.extraBody,
   });
   const transport = url.protocol === "https:" ? https : http;
@@ -104,6 +122,7 @@ function oneRequest(url: URL, agent: http.Agent, options: LoadOptions, index: nu
     let first = 0;
     let last = 0;
     let chunks = 0;
+    let completionTokens: number | undefined;
     const itlMs: number[] = [];
     let buffered = "";
     let failure: string | undefined;
@@ -120,6 +139,11 @@ function oneRequest(url: URL, agent: http.Agent, options: LoadOptions, index: nu
             buffered = buffered.slice(end + 2);
             if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
             if (event.includes('"error"')) failure ??= event.slice(6, 300);
+            // Only the last chunk has a usage object; the others have "usage":null or none.
+            if (event.includes('"usage":{')) {
+              const usage = (JSON.parse(event.slice(6)) as { usage: { completion_tokens?: number } }).usage;
+              completionTokens = usage.completion_tokens;
+            }
             // A chunk with generated content; usage-only and role-only chunks carry none.
             if (/"(text|content)":"[^"]/.test(event)) {
               const now = performance.now();
@@ -132,11 +156,11 @@ function oneRequest(url: URL, agent: http.Agent, options: LoadOptions, index: nu
         });
         res.on("end", () => {
           const ok = res.statusCode === 200 && failure === undefined;
-          resolve({ ok, status: res.statusCode ?? 0, ttftMs: first - start, latencyMs: performance.now() - start, chunks, itlMs, error: ok ? undefined : failure ?? `HTTP ${res.statusCode} ${buffered.slice(0, 200)}` });
+          resolve({ ok, status: res.statusCode ?? 0, ttftMs: first - start, latencyMs: performance.now() - start, chunks, completionTokens, itlMs, error: ok ? undefined : failure ?? `HTTP ${res.statusCode} ${buffered.slice(0, 200)}` });
         });
       },
     );
-    req.on("error", (err) => resolve({ ok: false, status: 0, ttftMs: 0, latencyMs: 0, chunks: 0, itlMs: [], error: err.message }));
+    req.on("error", (err) => resolve({ ok: false, status: 0, ttftMs: 0, latencyMs: 0, chunks: 0, completionTokens: undefined, itlMs: [], error: err.message }));
     req.on("timeout", () => req.destroy(new Error("timed out")));
     req.end(body);
   });

@@ -331,7 +331,14 @@ function stripUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
-/** A request's outputs between the step loop and its consumer. */
+/**
+ * A request's outputs between the step loop and its consumer. A consumer that falls behind
+ * gets the outputs queued since its last read merged into one, as vLLM's AsyncLLM does
+ * (RequestOutputCollector): token ids and logprobs concatenated, the latest usage and finish
+ * reason kept. So a slow consumer costs one message per read rather than one per step, and the
+ * queue holds at most two outputs. A cancelled or failed finish is not merged into queued
+ * tokens: those still reach the consumer first, as they would have without the merge.
+ */
 class OutputQueue {
   private readonly queued: EngineOutput[] = [];
   private waiter?: (output: EngineOutput) => void;
@@ -341,6 +348,11 @@ class OutputQueue {
     if (waiter) {
       this.waiter = undefined;
       waiter(output);
+      return;
+    }
+    const tail = this.queued.at(-1);
+    if (tail && tail.finishReason === undefined && output.finishReason !== "cancelled" && output.finishReason !== "error") {
+      mergeInto(tail, output);
     } else {
       this.queued.push(output);
     }
@@ -351,6 +363,17 @@ class OutputQueue {
     if (output) return Promise.resolve(output);
     return new Promise((resolve) => (this.waiter = resolve));
   }
+}
+
+/** Appends `later` (the next step's output of the same request) to `earlier`, in place. */
+function mergeInto(earlier: EngineOutput, later: EngineOutput): void {
+  for (const id of later.tokenIds) earlier.tokenIds.push(id);
+  if (later.logprobs) {
+    if (earlier.logprobs) for (const lp of later.logprobs) earlier.logprobs.push(lp);
+    else earlier.logprobs = later.logprobs;
+  }
+  earlier.usage = later.usage;
+  if (later.finishReason !== undefined) earlier.finishReason = later.finishReason;
 }
 
 /** murmur3's 32-bit finaliser: a bijection that mixes every input bit into every output bit. */
