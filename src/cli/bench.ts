@@ -45,7 +45,7 @@ export async function benchCommand(argv: string[]): Promise<void> {
 export function formatReport(r: LoadReport): string {
   const f = (x: number) => x.toFixed(2);
   return [
-    `requests ${r.requests} (failed ${r.failed}) in ${f(r.durationS)} s: ${f(r.requestsPerS)} req/s, ${f(r.chunksPerS)} tokens/s`,
+    `requests ${r.requests} (failed ${r.failed}) in ${f(r.durationS)} s: ${f(r.requestsPerS)} req/s, ${f(r.tokensPerS)} tokens/s (${f(r.chunksPerS)} chunks/s)`,
     `TTFT ms     p50 ${f(r.ttftMs.p50)}  p90 ${f(r.ttftMs.p90)}  p99 ${f(r.ttftMs.p99)}`,
     `ITL ms      p50 ${f(r.itlMs.p50)}  p90 ${f(r.itlMs.p90)}  p99 ${f(r.itlMs.p99)}`,
     `latency ms  p50 ${f(r.latencyMs.p50)}  p90 ${f(r.latencyMs.p90)}  p99 ${f(r.latencyMs.p99)}`,

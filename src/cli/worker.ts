@@ -96,7 +96,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
         log,
       )
     : undefined;
-  const kvBridge = nc ? new NatsKvEventBridge(nc, worker.kvEvents, worker.workerId, log) : undefined;
+  const kvBridge = nc ? new NatsKvEventBridge(nc, worker.kvEvents, model.servedName, worker.workerId, log) : undefined;
   await registration?.start();
   if (registration) log.info(`registered in NATS discovery at ${natsUrl}`);
 

@@ -26,8 +26,8 @@ describe("KV events over NATS", () => {
   it("publishes each batch on the worker's subject and answers snapshot requests", async () => {
     const engine = new MockerEngine({ blockSize: 4, speedupRatio: 0 });
     const publisher = new KvEventPublisher(engine, "w.1");
-    const bridge = new NatsKvEventBridge(nc, publisher, "w.1", createLogger("test"));
-    const sub = nc.subscribe(kvEventsSubject("w.1"), { max: 1 });
+    const bridge = new NatsKvEventBridge(nc, publisher, "tiny/model", "w.1", createLogger("test"));
+    const sub = nc.subscribe(kvEventsSubject("tiny/model", "w.1"), { max: 1 });
     await nc.flush();
 
     const prompt = Array.from({ length: 9 }, (_, i) => 40 + i);
@@ -37,7 +37,7 @@ describe("KV events over NATS", () => {
     expect(live!.workerId).toBe("w.1");
     expect(live!.events.flatMap((e) => (e.event.case === "blockStored" ? e.event.value.blockHashes : []))).toEqual(blockHashes(prompt, 4));
 
-    const reply = await nc.request(kvSnapshotSubject("w.1"), new Uint8Array(), { timeout: 2000 });
+    const reply = await nc.request(kvSnapshotSubject("tiny/model", "w.1"), new Uint8Array(), { timeout: 2000 });
     const snapshot = fromBinary(KvEventBatchSchema, reply.data);
     expect(snapshot.sequence).toBe(live!.sequence);
     expect(snapshot.events[0].event.case).toBe("allBlocksCleared");

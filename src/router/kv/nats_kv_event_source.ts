@@ -28,10 +28,11 @@ class WorkerFollow {
   constructor(
     private readonly nc: NatsConnection,
     private readonly indexer: KvIndexer,
+    private readonly model: string,
     private readonly workerId: string,
     private readonly log: Logger,
   ) {
-    this.subscription = nc.subscribe(kvEventsSubject(workerId), {
+    this.subscription = nc.subscribe(kvEventsSubject(model, workerId), {
       callback: (err, msg) => {
         if (err || this.closed) return;
         let batch: KvEventBatch;
@@ -67,7 +68,7 @@ class WorkerFollow {
       try {
         // The subscription is registered with the server before the request goes out.
         await this.nc.flush();
-        const reply = await this.nc.request(kvSnapshotSubject(this.workerId), new Uint8Array(), { timeout: SNAPSHOT_TIMEOUT_MS });
+        const reply = await this.nc.request(kvSnapshotSubject(this.model, this.workerId), new Uint8Array(), { timeout: SNAPSHOT_TIMEOUT_MS });
         const snapshot = fromBinary(KvEventBatchSchema, reply.data);
         this.indexer.applyEvents(this.workerId, snapshot, { snapshot: true });
         const held = this.held ?? [];
@@ -99,7 +100,7 @@ export class NatsFedKvSelector implements SyncWorkerSelector {
   workerAdded(worker: WorkerHandle): void {
     this.inner.workerAdded(worker);
     this.follows.get(worker.id)?.close();
-    this.follows.set(worker.id, new WorkerFollow(this.nc, this.inner.indexer, worker.id, this.log));
+    this.follows.set(worker.id, new WorkerFollow(this.nc, this.inner.indexer, worker.info.model, worker.id, this.log));
   }
 
   workerRemoved(workerId: string): void {
