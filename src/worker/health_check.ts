@@ -51,7 +51,8 @@ export async function runCanary(engine: Engine, payload: HealthCheckPayload, tim
       if (output.finishReason === "cancelled") throw new Error(`canary did not finish within ${timeoutMs} ms`);
     }
     const latencyMs = performance.now() - started;
-    return { healthy: tokens > 0, latencyMs, message: tokens > 0 ? "ok" : "canary produced no token" };
+    if (tokens > 0) return { healthy: true, latencyMs, message: "ok" };
+    return { healthy: false, latencyMs, message: signal.aborted ? `canary did not finish within ${timeoutMs} ms` : "canary produced no token" };
   } catch (err) {
     return { healthy: false, latencyMs: performance.now() - started, message: `canary failed: ${(err as Error).message}` };
   }
