@@ -45,7 +45,12 @@ export class InstanceRegistration {
     this.stopped = true;
     clearTimeout(this.timer);
     try {
-      await (this.kv ?? (await openInstancesBucket(this.nc, this.timing.ttlMs))).delete(instanceKey(this.record.id));
+      // Bounded: with NATS unreachable, shutdown must not wait for it; the TTL covers us.
+      const deregister = (async () => (this.kv ?? (await openInstancesBucket(this.nc, this.timing.ttlMs))).delete(instanceKey(this.record.id)))();
+      await Promise.race([
+        deregister,
+        new Promise((_, reject) => setTimeout(() => reject(new Error("NATS did not answer within 2 s")), 2000).unref()),
+      ]);
     } catch (err) {
       this.log.warn(`could not deregister ${this.record.id}; frontends will drop it after ${this.timing.ttlMs} ms`, err);
     }
