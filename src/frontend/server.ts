@@ -55,13 +55,16 @@ export async function startFrontend(options: FrontendOptions): Promise<RunningFr
 
   // Tokenizers take a second to build; do it now for the models already known rather than on
   // the first request. A model whose files are bad fails its requests, not the frontend.
-  for (const card of router.models()) {
+  const warmTokenizer = (card: { name: string; path: string }) => {
     try {
       tokenizerFor(card.path);
     } catch (err) {
       log.warn(`cannot load the tokenizer of model '${card.name}'`, err);
     }
-  }
+  };
+  for (const card of router.models()) warmTokenizer(card);
+  // Models found later by discovery: load their tokenizer before the first request needs it.
+  router.onModelCard?.((card) => setImmediate(() => warmTokenizer(card)));
 
   async function serveGeneration(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, handler: EndpointHandler): Promise<void> {
     requireMethod(req, "POST");

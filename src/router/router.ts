@@ -27,6 +27,8 @@ export interface Router {
   models(): ModelCard[];
   /** The live workers. */
   instances(): InstanceInfo[];
+  /** Tells `listener` of every model card learned later (from discovery), e.g. to warm its tokenizer. */
+  onModelCard?(listener: (card: ModelCard) => void): void;
   /**
    * Streams the worker's responses for one request. Throws RouterError when no worker can take
    * it, and ConnectError (from the worker) for a request the worker rejects. Aborting `signal`

@@ -53,9 +53,17 @@ export class WorkerRouter implements Router, WorkerSink {
     this.migrationLimit = options.migrationLimit ?? 0;
   }
 
+  private readonly modelCardListeners: ((card: ModelCard) => void)[] = [];
+
   /** Learns a model from discovery; a card given at start-up (--model) takes precedence. */
   addModelCard(card: ModelCard): void {
-    if (!this.modelCards.has(card.name)) this.modelCards.set(card.name, card);
+    if (this.modelCards.has(card.name)) return;
+    this.modelCards.set(card.name, card);
+    for (const listener of this.modelCardListeners) listener(card);
+  }
+
+  onModelCard(listener: (card: ModelCard) => void): void {
+    this.modelCardListeners.push(listener);
   }
 
   addWorker(worker: WorkerHandle): void {

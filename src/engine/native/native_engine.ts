@@ -39,6 +39,28 @@ export interface NativeEngineOptions {
   seed?: number;
   /** Plain single-threaded reference kernels (tests compare the fast kernels against them). */
   referenceKernels?: boolean;
+  /**
+   * Where the forward pass runs. Default: "cuda" when the addon was built with the CUDA backend
+   * and sees a GPU, else "cpu". On "cuda" the KV cache is sized by gpuMemoryUtilization unless
+   * kvCacheMemoryBytes is given.
+   */
+  device?: NativeDevice;
+  /** cuda: share of the GPU's memory for weights, activations and KV cache (default 0.9). */
+  gpuMemoryUtilization?: number;
+  /** cuda: launch every kernel eagerly instead of replaying CUDA graphs for decode steps. */
+  enforceEager?: boolean;
+}
+
+export type NativeDevice = "cpu" | "cuda";
+
+/** Whether the addon has the CUDA backend and which GPU it sees. */
+export interface CudaInfo {
+  built: boolean;
+  deviceCount: number;
+  name: string;
+  totalMemoryBytes: number;
+  /** Why CUDA cannot be used, when it cannot. */
+  error?: string;
 }
 
 export const NATIVE_ENGINE_DEFAULTS = {
@@ -91,6 +113,7 @@ export interface NativeAddon {
     onStep: (outputs: NativeOutput[], events: KvEvent[], numTokens: number) => void,
   ) => NativeHandle;
   xxh64(bytes: Uint8Array, seed: bigint): bigint;
+  cudaInfo(): CudaInfo;
   blockHashes(tokenIds: ArrayLike<number>, blockSize: number, parentHash?: bigint): bigint[];
 }
 
@@ -106,6 +129,12 @@ export function loadNativeAddon(): NativeAddon {
   }
   addon = createRequire(import.meta.url)(ADDON_PATH) as NativeAddon;
   return addon;
+}
+
+/** The device a NativeEngine uses when its options name none. */
+export function defaultNativeDevice(): NativeDevice {
+  const cuda = loadNativeAddon().cudaInfo();
+  return cuda.built && cuda.deviceCount > 0 ? "cuda" : "cpu";
 }
 
 /** Outputs of one request, from the step callback to its generate() loop. */
@@ -152,7 +181,11 @@ export class NativeEngine implements Engine {
   static async load(options: NativeEngineOptions): Promise<NativeEngine> {
     const native = loadNativeAddon();
     let engine: NativeEngine | undefined;
-    const handle = new native.Engine({ ...NATIVE_ENGINE_DEFAULTS, ...options }, (outputs, events, numTokens) =>
+    const device = options.device ?? defaultNativeDevice();
+    const { kvCacheMemoryBytes: _hostCacheDefault, ...gpuDefaults } = NATIVE_ENGINE_DEFAULTS;
+    // On the GPU the cache is sized by gpuMemoryUtilization, not the host default.
+    const defaults = device === "cuda" ? gpuDefaults : NATIVE_ENGINE_DEFAULTS;
+    const handle = new native.Engine({ ...defaults, ...options, device }, (outputs, events, numTokens) =>
       engine?.onStep(outputs, events, numTokens),
     );
     engine = new NativeEngine(handle);
