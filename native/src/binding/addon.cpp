@@ -8,6 +8,7 @@
 
 #include "engine/block_hash.h"
 #include "engine/engine_loop.h"
+#include "model/qwen3_cuda.h"
 #include "util/xxh64.h"
 
 namespace sy {
@@ -184,8 +185,16 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     Napi::Value model = o.Get("model");
     if (!model.IsString()) throw Napi::TypeError::New(env, "options.model must be a model folder path");
     opts.model_dir = model.As<Napi::String>().Utf8Value();
+    Napi::Value device = o.Get("device");
+    if (!device.IsUndefined() && !device.IsNull()) {
+      if (!device.IsString()) throw Napi::TypeError::New(env, "options.device must be \"cpu\" or \"cuda\"");
+      opts.device = device.As<Napi::String>().Utf8Value();
+    }
+    opts.gpu_memory_utilization = get_number(o, "gpuMemoryUtilization", opts.gpu_memory_utilization);
+    opts.enforce_eager = get_bool(o, "enforceEager", opts.enforce_eager);
     opts.block_size = static_cast<int>(get_int(o, "blockSize", opts.block_size));
-    opts.kv_cache_memory_bytes = get_int(o, "kvCacheMemoryBytes", opts.kv_cache_memory_bytes);
+    // On the GPU the cache is sized by gpuMemoryUtilization unless a byte count is given.
+    opts.kv_cache_memory_bytes = get_int(o, "kvCacheMemoryBytes", opts.device == "cuda" ? 0 : opts.kv_cache_memory_bytes);
     opts.max_num_seqs = static_cast<int>(get_int(o, "maxNumSeqs", opts.max_num_seqs));
     opts.max_num_batched_tokens = static_cast<int>(get_int(o, "maxNumBatchedTokens", opts.max_num_batched_tokens));
     opts.max_model_len = static_cast<int>(get_int(o, "maxModelLen", 0));
@@ -367,7 +376,21 @@ Napi::Value BlockHashes(const Napi::CallbackInfo& info) {
   return to_js_hashes(env, out);
 }
 
+// cudaInfo(): whether this addon has the CUDA backend and which GPU it sees.
+Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const CudaDeviceInfo d = cuda_device_info();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("built", d.built);
+  o.Set("deviceCount", d.device_count);
+  o.Set("name", d.name);
+  o.Set("totalMemoryBytes", Napi::Number::New(env, static_cast<double>(d.total_memory_bytes)));
+  if (!d.error.empty()) o.Set("error", d.error);
+  return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("Engine", EngineHandle::Define(env));
   exports.Set("xxh64", Napi::Function::New(env, Xxh64));
   exports.Set("blockHashes", Napi::Function::New(env, BlockHashes));

@@ -11,23 +11,40 @@ LlmEngine::LlmEngine(const EngineOptions& options) : options_(options), seed_sou
     throw std::runtime_error("max_num_seqs and max_num_batched_tokens must be positive");
   }
   model_ = std::make_unique<Qwen3Model>(options_.model_dir);
-  int threads = options_.threads > 0 ? options_.threads : static_cast<int>(std::thread::hardware_concurrency());
-  backend_ = make_cpu_backend(std::max(1, threads), options_.reference_kernels);
-  KvCacheShape shape = model_->kv_shape(options_.block_size);
-  const int64_t num_blocks = options_.kv_cache_memory_bytes / shape.bytes_per_block();
-  if (num_blocks < 1) {
-    throw std::runtime_error("kvCacheMemoryBytes " + std::to_string(options_.kv_cache_memory_bytes) +
-                             " holds no KV block; one block of this model takes " +
-                             std::to_string(shape.bytes_per_block()) + " bytes");
+  const int model_max = model_->config().max_position_embeddings;
+  max_model_len_ = options_.max_model_len > 0 ? options_.max_model_len : model_max;
+  int num_blocks = 0;
+  if (options_.device == "cuda") {
+    CudaRunnerOptions co;
+    co.block_size = options_.block_size;
+    co.max_num_seqs = options_.max_num_seqs;
+    co.max_num_batched_tokens = options_.max_num_batched_tokens;
+    co.max_model_len = max_model_len_;
+    co.gpu_memory_utilization = options_.gpu_memory_utilization;
+    co.kv_cache_memory_bytes = options_.kv_cache_memory_bytes;
+    co.enforce_eager = options_.enforce_eager;
+    cuda_ = CudaModelRunner::create(options_.model_dir, model_->config(), co);
+    num_blocks = cuda_->num_kv_blocks();
+  } else if (options_.device == "cpu") {
+    int threads = options_.threads > 0 ? options_.threads : static_cast<int>(std::thread::hardware_concurrency());
+    backend_ = make_cpu_backend(std::max(1, threads), options_.reference_kernels);
+    KvCacheShape shape = model_->kv_shape(options_.block_size);
+    const int64_t blocks = options_.kv_cache_memory_bytes / shape.bytes_per_block();
+    if (blocks < 1) {
+      throw std::runtime_error("kvCacheMemoryBytes " + std::to_string(options_.kv_cache_memory_bytes) +
+                               " holds no KV block; one block of this model takes " +
+                               std::to_string(shape.bytes_per_block()) + " bytes");
+    }
+    cache_ = std::make_unique<KvCache>(shape, static_cast<int>(std::min<int64_t>(blocks, 1 << 30)));
+    num_blocks = cache_->num_blocks();
+  } else {
+    throw std::runtime_error("device must be \"cpu\" or \"cuda\", not \"" + options_.device + "\"");
   }
-  cache_ = std::make_unique<KvCache>(shape, static_cast<int>(std::min<int64_t>(num_blocks, 1 << 30)));
-  pool_ = std::make_unique<BlockPool>(cache_->num_blocks(), options_.block_size, options_.enable_prefix_caching);
+  pool_ = std::make_unique<BlockPool>(num_blocks, options_.block_size, options_.enable_prefix_caching);
   scheduler_ = std::make_unique<Scheduler>(
       SchedulerConfig{options_.max_num_seqs, options_.max_num_batched_tokens}, *pool_);
   // A sequence must fit in the cache on its own, or preemption could not make room for it.
-  const int model_max = model_->config().max_position_embeddings;
-  max_model_len_ = options_.max_model_len > 0 ? options_.max_model_len : model_max;
-  max_model_len_ = std::min<int64_t>(max_model_len_, static_cast<int64_t>(cache_->num_blocks()) * options_.block_size);
+  max_model_len_ = std::min<int64_t>(max_model_len_, static_cast<int64_t>(num_blocks) * options_.block_size);
 }
 
 void LlmEngine::validate(const std::vector<int32_t>& prompt, const SamplingParams& p) const {
@@ -114,18 +131,29 @@ StepResult LlmEngine::step() {
     }
   }
   const int vocab = model_->config().vocab_size;
-  if (!b.tokens.empty()) {
+  std::vector<SampledToken> tokens(sampled.size());
+  auto context_of = [&](const Sequence* seq) {
+    return SamplingContext{seq->tokens.data(), seq->num_prompt_tokens, seq->output_tokens(), seq->num_output_tokens(),
+                           &model_->config().eos_token_ids};
+  };
+  if (cuda_) {
+    std::vector<SampleRequest> requests;
+    for (Sequence* seq : sampled) requests.push_back({&seq->sampling, context_of(seq), &seq->rng});
+    if (!b.tokens.empty()) cuda_->step(b, requests, &tokens);
+  } else if (!b.tokens.empty()) {
     logits_.resize(static_cast<size_t>(b.logit_tokens.size()) * vocab);
     model_->forward(b, *cache_, *backend_, logits_.data());
+    for (size_t i = 0; i < sampled.size(); ++i) {
+      tokens[i] = sample_token(logits_.data() + i * vocab, vocab, sampled[i]->sampling, context_of(sampled[i]),
+                               sampled[i]->rng);
+    }
   }
   scheduler_->on_computed(plan);
 
   for (size_t i = 0; i < sampled.size(); ++i) {
     Sequence* seq = sampled[i];
     const SamplingParams& p = seq->sampling;
-    SamplingContext ctx{seq->tokens.data(), seq->num_prompt_tokens, seq->output_tokens(), seq->num_output_tokens(),
-                        &model_->config().eos_token_ids};
-    SampledToken tok = sample_token(logits_.data() + i * vocab, vocab, p, ctx, seq->rng);
+    SampledToken& tok = tokens[i];
     seq->append_token(tok.token);
     RequestOutput out = base_output(*seq);
     out.token_ids.push_back(tok.token);

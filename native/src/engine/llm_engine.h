@@ -15,6 +15,7 @@
 #include "kernels/backend.h"
 #include "model/kv_cache.h"
 #include "model/qwen3.h"
+#include "model/qwen3_cuda.h"
 #include "sampler/sampler.h"
 
 namespace sy {
@@ -30,6 +31,11 @@ struct EngineOptions {
   int threads = 0;  // 0: all hardware threads
   bool reference_kernels = false;
   uint64_t seed = 0;  // for requests without their own seed
+  std::string device = "cpu";  // "cpu" or "cuda"
+  /** cuda: share of the GPU's memory for weights, activations and KV cache together. */
+  double gpu_memory_utilization = 0.9;
+  /** cuda: no CUDA graphs for decode steps. */
+  bool enforce_eager = false;
 };
 
 /** Thrown for a request the engine can never serve; the binding maps `code` to EngineError. */
@@ -70,7 +76,7 @@ class LlmEngine {
   int max_model_len() const { return max_model_len_; }
   int num_kv_blocks() const { return pool_->num_blocks(); }
   int64_t weight_bytes_per_step() const { return model_->weight_bytes_per_step(); }
-  const char* backend_name() const { return backend_->name(); }
+  const char* backend_name() const { return cuda_ ? cuda_->name() : backend_->name(); }
 
   /** Throws RequestError for a request this engine can never serve. Thread-safe (reads config only). */
   void validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const;
@@ -93,6 +99,7 @@ class LlmEngine {
   std::unique_ptr<Qwen3Model> model_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<CudaModelRunner> cuda_;  // device "cuda": forward pass, KV cache and sampling on the GPU
   std::unique_ptr<BlockPool> pool_;
   std::unique_ptr<Scheduler> scheduler_;
   std::map<std::string, std::unique_ptr<Sequence>> sequences_;

@@ -1,0 +1,209 @@
+"""The PyTorch / transformers side of the CUDA benchmark and GPU tests (bench/native_cuda.sh
+runs it on the GPU machine; nothing here runs in CI).
+
+    ceilings OUT.json                 device-to-device copy bandwidth and a bf16 matmul's TFLOP/s
+    make-model DIR                    a Qwen3-0.6B-shaped model with random bf16 weights
+    reference DIR... --out OUT.json   greedy steps and top-5 logprobs from transformers on the GPU,
+                                      fp32 arithmetic on the checkpoint's bf16 / fp16 weights, recomputing
+                                      the whole sequence each step (no KV cache): no code path shared with
+                                      the engine
+    generate DIR --out OUT.json       transformers `generate` output throughput on the benchmark's
+                                      request mix (a subset; see CUDA_NOTES.md)
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+QWEN3_06B = dict(
+    architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=151936, hidden_size=1024,
+    intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+    max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    hidden_act="silu", attention_bias=False, torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645,
+)
+
+
+def xorshift_tokens(length, seed, hi):
+    x = seed & 0xFFFFFFFF or 1
+    out = []
+    for _ in range(length):
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        out.append(x % hi)
+    return out
+
+
+def timed(fn, reps):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def ceilings(out):
+    n = 1 << 30  # 1 GiB each way
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    t = timed(lambda: dst.copy_(src), 20)
+    bandwidth = 2 * n / t
+    k = 8192
+    mats = [(torch.randn(k, k, device="cuda", dtype=torch.bfloat16), torch.randn(k, k, device="cuda", dtype=torch.bfloat16)) for _ in range(3)]
+    i = [0]
+
+    def mm():
+        a, b = mats[i[0] % 3]
+        i[0] += 1
+        torch.mm(a, b)
+
+    for _ in range(5):
+        mm()
+    t = timed(mm, 30)
+    tflops = 2 * k**3 / t / 1e12
+    result = {"copy_bytes_per_s": bandwidth, "matmul_bf16_tflops": tflops, "device": torch.cuda.get_device_name()}
+    json.dump(result, open(out, "w"))
+    print(json.dumps(result))
+
+
+def make_model(folder):
+    from safetensors.torch import save_file
+
+    if os.path.exists(os.path.join(folder, "model.safetensors")):
+        print(f"{folder} exists")
+        return
+    os.makedirs(folder, exist_ok=True)
+    c = QWEN3_06B
+    g = torch.Generator(device="cuda").manual_seed(20261124)
+    std = 0.04
+    h, hd, inter = c["hidden_size"], c["head_dim"], c["intermediate_size"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+
+    def mat(rows, cols):
+        return (torch.randn(rows, cols, generator=g, device="cuda") * std).to(torch.bfloat16).cpu()
+
+    def norm(n):
+        return (1.0 + 0.1 * torch.randn(n, generator=g, device="cuda")).to(torch.bfloat16).cpu()
+
+    t = {"model.embed_tokens.weight": mat(c["vocab_size"], h), "model.norm.weight": norm(h)}
+    for l in range(c["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        t[p + "self_attn.q_proj.weight"] = mat(q, h)
+        t[p + "self_attn.k_proj.weight"] = mat(kv, h)
+        t[p + "self_attn.v_proj.weight"] = mat(kv, h)
+        t[p + "self_attn.o_proj.weight"] = mat(h, q)
+        t[p + "self_attn.q_norm.weight"] = norm(hd)
+        t[p + "self_attn.k_norm.weight"] = norm(hd)
+        t[p + "mlp.gate_proj.weight"] = mat(inter, h)
+        t[p + "mlp.up_proj.weight"] = mat(inter, h)
+        t[p + "mlp.down_proj.weight"] = mat(h, inter)
+        t[p + "input_layernorm.weight"] = norm(h)
+        t[p + "post_attention_layernorm.weight"] = norm(h)
+    save_file(t, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    json.dump(c, open(os.path.join(folder, "config.json"), "w"), indent=1)
+    json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "do_sample": False},
+              open(os.path.join(folder, "generation_config.json"), "w"))
+    print(f"wrote {folder}")
+
+
+def load(folder):
+    from transformers import AutoModelForCausalLM
+
+    config = json.load(open(os.path.join(folder, "config.json")))
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.get("torch_dtype"), torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to("cuda").eval()
+    return model, config
+
+
+def reference(folders, out, steps=8):
+    # fp32 arithmetic on the checkpoint's bf16/fp16 weights: a reference more precise than the
+    # engine, so the comparison measures the engine's error and not transformers' own bf16
+    # rounding (which alone moved logprobs by up to 0.07 here; see bench/CUDA_NOTES.md).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    models = []
+    for folder in folders:
+        model, config = load(folder)
+        model = model.float()
+        vocab = config["vocab_size"]
+        cases = []
+        for i, length in enumerate([5, 33, 200]):
+            prompt = xorshift_tokens(length, 2000 + i, min(vocab, 4096))
+            ids, record = list(prompt), []
+            with torch.no_grad():
+                for _ in range(steps):
+                    logits = model(torch.tensor([ids], device="cuda")).logits[0, -1].float()
+                    top = torch.topk(torch.log_softmax(logits, dim=-1), 5)
+                    record.append({"token": int(top.indices[0]), "top_ids": [int(t) for t in top.indices],
+                                   "top_logprobs": [float(v) for v in top.values]})
+                    ids.append(int(top.indices[0]))
+            cases.append({"prompt": prompt, "steps": record})
+        models.append({"folder": os.path.abspath(folder), "cases": cases})
+        del model
+        torch.cuda.empty_cache()
+    json.dump({"device": torch.cuda.get_device_name(), "models": models}, open(out, "w"))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def request_mix(n, seed):
+    """The benchmark's requests: prompt and output lengths uniform in [100, 1024]."""
+    import random
+
+    rng = random.Random(seed)
+    return [(rng.randint(100, 1024), rng.randint(100, 1024)) for _ in range(n)]
+
+
+def generate(folder, out, n):
+    model, _ = load(folder)
+    mix = request_mix(256, 1)[:n]
+    pad = 0
+    prompts = [xorshift_tokens(p, 3000 + i, 150000) for i, (p, _) in enumerate(mix)]
+    longest = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device="cuda")
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device="cuda")
+    max_new = max(o for _, o in mix)
+    with torch.no_grad():
+        model.generate(input_ids=ids[:, :16], attention_mask=mask[:, :16], max_new_tokens=4, do_sample=False)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, min_new_tokens=max_new,
+                       do_sample=False)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t
+    useful = sum(o for _, o in mix)
+    result = {"requests": n, "useful_output_tokens": useful, "generated_tokens": n * max_new, "seconds": elapsed,
+              "useful_tokens_per_s": useful / elapsed}
+    json.dump(result, open(out, "w"))
+    print(json.dumps(result))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("command", choices=["ceilings", "make-model", "reference", "generate"])
+    ap.add_argument("paths", nargs="*")
+    ap.add_argument("--out")
+    ap.add_argument("--requests", type=int, default=64)
+    a = ap.parse_args()
+    if a.command == "ceilings":
+        ceilings(a.out)
+    elif a.command == "make-model":
+        make_model(a.paths[0])
+    elif a.command == "reference":
+        reference(a.paths, a.out)
+    else:
+        generate(a.paths[0], a.out, a.requests)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+#include "kernels/cuda/cuda_check.h"
+
+#include <cstdlib>
+
+namespace sy {
+
+void throw_cuda_error(cudaError_t error, const char* call, const char* file, int line) {
+  // Clears a non-sticky error so the next call starts clean; a sticky one (a fault inside a
+  // kernel) stays, and every later call reports it too.
+  cudaGetLastError();
+  throw CudaError(std::string("CUDA error ") + cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ") in " +
+                  call + " at " + file + ":" + std::to_string(line));
+}
+
+bool cuda_debug_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SWITCHYARD_CUDA_DEBUG");
+    return v != nullptr && v[0] == '1';
+  }();
+  return enabled;
+}
+
+void debug_sync_after_launch(const char* kernel, const char* file, int line) {
+  if (!cuda_debug_enabled()) return;
+  const cudaError_t err = cudaDeviceSynchronize();
+  if (err != cudaSuccess) throw_cuda_error(err, kernel, file, line);
+}
+
+}  // namespace sy

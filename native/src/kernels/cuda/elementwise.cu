@@ -1,0 +1,161 @@
+// The CUDA backend's row-wise kernels: embedding lookup, RMSNorm fused with the residual add,
+// q/k norm + RoPE + KV-cache store fused into one pass over the QKV projection, SiLU-and-
+// multiply. Same functions as kernels/cpu/elementwise.cpp; fp32 arithmetic throughout.
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/reduce.cuh"
+
+namespace sy::cuda {
+namespace {
+
+constexpr int kRowThreads = 256;
+
+template <typename T>
+__global__ void embed_kernel(const T* table, const int32_t* tokens, int dim, float* out) {
+  const int t = blockIdx.x;
+  const T* row = table + static_cast<int64_t>(tokens[t]) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) out[static_cast<int64_t>(t) * dim + i] = to_f32(row[i]);
+}
+
+// One block per row. The row is read once into registers-by-stride, summed, then written.
+template <typename T>
+__global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* gather, const float* weight, int dim,
+                                   float eps, T* y, bool write_back) {
+  __shared__ float scratch[32];
+  const int r = blockIdx.x;
+  const int64_t src = gather ? gather[r] : r;
+  float* xr = x + src * dim;
+  const float* dr = delta ? delta + src * dim : nullptr;
+  float ss = 0;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    float v = xr[i];
+    if (dr) v += dr[i];
+    if (write_back) xr[i] = v;
+    ss += v * v;
+  }
+  ss = block_sum(ss, scratch);
+  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  T* yr = y + static_cast<int64_t>(r) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = write_back || !dr ? xr[i] : xr[i] + dr[i];
+    yr[i] = from_f32<T>(weight[i] * (v * inv));
+  }
+}
+
+// One warp per (token, head) of q, k and v. Lane l holds elements l, l+32, ... of the head; the
+// RoPE partner of element i (i < d/2) is i + d/2, which the same lane holds when d/2 % 32 == 0;
+// otherwise the pair goes through shared memory.
+template <typename T>
+__global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* positions, const int32_t* slots,
+                                           const float* inv_freq, const float* q_norm, const float* k_norm,
+                                           QkvLayout L, int n, T* q_out, T* k_cache, T* v_cache) {
+  extern __shared__ float head_buf[];  // [warps][head_dim]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int heads_total = L.num_heads + 2 * L.num_kv_heads;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
+  const int t = static_cast<int>(item / heads_total), h = static_cast<int>(item % heads_total);
+  if (t >= n) return;  // the whole warp leaves together
+  const int hd = L.head_dim, half = hd / 2;
+  float* buf = head_buf + warp * hd;
+  const float* src = qkv + (static_cast<int64_t>(t) * heads_total + h) * hd;
+  const bool is_q = h < L.num_heads, is_k = !is_q && h < L.num_heads + L.num_kv_heads;
+  const int64_t slot = slots[t];
+  if (!is_q && !is_k) {
+    const int kvh = h - L.num_heads - L.num_kv_heads;
+    T* dst = v_cache + (slot * L.num_kv_heads + kvh) * hd;
+    for (int i = lane; i < hd; i += 32) dst[i] = from_f32<T>(src[i]);
+    return;
+  }
+  const float* norm = is_q ? q_norm : k_norm;
+  float ss = 0;
+  for (int i = lane; i < hd; i += 32) {
+    const float v = src[i];
+    buf[i] = v;
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  const float inv = norm ? rsqrtf(ss / static_cast<float>(hd) + L.eps) : 1.0f;
+  for (int i = lane; i < hd; i += 32) buf[i] = norm ? norm[i] * (buf[i] * inv) : buf[i];
+  __syncwarp();
+  const float pos = static_cast<float>(positions[t]);
+  T* dst = is_q ? q_out + (static_cast<int64_t>(t) * L.num_heads + h) * hd
+                : k_cache + (slot * L.num_kv_heads + (h - L.num_heads)) * hd;
+  for (int i = lane; i < half; i += 32) {
+    // Hugging Face's angle: fp32 product of position and inv_freq, then cos/sin.
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);
+    const float a = buf[i], b = buf[i + half];
+    dst[i] = from_f32<T>(a * c - b * s);
+    dst[i + half] = from_f32<T>(b * c + a * s);
+  }
+}
+
+template <typename T>
+__global__ void silu_mul_kernel(const float* gu, int inter, T* out) {
+  const int t = blockIdx.y;
+  const float* g = gu + static_cast<int64_t>(t) * 2 * inter;
+  T* o = out + static_cast<int64_t>(t) * inter;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
+    const float x = g[i];
+    o[i] = from_f32<T>(x / (1.0f + expf(-x)) * g[inter + i]);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cudaStream_t stream) {
+  if (n == 0) return;
+  embed_kernel<T><<<n, kRowThreads, 0, stream>>>(table, tokens, dim, out);
+  SY_CUDA_CHECK_LAUNCH(embed_kernel);
+}
+
+template <typename T>
+void add_rmsnorm(float* x, const float* delta, const float* weight, int rows, int dim, float eps, T* y,
+                 cudaStream_t stream) {
+  if (rows == 0) return;
+  add_rmsnorm_kernel<T><<<rows, kRowThreads, 0, stream>>>(x, delta, nullptr, weight, dim, eps, y, true);
+  SY_CUDA_CHECK_LAUNCH(add_rmsnorm_kernel);
+}
+
+template <typename T>
+void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows, int m, const float* weight, int dim,
+                        float eps, T* y, cudaStream_t stream) {
+  if (m == 0) return;
+  add_rmsnorm_kernel<T><<<m, kRowThreads, 0, stream>>>(const_cast<float*>(x), delta, rows, weight, dim, eps, y, false);
+  SY_CUDA_CHECK_LAUNCH(gather_add_rmsnorm_kernel);
+}
+
+template <typename T>
+void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, const int32_t* slots, const float* inv_freq,
+                         const float* q_norm, const float* k_norm, const QkvLayout& L, T* q_out, T* k_cache,
+                         T* v_cache, cudaStream_t stream) {
+  if (n == 0) return;
+  constexpr int warps = 8;
+  const int64_t items = static_cast<int64_t>(n) * (L.num_heads + 2 * L.num_kv_heads);
+  const unsigned blocks = static_cast<unsigned>((items + warps - 1) / warps);
+  qkv_norm_rope_store_kernel<T><<<blocks, warps * 32, warps * L.head_dim * sizeof(float), stream>>>(
+      qkv, positions, slots, inv_freq, q_norm, k_norm, L, n, q_out, k_cache, v_cache);
+  SY_CUDA_CHECK_LAUNCH(qkv_norm_rope_store_kernel);
+}
+
+template <typename T>
+void silu_mul(const float* gate_up, int n, int inter, T* out, cudaStream_t stream) {
+  if (n == 0) return;
+  const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(n));
+  silu_mul_kernel<T><<<grid, 256, 0, stream>>>(gate_up, inter, out);
+  SY_CUDA_CHECK_LAUNCH(silu_mul_kernel);
+}
+
+#define SY_INSTANTIATE(T)                                                                                         \
+  template void embed<T>(const T*, const int32_t*, int, int, float*, cudaStream_t);                              \
+  template void add_rmsnorm<T>(float*, const float*, const float*, int, int, float, T*, cudaStream_t);           \
+  template void gather_add_rmsnorm<T>(const float*, const float*, const int32_t*, int, const float*, int, float, \
+                                      T*, cudaStream_t);                                                         \
+  template void qkv_norm_rope_store<T>(const float*, int, const int32_t*, const int32_t*, const float*,          \
+                                       const float*, const float*, const QkvLayout&, T*, T*, T*, cudaStream_t);  \
+  template void silu_mul<T>(const float*, int, int, T*, cudaStream_t);
+SY_INSTANTIATE(__nv_bfloat16)
+SY_INSTANTIATE(__half)
+
+}  // namespace sy::cuda

@@ -1,0 +1,111 @@
+// Launchers of the CUDA backend's own kernels (the GEMMs go through cuBLAS, gemm.h). `T` is
+// the model's 16-bit dtype (__nv_bfloat16 or __half): weights, GEMM inputs and the KV cache
+// are in T; the residual stream, GEMM outputs and logits are fp32. Every launcher checks its
+// launch. The plain CPU kernels in kernels/cpu/ compute the same functions and are the
+// reference the tests hold these to (through the engine's outputs).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace sy::cuda {
+
+/** out[t] = table[tokens[t]] in fp32; table is [vocab, dim]. */
+template <typename T>
+void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cudaStream_t stream);
+
+/** x += delta (when delta is not null), then y = T(x / rms(x) * weight), rows of `dim`. */
+template <typename T>
+void add_rmsnorm(float* x, const float* delta, const float* weight, int rows, int dim, float eps, T* y,
+                 cudaStream_t stream);
+
+/** y[i] = T(rmsnorm(x[rows[i]] + delta[rows[i]])) for the m rows whose logits are wanted. */
+template <typename T>
+void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows, int m, const float* weight, int dim,
+                        float eps, T* y, cudaStream_t stream);
+
+struct QkvLayout {
+  int num_heads, num_kv_heads, head_dim;
+  float eps;
+  int block_size;
+};
+
+/**
+ * From the fused projection qkv [n, (heads + 2 kv_heads) * head_dim] (fp32): q and k get the
+ * per-head RMSNorm (when q_norm/k_norm are not null) and RoPE at their token's position; q goes
+ * to q_out [n, heads * head_dim], k and v to their cache slots ([slot][kv_head][head_dim]).
+ */
+template <typename T>
+void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, const int32_t* slots, const float* inv_freq,
+                         const float* q_norm, const float* k_norm, const QkvLayout& layout, T* q_out, T* k_cache,
+                         T* v_cache, cudaStream_t stream);
+
+/** out[t, i] = T(silu(gu[t, i]) * gu[t, inter + i]). */
+template <typename T>
+void silu_mul(const float* gate_up, int n, int inter, T* out, cudaStream_t stream);
+
+/** The paged cache of one layer and the block tables of the step's sequences. */
+template <typename T>
+struct PagedKv {
+  const T* k;
+  const T* v;
+  const int32_t* block_tables;  // [num_seqs][table_stride]
+  int table_stride;
+  int block_size;
+  int num_kv_heads;
+  int head_dim;
+};
+
+/**
+ * Decode attention, split over the context: row r is token rows[2r] of sequence rows[2r+1], at
+ * position positions[token]; it attends to cache positions 0..pos. `splits` blocks share each
+ * (row, kv head) and write partial softmax states to `partials`, which a second kernel merges.
+ * `partials` holds rows * heads * splits * (head_dim + 2) floats.
+ */
+template <typename T>
+void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const int32_t* positions, const PagedKv<T>& kv,
+                            int num_heads, int splits, float* partials, T* out, cudaStream_t stream);
+
+/**
+ * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores. Each tile is
+ * tiles[3i..3i+2] = (sequence, first token, token count); its tokens are consecutive positions
+ * of one sequence and attend to cache positions 0..pos through the block table.
+ */
+template <typename T>
+void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
+                             const PagedKv<T>& kv, int num_heads, T* out, cudaStream_t stream);
+/** Tokens of one sequence one prefill tile holds, for a GQA group of `group` query heads. */
+int prefill_tile_tokens(int group);
+
+/**
+ * y[n, out] = x[n, in] · wᵀ in fp32 for n <= 8 (decode at small batch), bandwidth-bound; returns
+ * false (and does nothing) where it does not apply, and the caller uses cuBLAS.
+ */
+template <typename T>
+bool gemv(const T* x, int n, const T* w, int out, int in, float* y, cudaStream_t stream);
+
+/** Per row: argmax (lowest id on ties) and its raw logprob. */
+void argmax_logprob(const float* logits, int rows, int vocab, int32_t* ids, float* logprobs, cudaStream_t stream);
+
+/** Per-row parameters of random sampling; u is the row's uniform draw in [0, 1). */
+struct SampleRow {
+  int row;  // logit row
+  float temperature;
+  float top_p;
+  float min_p;
+  int top_k;
+  float u;
+};
+/**
+ * Temperature / top-k / top-p / min-p sampling on the device, one block per entry of `params`
+ * (rows = their count); ids[i] gets the token and logprobs[i] its raw logprob.
+ */
+void sample_rows(const float* logits, int rows, int vocab, const SampleRow* params, int32_t* ids, float* logprobs,
+                 cudaStream_t stream);
+
+/** Top-k raw logprobs of each row (k <= 32), best first, ties by lowest id. */
+void top_logprobs(const float* logits, int rows, int vocab, int k, int32_t* ids, float* logprobs, cudaStream_t stream);
+
+}  // namespace sy::cuda

@@ -1,0 +1,609 @@
+// CudaModelRunner for Qwen3/Llama: device weights (bf16 or fp16, as the checkpoint; fp32 files
+// are converted to bf16), a paged KV cache in the same dtype sized by gpu_memory_utilization,
+// fixed activation buffers, one host->device copy of the step's metadata per step, and decode
+// steps replayed from CUDA graphs captured per padded batch size.
+//
+// Per layer: add+RMSNorm -> QKV GEMM -> q/k norm + RoPE + KV store -> paged attention (split-K
+// decode rows, tensor-core prefill tiles) -> O GEMM -> add+RMSNorm -> gate/up GEMM -> SiLU*up ->
+// down GEMM. The residual stream and GEMM outputs are fp32; GEMM inputs and the cache are 16-bit.
+#include "model/qwen3_cuda.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/kernels.h"
+#include "model/safetensors.h"
+
+namespace sy {
+namespace {
+
+class DeviceMemory {
+ public:
+  DeviceMemory() = default;
+  explicit DeviceMemory(size_t bytes) : bytes_(bytes) {
+    if (bytes > 0) SY_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+  }
+  ~DeviceMemory() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  DeviceMemory(DeviceMemory&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr; }
+  DeviceMemory& operator=(DeviceMemory&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  template <typename U>
+  U* as(size_t byte_offset = 0) const {
+    return reinterpret_cast<U*>(static_cast<char*>(ptr_) + byte_offset);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+class PinnedMemory {
+ public:
+  PinnedMemory() = default;
+  explicit PinnedMemory(size_t bytes) {
+    if (bytes > 0) SY_CUDA_CHECK(cudaMallocHost(&ptr_, bytes));
+  }
+  ~PinnedMemory() {
+    if (ptr_) cudaFreeHost(ptr_);
+  }
+  PinnedMemory(PinnedMemory&& o) noexcept : ptr_(o.ptr_) { o.ptr_ = nullptr; }
+  PinnedMemory& operator=(PinnedMemory&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    return *this;
+  }
+  template <typename U>
+  U* as(size_t byte_offset = 0) const {
+    return reinterpret_cast<U*>(static_cast<char*>(ptr_) + byte_offset);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+/** Carves aligned sub-buffers out of one allocation: first pass counts, second assigns. */
+class Layout {
+ public:
+  size_t take(size_t bytes) {
+    const size_t at = (size_ + 255) & ~size_t(255);
+    size_ = at + bytes;
+    return at;
+  }
+  size_t size() const { return size_; }
+
+ private:
+  size_t size_ = 0;
+};
+
+// Decode batch sizes that get a CUDA graph; a decode step runs the smallest one that fits.
+constexpr int kGraphBatchSizes[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512};
+constexpr int kMaxTopLogprobs = 32;
+constexpr int kMaxSplits = 32;
+
+uint16_t f32_to_half_bits(float v, bool bf16) {
+  if (bf16) {
+    __nv_bfloat16 h = __float2bfloat16(v);
+    uint16_t bits;
+    std::memcpy(&bits, &h, 2);
+    return bits;
+  }
+  __half h = __float2half(v);
+  uint16_t bits;
+  std::memcpy(&bits, &h, 2);
+  return bits;
+}
+
+template <typename T>
+constexpr bool is_bf16() {
+  return std::is_same<T, __nv_bfloat16>::value;
+}
+
+template <typename T>
+class Qwen3Cuda final : public CudaModelRunner {
+ public:
+  Qwen3Cuda(const std::string& dir, const ModelConfig& config, const CudaRunnerOptions& options)
+      : c_(config), opt_(options) {
+    SY_CUDA_CHECK(cudaSetDevice(0));
+    SY_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, 0));
+    gemm_ = std::make_unique<cuda::Gemm>(stream_);
+    hd_ = c_.head_dim;
+    qdim_ = c_.num_heads * hd_;
+    kvdim_ = c_.num_kv_heads * hd_;
+    qkvdim_ = qdim_ + 2 * kvdim_;
+    if (c_.num_heads % c_.num_kv_heads != 0) throw std::runtime_error("num_heads must be a multiple of num_kv_heads");
+    load_weights(dir);
+    allocate_activations();
+    allocate_kv_cache();
+  }
+
+  ~Qwen3Cuda() override {
+    for (auto& [b, exec] : graphs_)
+      if (exec) cudaGraphExecDestroy(exec);
+    if (stream_) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+  }
+
+  const char* name() const override { return "cuda"; }
+  int num_kv_blocks() const override { return num_blocks_; }
+
+  void step(const ForwardBatch& batch, const std::vector<SampleRequest>& requests,
+            std::vector<SampledToken>* sampled) override {
+    const int n = static_cast<int>(batch.tokens.size());
+    const int m = static_cast<int>(batch.logit_tokens.size());
+    const int num_seqs = static_cast<int>(batch.block_tables.size());
+    if (n > max_tokens_ || m > max_rows_ || num_seqs > max_rows_) {
+      throw std::runtime_error("step larger than the CUDA runner was sized for");
+    }
+    // Each sequence's tokens are consecutive in the flat batch, at consecutive positions.
+    std::vector<int> first(num_seqs, -1), count(num_seqs, 0);
+    for (int t = 0; t < n; ++t) {
+      const int s = batch.token_seq[t];
+      if (first[s] < 0) first[s] = t;
+      ++count[s];
+    }
+    bool all_decode = n == num_seqs && m == n;
+    for (int s = 0; s < num_seqs && all_decode; ++s) all_decode = count[s] == 1 && batch.logit_tokens[s] == first[s];
+    int padded = n;
+    bool use_graph = false;
+    if (all_decode && !opt_.enforce_eager && !cuda_debug_enabled()) {
+      for (int b : kGraphBatchSizes) {
+        if (b >= n && b <= max_rows_) {
+          padded = b;
+          use_graph = true;
+          break;
+        }
+      }
+    }
+
+    // Metadata, written to pinned memory and copied in one transfer.
+    int32_t* tokens = meta_h_.as<int32_t>(off_tokens_);
+    int32_t* positions = meta_h_.as<int32_t>(off_positions_);
+    int32_t* slots = meta_h_.as<int32_t>(off_slots_);
+    int32_t* logit_rows = meta_h_.as<int32_t>(off_logit_rows_);
+    int32_t* decode_rows = meta_h_.as<int32_t>(off_decode_);
+    int32_t* tiles = meta_h_.as<int32_t>(off_tiles_);
+    int32_t* tables = meta_h_.as<int32_t>(off_tables_);
+    std::copy(batch.tokens.begin(), batch.tokens.end(), tokens);
+    std::copy(batch.positions.begin(), batch.positions.end(), positions);
+    std::copy(batch.slots.begin(), batch.slots.end(), slots);
+    std::copy(batch.logit_tokens.begin(), batch.logit_tokens.end(), logit_rows);
+    int num_decode = 0, num_tiles = 0;
+    const int tile_tokens = cuda::prefill_tile_tokens(c_.num_heads / c_.num_kv_heads);
+    for (int s = 0; s < num_seqs; ++s) {
+      const int last_pos = batch.positions[first[s] + count[s] - 1];
+      const int used = last_pos / opt_.block_size + 1;
+      std::copy(batch.block_tables[s], batch.block_tables[s] + used, tables + static_cast<int64_t>(s) * table_stride_);
+      if (count[s] == 1) {
+        decode_rows[2 * num_decode] = first[s];
+        decode_rows[2 * num_decode + 1] = s;
+        ++num_decode;
+      } else {
+        for (int t = 0; t < count[s]; t += tile_tokens) {
+          tiles[3 * num_tiles] = s;
+          tiles[3 * num_tiles + 1] = first[s] + t;
+          tiles[3 * num_tiles + 2] = std::min(tile_tokens, count[s] - t);
+          ++num_tiles;
+        }
+      }
+    }
+    for (int i = n; i < padded; ++i) {
+      // Padding rows of a graph batch: token 0 at position 0 of the scratch block.
+      tokens[i] = 0;
+      positions[i] = 0;
+      slots[i] = scratch_block_ * opt_.block_size;
+      logit_rows[i] = i;
+      decode_rows[2 * i] = i;
+      decode_rows[2 * i + 1] = i;
+      tables[static_cast<int64_t>(i) * table_stride_] = scratch_block_;
+    }
+    const int seqs_in_meta = use_graph ? padded : num_seqs;
+    const size_t meta_bytes = off_tables_ + sizeof(int32_t) * static_cast<size_t>(seqs_in_meta) * table_stride_;
+    SY_CUDA_CHECK(cudaMemcpyAsync(meta_d_.as<void>(), meta_h_.as<void>(), meta_bytes, cudaMemcpyHostToDevice, stream_));
+
+    cudaGraphExec_t graph = use_graph ? graph_for(padded) : nullptr;
+    if (graph) {
+      SY_CUDA_CHECK(cudaGraphLaunch(graph, stream_));
+    } else {
+      forward(n, m, num_decode, num_tiles, splits_for(num_decode));
+    }
+    sample(m, requests, sampled);
+  }
+
+ private:
+  struct LayerWeights {
+    T *qkv, *o, *gate_up, *down;
+    float *input_norm, *post_norm, *q_norm, *k_norm;
+  };
+
+  int splits_for(int rows) const {
+    // Enough blocks for two waves over the SMs, but no more splits than 64-key tiles of context.
+    const int blocks = std::max(1, rows * c_.num_kv_heads);
+    const int want = (2 * num_sms_ + blocks - 1) / blocks;
+    return std::max(1, std::min({want, kMaxSplits, (opt_.max_model_len + 63) / 64}));
+  }
+
+  void load_weights(const std::string& dir) {
+    SafetensorsCheckpoint ck(dir);
+    const int64_t h = c_.hidden_size, inter = c_.intermediate_size, V = c_.vocab_size;
+    const bool tied = c_.tie_word_embeddings || !ck.has("lm_head.weight");
+    Layout lay;
+    const size_t e = sizeof(T);
+    const size_t off_embed = lay.take(V * h * e);
+    const size_t off_head = tied ? off_embed : lay.take(V * h * e);
+    std::vector<size_t> off(c_.num_layers * 8);
+    for (int l = 0; l < c_.num_layers; ++l) {
+      size_t* o = &off[l * 8];
+      o[0] = lay.take(qkvdim_ * h * e);
+      o[1] = lay.take(h * qdim_ * e);
+      o[2] = lay.take(2 * inter * h * e);
+      o[3] = lay.take(h * inter * e);
+      o[4] = lay.take(h * 4);
+      o[5] = lay.take(h * 4);
+      o[6] = lay.take(hd_ * 4);
+      o[7] = lay.take(hd_ * 4);
+    }
+    const size_t off_final = lay.take(h * 4);
+    const size_t off_freq = lay.take(hd_ / 2 * 4);
+    weights_ = DeviceMemory(lay.size());
+    weight_bytes_ = static_cast<int64_t>(lay.size());
+
+    std::vector<uint16_t> staging;
+    auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, size_t at) {
+      WeightView w = ck.matrix(name, {rows, cols});
+      const bool same = (is_bf16<T>() && w.dtype == DType::BF16) || (!is_bf16<T>() && w.dtype == DType::F16);
+      const size_t count = static_cast<size_t>(rows * cols);
+      if (same) {
+        SY_CUDA_CHECK(cudaMemcpy(weights_.as<char>(at), w.data, count * 2, cudaMemcpyHostToDevice));
+        return;
+      }
+      staging.resize(count);
+      for (size_t i = 0; i < count; ++i) staging[i] = f32_to_half_bits(weight_at(w, static_cast<int64_t>(i)), is_bf16<T>());
+      SY_CUDA_CHECK(cudaMemcpy(weights_.as<char>(at), staging.data(), count * 2, cudaMemcpyHostToDevice));
+    };
+    auto vector = [&](const std::string& name, int64_t len, size_t at) {
+      std::vector<float> v = weight_to_f32(ck.matrix(name, {len}));
+      SY_CUDA_CHECK(cudaMemcpy(weights_.as<char>(at), v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+    };
+    matrix("model.embed_tokens.weight", V, h, off_embed);
+    if (!tied) matrix("lm_head.weight", V, h, off_head);
+    embed_ = weights_.as<T>(off_embed);
+    lm_head_ = weights_.as<T>(off_head);
+    for (int l = 0; l < c_.num_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l);
+      const size_t* o = &off[l * 8];
+      // Fused projections: q, k, v rows stacked into one [qkvdim, h]; gate then up into [2 inter, h].
+      matrix(p + ".self_attn.q_proj.weight", qdim_, h, o[0]);
+      matrix(p + ".self_attn.k_proj.weight", kvdim_, h, o[0] + qdim_ * h * e);
+      matrix(p + ".self_attn.v_proj.weight", kvdim_, h, o[0] + (qdim_ + kvdim_) * h * e);
+      matrix(p + ".self_attn.o_proj.weight", h, qdim_, o[1]);
+      matrix(p + ".mlp.gate_proj.weight", inter, h, o[2]);
+      matrix(p + ".mlp.up_proj.weight", inter, h, o[2] + inter * h * e);
+      matrix(p + ".mlp.down_proj.weight", h, inter, o[3]);
+      vector(p + ".input_layernorm.weight", h, o[4]);
+      vector(p + ".post_attention_layernorm.weight", h, o[5]);
+      LayerWeights L{weights_.as<T>(o[0]), weights_.as<T>(o[1]), weights_.as<T>(o[2]), weights_.as<T>(o[3]),
+                     weights_.as<float>(o[4]), weights_.as<float>(o[5]), nullptr, nullptr};
+      if (c_.qk_norm) {
+        vector(p + ".self_attn.q_norm.weight", hd_, o[6]);
+        vector(p + ".self_attn.k_norm.weight", hd_, o[7]);
+        L.q_norm = weights_.as<float>(o[6]);
+        L.k_norm = weights_.as<float>(o[7]);
+      }
+      layers_.push_back(L);
+    }
+    vector("model.norm.weight", h, off_final);
+    final_norm_ = weights_.as<float>(off_final);
+    std::vector<float> inv_freq(hd_ / 2);
+    for (int i = 0; i < hd_ / 2; ++i) {
+      inv_freq[i] = static_cast<float>(1.0 / std::pow(c_.rope_theta, static_cast<double>(2 * i) / hd_));
+    }
+    SY_CUDA_CHECK(cudaMemcpy(weights_.as<char>(off_freq), inv_freq.data(), inv_freq.size() * 4, cudaMemcpyHostToDevice));
+    inv_freq_ = weights_.as<float>(off_freq);
+  }
+
+  void allocate_activations() {
+    max_rows_ = opt_.max_num_seqs;
+    max_tokens_ = std::max(opt_.max_num_batched_tokens, max_rows_);
+    table_stride_ = (opt_.max_model_len + opt_.block_size - 1) / opt_.block_size;
+    const int64_t N = max_tokens_, M = max_rows_, h = c_.hidden_size, inter = c_.intermediate_size;
+    const size_t e = sizeof(T);
+    Layout lay;
+    const size_t x = lay.take(N * h * 4), delta = lay.take(N * h * 4), hn = lay.take(N * h * e);
+    const size_t qkv = lay.take(N * qkvdim_ * 4), q = lay.take(N * qdim_ * e), attn = lay.take(N * qdim_ * e);
+    const size_t gu = lay.take(N * 2 * inter * 4), act = lay.take(N * inter * e), last = lay.take(M * h * e);
+    const size_t logits = lay.take(M * c_.vocab_size * 4);
+    const size_t partials = lay.take(static_cast<size_t>(M) * c_.num_heads * kMaxSplits * (hd_ + 2) * 4);
+    const size_t out_ids = lay.take(M * 4 * 2 + M * kMaxTopLogprobs * 8), params = lay.take(M * sizeof(cuda::SampleRow));
+    act_mem_ = DeviceMemory(lay.size());
+    x_ = act_mem_.as<float>(x);
+    delta_ = act_mem_.as<float>(delta);
+    hn_ = act_mem_.as<T>(hn);
+    qkv_ = act_mem_.as<float>(qkv);
+    q_ = act_mem_.as<T>(q);
+    attn_ = act_mem_.as<T>(attn);
+    gu_ = act_mem_.as<float>(gu);
+    act_ = act_mem_.as<T>(act);
+    last_ = act_mem_.as<T>(last);
+    logits_ = act_mem_.as<float>(logits);
+    partials_ = act_mem_.as<float>(partials);
+    out_d_ = act_mem_.as<char>(out_ids);
+    params_d_ = act_mem_.as<cuda::SampleRow>(params);
+    out_bytes_ = M * 4 * 2 + M * kMaxTopLogprobs * 8;
+    out_h_ = PinnedMemory(out_bytes_);
+    params_h_ = PinnedMemory(M * sizeof(cuda::SampleRow));
+
+    Layout meta;
+    off_tokens_ = meta.take(N * 4);
+    off_positions_ = meta.take(N * 4);
+    off_slots_ = meta.take(N * 4);
+    off_logit_rows_ = meta.take(M * 4);
+    off_decode_ = meta.take(M * 8);
+    off_tiles_ = meta.take((N + M) * 12);
+    off_tables_ = meta.take(M * table_stride_ * 4);
+    meta_d_ = DeviceMemory(meta.size());
+    meta_h_ = PinnedMemory(meta.size());
+  }
+
+  void allocate_kv_cache() {
+    size_t free_bytes = 0, total_bytes = 0;
+    SY_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    // What this engine may still take: its share of the card less what is in use (by it and by
+    // anyone else), less room for cuBLAS and the decode graphs.
+    constexpr int64_t kReserve = 1LL << 30;
+    const int64_t in_use = static_cast<int64_t>(total_bytes - free_bytes);
+    int64_t budget = static_cast<int64_t>(opt_.gpu_memory_utilization * static_cast<double>(total_bytes)) - in_use - kReserve;
+    if (opt_.kv_cache_memory_bytes > 0) budget = std::min(budget, opt_.kv_cache_memory_bytes);
+    const int64_t block_bytes = 2LL * c_.num_layers * opt_.block_size * kvdim_ * static_cast<int64_t>(sizeof(T));
+    const int64_t blocks = budget / block_bytes - 1;  // one more block is the graphs' scratch
+    if (blocks < 1) {
+      throw std::runtime_error("no room for the KV cache on the GPU: " + std::to_string(in_use >> 20) + " MiB in use of " +
+                               std::to_string(total_bytes >> 20) + " MiB with gpu_memory_utilization " +
+                               std::to_string(opt_.gpu_memory_utilization) + "; one block takes " +
+                               std::to_string(block_bytes) + " bytes");
+    }
+    num_blocks_ = static_cast<int>(std::min<int64_t>(blocks, 1 << 28));
+    scratch_block_ = num_blocks_;
+    layer_cache_elems_ = static_cast<int64_t>(num_blocks_ + 1) * opt_.block_size * kvdim_;
+    kv_mem_ = DeviceMemory(static_cast<size_t>(2 * c_.num_layers * layer_cache_elems_) * sizeof(T));
+    kv_cache_bytes_ = static_cast<int64_t>(kv_mem_.bytes());
+  }
+
+  T* k_cache(int l) const { return kv_mem_.as<T>() + (2LL * l) * layer_cache_elems_; }
+  T* v_cache(int l) const { return kv_mem_.as<T>() + (2LL * l + 1) * layer_cache_elems_; }
+
+  void gemm(const T* x, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
+    if (n <= 8 && cuda::gemv<T>(x, static_cast<int>(n), w, static_cast<int>(out), static_cast<int>(in), y, stream_)) return;
+    gemm_->run(x, n, w, out, in, is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16, y);
+  }
+
+  // Launches only (no host synchronization), so that a decode step can be captured in a graph.
+  void forward(int n, int m, int num_decode, int num_tiles, int splits) {
+    const int h = c_.hidden_size, inter = c_.intermediate_size;
+    const float eps = static_cast<float>(c_.rms_norm_eps);
+    const int32_t* tokens = meta_d_.as<int32_t>(off_tokens_);
+    const int32_t* positions = meta_d_.as<int32_t>(off_positions_);
+    const int32_t* slots = meta_d_.as<int32_t>(off_slots_);
+    const int32_t* logit_rows = meta_d_.as<int32_t>(off_logit_rows_);
+    const int32_t* decode_rows = meta_d_.as<int32_t>(off_decode_);
+    const int32_t* tiles = meta_d_.as<int32_t>(off_tiles_);
+    const int32_t* tables = meta_d_.as<int32_t>(off_tables_);
+    const cuda::QkvLayout qkv_layout{c_.num_heads, c_.num_kv_heads, hd_, eps, opt_.block_size};
+    cuda::embed<T>(embed_, tokens, n, h, x_, stream_);
+    for (int l = 0; l < c_.num_layers; ++l) {
+      const LayerWeights& L = layers_[l];
+      cuda::add_rmsnorm<T>(x_, l == 0 ? nullptr : delta_, L.input_norm, n, h, eps, hn_, stream_);
+      gemm(hn_, n, L.qkv, qkvdim_, h, qkv_);
+      cuda::qkv_norm_rope_store<T>(qkv_, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout, q_, k_cache(l),
+                                   v_cache(l), stream_);
+      const cuda::PagedKv<T> kv{k_cache(l), v_cache(l), tables, table_stride_, opt_.block_size, c_.num_kv_heads, hd_};
+      cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, positions, kv, c_.num_heads, splits, partials_, attn_,
+                                      stream_);
+      cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_, stream_);
+      gemm(attn_, n, L.o, h, qdim_, delta_);
+      cuda::add_rmsnorm<T>(x_, delta_, L.post_norm, n, h, eps, hn_, stream_);
+      gemm(hn_, n, L.gate_up, 2 * inter, h, gu_);
+      cuda::silu_mul<T>(gu_, n, inter, act_, stream_);
+      gemm(act_, n, L.down, h, inter, delta_);
+    }
+    cuda::gather_add_rmsnorm<T>(x_, delta_, logit_rows, m, final_norm_, h, eps, last_, stream_);
+    gemm(last_, m, lm_head_, c_.vocab_size, h, logits_);
+  }
+
+  // The decode graph of a padded batch size, captured on first use. A size whose capture fails
+  // runs eagerly from then on (said once on stderr): graphs are an optimization, not a need.
+  cudaGraphExec_t graph_for(int batch) {
+    auto it = graphs_.find(batch);
+    if (it != graphs_.end()) return it->second;
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    SY_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      forward(batch, batch, batch, 0, splits_for(batch));
+      SY_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      SY_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      cudaGraphDestroy(graph);
+    } catch (const std::exception& e) {
+      cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+      cudaStreamIsCapturing(stream_, &capturing);
+      if (capturing != cudaStreamCaptureStatusNone) {
+        cudaGraph_t partial = nullptr;
+        cudaStreamEndCapture(stream_, &partial);
+        if (partial) cudaGraphDestroy(partial);
+      }
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      fprintf(stderr, "switchyard: CUDA graph capture for decode batch %d failed, running it eagerly: %s\n", batch,
+              e.what());
+      exec = nullptr;
+    }
+    graphs_[batch] = exec;
+    return exec;
+  }
+
+  // Greedy rows take the argmax, random rows sample on the device; rows with penalties or
+  // min_tokens suppression (rare) copy their logits back and use the host sampler.
+  void sample(int m, const std::vector<SampleRequest>& requests, std::vector<SampledToken>* sampled) {
+    sampled->assign(m, SampledToken{});
+    if (m == 0) return;
+    const int V = c_.vocab_size;
+    std::vector<int> host_rows, random_rows;
+    int top_k = 0;
+    for (int i = 0; i < m; ++i) {
+      const SamplingParams& p = *requests[i].params;
+      const SamplingContext& ctx = requests[i].context;
+      const bool suppress = ctx.num_output < p.min_tokens &&
+                            (!p.stop_token_ids.empty() || (!p.ignore_eos && !ctx.eos_token_ids->empty()));
+      if (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f || suppress ||
+          p.logprobs > kMaxTopLogprobs) {
+        host_rows.push_back(i);
+        continue;
+      }
+      if (p.temperature >= 1e-5f) random_rows.push_back(i);
+      top_k = std::max(top_k, p.logprobs);
+    }
+    int32_t* ids_d = reinterpret_cast<int32_t*>(out_d_);
+    float* lp_d = reinterpret_cast<float*>(out_d_ + max_rows_ * 4);
+    int32_t* top_ids_d = reinterpret_cast<int32_t*>(out_d_ + max_rows_ * 8);
+    float* top_lp_d = reinterpret_cast<float*>(out_d_ + max_rows_ * 8 + max_rows_ * kMaxTopLogprobs * 4);
+    cuda::argmax_logprob(logits_, m, V, ids_d, lp_d, stream_);
+    if (!random_rows.empty()) {
+      cuda::SampleRow* rows = params_h_.as<cuda::SampleRow>();
+      for (size_t k = 0; k < random_rows.size(); ++k) {
+        const SampleRequest& r = requests[random_rows[k]];
+        const SamplingParams& p = *r.params;
+        rows[k] = {random_rows[k], p.temperature, p.top_p, p.min_p, p.top_k, static_cast<float>(r.rng->uniform())};
+      }
+      SY_CUDA_CHECK(cudaMemcpyAsync(params_d_, rows, random_rows.size() * sizeof(cuda::SampleRow),
+                                    cudaMemcpyHostToDevice, stream_));
+      // Sampled ids overwrite the argmax of their rows: the kernel writes entry k, so it gets
+      // its own region (the top-logprob area is free when sampling; see below).
+      cuda::sample_rows(logits_, static_cast<int>(random_rows.size()), V, params_d_, top_ids_d, top_lp_d, stream_);
+    }
+    // Copy back what was asked for: ids, their logprobs, sampled ids, top logprobs.
+    char* out_h = out_h_.as<char>();
+    SY_CUDA_CHECK(cudaMemcpyAsync(out_h, ids_d, m * 4, cudaMemcpyDeviceToHost, stream_));
+    SY_CUDA_CHECK(cudaMemcpyAsync(out_h + max_rows_ * 4, lp_d, m * 4, cudaMemcpyDeviceToHost, stream_));
+    if (!random_rows.empty()) {
+      SY_CUDA_CHECK(cudaMemcpyAsync(out_h + max_rows_ * 8, top_ids_d, random_rows.size() * 4, cudaMemcpyDeviceToHost, stream_));
+      SY_CUDA_CHECK(cudaMemcpyAsync(out_h + max_rows_ * 8 + max_rows_ * kMaxTopLogprobs * 4, top_lp_d,
+                                    random_rows.size() * 4, cudaMemcpyDeviceToHost, stream_));
+    }
+    SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    const int32_t* ids_h = out_h_.as<int32_t>();
+    const float* lp_h = out_h_.as<float>(max_rows_ * 4);
+    for (int i = 0; i < m; ++i) {
+      (*sampled)[i].token = ids_h[i];
+      (*sampled)[i].logprob = lp_h[i];
+    }
+    const int32_t* sid_h = out_h_.as<int32_t>(max_rows_ * 8);
+    const float* slp_h = out_h_.as<float>(max_rows_ * 8 + max_rows_ * kMaxTopLogprobs * 4);
+    for (size_t k = 0; k < random_rows.size(); ++k) {
+      (*sampled)[random_rows[k]].token = sid_h[k];
+      (*sampled)[random_rows[k]].logprob = slp_h[k];
+    }
+    if (top_k > 0) {
+      cuda::top_logprobs(logits_, m, V, top_k, top_ids_d, top_lp_d, stream_);
+      SY_CUDA_CHECK(cudaMemcpyAsync(out_h + max_rows_ * 8, top_ids_d, static_cast<size_t>(m) * top_k * 4,
+                                    cudaMemcpyDeviceToHost, stream_));
+      SY_CUDA_CHECK(cudaMemcpyAsync(out_h + max_rows_ * 8 + max_rows_ * kMaxTopLogprobs * 4, top_lp_d,
+                                    static_cast<size_t>(m) * top_k * 4, cudaMemcpyDeviceToHost, stream_));
+      SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      for (int i = 0; i < m; ++i) {
+        const int k = requests[i].params->logprobs;
+        for (int j = 0; j < k && j < top_k; ++j) (*sampled)[i].top.push_back({sid_h[i * top_k + j], slp_h[i * top_k + j]});
+      }
+    }
+    if (!host_rows.empty()) {
+      std::vector<float> row(V);
+      for (int i : host_rows) {
+        SY_CUDA_CHECK(cudaMemcpy(row.data(), logits_ + static_cast<int64_t>(i) * V, V * 4, cudaMemcpyDeviceToHost));
+        const SampleRequest& r = requests[i];
+        (*sampled)[i] = sample_token(row.data(), V, *r.params, r.context, *r.rng);
+      }
+    }
+  }
+
+  ModelConfig c_;
+  CudaRunnerOptions opt_;
+  cudaStream_t stream_ = nullptr;
+  int num_sms_ = 1;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  int hd_ = 0;
+  int64_t qdim_ = 0, kvdim_ = 0, qkvdim_ = 0;
+
+  DeviceMemory weights_;
+  int64_t weight_bytes_ = 0;
+  T* embed_ = nullptr;
+  T* lm_head_ = nullptr;
+  std::vector<LayerWeights> layers_;
+  float* final_norm_ = nullptr;
+  float* inv_freq_ = nullptr;
+
+  int max_rows_ = 0, max_tokens_ = 0, table_stride_ = 0;
+  DeviceMemory act_mem_;
+  float *x_ = nullptr, *delta_ = nullptr, *qkv_ = nullptr, *gu_ = nullptr, *logits_ = nullptr, *partials_ = nullptr;
+  T *hn_ = nullptr, *q_ = nullptr, *attn_ = nullptr, *act_ = nullptr, *last_ = nullptr;
+  char* out_d_ = nullptr;
+  size_t out_bytes_ = 0;
+  PinnedMemory out_h_, params_h_;
+  cuda::SampleRow* params_d_ = nullptr;
+  size_t off_tokens_ = 0, off_positions_ = 0, off_slots_ = 0, off_logit_rows_ = 0, off_decode_ = 0, off_tiles_ = 0,
+         off_tables_ = 0;
+  DeviceMemory meta_d_;
+  PinnedMemory meta_h_;
+
+  DeviceMemory kv_mem_;
+  int num_blocks_ = 0, scratch_block_ = 0;
+  int64_t layer_cache_elems_ = 0, kv_cache_bytes_ = 0;
+  std::map<int, cudaGraphExec_t> graphs_;
+};
+
+}  // namespace
+
+CudaDeviceInfo cuda_device_info() {
+  CudaDeviceInfo info;
+  info.built = true;
+  const cudaError_t status = cudaGetDeviceCount(&info.device_count);
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    info.device_count = 0;
+    info.error = std::string("no usable CUDA device: ") + cudaGetErrorString(status);
+    return info;
+  }
+  if (info.device_count == 0) {
+    info.error = "no CUDA device";
+    return info;
+  }
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
+    info.name = prop.name;
+    info.total_memory_bytes = static_cast<int64_t>(prop.totalGlobalMem);
+  }
+  return info;
+}
+
+std::unique_ptr<CudaModelRunner> CudaModelRunner::create(const std::string& dir, const ModelConfig& config,
+                                                         const CudaRunnerOptions& options) {
+  const CudaDeviceInfo info = cuda_device_info();
+  if (info.device_count == 0) throw std::runtime_error("device \"cuda\" requested but " + info.error);
+  SafetensorsCheckpoint probe(dir);
+  const DType dtype = probe.get("model.embed_tokens.weight").dtype;
+  if (dtype == DType::F16) return std::make_unique<Qwen3Cuda<__half>>(dir, config, options);
+  return std::make_unique<Qwen3Cuda<__nv_bfloat16>>(dir, config, options);
+}
+
+}  // namespace sy

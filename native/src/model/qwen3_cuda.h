@@ -1,0 +1,62 @@
+// The Qwen3 (and Llama) forward pass on a CUDA GPU, with its own device state: weights in
+// bf16/fp16, the paged KV cache in the same dtype, activation buffers, CUDA graphs for decode
+// steps, and sampling on the device. The engine (scheduler, block pool, sequences) stays on the
+// host and hands each step's flat batch to `step`. This header has no CUDA types, so the engine
+// compiles the same with or without the CUDA backend (qwen3_cuda_stub.cpp stands in without it).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/qwen3.h"
+#include "sampler/sampler.h"
+
+namespace sy {
+
+struct CudaRunnerOptions {
+  int block_size = 16;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  int max_model_len = 4096;
+  /** Fraction of the GPU's memory this engine may hold in all (weights, activations, KV cache). */
+  double gpu_memory_utilization = 0.9;
+  /** When positive, the KV cache takes at most this many bytes. */
+  int64_t kv_cache_memory_bytes = 0;
+  /** No CUDA graphs: every kernel launched one by one. */
+  bool enforce_eager = false;
+};
+
+/** What the sampler needs for one logit row of a step. */
+struct SampleRequest {
+  const SamplingParams* params;
+  SamplingContext context;
+  Rng* rng;
+};
+
+/** Whether this addon has the CUDA backend and sees a GPU; `error` says why not. */
+struct CudaDeviceInfo {
+  bool built = false;
+  int device_count = 0;
+  std::string name;
+  int64_t total_memory_bytes = 0;
+  std::string error;
+};
+CudaDeviceInfo cuda_device_info();
+
+class CudaModelRunner {
+ public:
+  /** Loads the checkpoint of `dir` onto the GPU and sizes the KV cache; throws with the CUDA message. */
+  static std::unique_ptr<CudaModelRunner> create(const std::string& dir, const ModelConfig& config,
+                                                 const CudaRunnerOptions& options);
+  virtual ~CudaModelRunner() = default;
+
+  virtual const char* name() const = 0;
+  virtual int num_kv_blocks() const = 0;
+  /** Runs the forward pass over `batch` and samples one token per logit token (in order). */
+  virtual void step(const ForwardBatch& batch, const std::vector<SampleRequest>& requests,
+                    std::vector<SampledToken>* sampled) = 0;
+};
+
+}  // namespace sy

@@ -1,0 +1,59 @@
+// The seam between the agent and the ways bytes move. The agent validates a read (every
+// descriptor inside a registered region, pairs of equal length), picks the backend that can
+// move those kinds of memory between this agent and the peer, and hands it a ReadJob. The
+// backend owns the job until it reports the outcome, exactly once, through
+// BackendEvents::transfer_finished: on success, error, timeout, cancel, or its own shutdown.
+//
+// Backends: TCP (host memory, any two hosts; always built) and CUDA IPC (device memory, one
+// host; built only with CUDA). Notifications always travel over TCP, the control channel.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "transfer/agent_metadata.h"
+#include "transfer/memory_region.h"
+#include "transfer/transfer_error.h"
+
+namespace sy::transfer {
+
+using Clock = std::chrono::steady_clock;
+
+struct ReadJob {
+  uint64_t transfer_id = 0;
+  std::shared_ptr<const AgentMetadata> peer;
+  /** remote[i] is read into local[i]; both have the same length. Remote blocks refer to the
+   *  peer's regions as its metadata described them; local blocks pin this agent's regions. */
+  std::vector<ResolvedBlock> remote;
+  std::vector<ResolvedBlock> local;
+  uint64_t total_bytes = 0;
+  uint32_t timeout_ms = 0;
+  Clock::time_point deadline;
+};
+
+class BackendEvents {
+ public:
+  virtual ~BackendEvents() = default;
+  /** `error` is null on success. Called on the backend's thread. */
+  virtual void transfer_finished(uint64_t transfer_id, uint64_t bytes, const TransferError* error) = 0;
+  virtual void notification_received(const std::string& from_agent, std::string bytes) = 0;
+};
+
+class TransferBackend {
+ public:
+  virtual ~TransferBackend() = default;
+  virtual const char* name() const = 0;
+  /** Whether this backend moves bytes from `remote` (of `peer`) into `local`. */
+  virtual bool can_read(const AgentMetadata& peer, const MemoryRegion& remote, const MemoryRegion& local) const = 0;
+  /** What a peer needs to reach `region` through this backend (e.g. an IPC handle); may be empty. */
+  virtual std::string export_region(const MemoryRegion& region) { return {}; }
+  virtual void post_read(ReadJob job) = 0;
+  /** Fails the transfer with ErrorKind::Canceled if it has not finished; no-op otherwise. */
+  virtual void cancel(uint64_t transfer_id) = 0;
+  /** Fails every unfinished transfer with ErrorKind::Closed and stops; idempotent. */
+  virtual void shutdown() = 0;
+};
+
+}  // namespace sy::transfer

@@ -1,0 +1,297 @@
+#include "transfer/transfer_agent.h"
+
+#include <unistd.h>
+
+#ifdef SWITCHYARD_TRANSFER_CUDA_IPC
+#include "transfer/cuda_ipc_backend.h"
+#endif
+
+namespace sy::transfer {
+
+namespace {
+
+std::string default_advertise_host(const std::string& listen_host) {
+  if (listen_host.empty() || listen_host == "0.0.0.0" || listen_host == "::") {
+    char name[256] = {0};
+    if (gethostname(name, sizeof name - 1) == 0 && name[0]) return name;
+  }
+  return listen_host;
+}
+
+}  // namespace
+
+TransferAgent::TransferAgent(AgentOptions options) : options_(std::move(options)), host_id_(local_host_id()) {
+  if (options_.name.empty()) throw TransferError(ErrorKind::Invalid, "a transfer agent needs a name");
+  if (options_.name.size() > 255) throw TransferError(ErrorKind::Invalid, "agent names are at most 255 bytes");
+  if (options_.timeout_ms == 0) throw TransferError(ErrorKind::Invalid, "timeoutMs must be positive");
+  BackendEvents& events = *this;  // a private base: convertible here, not inside make_unique
+  tcp_ = std::make_unique<TcpBackend>(options_.name, options_.tcp, regions_, events);
+  if (options_.advertise_host.empty()) options_.advertise_host = default_advertise_host(options_.tcp.listen_host);
+  if (options_.advertise_port == 0) options_.advertise_port = tcp_->port();
+  backends_.push_back(tcp_.get());
+#ifdef SWITCHYARD_TRANSFER_CUDA_IPC
+  device_ = CudaIpcBackend::create(host_id_, events);
+  if (device_) backends_.push_back(device_.get());
+#endif
+}
+
+TransferAgent::~TransferAgent() { close(); }
+
+std::string TransferAgent::address() const {
+  AgentMetadata m;
+  m.host = options_.advertise_host;
+  m.port = options_.advertise_port;
+  return m.address();
+}
+
+std::vector<std::string> TransferAgent::backends() const {
+  std::vector<std::string> names;
+  for (const TransferBackend* b : backends_) names.emplace_back(b->name());
+  return names;
+}
+
+std::shared_ptr<const MemoryRegion> TransferAgent::register_memory(MemoryKind kind, int32_t device_id, uint64_t base,
+                                                                   uint64_t length) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) throw TransferError(ErrorKind::Closed, "agent '" + name() + "' is closed");
+  }
+  if (kind == MemoryKind::Host) return regions_.add(kind, 0, base, length);
+  // Device memory is reachable only through a backend that exports it (a CUDA IPC handle).
+  MemoryRegion probe;
+  probe.kind = kind;
+  probe.device_id = device_id;
+  probe.base = base;
+  probe.length = length;
+  for (TransferBackend* b : backends_) {
+    if (b == tcp_.get()) continue;
+    std::string blob = b->export_region(probe);
+    if (!blob.empty()) return regions_.add(kind, device_id, base, length, std::move(blob));
+  }
+  throw TransferError(ErrorKind::Invalid, std::string("cannot register ") + memory_kind_name(kind) +
+                                              " memory: this agent has no backend for it (CUDA IPC needs a build "
+                                              "with CUDA and a visible GPU)");
+}
+
+bool TransferAgent::deregister_memory(uint64_t region_id) { return regions_.remove(region_id); }
+
+std::string TransferAgent::metadata() const {
+  AgentMetadata m;
+  m.name = name();
+  m.backends = backends();
+  m.host = options_.advertise_host;
+  m.port = options_.advertise_port;
+  m.host_id = host_id_;
+  m.regions = regions_.list();
+  return encode_metadata(m);
+}
+
+std::string TransferAgent::load_remote_metadata(const std::string& blob) {
+  auto m = std::make_shared<AgentMetadata>(decode_metadata(blob));
+  std::string peer = m->name;
+  std::lock_guard<std::mutex> lock(mu_);
+  remotes_[peer] = std::move(m);
+  return peer;
+}
+
+bool TransferAgent::forget_remote(const std::string& peer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return remotes_.erase(peer) > 0;
+}
+
+std::shared_ptr<const AgentMetadata> TransferAgent::remote_metadata(const std::string& peer) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = remotes_.find(peer);
+  return it == remotes_.end() ? nullptr : it->second;
+}
+
+uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<BlockDescriptor>& remote_descs,
+                                  const std::vector<BlockDescriptor>& local_descs, const std::string* notification,
+                                  uint32_t timeout_ms) {
+  auto peer = remote_metadata(remote);
+  if (!peer) {
+    throw TransferError(ErrorKind::Invalid,
+                        "no metadata loaded for agent '" + remote + "': load its metadata before reading from it");
+  }
+  if (remote_descs.empty()) throw TransferError(ErrorKind::Invalid, "a read needs at least one descriptor");
+  if (remote_descs.size() != local_descs.size()) {
+    throw TransferError(ErrorKind::Invalid, "a read pairs remote and local descriptors one to one; got " +
+                                                std::to_string(remote_descs.size()) + " remote and " +
+                                                std::to_string(local_descs.size()) + " local");
+  }
+  ReadJob job;
+  job.peer = peer;
+  job.remote.reserve(remote_descs.size());
+  job.local.reserve(local_descs.size());
+  const std::string whose_remote = "agent '" + remote + "'";  // as its metadata, maybe stale, says
+  for (size_t i = 0; i < remote_descs.size(); ++i) {
+    try {
+      job.remote.push_back(resolve_in(peer->regions, remote_descs[i], whose_remote));
+      job.local.push_back(regions_.resolve(local_descs[i], "this agent ('" + name() + "')"));
+    } catch (const TransferError& e) {
+      throw TransferError(e.kind(), "descriptor pair " + std::to_string(i) + ": " + e.what());
+    }
+    if (job.remote[i].length != job.local[i].length) {
+      throw TransferError(ErrorKind::Invalid, "descriptor pair " + std::to_string(i) + ": remote block of " +
+                                                  std::to_string(job.remote[i].length) + " bytes, local block of " +
+                                                  std::to_string(job.local[i].length) + " bytes");
+    }
+    job.total_bytes += job.local[i].length;
+  }
+  TransferBackend* backend = nullptr;
+  for (TransferBackend* b : backends_) {
+    bool all = true;
+    for (size_t i = 0; all && i < job.remote.size(); ++i) all = b->can_read(*peer, *job.remote[i].region, *job.local[i].region);
+    if (all) {
+      backend = b;
+      break;
+    }
+  }
+  if (!backend) {
+    throw TransferError(ErrorKind::Invalid, "no backend of agent '" + name() + "' reads these blocks of agent '" +
+                                                remote + "' (memory kinds or hosts differ from what its backends move)");
+  }
+  job.timeout_ms = timeout_ms ? timeout_ms : options_.timeout_ms;
+  job.deadline = Clock::now() + std::chrono::milliseconds(job.timeout_ms);
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) throw TransferError(ErrorKind::Closed, "agent '" + name() + "' is closed");
+    id = next_transfer_id_++;
+    TransferRecord& record = transfers_[id];
+    record.remote = remote;
+    if (notification) {
+      record.has_notification = true;
+      record.notification = *notification;
+    }
+  }
+  job.transfer_id = id;
+  try {
+    backend->post_read(std::move(job));
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    transfers_.erase(id);
+    throw;
+  }
+  return id;
+}
+
+TransferStatus TransferAgent::status(uint64_t transfer_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = transfers_.find(transfer_id);
+  if (it == transfers_.end() || it->second.released) {
+    throw TransferError(ErrorKind::Invalid, "no transfer " + std::to_string(transfer_id) + " (released or never posted)");
+  }
+  return it->second.status;
+}
+
+void TransferAgent::cancel(uint64_t transfer_id) {
+  for (TransferBackend* b : backends_) b->cancel(transfer_id);
+}
+
+void TransferAgent::release(uint64_t transfer_id) {
+  bool pending = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = transfers_.find(transfer_id);
+    if (it == transfers_.end()) return;
+    pending = it->second.status.state == TransferState::Pending;
+    if (pending) {
+      it->second.released = true;  // erased when it finishes
+    } else {
+      transfers_.erase(it);
+    }
+  }
+  if (pending) cancel(transfer_id);
+}
+
+void TransferAgent::send_notification(const std::string& peer, std::string bytes) {
+  tcp_->send_notification(peer, remote_metadata(peer), std::move(bytes));
+}
+
+std::vector<Notification> TransferAgent::take_notifications() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Notification> out;
+  out.swap(notifications_);
+  return out;
+}
+
+void TransferAgent::set_event_hook(std::function<void(const AgentEvent&)> hook) {
+  std::lock_guard<std::mutex> lock(mu_);
+  hook_ = std::move(hook);
+}
+
+ServeStats TransferAgent::serve_stats() const { return tcp_->stats(); }
+
+void TransferAgent::close() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+  }
+  // Device backends first: their completions may still queue notifications over TCP.
+  for (auto it = backends_.rbegin(); it != backends_.rend(); ++it) (*it)->shutdown();
+  std::lock_guard<std::mutex> lock(mu_);
+  hook_ = nullptr;
+}
+
+void TransferAgent::emit(const AgentEvent& event) {
+  std::function<void(const AgentEvent&)> hook;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    hook = hook_;
+  }
+  if (hook) hook(event);
+}
+
+void TransferAgent::transfer_finished(uint64_t transfer_id, uint64_t bytes, const TransferError* error) {
+  std::string remote;
+  std::string notification;
+  bool notify = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = transfers_.find(transfer_id);
+    if (it != transfers_.end()) {
+      notify = !error && it->second.has_notification;
+      remote = it->second.remote;
+      notification = std::move(it->second.notification);
+    }
+  }
+  // Queued before the transfer reads as done, so a caller that closes this agent as soon as
+  // it is done has not already dropped the notification.
+  if (notify) {
+    try {
+      tcp_->send_notification(remote, remote_metadata(remote), std::move(notification));
+    } catch (const TransferError&) {
+      // This agent is closing or forgot the peer; the read itself succeeded.
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = transfers_.find(transfer_id);
+    if (it != transfers_.end()) {
+      if (it->second.released) {
+        transfers_.erase(it);
+      } else {
+        TransferStatus& s = it->second.status;
+        s.bytes = bytes;
+        s.state = error ? TransferState::Error : TransferState::Done;
+        if (error) {
+          s.error_kind = error->kind();
+          s.message = error->what();
+        }
+      }
+    }
+  }
+  emit({AgentEvent::Kind::TransferFinished, transfer_id});
+}
+
+void TransferAgent::notification_received(const std::string& from_agent, std::string bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    notifications_.push_back({from_agent, std::move(bytes)});
+  }
+  emit({AgentEvent::Kind::Notification, 0});
+}
+
+}  // namespace sy::transfer

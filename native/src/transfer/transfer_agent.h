@@ -1,0 +1,135 @@
+// The transfer agent, in the spirit of NVIDIA NIXL: it registers memory, exports metadata a
+// peer loads, and posts READs of a peer's blocks into its own, each finishing as done or as an
+// error with a message, plus short notifications between agents. A decode worker reads a
+// prefill worker's KV blocks this way and then notifies it, so the prefill worker can free them.
+//
+// Threads: every method may be called from one caller thread (JavaScript's); backends run
+// their own threads and report through the event hook, which must not call back into the
+// agent while holding locks of its own.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "transfer/agent_metadata.h"
+#include "transfer/backend.h"
+#include "transfer/memory_region.h"
+#include "transfer/tcp_backend.h"
+
+namespace sy::transfer {
+
+struct AgentOptions {
+  std::string name;
+  TcpOptions tcp;
+  /** Host and port peers connect to; default: the listen host (the hostname when that is a
+   *  wildcard) and the bound port. Set them when peers reach this agent through NAT or a proxy. */
+  std::string advertise_host;
+  uint16_t advertise_port = 0;
+  /** Default deadline of a read, from posting to its last byte. */
+  uint32_t timeout_ms = 10000;
+};
+
+enum class TransferState { Pending, Done, Error };
+
+struct TransferStatus {
+  TransferState state = TransferState::Pending;
+  ErrorKind error_kind = ErrorKind::Invalid;  // when state == Error
+  std::string message;
+  uint64_t bytes = 0;  // bytes received (all of them when done)
+};
+
+struct Notification {
+  std::string from;
+  std::string bytes;
+};
+
+struct AgentEvent {
+  enum class Kind { TransferFinished, Notification } kind;
+  uint64_t transfer_id = 0;
+};
+
+class TransferAgent final : private BackendEvents {
+ public:
+  explicit TransferAgent(AgentOptions options);
+  ~TransferAgent() override;
+  TransferAgent(const TransferAgent&) = delete;
+  TransferAgent& operator=(const TransferAgent&) = delete;
+
+  const std::string& name() const { return options_.name; }
+  /** "host:port" this agent advertises. */
+  std::string address() const;
+  /** The port its TCP listener is bound to (the advertised one may differ). */
+  uint16_t listen_port() const { return tcp_->port(); }
+  /** The backends this build has: "tcp", and "cuda_ipc" when built with CUDA. */
+  std::vector<std::string> backends() const;
+
+  /** The caller keeps [base, base + length) alive until deregistered and no transfer uses it. */
+  std::shared_ptr<const MemoryRegion> register_memory(MemoryKind kind, int32_t device_id, uint64_t base,
+                                                      uint64_t length);
+  bool deregister_memory(uint64_t region_id);
+
+  std::string metadata() const;
+  /** Loads (or replaces) a peer's metadata; returns the peer's name. */
+  std::string load_remote_metadata(const std::string& blob);
+  bool forget_remote(const std::string& name);
+
+  /**
+   * Reads remote_descs[i] of agent `remote` into local_descs[i], for every i. Throws
+   * TransferError(Invalid) at once for a bad descriptor or an unknown agent; anything later
+   * is reported by status(). `notification`, when given, is sent to the remote agent after
+   * the last byte has arrived. timeout_ms 0: the agent's default.
+   */
+  uint64_t post_read(const std::string& remote, const std::vector<BlockDescriptor>& remote_descs,
+                     const std::vector<BlockDescriptor>& local_descs, const std::string* notification,
+                     uint32_t timeout_ms);
+  TransferStatus status(uint64_t transfer_id) const;
+  /** Cancels a pending transfer (it finishes with ErrorKind::Canceled). */
+  void cancel(uint64_t transfer_id);
+  /** Forgets a transfer's status; a pending one is canceled first. */
+  void release(uint64_t transfer_id);
+
+  void send_notification(const std::string& peer, std::string bytes);
+  std::vector<Notification> take_notifications();
+
+  /** Called on a backend thread when a transfer finishes or a notification arrives. Set it
+   *  before posting; it is never called after close() returns. */
+  void set_event_hook(std::function<void(const AgentEvent&)> hook);
+  ServeStats serve_stats() const;
+  /** Fails every pending transfer (ErrorKind::Closed), closes the listener; idempotent. */
+  void close();
+
+ private:
+  struct TransferRecord {
+    TransferStatus status;
+    std::string remote;
+    bool has_notification = false;
+    std::string notification;
+    bool released = false;
+  };
+
+  void transfer_finished(uint64_t transfer_id, uint64_t bytes, const TransferError* error) override;
+  void notification_received(const std::string& from_agent, std::string bytes) override;
+  void emit(const AgentEvent& event);
+  std::shared_ptr<const AgentMetadata> remote_metadata(const std::string& name) const;
+
+  AgentOptions options_;
+  std::string host_id_;
+  RegionTable regions_;
+  std::unique_ptr<TcpBackend> tcp_;
+  std::unique_ptr<TransferBackend> device_;  // CUDA IPC, where built and a GPU is visible
+  std::vector<TransferBackend*> backends_;  // tcp_ first; device backends after it
+
+  mutable std::mutex mu_;  // guards everything below
+  bool closed_ = false;
+  uint64_t next_transfer_id_ = 1;
+  std::map<std::string, std::shared_ptr<const AgentMetadata>> remotes_;
+  std::map<uint64_t, TransferRecord> transfers_;
+  std::vector<Notification> notifications_;
+  std::function<void(const AgentEvent&)> hook_;
+};
+
+}  // namespace sy::transfer

@@ -1,0 +1,389 @@
+/**
+ * The KV transfer agent (issue 7, disaggregated serving), in the spirit of NVIDIA NIXL: a
+ * worker registers the memory that holds its KV blocks, hands its metadata to peers, and a
+ * peer READs blocks straight out of that memory into its own. A decode worker reads the
+ * blocks a prefill worker computed, then notifies it (`notification` on the read, or
+ * `notify`) so the prefill worker can free them.
+ *
+ * The agent is native (native/src/transfer/, the switchyard_transfer addon); this module
+ * owns its handle and turns its completions into Promises. Reads move over TCP between any
+ * two hosts; a read whose peer disappears or stops answering fails with a TransferError
+ * ("closed", "timeout") instead of hanging.
+ */
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export interface TransferAgentOptions {
+  /** Unique among the agents that talk to each other; peers address this agent by it. */
+  name: string;
+  /** Interface the TCP listener binds (default 127.0.0.1; "0.0.0.0" for other hosts). */
+  listenHost?: string;
+  /** Default 0: any free port. */
+  listenPort?: number;
+  /** Host and port peers connect to, when not the listener's own (NAT, proxies). */
+  advertiseHost?: string;
+  advertisePort?: number;
+  /** Default deadline of a read from posting to its last byte (default 10 000 ms). */
+  timeoutMs?: number;
+  /** Largest piece a block is split into on the wire (default 1 MiB). */
+  chunkBytes?: number;
+  /** Bytes requested ahead per peer connection (default 16 MiB). */
+  maxInflightBytes?: number;
+}
+
+/** A registered memory region. */
+export interface MemoryRegion {
+  id: number;
+  length: number;
+  address: bigint;
+  kind: "host" | "cuda";
+  deviceId: number;
+}
+
+/**
+ * A block: bytes [offset, offset + length) of a registered region, or [address, address +
+ * length) of the region (on device deviceId) that contains it, as the owner's metadata says.
+ */
+export type BlockDescriptor =
+  | { region: number; offset?: number; length: number }
+  | { address: bigint; length: number; deviceId?: number };
+
+export type TransferErrorCode = "invalid" | "rejected" | "timeout" | "closed" | "protocol" | "canceled" | "system";
+
+export class TransferError extends Error {
+  readonly code: TransferErrorCode;
+  constructor(code: TransferErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "TransferError";
+    this.code = code;
+  }
+}
+
+export interface ReadOptions {
+  /** Sent to the remote agent once every byte has arrived. */
+  notification?: Uint8Array | string;
+  /** Overrides the agent's timeoutMs for this read. */
+  timeoutMs?: number;
+  /** Aborting cancels the read; it then fails with code "canceled". */
+  signal?: AbortSignal;
+}
+
+export interface TransferStatus {
+  state: "pending" | "done" | "error";
+  /** Bytes received so far (all of them when done). */
+  bytes: number;
+  code?: TransferErrorCode;
+  message?: string;
+}
+
+export interface Notification {
+  from: string;
+  bytes: Buffer;
+}
+
+/** What this agent served to peers. */
+export interface ServeStats {
+  chunksServed: number;
+  bytesServed: number;
+  readsRejected: number;
+  lastRejection?: string;
+}
+
+interface NativeAgent {
+  name(): string;
+  address(): string;
+  listenPort(): number;
+  backends(): string[];
+  registerMemory(memory: ArrayBufferLike | ArrayBufferView): MemoryRegion;
+  registerAddress(address: bigint, length: number, kind: string, deviceId: number): MemoryRegion;
+  deregisterMemory(id: number): boolean;
+  metadata(): Buffer;
+  loadRemoteMetadata(blob: Uint8Array): string;
+  forgetRemote(name: string): boolean;
+  postRead(
+    remote: string,
+    remoteDescs: BlockDescriptor[],
+    localDescs: BlockDescriptor[],
+    notification: Uint8Array | string | undefined,
+    timeoutMs: number | undefined,
+  ): number;
+  status(id: number): TransferStatus;
+  cancel(id: number): void;
+  release(id: number): void;
+  sendNotification(peer: string, bytes: Uint8Array | string): void;
+  getNotifications(): Notification[];
+  stats(): ServeStats;
+  setKeepAlive(on: boolean): void;
+  close(): void;
+}
+
+interface TransferAddon {
+  TransferAgent: new (
+    options: TransferAgentOptions,
+    onEvent: (kind: "transfer" | "notification", id: number) => void,
+  ) => NativeAgent;
+}
+
+const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), "../../native/build/Release/switchyard_transfer.node");
+let addon: TransferAddon | undefined;
+
+function loadTransferAddon(): TransferAddon {
+  if (addon) return addon;
+  if (!existsSync(ADDON_PATH)) {
+    throw new Error(
+      `the transfer agent is not built (${ADDON_PATH} is missing): run \`npm install\` (or \`npx cmake-js compile -d native -O native/build\`)`,
+    );
+  }
+  addon = createRequire(import.meta.url)(ADDON_PATH) as TransferAddon;
+  return addon;
+}
+
+/** Native errors carry `code`; give them this module's type. */
+function asTransferError(err: unknown): unknown {
+  if (err instanceof TransferError || !(err instanceof Error)) return err;
+  const code = (err as Error & { code?: unknown }).code;
+  return typeof code === "string" ? new TransferError(code as TransferErrorCode, err.message, { cause: err }) : err;
+}
+
+function callNative<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw asTransferError(err);
+  }
+}
+
+/** A posted read: poll `status()` (NIXL style) or await `done`. */
+export class Transfer {
+  readonly id: number;
+  /** Resolves with the bytes read; rejects with a TransferError. */
+  readonly done: Promise<{ bytes: number }>;
+  #agent: TransferAgent;
+  #final: TransferStatus | undefined;
+  #settle!: (status: TransferStatus) => void;
+
+  /** @internal */
+  constructor(agent: TransferAgent, id: number) {
+    this.#agent = agent;
+    this.id = id;
+    this.done = new Promise((resolve, reject) => {
+      this.#settle = (s) => {
+        this.#final = s;
+        if (s.state === "done") resolve({ bytes: s.bytes });
+        else reject(new TransferError(s.code ?? "system", s.message ?? "the transfer failed"));
+      };
+    });
+    // A caller that polls status() instead of awaiting `done` must not see an unhandled rejection.
+    this.done.catch(() => {});
+  }
+
+  status(): TransferStatus {
+    return this.#final ?? this.#agent.nativeStatus(this.id);
+  }
+
+  cancel(): void {
+    if (!this.#final) this.#agent.nativeCancel(this.id);
+  }
+
+  /** @internal */
+  settle(status: TransferStatus): void {
+    if (!this.#final) this.#settle(status);
+  }
+}
+
+export class TransferAgent {
+  readonly name: string;
+  /** "host:port" peers reach this agent at. */
+  readonly address: string;
+  /** The port the TCP listener is bound to (differs from address's with advertisePort). */
+  readonly listenPort: number;
+  /** Backends this build has: "tcp", and "cuda_ipc" where built with CUDA. */
+  readonly backends: readonly string[];
+  #native: NativeAgent;
+  #transfers = new Map<number, Transfer>();
+  #notifications: Notification[] = [];
+  #waiters = new Set<{ from?: string; resolve: (n: Notification) => void; reject: (e: unknown) => void }>();
+  #closed = false;
+
+  private constructor(options: TransferAgentOptions) {
+    const { TransferAgent: Native } = loadTransferAddon();
+    this.#native = callNative(() => new Native(options, (kind, id) => this.#onEvent(kind, id)));
+    this.name = this.#native.name();
+    this.address = this.#native.address();
+    this.listenPort = this.#native.listenPort();
+    this.backends = this.#native.backends();
+  }
+
+  /** Starts an agent listening on its TCP port. */
+  static create(options: TransferAgentOptions): TransferAgent {
+    if (!options.name) throw new TransferError("invalid", "a transfer agent needs a name");
+    return new TransferAgent(options);
+  }
+
+  /**
+   * Registers host memory (a Buffer, typed array, DataView or ArrayBuffer) for reads by peers
+   * and into this agent. The memory stays referenced until deregistered and unused.
+   */
+  registerMemory(memory: ArrayBufferLike | ArrayBufferView): MemoryRegion {
+    return callNative(() => this.#native.registerMemory(memory));
+  }
+
+  /**
+   * Registers memory owned by native code (e.g. the engine's KV cache) by address. The caller
+   * keeps it alive until it is deregistered and no transfer uses it.
+   */
+  registerAddress(address: bigint, length: number, opts: { kind?: "host" | "cuda"; deviceId?: number } = {}): MemoryRegion {
+    return callNative(() => this.#native.registerAddress(address, length, opts.kind ?? "host", opts.deviceId ?? 0));
+  }
+
+  /** New reads of the region fail at once; reads already in flight finish. */
+  deregisterMemory(region: MemoryRegion | number): boolean {
+    return callNative(() => this.#native.deregisterMemory(typeof region === "number" ? region : region.id));
+  }
+
+  /** The opaque blob a peer passes to loadRemoteMetadata: name, listener address, regions. */
+  metadata(): Buffer {
+    return callNative(() => this.#native.metadata());
+  }
+
+  /** Loads (or refreshes) a peer's metadata; returns the peer's name. */
+  loadRemoteMetadata(blob: Uint8Array): string {
+    return callNative(() => this.#native.loadRemoteMetadata(blob));
+  }
+
+  forgetRemote(name: string): boolean {
+    return callNative(() => this.#native.forgetRemote(name));
+  }
+
+  /**
+   * Posts a READ of remoteDescs[i] (of agent `remote`) into localDescs[i], for every i.
+   * Throws a TransferError ("invalid") at once for a descriptor outside a registered region.
+   */
+  postRead(
+    remote: string,
+    remoteDescs: BlockDescriptor[],
+    localDescs: BlockDescriptor[],
+    options: ReadOptions = {},
+  ): Transfer {
+    options.signal?.throwIfAborted();
+    const id = callNative(() =>
+      this.#native.postRead(remote, remoteDescs, localDescs, options.notification, options.timeoutMs),
+    );
+    const transfer = new Transfer(this, id);
+    this.#transfers.set(id, transfer);
+    if (options.signal) {
+      const signal = options.signal;
+      const onAbort = () => transfer.cancel();
+      signal.addEventListener("abort", onAbort, { once: true });
+      transfer.done.then(
+        () => signal.removeEventListener("abort", onAbort),
+        () => signal.removeEventListener("abort", onAbort),
+      );
+    }
+    return transfer;
+  }
+
+  /** postRead, awaited: resolves when every byte has arrived. */
+  read(
+    remote: string,
+    remoteDescs: BlockDescriptor[],
+    localDescs: BlockDescriptor[],
+    options: ReadOptions = {},
+  ): Promise<{ bytes: number }> {
+    return this.postRead(remote, remoteDescs, localDescs, options).done;
+  }
+
+  /** Sends a short message (at most 1 MiB) to a peer this agent knows or is connected with. */
+  notify(peer: string, bytes: Uint8Array | string): void {
+    callNative(() => this.#native.sendNotification(peer, bytes));
+  }
+
+  /** Notifications received and not yet taken, oldest first. */
+  notifications(): Notification[] {
+    this.#drainNative();
+    const out = this.#notifications;
+    this.#notifications = [];
+    return out;
+  }
+
+  /** The next notification (from `from`, when given), taking it from the queue. */
+  nextNotification(options: { from?: string; signal?: AbortSignal } = {}): Promise<Notification> {
+    this.#drainNative();
+    const i = this.#notifications.findIndex((n) => options.from === undefined || n.from === options.from);
+    if (i >= 0) return Promise.resolve(this.#notifications.splice(i, 1)[0]!);
+    if (this.#closed) return Promise.reject(new TransferError("closed", `agent '${this.name}' is closed`));
+    options.signal?.throwIfAborted();
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        from: options.from,
+        resolve: (n: Notification) => {
+          cleanup();
+          resolve(n);
+        },
+        reject: (e: unknown) => {
+          cleanup();
+          reject(e);
+        },
+      };
+      const onAbort = () => waiter.reject(options.signal!.reason);
+      const cleanup = () => {
+        this.#waiters.delete(waiter);
+        options.signal?.removeEventListener("abort", onAbort);
+        if (this.#waiters.size === 0 && !this.#closed) this.#native.setKeepAlive(false);
+      };
+      options.signal?.addEventListener("abort", onAbort, { once: true });
+      this.#waiters.add(waiter);
+      this.#native.setKeepAlive(true);
+    });
+  }
+
+  /** What this agent has served to peers, and the last read it refused. */
+  stats(): ServeStats {
+    return callNative(() => this.#native.stats());
+  }
+
+  /** Fails pending reads ("closed"), stops the listener and the I/O thread. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#native.close();
+    const closed = () => new TransferError("closed", `agent '${this.name}' was closed`);
+    for (const t of this.#transfers.values()) t.settle({ state: "error", bytes: 0, code: "closed", message: closed().message });
+    this.#transfers.clear();
+    for (const w of [...this.#waiters]) w.reject(closed());
+  }
+
+  /** @internal */
+  nativeStatus(id: number): TransferStatus {
+    return callNative(() => this.#native.status(id));
+  }
+
+  /** @internal */
+  nativeCancel(id: number): void {
+    if (!this.#closed) this.#native.cancel(id);
+  }
+
+  #onEvent(kind: "transfer" | "notification", id: number): void {
+    if (kind === "notification") {
+      this.#drainNative();
+      return;
+    }
+    const transfer = this.#transfers.get(id);
+    if (!transfer || this.#closed) return;
+    this.#transfers.delete(id);
+    const status = this.#native.status(id);
+    this.#native.release(id);
+    transfer.settle(status);
+  }
+
+  #drainNative(): void {
+    if (!this.#closed) this.#notifications.push(...this.#native.getNotifications());
+    for (const w of [...this.#waiters]) {
+      const i = this.#notifications.findIndex((n) => w.from === undefined || n.from === w.from);
+      if (i < 0) continue;
+      w.resolve(this.#notifications.splice(i, 1)[0]!);
+    }
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * The native engine on the CUDA backend. Skipped, with the reason, where the addon was built
+ * without CUDA or sees no GPU (CI). On a GPU machine bench/native_cuda.sh runs it after writing
+ * the transformers reference (bench/native_cuda_hf.py reference) to SWITCHYARD_CUDA_REFERENCE:
+ * same top-1 wherever the reference's margin exceeds 0.1, logprobs within 0.05. The
+ * invariances the CPU tests check (batch, prefix cache, chunked prefill) hold on the GPU too,
+ * with CUDA graphs and without.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { afterEach, describe, expect, it } from "vitest";
+import { loadNativeAddon, NativeEngine, type NativeEngineOptions } from "../../src/engine/native/native_engine.ts";
+import type { SamplingParams } from "../../src/engine/engine.ts";
+import { collect, sampling, type Collected } from "./helpers.ts";
+import { promptTokens, testLlamaDir, testQwen3Dir } from "./models.ts";
+
+const cuda = (() => {
+  try {
+    return loadNativeAddon().cudaInfo();
+  } catch (err) {
+    return { built: false, deviceCount: 0, name: "", totalMemoryBytes: 0, error: (err as Error).message };
+  }
+})();
+const usable = cuda.built && cuda.deviceCount > 0;
+if (!usable) console.warn(`skipping the CUDA tests: ${cuda.error ?? "no CUDA device"}`);
+
+const REFERENCE = process.env.SWITCHYARD_CUDA_REFERENCE ?? ".cache/cuda-reference.json";
+/** The Qwen3-0.6B-shaped random model bench/native_cuda_hf.py make-model writes; optional. */
+const QWEN3_06B_DIR = process.env.SWITCHYARD_QWEN3_06B;
+const MARGIN = 0.1;
+const LOGPROB_TOLERANCE = 0.05;
+
+const open: NativeEngine[] = [];
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((e) => e.close()));
+});
+
+async function gpuEngine(model: string, options: Partial<NativeEngineOptions> = {}): Promise<NativeEngine> {
+  const engine = await NativeEngine.load({ model, device: "cuda", kvCacheMemoryBytes: 256 << 20, ...options });
+  open.push(engine);
+  return engine;
+}
+
+/**
+ * Two greedy runs agree: same tokens up to the first step where the first run's top-2 margin
+ * is within MARGIN (a near-tie that bf16 rounding may break either way); logprobs of the
+ * agreed tokens within the tolerance.
+ */
+function expectSameGreedy(a: Collected, b: Collected, what: string): void {
+  expect(a.errorMessage ?? "", `${what}: first run`).toBe("");
+  expect(b.errorMessage ?? "", `${what}: second run`).toBe("");
+  for (let s = 0; s < a.tokenIds.length; s++) {
+    const top = a.logprobs[s]?.top ?? [];
+    const nearTie = top.length > 1 && top[0].logprob - top[1].logprob <= MARGIN;
+    if (a.tokenIds[s] !== b.tokenIds[s]) {
+      expect(nearTie, `${what}: step ${s} differs (${a.tokenIds[s]} vs ${b.tokenIds[s]}) without a near-tie`).toBe(true);
+      return;
+    }
+    expect(Math.abs(a.logprobs[s].logprob - b.logprobs[s].logprob), `${what}: step ${s} logprob`).toBeLessThan(LOGPROB_TOLERANCE);
+    if (nearTie) return;
+  }
+}
+
+const greedy = (maxTokens: number): SamplingParams => sampling({ maxTokens, logprobs: 2 });
+
+describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 120_000 }, () => {
+  interface ReferenceStep {
+    token: number;
+    top_ids: number[];
+    top_logprobs: number[];
+  }
+  const reference = existsSync(REFERENCE)
+    ? (JSON.parse(readFileSync(REFERENCE, "utf8")) as { models: { folder: string; cases: { prompt: number[]; steps: ReferenceStep[] }[] }[] })
+    : undefined;
+  const models: [string, () => string][] = [
+    ["tiny Qwen3 (bf16)", testQwen3Dir],
+    ["tiny Llama (fp16)", testLlamaDir],
+  ];
+  if (QWEN3_06B_DIR) models.push(["Qwen3-0.6B-shaped (bf16)", () => QWEN3_06B_DIR]);
+
+  it.each(models)("matches transformers on the same GPU: %s", async (_name, dirOf) => {
+    const dir = dirOf();
+    const ref = reference?.models.find((m) => m.folder === dir);
+    if (!ref) {
+      console.warn(`no GPU reference for ${dir} in ${REFERENCE}: run bench/native_cuda_hf.py reference`);
+      return;
+    }
+    const engine = await gpuEngine(dir);
+    expect(engine.info.backend).toBe("cuda");
+    let compared = 0;
+    for (const [i, c] of ref.cases.entries()) {
+      const out = await collect(engine, `ref-${i}`, c.prompt, sampling({ maxTokens: c.steps.length, logprobs: 5 }));
+      expect(out.errorMessage ?? "", `case ${i}`).toBe("");
+      for (const [s, step] of c.steps.entries()) {
+        const got = out.logprobs[s];
+        const margin = step.top_logprobs[0] - step.top_logprobs[1];
+        for (const [k, id] of step.top_ids.entries()) {
+          const mine = got.top.find((t) => t.tokenId === id);
+          if (!mine) continue;  // a near-tie at the edge of the top 5
+          expect(Math.abs(mine.logprob - step.top_logprobs[k]), `case ${i} step ${s} token ${id}`).toBeLessThan(LOGPROB_TOLERANCE);
+        }
+        compared++;
+        if (margin > MARGIN) expect(got.tokenId, `case ${i} step ${s} (margin ${margin.toFixed(3)})`).toBe(step.token);
+        if (got.tokenId !== step.token) break;
+      }
+    }
+    expect(compared).toBeGreaterThanOrEqual(ref.cases.length);
+  });
+
+  it.each([
+    ["Qwen3 (bf16, group 2)", testQwen3Dir],
+    ["Llama (fp16, group 3)", testLlamaDir],
+  ])("gives the same greedy output alone and in a batch, with and without CUDA graphs: %s", async (_n, dirOf) => {
+    const dir = dirOf();
+    const graphs = await gpuEngine(dir);
+    const prompts = Array.from({ length: 9 }, (_, i) => promptTokens(5 + 23 * i, 40 + i));
+    const alone = await collect(graphs, "alone", prompts[0], greedy(24));
+    const batch = await Promise.all(prompts.map((p, i) => collect(graphs, `b${i}`, p, greedy(24))));
+    expectSameGreedy(alone, batch[0], "alone vs batch");
+    await graphs.close();
+    const eager = await gpuEngine(dir, { enforceEager: true });
+    const eagerBatch = await Promise.all(prompts.map((p, i) => collect(eager, `e${i}`, p, greedy(24))));
+    for (let i = 0; i < prompts.length; i++) expectSameGreedy(batch[i], eagerBatch[i], `graphs vs eager, request ${i}`);
+  });
+
+  it("gives the same output with a prefix-cache hit and with chunked prefill", async () => {
+    const dir = testQwen3Dir();
+    const prompt = promptTokens(300, 5);
+    const whole = await gpuEngine(dir, { enablePrefixCaching: false });
+    const base = await collect(whole, "base", prompt, greedy(16));
+    await whole.close();
+    const cached = await gpuEngine(dir);
+    await collect(cached, "warm", prompt.slice(0, 200), greedy(1));
+    const hit = await collect(cached, "hit", prompt, greedy(16));
+    expect(hit.usage!.cachedTokens).toBeGreaterThanOrEqual(192);
+    expectSameGreedy(base, hit, "prefix-cache hit");
+    await cached.close();
+    const chunked = await gpuEngine(dir, { maxNumBatchedTokens: 64, enablePrefixCaching: false });
+    expectSameGreedy(base, await collect(chunked, "chunked", prompt, greedy(16)), "chunked prefill");
+  });
+
+  it("samples on the GPU reproducibly by seed, whatever shares the batch", async () => {
+    const engine = await gpuEngine(testQwen3Dir());
+    const params = sampling({ temperature: 0.8, topK: 50, topP: 0.9, minP: 0.01, seed: 1234n, maxTokens: 16 });
+    const a = await collect(engine, "s1", promptTokens(20, 1), params);
+    const [b] = await Promise.all([
+      collect(engine, "s2", promptTokens(20, 1), params),
+      ...Array.from({ length: 5 }, (_, i) => collect(engine, `o${i}`, promptTokens(30, 9 + i), { ...params, seed: BigInt(i) })),
+    ]);
+    expect(b.tokenIds).toEqual(a.tokenIds);
+    const c = await collect(engine, "s3", promptTokens(20, 1), { ...params, seed: 99n });
+    expect(c.tokenIds).not.toEqual(a.tokenIds);
+    // top-k 1 is greedy, whatever the temperature.
+    const k1 = await collect(engine, "k1", promptTokens(20, 1), sampling({ temperature: 1.5, topK: 1, seed: 5n, maxTokens: 8 }));
+    const g = await collect(engine, "g", promptTokens(20, 1), sampling({ maxTokens: 8 }));
+    expect(k1.tokenIds).toEqual(g.tokenIds);
+  });
+
+  it("rejects a KV cache that does not fit with an error, not an abort", async () => {
+    await expect(NativeEngine.load({ model: testQwen3Dir(), device: "cuda", gpuMemoryUtilization: 0.001 })).rejects.toThrow(/KV cache/);
+  });
+});
+
+describe.skipIf(usable)("CUDA backend absent", () => {
+  it("is reported by cudaInfo, and device cuda fails with its reason", async () => {
+    expect(cuda.error).toBeTruthy();
+    if (!cuda.built) {
+      await expect(NativeEngine.load({ model: testQwen3Dir(), device: "cuda" })).rejects.toThrow(/without the CUDA backend|no usable CUDA device|no CUDA device/);
+    }
+  });
+});
