@@ -52,6 +52,9 @@ export const ENGINE_OPTIONS: Options = {
   "speedup-ratio": { type: "string" },
   "kv-cache-memory": { type: "string" },
   threads: { type: "string" },
+  device: { type: "string" },
+  "gpu-memory-utilization": { type: "string" },
+  "enforce-eager": { type: "boolean" },
 };
 
 export const EngineFlagsSchema = z.object({
@@ -67,6 +70,9 @@ export const EngineFlagsSchema = z.object({
   "speedup-ratio": numberFlag(0).optional(),
   "kv-cache-memory": intFlag(1).optional(),
   threads: intFlag(1, 1024).optional(),
+  device: z.enum(["cpu", "cuda"]).optional(),
+  "gpu-memory-utilization": z.coerce.number().gt(0).max(1).optional(),
+  "enforce-eager": z.boolean().optional(),
 });
 
 export type EngineFlags = z.infer<typeof EngineFlagsSchema>;
@@ -74,7 +80,7 @@ export type EngineFlags = z.infer<typeof EngineFlagsSchema>;
 /** Flags that only one engine reads: giving them to the other is a mistake worth saying. */
 const ENGINE_ONLY_FLAGS = {
   mocker: ["num-gpu-blocks", "speedup-ratio"],
-  native: ["kv-cache-memory", "threads"],
+  native: ["kv-cache-memory", "threads", "device", "gpu-memory-utilization", "enforce-eager"],
 } as const;
 
 export function checkEngineFlags(flags: EngineFlags): void {

@@ -18,8 +18,12 @@ const ENGINE_USAGE = `engine options (vLLM's names):
   --[no-]enable-prefix-caching  default on
   --num-gpu-blocks N            mocker: simulated KV blocks (default 16384)
   --speedup-ratio X             mocker: run X times faster than simulated real time; 0 = no cost
-  --kv-cache-memory BYTES       native on CPU: KV cache budget (default 1 GiB)
-  --threads N                   native: matmul threads (default: one per core)`;
+  --kv-cache-memory BYTES       native: KV cache budget (default 256 MiB on CPU; on CUDA, what
+                                --gpu-memory-utilization leaves)
+  --threads N                   native: matmul threads (default: one per core)
+  --device cpu|cuda             native: where to run (default: cuda when built with CUDA and a GPU is present)
+  --gpu-memory-utilization F    native on CUDA: GPU memory fraction to use (default 0.9)
+  --enforce-eager               native on CUDA: no CUDA graphs`;
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: string }> = {
   serve: { run: serveCommand, usage: SERVE_USAGE },

@@ -51,8 +51,11 @@ export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConf
     enablePrefixCaching: flags["enable-prefix-caching"],
     numGpuBlocks: flags["num-gpu-blocks"] ?? 16384,
     speedupRatio: flags["speedup-ratio"] ?? 1,
-    kvCacheMemoryBytes: flags["kv-cache-memory"] ?? 1 << 30,
+    kvCacheMemoryBytes: flags["kv-cache-memory"],
     threads: flags.threads,
+    device: flags.device,
+    gpuMemoryUtilization: flags["gpu-memory-utilization"],
+    enforceEager: flags["enforce-eager"],
   };
 }
 

@@ -21,10 +21,16 @@ export interface EngineConfig {
   numGpuBlocks: number;
   /** Mocker: divides every simulated duration; 0 costs nothing at all. */
   speedupRatio: number;
-  /** Native on CPU: bytes for the KV cache. */
-  kvCacheMemoryBytes: number;
+  /** Native: bytes for the KV cache (default: 256 MiB on CPU; on CUDA, from gpuMemoryUtilization). */
+  kvCacheMemoryBytes?: number;
   /** Native: threads for the matmuls (default: one per core). */
   threads?: number;
+  /** Native: cpu or cuda (default: cuda when built with CUDA and a GPU is present). */
+  device?: "cpu" | "cuda";
+  /** Native on CUDA: fraction of GPU memory for weights, activations and the KV cache. */
+  gpuMemoryUtilization?: number;
+  /** Native on CUDA: no CUDA graphs. */
+  enforceEager?: boolean;
 }
 
 export async function createEngine(config: EngineConfig): Promise<Engine> {
@@ -43,16 +49,22 @@ export async function createEngine(config: EngineConfig): Promise<Engine> {
         vocabSize: regularVocabSize(folder.vocabSize),
       });
     case "native":
-      return NativeEngine.load({
-        model: config.model,
-        blockSize: config.blockSize,
-        kvCacheMemoryBytes: config.kvCacheMemoryBytes,
-        maxNumSeqs: config.maxNumSeqs,
-        maxNumBatchedTokens: config.maxNumBatchedTokens,
-        maxModelLen,
-        enablePrefixCaching: config.enablePrefixCaching,
-        threads: config.threads,
-      });
+      return NativeEngine.load(
+        // Unset options keep the engine's own defaults, which depend on the device.
+        withoutUndefined({
+          model: config.model,
+          blockSize: config.blockSize,
+          kvCacheMemoryBytes: config.kvCacheMemoryBytes,
+          maxNumSeqs: config.maxNumSeqs,
+          maxNumBatchedTokens: config.maxNumBatchedTokens,
+          maxModelLen,
+          enablePrefixCaching: config.enablePrefixCaching,
+          threads: config.threads,
+          device: config.device,
+          gpuMemoryUtilization: config.gpuMemoryUtilization,
+          enforceEager: config.enforceEager,
+        }),
+      );
   }
 }
 
@@ -62,4 +74,8 @@ export async function createEngine(config: EngineConfig): Promise<Engine> {
  */
 function regularVocabSize(configVocab: number): number {
   return configVocab === 151936 ? 151643 : configVocab;
+}
+
+function withoutUndefined<T extends object>(options: T): T {
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as T;
 }
