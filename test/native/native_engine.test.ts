@@ -126,9 +126,12 @@ describe("NativeEngine generation", () => {
       break;
     }
     await vi.waitFor(() => expect(engine.stats()).toMatchObject({ runningRequests: 0, kvBlocksUsed: 0 }));
-    // The id is free again.
-    const out = await collect(engine, "brk", promptTokens(5, 8), sampling({ maxTokens: 2 }));
-    expect(out.finishReason).toBe("length");
+    // The id is free again once the engine thread's cancellation has reached JavaScript, which
+    // may be a moment after the native counters dropped.
+    await vi.waitFor(async () => {
+      const out = await collect(engine, "brk", promptTokens(5, 8), sampling({ maxTokens: 2 }));
+      expect(out.finishReason).toBe("length");
+    });
   });
 
   it("does not block the event loop while it steps", async () => {
