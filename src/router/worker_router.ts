@@ -98,8 +98,9 @@ export class WorkerRouter implements Router, WorkerSink {
     const failedWorkers = new Set<string>();
     let migrations = 0;
     for (;;) {
-      const worker = await this.pick(request, failedWorkers);
+      // A migrated request is routed by its whole context, prompt and tokens so far.
       const attempt = generated.length === 0 ? request : continuation(request, generated);
+      const worker = await this.pick(attempt, failedWorkers);
       worker.inFlight++;
       let released = false;
       // Consumers may stop iterating at the final message without closing the stream, so the
