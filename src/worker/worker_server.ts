@@ -81,10 +81,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     close(gracePeriodMs = 0) {
       closing ??= (async () => {
         state.draining = true;
-        const deadline = Date.now() + gracePeriodMs;
-        while (state.inFlight > 0 && Date.now() < deadline) {
-          await new Promise((resolve) => setTimeout(resolve, 20));
-        }
+        await state.whenIdle(gracePeriodMs);
         kvEvents.close();
         await options.engine.close();
         // Streams still open (KvEvents subscribers, requests past the grace period) end now.

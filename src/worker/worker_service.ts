@@ -42,8 +42,33 @@ export interface WorkerServiceOptions extends WorkerIdentity {
 export class WorkerState {
   /** Set on shutdown: new requests are refused, in-flight ones finish. */
   draining = false;
-  inFlight = 0;
   lastCanary?: CanaryResult & { atMs: number };
+  private running = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  get inFlight(): number {
+    return this.running;
+  }
+
+  requestStarted(): void {
+    this.running++;
+  }
+
+  requestEnded(): void {
+    if (--this.running > 0) return;
+    for (const wake of this.idleWaiters.splice(0)) wake();
+  }
+
+  /** Resolves once no request is in flight, or after `timeoutMs`, whichever comes first. */
+  async whenIdle(timeoutMs: number): Promise<void> {
+    if (this.running === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.idleWaiters.push(resolve);
+      timer = setTimeout(resolve, timeoutMs);
+    });
+    clearTimeout(timer);
+  }
 }
 
 const FINISH_REASONS: Record<FinishReason, WireFinishReason> = {
@@ -82,7 +107,7 @@ export function createWorkerService(options: WorkerServiceOptions, state: Worker
     async *generate(request, context) {
       if (state.draining) throw new ConnectError("worker is shutting down", Code.Unavailable);
       const engineRequest = toEngineRequest(request, options);
-      state.inFlight++;
+      state.requestStarted();
       try {
         for await (const output of engine.generate(engineRequest, context.signal)) {
           yield toWireResponse(output);
@@ -90,7 +115,7 @@ export function createWorkerService(options: WorkerServiceOptions, state: Worker
       } catch (err) {
         throw engineErrorToConnect(err);
       } finally {
-        state.inFlight--;
+        state.requestEnded();
       }
     },
 
