@@ -156,6 +156,68 @@ def reference(folders, out, steps=8):
     print(f"wrote {out}", file=sys.stderr)
 
 
+def rounding(folders, steps=8):
+    """Which of the engine's 16-bit roundings moves the logprobs: the fp32 model with the
+    engine's rounding of one site at a time (and all together), teacher-forced along its own
+    greedy tokens; prints the largest |logprob change| over the reference's top 5 per site."""
+    import importlib
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for folder in folders:
+        model, config = load(folder)
+        low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.get("torch_dtype"), torch.bfloat16)
+        model = model.float()
+        mod = importlib.import_module(f"transformers.models.{config['model_type']}.modeling_{config['model_type']}")
+        rnd = lambda x: x.to(low).to(x.dtype)
+        active = set()
+        handles = []
+        for name, m in model.named_modules():
+            leaf = name.split(".")[-1]
+            site = {"q_proj": "norm_out", "k_proj": "norm_out", "v_proj": "norm_out", "gate_proj": "norm_out",
+                    "up_proj": "norm_out", "o_proj": "attn_out", "down_proj": "act", "lm_head": "final_norm"}.get(leaf)
+            if site:
+                handles.append(m.register_forward_pre_hook(
+                    lambda mm, args, site=site: (rnd(args[0]),) + tuple(args[1:]) if site in active else None))
+            if leaf == "v_proj":
+                handles.append(m.register_forward_hook(lambda mm, args, out: rnd(out) if "qkv" in active else None))
+        orig_rope = mod.apply_rotary_pos_emb
+
+        def rope(q, k, *a, **kw):
+            q, k = orig_rope(q, k, *a, **kw)
+            return (rnd(q), rnd(k)) if "qkv" in active else (q, k)
+
+        mod.apply_rotary_pos_emb = rope
+        vocab = config["vocab_size"]
+        seqs = []
+        with torch.no_grad():
+            for i, length in enumerate([5, 33, 200]):
+                ids = xorshift_tokens(length, 2000 + i, min(vocab, 4096))
+                for _ in range(steps):
+                    ids.append(int(model(torch.tensor([ids], device="cuda")).logits[0, -1].argmax()))
+                seqs.append((length, torch.tensor([ids], device="cuda")))
+
+            def logprobs():
+                return [torch.log_softmax(model(ids).logits[0, length - 1:-1].float(), -1) for length, ids in seqs]
+
+            ref = logprobs()
+            tops = [torch.topk(r, 5, dim=-1).indices for r in ref]
+            line = []
+            for sites in [["norm_out"], ["attn_out"], ["act"], ["final_norm"], ["qkv"],
+                          ["norm_out", "attn_out", "act", "final_norm", "qkv"]]:
+                active.clear()
+                active.update(sites)
+                got = logprobs()
+                worst = max(float((g.gather(-1, t) - r.gather(-1, t)).abs().max()) for g, r, t in zip(got, ref, tops))
+                line.append(f"{'+'.join(sites) if len(sites) < 3 else 'all'} {worst:.4f}")
+            active.clear()
+        mod.apply_rotary_pos_emb = orig_rope
+        print(f"rounding {os.path.basename(folder)}: " + " | ".join(line))
+        for h in handles:
+            h.remove()
+        del model
+        torch.cuda.empty_cache()
+
+
 def request_mix(n, seed):
     """The benchmark's requests: prompt and output lengths uniform in [100, 1024]."""
     import random
@@ -190,7 +252,7 @@ def generate(folder, out, n):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["ceilings", "make-model", "reference", "generate"])
+    ap.add_argument("command", choices=["ceilings", "make-model", "reference", "generate", "rounding"])
     ap.add_argument("paths", nargs="*")
     ap.add_argument("--out")
     ap.add_argument("--requests", type=int, default=64)
@@ -201,6 +263,8 @@ def main():
         make_model(a.paths[0])
     elif a.command == "reference":
         reference(a.paths, a.out)
+    elif a.command == "rounding":
+        rounding(a.paths)
     else:
         generate(a.paths[0], a.out, a.requests)
 

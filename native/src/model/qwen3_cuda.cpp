@@ -5,11 +5,19 @@
 //
 // Per layer: add+RMSNorm -> QKV GEMM -> q/k norm + RoPE + KV store -> paged attention (split-K
 // decode rows, tensor-core prefill tiles) -> O GEMM -> add+RMSNorm -> gate/up GEMM -> SiLU*up ->
-// down GEMM. The residual stream and GEMM outputs are fp32; GEMM inputs and the cache are 16-bit.
+// down GEMM. The residual stream, attention output and GEMM outputs are fp32; the cache and q are
+// 16-bit, and so are GEMM inputs. Steps of at most 8 tokens (decode at small batch) run the GEMMs
+// as gemv kernels with the RMSNorm (and residual add) or SiLU*up fused in as their prologue (the
+// residual then alternates between two buffers); larger steps use cuBLAS after separate norm /
+// SiLU kernels. The final norm + lm_head use gemv whenever at most 8 rows need logits.
 #include "model/qwen3_cuda.h"
 
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -109,6 +117,47 @@ constexpr bool is_bf16() {
   return std::is_same<T, __nv_bfloat16>::value;
 }
 
+/**
+ * SWITCHYARD_CUDA_PROFILE=1: host timers and CUDA events around the phases of each graph decode
+ * step, averaged and printed to stderr every 200 such steps. SWITCHYARD_CUDA_PROFILE_STEP=k:
+ * cudaProfilerStart/Stop around the k-th graph decode step (for `ncu --profile-from-start off`).
+ */
+struct StepProfile {
+  using Clock = std::chrono::steady_clock;
+  bool on = false;
+  int ncu_step = -1;
+  int graph_steps = 0, counted = 0;
+  double outside_us = 0, prep_us = 0, launch_us = 0, sample_host_us = 0, wait_us = 0, gpu_h2d_graph_us = 0,
+         gpu_sample_us = 0;
+  cudaEvent_t ev[3] = {nullptr, nullptr, nullptr};
+  Clock::time_point last_exit;
+  bool has_last = false;
+
+  void init() {
+    const char* p = std::getenv("SWITCHYARD_CUDA_PROFILE");
+    on = p && *p && *p != '0';
+    const char* k = std::getenv("SWITCHYARD_CUDA_PROFILE_STEP");
+    ncu_step = k && *k ? std::atoi(k) : -1;
+    if (on)
+      for (auto& e : ev) SY_CUDA_CHECK(cudaEventCreate(&e));
+  }
+  static double us(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::micro>(b - a).count();
+  }
+  void report(int batch) {
+    if (counted == 0) return;
+    const double n = counted;
+    fprintf(stderr,
+            "switchyard profile: batch %d, %d graph decode steps: outside step (scheduler, outputs, loop) %.1f us | "
+            "metadata %.1f us | H2D+graph launch %.1f us | sample launch+wait+read %.1f us (of it waiting %.1f us) | "
+            "GPU: H2D+graph %.1f us, sampling+D2H %.1f us\n",
+            batch, counted, outside_us / n, prep_us / n, launch_us / n, sample_host_us / n, wait_us / n,
+            gpu_h2d_graph_us / n, gpu_sample_us / n);
+    counted = 0;
+    outside_us = prep_us = launch_us = sample_host_us = wait_us = gpu_h2d_graph_us = gpu_sample_us = 0;
+  }
+};
+
 template <typename T>
 class Qwen3Cuda final : public CudaModelRunner {
  public:
@@ -118,6 +167,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     SY_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     SY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, 0));
     gemm_ = std::make_unique<cuda::Gemm>(stream_);
+    prof_.init();
     hd_ = c_.head_dim;
     qdim_ = c_.num_heads * hd_;
     kvdim_ = c_.num_kv_heads * hd_;
@@ -126,11 +176,16 @@ class Qwen3Cuda final : public CudaModelRunner {
     load_weights(dir);
     allocate_activations();
     allocate_kv_cache();
+    cuda::gemv_prepare<T>();
+    const int widest = static_cast<int>(std::max({c_.hidden_size, c_.intermediate_size, static_cast<int>(qdim_)}));
+    gemv_ok_ = cuda::gemv_fits(8, widest) && c_.hidden_size % 8 == 0 && qdim_ % 8 == 0 && c_.intermediate_size % 8 == 0;
   }
 
   ~Qwen3Cuda() override {
     for (auto& [b, exec] : graphs_)
       if (exec) cudaGraphExecDestroy(exec);
+    for (auto& e : prof_.ev)
+      if (e) cudaEventDestroy(e);
     if (stream_) {
       cudaStreamSynchronize(stream_);
       cudaStreamDestroy(stream_);
@@ -142,6 +197,7 @@ class Qwen3Cuda final : public CudaModelRunner {
 
   void step(const ForwardBatch& batch, const std::vector<SampleRequest>& requests,
             std::vector<SampledToken>* sampled) override {
+    const auto t_enter = StepProfile::Clock::now();
     const int n = static_cast<int>(batch.tokens.size());
     const int m = static_cast<int>(batch.logit_tokens.size());
     const int num_seqs = static_cast<int>(batch.block_tables.size());
@@ -212,15 +268,42 @@ class Qwen3Cuda final : public CudaModelRunner {
     }
     const int seqs_in_meta = use_graph ? padded : num_seqs;
     const size_t meta_bytes = off_tables_ + sizeof(int32_t) * static_cast<size_t>(seqs_in_meta) * table_stride_;
+    cudaGraphExec_t graph = use_graph ? graph_for(padded) : nullptr;
+    const bool profiled = prof_.on && graph;
+    const bool ncu = graph && prof_.ncu_step >= 0 && prof_.graph_steps == prof_.ncu_step;
+    if (graph) ++prof_.graph_steps;
+    if (ncu) SY_CUDA_CHECK(cudaProfilerStart());
+    const auto t_prep = StepProfile::Clock::now();
+    if (profiled) SY_CUDA_CHECK(cudaEventRecord(prof_.ev[0], stream_));
     SY_CUDA_CHECK(cudaMemcpyAsync(meta_d_.as<void>(), meta_h_.as<void>(), meta_bytes, cudaMemcpyHostToDevice, stream_));
 
-    cudaGraphExec_t graph = use_graph ? graph_for(padded) : nullptr;
     if (graph) {
       SY_CUDA_CHECK(cudaGraphLaunch(graph, stream_));
     } else {
       forward(n, m, num_decode, num_tiles, splits_for(num_decode));
     }
+    if (profiled) SY_CUDA_CHECK(cudaEventRecord(prof_.ev[1], stream_));
+    const auto t_launched = StepProfile::Clock::now();
+    profile_wait_us_ = 0;
     sample(m, requests, sampled);
+    if (ncu) SY_CUDA_CHECK(cudaProfilerStop());
+    const auto t_exit = StepProfile::Clock::now();
+    if (profiled) {
+      float a = 0, b = 0;
+      SY_CUDA_CHECK(cudaEventSynchronize(prof_.ev[2]));
+      SY_CUDA_CHECK(cudaEventElapsedTime(&a, prof_.ev[0], prof_.ev[1]));
+      SY_CUDA_CHECK(cudaEventElapsedTime(&b, prof_.ev[1], prof_.ev[2]));
+      if (prof_.has_last) prof_.outside_us += StepProfile::us(prof_.last_exit, t_enter);
+      prof_.prep_us += StepProfile::us(t_enter, t_prep);
+      prof_.launch_us += StepProfile::us(t_prep, t_launched);
+      prof_.sample_host_us += StepProfile::us(t_launched, t_exit);
+      prof_.wait_us += profile_wait_us_;
+      prof_.gpu_h2d_graph_us += 1000.0 * a;
+      prof_.gpu_sample_us += 1000.0 * b;
+      if (++prof_.counted == 200) prof_.report(padded);
+    }
+    prof_.last_exit = StepProfile::Clock::now();
+    prof_.has_last = profiled;
   }
 
  private:
@@ -322,14 +405,21 @@ class Qwen3Cuda final : public CudaModelRunner {
     const int64_t N = max_tokens_, M = max_rows_, h = c_.hidden_size, inter = c_.intermediate_size;
     const size_t e = sizeof(T);
     Layout lay;
-    const size_t x = lay.take(N * h * 4), delta = lay.take(N * h * 4), hn = lay.take(N * h * e);
+    const size_t x = lay.take(N * h * 4), x2 = lay.take(8 * h * 4), delta = lay.take(N * h * 4), hn = lay.take(N * h * e);
     const size_t qkv = lay.take(N * qkvdim_ * 4), q = lay.take(N * qdim_ * e), attn = lay.take(N * qdim_ * e);
+    const size_t attn_f = lay.take(N * qdim_ * 4), counters = lay.take(M * c_.num_kv_heads * 4);
+    const size_t argmax_scratch = lay.take(cuda::argmax_scratch_bytes(static_cast<int>(M)));
     const size_t gu = lay.take(N * 2 * inter * 4), act = lay.take(N * inter * e), last = lay.take(M * h * e);
     const size_t logits = lay.take(M * c_.vocab_size * 4);
     const size_t partials = lay.take(static_cast<size_t>(M) * c_.num_heads * kMaxSplits * (hd_ + 2) * 4);
     const size_t out_ids = lay.take(M * 4 * 2 + M * kMaxTopLogprobs * 8), params = lay.take(M * sizeof(cuda::SampleRow));
     act_mem_ = DeviceMemory(lay.size());
     x_ = act_mem_.as<float>(x);
+    x2_ = act_mem_.as<float>(x2);
+    attn_f_ = act_mem_.as<float>(attn_f);
+    counters_ = act_mem_.as<int>(counters);
+    argmax_scratch_ = act_mem_.as<void>(argmax_scratch);
+    SY_CUDA_CHECK(cudaMemset(counters_, 0, M * c_.num_kv_heads * 4));
     delta_ = act_mem_.as<float>(delta);
     hn_ = act_mem_.as<T>(hn);
     qkv_ = act_mem_.as<float>(qkv);
@@ -386,8 +476,10 @@ class Qwen3Cuda final : public CudaModelRunner {
   T* v_cache(int l) const { return kv_mem_.as<T>() + (2LL * l + 1) * layer_cache_elems_; }
 
   void gemm(const T* x, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
-    if (n <= 8 && cuda::gemv<T>(x, static_cast<int>(n), w, static_cast<int>(out), static_cast<int>(in), y, stream_)) return;
     gemm_->run(x, n, w, out, in, is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16, y);
+  }
+  void gemv(const cuda::GemvInput& x, int n, const T* w, int64_t out, int64_t in, float* y) {
+    cuda::gemv<T>(x, n, w, static_cast<int>(out), static_cast<int>(in), y, stream_);
   }
 
   // Launches only (no host synchronization), so that a decode step can be captured in a graph.
@@ -403,24 +495,47 @@ class Qwen3Cuda final : public CudaModelRunner {
     const int32_t* tables = meta_d_.as<int32_t>(off_tables_);
     const cuda::QkvLayout qkv_layout{c_.num_heads, c_.num_kv_heads, hd_, eps, opt_.block_size};
     cuda::embed<T>(embed_, tokens, n, h, x_, stream_);
+    const bool small = n <= 8 && gemv_ok_;
+    float* xa = x_;   // the residual stream before this layer's adds
+    float* xb = x2_;  // small steps: where the fused prologue writes it after an add
+    using GI = cuda::GemvInput;
     for (int l = 0; l < c_.num_layers; ++l) {
       const LayerWeights& L = layers_[l];
-      cuda::add_rmsnorm<T>(x_, l == 0 ? nullptr : delta_, L.input_norm, n, h, eps, hn_, stream_);
-      gemm(hn_, n, L.qkv, qkvdim_, h, qkv_);
+      const float* d_in = l == 0 ? nullptr : delta_;
+      if (small) {
+        gemv(GI{GI::kNorm, xa, d_in, nullptr, L.input_norm, eps, xb}, n, L.qkv, qkvdim_, h, qkv_);
+        std::swap(xa, xb);
+      } else {
+        cuda::add_rmsnorm<T>(x_, d_in, L.input_norm, n, h, eps, hn_, stream_);
+        gemm(hn_, n, L.qkv, qkvdim_, h, qkv_);
+      }
       cuda::qkv_norm_rope_store<T>(qkv_, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout, q_, k_cache(l),
                                    v_cache(l), stream_);
       const cuda::PagedKv<T> kv{k_cache(l), v_cache(l), tables, table_stride_, opt_.block_size, c_.num_kv_heads, hd_};
-      cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, positions, kv, c_.num_heads, splits, partials_, attn_,
-                                      stream_);
-      cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_, stream_);
-      gemm(attn_, n, L.o, h, qdim_, delta_);
-      cuda::add_rmsnorm<T>(x_, delta_, L.post_norm, n, h, eps, hn_, stream_);
-      gemm(hn_, n, L.gate_up, 2 * inter, h, gu_);
-      cuda::silu_mul<T>(gu_, n, inter, act_, stream_);
-      gemm(act_, n, L.down, h, inter, delta_);
+      cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, positions, kv, c_.num_heads, splits, partials_,
+                                      counters_, attn_f_, stream_);
+      cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_f_, stream_);
+      if (small) {
+        gemv(GI{GI::kF32, attn_f_}, n, L.o, h, qdim_, delta_);
+        gemv(GI{GI::kNorm, xa, delta_, nullptr, L.post_norm, eps, xb}, n, L.gate_up, 2 * inter, h, gu_);
+        std::swap(xa, xb);
+        gemv(GI{GI::kSilu, gu_}, n, L.down, h, inter, delta_);
+      } else {
+        cuda::to_half<T>(attn_f_, static_cast<int64_t>(n) * qdim_, attn_, stream_);
+        gemm(attn_, n, L.o, h, qdim_, delta_);
+        cuda::add_rmsnorm<T>(x_, delta_, L.post_norm, n, h, eps, hn_, stream_);
+        gemm(hn_, n, L.gate_up, 2 * inter, h, gu_);
+        cuda::silu_mul<T>(gu_, n, inter, act_, stream_);
+        gemm(act_, n, L.down, h, inter, delta_);
+      }
     }
-    cuda::gather_add_rmsnorm<T>(x_, delta_, logit_rows, m, final_norm_, h, eps, last_, stream_);
-    gemm(last_, m, lm_head_, c_.vocab_size, h, logits_);
+    if (m == 0) return;
+    if (m <= 8 && gemv_ok_) {
+      gemv(GI{GI::kNorm, xa, delta_, logit_rows, final_norm_, eps, nullptr}, m, lm_head_, c_.vocab_size, h, logits_);
+    } else {
+      cuda::gather_add_rmsnorm<T>(xa, delta_, logit_rows, m, final_norm_, h, eps, last_, stream_);
+      gemm(last_, m, lm_head_, c_.vocab_size, h, logits_);
+    }
   }
 
   // The decode graph of a padded batch size, captured on first use. A size whose capture fails
@@ -479,7 +594,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     float* lp_d = reinterpret_cast<float*>(out_d_ + max_rows_ * 4);
     int32_t* top_ids_d = reinterpret_cast<int32_t*>(out_d_ + max_rows_ * 8);
     float* top_lp_d = reinterpret_cast<float*>(out_d_ + max_rows_ * 8 + max_rows_ * kMaxTopLogprobs * 4);
-    cuda::argmax_logprob(logits_, m, V, ids_d, lp_d, stream_);
+    cuda::argmax_logprob(logits_, m, V, ids_d, lp_d, argmax_scratch_, stream_);
     if (!random_rows.empty()) {
       cuda::SampleRow* rows = params_h_.as<cuda::SampleRow>();
       for (size_t k = 0; k < random_rows.size(); ++k) {
@@ -502,7 +617,10 @@ class Qwen3Cuda final : public CudaModelRunner {
       SY_CUDA_CHECK(cudaMemcpyAsync(out_h + max_rows_ * 8 + max_rows_ * kMaxTopLogprobs * 4, top_lp_d,
                                     random_rows.size() * 4, cudaMemcpyDeviceToHost, stream_));
     }
+    if (prof_.on) SY_CUDA_CHECK(cudaEventRecord(prof_.ev[2], stream_));
+    const auto t_wait = StepProfile::Clock::now();
     SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (prof_.on) profile_wait_us_ = StepProfile::us(t_wait, StepProfile::Clock::now());
     const int32_t* ids_h = out_h_.as<int32_t>();
     const float* lp_h = out_h_.as<float>(max_rows_ * 4);
     for (int i = 0; i < m; ++i) {
@@ -555,6 +673,10 @@ class Qwen3Cuda final : public CudaModelRunner {
 
   int max_rows_ = 0, max_tokens_ = 0, table_stride_ = 0;
   DeviceMemory act_mem_;
+  float *x2_ = nullptr, *attn_f_ = nullptr;
+  int* counters_ = nullptr;
+  void* argmax_scratch_ = nullptr;
+  bool gemv_ok_ = false;
   float *x_ = nullptr, *delta_ = nullptr, *qkv_ = nullptr, *gu_ = nullptr, *logits_ = nullptr, *partials_ = nullptr;
   T *hn_ = nullptr, *q_ = nullptr, *attn_ = nullptr, *act_ = nullptr, *last_ = nullptr;
   char* out_d_ = nullptr;
@@ -570,6 +692,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   int num_blocks_ = 0, scratch_block_ = 0;
   int64_t layer_cache_elems_ = 0, kv_cache_bytes_ = 0;
   std::map<int, cudaGraphExec_t> graphs_;
+  StepProfile prof_;
+  double profile_wait_us_ = 0;
 };
 
 }  // namespace

@@ -1,6 +1,8 @@
 // The CUDA backend's row-wise kernels: embedding lookup, RMSNorm fused with the residual add,
 // q/k norm + RoPE + KV-cache store fused into one pass over the QKV projection, SiLU-and-
 // multiply. Same functions as kernels/cpu/elementwise.cpp; fp32 arithmetic throughout.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
@@ -91,6 +93,13 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* posi
 }
 
 template <typename T>
+__global__ void to_half_kernel(const float* in, int64_t count, T* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = from_f32<T>(in[i]);
+}
+
+template <typename T>
 __global__ void silu_mul_kernel(const float* gu, int inter, T* out) {
   const int t = blockIdx.y;
   const float* g = gu + static_cast<int64_t>(t) * 2 * inter;
@@ -140,6 +149,14 @@ void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, cons
 }
 
 template <typename T>
+void to_half(const float* in, int64_t count, T* out, cudaStream_t stream) {
+  if (count == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 4096));
+  to_half_kernel<T><<<blocks, 256, 0, stream>>>(in, count, out);
+  SY_CUDA_CHECK_LAUNCH(to_half_kernel);
+}
+
+template <typename T>
 void silu_mul(const float* gate_up, int n, int inter, T* out, cudaStream_t stream) {
   if (n == 0) return;
   const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(n));
@@ -154,7 +171,8 @@ void silu_mul(const float* gate_up, int n, int inter, T* out, cudaStream_t strea
                                       T*, cudaStream_t);                                                         \
   template void qkv_norm_rope_store<T>(const float*, int, const int32_t*, const int32_t*, const float*,          \
                                        const float*, const float*, const QkvLayout&, T*, T*, T*, cudaStream_t);  \
-  template void silu_mul<T>(const float*, int, int, T*, cudaStream_t);
+  template void silu_mul<T>(const float*, int, int, T*, cudaStream_t);                                          \
+  template void to_half<T>(const float*, int64_t, T*, cudaStream_t);
 SY_INSTANTIATE(__nv_bfloat16)
 SY_INSTANTIATE(__half)
 

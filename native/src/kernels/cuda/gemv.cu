@@ -1,7 +1,13 @@
 // y[n, out] = x[n, in] · wᵀ for a handful of rows (decode at small batch), where cuBLAS's
-// tiled kernels launch too few blocks to stream the weights at full bandwidth. One warp per
-// output row reads the weight row once with 16-byte loads and applies it to all n rows of x
-// (x stays in L1/L2). Same function as Gemm::run; fp32 accumulation.
+// tiled kernels launch too few blocks to stream the weights at full bandwidth. The input can be
+// produced by a fused prologue: RMSNorm of (residual + delta), or SiLU(gate) * up; it is rounded
+// to the model's 16-bit type like the cuBLAS path's (see round16). Each block stages its fp32 input rows in
+// shared memory once, then loops over its share of the output rows; `ws` warps share one output
+// row (split over `in`) so that the 1024-row projections still put enough loads in flight.
+// fp32 accumulation throughout.
+#include <algorithm>
+#include <string>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
@@ -10,64 +16,229 @@ namespace sy::cuda {
 namespace {
 
 constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kUnroll = 4;  // 16-byte weight loads in flight per warp per round
 
-template <typename T, int NT>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* x, const T* w, int out, int in, float* y) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int row = blockIdx.x * kWarps + warp;
-  if (row >= out) return;
-  const T* wr = w + static_cast<int64_t>(row) * in;
-  float acc[NT];
-#pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
-#pragma unroll 4
-  for (int k = lane * 8; k < in; k += 256) {
-    const uint4 wv = *reinterpret_cast<const uint4*>(wr + k);
-    const T* wh = reinterpret_cast<const T*>(&wv);
-    float wf[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) wf[e] = to_f32(wh[e]);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const uint4 xv = *reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * in + k);
-      const T* xh = reinterpret_cast<const T*>(&xv);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[t] += wf[e] * to_f32(xh[e]);
+int num_sms() {
+  static int sms = [] {
+    int device = 0, v = 0;
+    SY_CUDA_CHECK(cudaGetDevice(&device));
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+    return v;
+  }();
+  return sms;
+}
+
+int max_smem() {
+  static int bytes = [] {
+    int device = 0, v = 0;
+    SY_CUDA_CHECK(cudaGetDevice(&device));
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return v;
+  }();
+  return bytes;
+}
+
+// The input rounded to the model's 16-bit type, exactly as the cuBLAS path's inputs are
+// (add_rmsnorm, silu_mul, to_half compute the same expressions): a decode row then gets the same
+// logits up to summation order whether its step runs here or through cuBLAS (a step mixed with
+// prefill tokens), so seeded sampling does not depend on what shares the batch. Keeping the
+// input in fp32 passed the tiny-Qwen3 comparison but broke that test (bench/CUDA_NOTES.md).
+template <typename T>
+__device__ __forceinline__ float round16(float v) {
+  return to_f32(from_f32<T>(v));
+}
+
+template <int NT>
+constexpr int rows_per_warp() {
+  return NT <= 2 ? 1 : 4;
+}
+
+template <typename T, int NT, int R = rows_per_warp<NT>()>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w, int out, int in, int ws, float* y) {
+  extern __shared__ __align__(16) float xs[];  // [NT][in]
+  __shared__ float scratch[32];
+  __shared__ float partial[kWarps][R * NT];
+  const int tid = threadIdx.x;
+  // Prologue: the NT fp32 input rows into shared memory.
+  for (int t = 0; t < NT; ++t) {
+    float* dst = xs + t * in;
+    if (x.mode == GemvInput::kNorm) {
+      const int64_t src = (x.rows ? x.rows[t] : t) * static_cast<int64_t>(in);
+      float ss = 0.0f;
+      for (int i = tid; i < in; i += kThreads) {
+        float v = x.x[src + i];
+        if (x.delta) v += x.delta[src + i];
+        if (x.x_out && blockIdx.x == 0) x.x_out[src + i] = v;
+        dst[i] = v;
+        ss += v * v;
+      }
+      ss = block_sum(ss, scratch);
+      const float inv = rsqrtf(ss / static_cast<float>(in) + x.eps);
+      for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(x.weight[i] * (dst[i] * inv));
+    } else if (x.mode == GemvInput::kSilu) {
+      const float* g = x.x + static_cast<int64_t>(t) * 2 * in;
+      for (int i = tid; i < in; i += kThreads) {
+        const float a = g[i];
+        dst[i] = round16<T>(a / (1.0f + expf(-a)) * g[in + i]);
+      }
+    } else {
+      const float* src = x.x + static_cast<int64_t>(t) * in;
+      for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(src[i]);
     }
   }
+  __syncthreads();
+
+  // Each warp takes R output rows at once, so one shared-memory read of x serves R weight loads
+  // (with 8 input rows, x reads rather than HBM would bound a warp that takes one row).
+  const int warp = tid >> 5, lane = tid & 31;
+  const int rows_per_block = kWarps / ws * R, sub = warp % ws;
+  constexpr int KU = kUnroll / R;  // k steps per round; KU * R weight loads in flight per lane
+  for (int row0 = blockIdx.x * rows_per_block; row0 < out; row0 += gridDim.x * rows_per_block) {
+    const int row = row0 + warp / ws * R;  // this warp's first row
+    float acc[R][NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = warp_sum(acc[t]);
-  if (lane == 0) {
+    for (int q = 0; q < R; ++q)
 #pragma unroll
-    for (int t = 0; t < NT; ++t) y[static_cast<int64_t>(t) * out + row] = acc[t];
+      for (int t = 0; t < NT; ++t) acc[q][t] = 0.0f;
+    const int step = 256 * ws;
+    for (int k0 = (sub * 32 + lane) * 8; k0 < in; k0 += KU * step) {
+      uint4 wv[KU][R];
+#pragma unroll
+      for (int u = 0; u < KU; ++u) {
+        const int k = k0 + u * step;
+#pragma unroll
+        for (int q = 0; q < R; ++q)
+          if (k < in && row + q < out)
+            wv[u][q] = __ldcs(reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row + q) * in + k));  // streamed once
+      }
+#pragma unroll
+      for (int u = 0; u < KU; ++u) {
+        const int k = k0 + u * step;
+        if (k < in) {
+          float wf[R][8];
+#pragma unroll
+          for (int q = 0; q < R; ++q) {
+            const T* wh = reinterpret_cast<const T*>(&wv[u][q]);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) wf[q][e] = row + q < out ? to_f32(wh[e]) : 0.0f;
+          }
+#pragma unroll
+          for (int t = 0; t < NT; ++t) {
+            const float4 a = *reinterpret_cast<const float4*>(xs + t * in + k);
+            const float4 b = *reinterpret_cast<const float4*>(xs + t * in + k + 4);
+#pragma unroll
+            for (int q = 0; q < R; ++q) {
+              // Spelled out so every instantiation sums a row in the same order (batch invariance).
+              float d = __fmul_rn(wf[q][0], a.x);
+              d = __fmaf_rn(wf[q][1], a.y, d);
+              d = __fmaf_rn(wf[q][2], a.z, d);
+              d = __fmaf_rn(wf[q][3], a.w, d);
+              d = __fmaf_rn(wf[q][4], b.x, d);
+              d = __fmaf_rn(wf[q][5], b.y, d);
+              d = __fmaf_rn(wf[q][6], b.z, d);
+              d = __fmaf_rn(wf[q][7], b.w, d);
+              acc[q][t] = __fadd_rn(acc[q][t], d);
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < R; ++q)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) acc[q][t] = warp_sum(acc[q][t]);
+    if (ws == 1) {
+      if (lane == 0) {
+#pragma unroll
+        for (int q = 0; q < R; ++q)
+          if (row + q < out)
+#pragma unroll
+            for (int t = 0; t < NT; ++t) y[static_cast<int64_t>(t) * out + row + q] = acc[q][t];
+      }
+      continue;
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int q = 0; q < R; ++q)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) partial[warp][q * NT + t] = acc[q][t];
+    }
+    __syncthreads();
+    if (sub == 0 && lane < R * NT && row + lane / NT < out) {
+      float s = 0.0f;
+      for (int j = 0; j < ws; ++j) s += partial[warp + j][lane];
+      y[static_cast<int64_t>(lane % NT) * out + row + lane / NT] = s;
+    }
+    __syncthreads();
   }
 }
 
+// The dynamic shared memory a launch may ask for: the opt-in maximum less the static part.
+constexpr int kStaticSmemMargin = 4096;
+
 template <typename T, int NT>
-void launch(const T* x, const T* w, int out, int in, float* y, cudaStream_t stream) {
-  gemv_kernel<T, NT><<<(out + kWarps - 1) / kWarps, kWarps * 32, 0, stream>>>(x, w, out, in, y);
+void allow_smem() {
+  static bool attribute_set = false;  // per instantiation; gemv_prepare sets it before any capture
+  if (attribute_set) return;
+  SY_CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     max_smem() - kStaticSmemMargin));
+  attribute_set = true;
+}
+
+template <typename T, int NT>
+void launch(const GemvInput& x, const T* w, int out, int in, float* y, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(NT) * in * sizeof(float);
+  allow_smem<T, NT>();
+  // Enough blocks for a few per SM, at most one row per warp; fewer rows than that: split `in`.
+  const int target = 4 * num_sms();
+  constexpr int R = rows_per_warp<NT>();
+  // ws depends on the shape alone, not on NT: a row's sum has the same order at any batch size.
+  int ws = 1;
+  while (ws < kWarps && (out * ws) / kWarps < target && in / (256 * ws) >= 2) ws *= 2;
+  const int rows_per_block = kWarps / ws * R;
+  const int blocks = std::min((out + rows_per_block - 1) / rows_per_block, target);
+  gemv_kernel<T, NT><<<blocks, kThreads, smem, stream>>>(x, w, out, in, ws, y);
   SY_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 
 }  // namespace
 
+bool gemv_fits(int n, int in) {
+  return n >= 1 && n <= 8 && in % 8 == 0 &&
+         static_cast<size_t>(n) * in * sizeof(float) <= static_cast<size_t>(max_smem() - kStaticSmemMargin);
+}
+
 template <typename T>
-bool gemv(const T* x, int n, const T* w, int out, int in, float* y, cudaStream_t stream) {
-  if (in % 8 != 0) return false;
+void gemv_prepare() {
+  allow_smem<T, 1>();
+  allow_smem<T, 2>();
+  allow_smem<T, 3>();
+  allow_smem<T, 4>();
+  allow_smem<T, 5>();
+  allow_smem<T, 6>();
+  allow_smem<T, 7>();
+  allow_smem<T, 8>();
+}
+
+template <typename T>
+void gemv(const GemvInput& x, int n, const T* w, int out, int in, float* y, cudaStream_t stream) {
+  if (!gemv_fits(n, in)) throw CudaError("gemv: " + std::to_string(n) + " rows of " + std::to_string(in) + " do not fit");
   switch (n) {
-    case 1: launch<T, 1>(x, w, out, in, y, stream); return true;
-    case 2: launch<T, 2>(x, w, out, in, y, stream); return true;
-    case 3: launch<T, 3>(x, w, out, in, y, stream); return true;
-    case 4: launch<T, 4>(x, w, out, in, y, stream); return true;
-    case 5: launch<T, 5>(x, w, out, in, y, stream); return true;
-    case 6: launch<T, 6>(x, w, out, in, y, stream); return true;
-    case 7: launch<T, 7>(x, w, out, in, y, stream); return true;
-    case 8: launch<T, 8>(x, w, out, in, y, stream); return true;
-    default: return false;
+    case 1: return launch<T, 1>(x, w, out, in, y, stream);
+    case 2: return launch<T, 2>(x, w, out, in, y, stream);
+    case 3: return launch<T, 3>(x, w, out, in, y, stream);
+    case 4: return launch<T, 4>(x, w, out, in, y, stream);
+    case 5: return launch<T, 5>(x, w, out, in, y, stream);
+    case 6: return launch<T, 6>(x, w, out, in, y, stream);
+    case 7: return launch<T, 7>(x, w, out, in, y, stream);
+    default: return launch<T, 8>(x, w, out, in, y, stream);
   }
 }
 
-template bool gemv<__nv_bfloat16>(const __nv_bfloat16*, int, const __nv_bfloat16*, int, int, float*, cudaStream_t);
-template bool gemv<__half>(const __half*, int, const __half*, int, int, float*, cudaStream_t);
+template void gemv_prepare<__nv_bfloat16>();
+template void gemv_prepare<__half>();
+template void gemv<__nv_bfloat16>(const GemvInput&, int, const __nv_bfloat16*, int, int, float*, cudaStream_t);
+template void gemv<__half>(const GemvInput&, int, const __half*, int, int, float*, cudaStream_t);
 
 }  // namespace sy::cuda

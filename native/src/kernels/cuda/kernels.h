@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace sy::cuda {
@@ -42,6 +43,10 @@ void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, cons
                          const float* q_norm, const float* k_norm, const QkvLayout& layout, T* q_out, T* k_cache,
                          T* v_cache, cudaStream_t stream);
 
+/** out[i] = T(in[i]) for `count` elements. */
+template <typename T>
+void to_half(const float* in, int64_t count, T* out, cudaStream_t stream);
+
 /** out[t, i] = T(silu(gu[t, i]) * gu[t, inter + i]). */
 template <typename T>
 void silu_mul(const float* gate_up, int n, int inter, T* out, cudaStream_t stream);
@@ -61,12 +66,14 @@ struct PagedKv {
 /**
  * Decode attention, split over the context: row r is token rows[2r] of sequence rows[2r+1], at
  * position positions[token]; it attends to cache positions 0..pos. `splits` blocks share each
- * (row, kv head) and write partial softmax states to `partials`, which a second kernel merges.
- * `partials` holds rows * heads * splits * (head_dim + 2) floats.
+ * (row, kv head) and write partial softmax states to `partials`; the last of them merges. `partials`
+ * holds rows * heads * splits * (head_dim + 2) floats; `counters` rows * kv_heads ints, zero before
+ * the first launch (each launch leaves them zero). `out` [tokens, heads * head_dim] in fp32.
  */
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const int32_t* positions, const PagedKv<T>& kv,
-                            int num_heads, int splits, float* partials, T* out, cudaStream_t stream);
+                            int num_heads, int splits, float* partials, int* counters, float* out,
+                            cudaStream_t stream);
 
 /**
  * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores. Each tile is
@@ -75,19 +82,42 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
  */
 template <typename T>
 void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
-                             const PagedKv<T>& kv, int num_heads, T* out, cudaStream_t stream);
+                             const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream);
 /** Tokens of one sequence one prefill tile holds, for a GQA group of `group` query heads. */
 int prefill_tile_tokens(int group);
 
-/**
- * y[n, out] = x[n, in] · wᵀ in fp32 for n <= 8 (decode at small batch), bandwidth-bound; returns
- * false (and does nothing) where it does not apply, and the caller uses cuBLAS.
- */
-template <typename T>
-bool gemv(const T* x, int n, const T* w, int out, int in, float* y, cudaStream_t stream);
+/** The fp32 input rows of gemv, read directly or made by a fused prologue. */
+struct GemvInput {
+  enum Mode { kF32, kNorm, kSilu };
+  Mode mode = kF32;
+  /** kF32: x [n, in]. kNorm: the residual stream (rows `rows[t]`, or t). kSilu: gate_up [n, 2 in]. */
+  const float* x = nullptr;
+  /** kNorm: added to x first (may be null). */
+  const float* delta = nullptr;
+  /** kNorm: the rows of x to take (may be null: rows 0..n-1). */
+  const int32_t* rows = nullptr;
+  /** kNorm: input row t = weight * (v / rms(v)), v = x + delta. */
+  const float* weight = nullptr;
+  float eps = 0.0f;
+  /** kNorm: where v = x + delta is written back (may be null; may not alias x). */
+  float* x_out = nullptr;
+};
 
-/** Per row: argmax (lowest id on ties) and its raw logprob. */
-void argmax_logprob(const float* logits, int rows, int vocab, int32_t* ids, float* logprobs, cudaStream_t stream);
+/**
+ * y[n, out] = input[n, in] · wᵀ in fp32 for n <= 8 (decode at small batch), bandwidth-bound;
+ * the input rows are rounded to T as cuBLAS's inputs are (batch invariance). gemv_fits says whether it applies; gemv_prepare (before any
+ * CUDA-graph capture) lets the kernels take the shared memory they need.
+ */
+bool gemv_fits(int n, int in);
+template <typename T>
+void gemv_prepare();
+template <typename T>
+void gemv(const GemvInput& input, int n, const T* w, int out, int in, float* y, cudaStream_t stream);
+
+/** Per row: argmax (lowest id on ties) and its raw logprob; `scratch` holds argmax_scratch_bytes(rows). */
+size_t argmax_scratch_bytes(int rows);
+void argmax_logprob(const float* logits, int rows, int vocab, int32_t* ids, float* logprobs, void* scratch,
+                    cudaStream_t stream);
 
 /** Per-row parameters of random sampling; u is the row's uniform draw in [0, 1). */
 struct SampleRow {

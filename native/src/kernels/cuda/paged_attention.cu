@@ -1,15 +1,18 @@
 // Paged attention on the GPU, two kernels over the same cache layout ([slot][kv_head][head_dim]
 // per layer, slot = block * block_size + offset):
-//  - decode: one query token per sequence. The context is cut into 64-key tiles dealt round-
-//    robin to `splits` blocks per (token, kv head) (split-K), each keeping an online softmax;
-//    a second kernel merges the partial states. `splits` depends only on the batch size, so
-//    the launch is the same every step and can live in a CUDA graph.
+//  - decode: one query token per sequence. The context is cut into `splits` equal chunks, one
+//    block per (token, kv head, chunk) (split-K), each keeping an online softmax over its chunk
+//    in 64-key tiles; the last block of each (token, kv head) merges the partial states.
+//    `splits` depends only on the batch size, so the launch is the same every step and can
+//    live in a CUDA graph. Output in fp32.
 //  - prefill: a tile of consecutive query tokens of one sequence against 64-key tiles of its
 //    cache (its prefix-cache hits and earlier chunks included), S = QKᵀ and O += PV on tensor
-//    cores (WMMA, 16x16x16), the softmax in fp32 in shared memory.
+//    cores (WMMA, 16x16x16), the softmax in fp32 in shared memory. Output in fp32.
 // The GQA group of query heads sharing a KV head is handled by one block, so each K/V row is
 // read once per group. kernels/cpu/attention.cpp is the reference.
 #include <mma.h>
+
+#include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
@@ -42,28 +45,53 @@ __device__ __forceinline__ int64_t slot_of(const int32_t* table, int j, int bloc
   return static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
 }
 
+// Decode: block (r, g, z) takes keys [z * chunk, (z + 1) * chunk) of row r's context for the GQA
+// group of kv head g, chunk = ceil(ctx / splits), in 64-key tiles. Every load of a tile is
+// issued before its arithmetic (16-byte K and V loads, slots staged in shared memory), so a
+// block costs a few memory latencies. The softmax state (m, l, acc) stays in registers across
+// tiles; the last of the `splits` blocks to finish (a per-(row, kv head) counter) merges the
+// partial states, so no second kernel is launched.
+template <int HD>
+struct DecodeShape {
+  static constexpr int EPL = HD >= 64 ? 8 : 4;         // elements per lane: one 16- or 8-byte load
+  static constexpr int LPK = HD / EPL;                 // lanes per key in QK
+  static constexpr int KPP = (kDecodeThreads / 32) * (32 / LPK);  // keys per pass in QK
+  static constexpr int QK_PASSES = kKeyTile / KPP;
+  static constexpr int TPK = HD / 8;                   // threads per key in PV (8 dims each)
+  static constexpr int KG = kDecodeThreads / TPK;      // keys per pass in PV
+  static constexpr int PV_PASSES = (kKeyTile + KG - 1) / KG;
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void to_f32_vec(const void* raw, float* out) {
+  const T* h = reinterpret_cast<const T*>(raw);
+#pragma unroll
+  for (int e = 0; e < N; ++e) out[e] = to_f32(h[e]);
+}
+
 template <typename T, int HD>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const T* q, const int32_t* rows,
                                                                 const int32_t* positions, PagedKv<T> kv,
-                                                                int num_heads, int splits, float* partials) {
-  constexpr int EPL = HD / 32 > 4 ? HD / 32 : 4;  // elements per lane in the QK dot
-  constexpr int LPK = HD / EPL;                    // lanes per key
-  constexpr int KPW = 32 / LPK;                    // keys per warp pass
+                                                                int num_heads, int splits, float* partials,
+                                                                int* counters, float* out) {
+  using S = DecodeShape<HD>;
   constexpr int WARPS = kDecodeThreads / 32;
-  constexpr int DPT = HD > kDecodeThreads ? HD / kDecodeThreads : 1;  // dims per thread in PV
-  constexpr int DSPAN = HD / DPT;                                     // threads per key group
-  constexpr int KG = kDecodeThreads / DSPAN;                          // key groups in PV
   __shared__ float qs[kMaxGroup][HD];
   __shared__ float sc[kMaxGroup][kKeyTile];
+  __shared__ int64_t slot_s[kKeyTile];
   __shared__ float m_run[kMaxGroup], l_run[kMaxGroup], rescale[kMaxGroup];
-  __shared__ float merge[KG > 1 ? kMaxGroup * kDecodeThreads : 1];
+  __shared__ float red[kDecodeThreads * 8];  // PV partial sums of one group row, [key group][HD]
+  __shared__ bool last_block;
 
   const int r = blockIdx.x, g = blockIdx.y, z = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = num_heads / kv.num_kv_heads;
   const int token = rows[2 * r], seq = rows[2 * r + 1];
   const int ctx = positions[token] + 1;
-  const int num_tiles = (ctx + kKeyTile - 1) / kKeyTile;
+  // Whole 64-key tiles per split: a context of one tile is one block's work whatever `splits` is,
+  // so short contexts give the same bits at any batch size.
+  const int chunk = ((ctx + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+  const int k_begin = min(ctx, z * chunk), k_end = min(ctx, k_begin + chunk);
   const int32_t* table = kv.block_tables + static_cast<int64_t>(seq) * kv.table_stride;
   const int64_t kv_row = static_cast<int64_t>(kv.num_kv_heads) * HD;
   const float scale = rsqrtf(static_cast<float>(HD));
@@ -75,42 +103,41 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const T* q, cons
     m_run[tid] = -INFINITY;
     l_run[tid] = 0.0f;
   }
-  const int kg = tid / DSPAN, d0 = tid % DSPAN;
-  float acc[kMaxGroup][DPT];
+  const int pv_key = tid / S::TPK, pv_d = (tid % S::TPK) * 8;
+  float acc[kMaxGroup][8];
 #pragma unroll
   for (int gg = 0; gg < kMaxGroup; ++gg)
 #pragma unroll
-    for (int e = 0; e < DPT; ++e) acc[gg][e] = 0.0f;
-  __syncthreads();
+    for (int e = 0; e < 8; ++e) acc[gg][e] = 0.0f;
 
-  for (int tile = z; tile < num_tiles; tile += splits) {
-    const int base = tile * kKeyTile;
-    for (int kk = warp * KPW + lane / LPK; kk < kKeyTile; kk += WARPS * KPW) {
-      const int j = base + kk;
-      float dot[kMaxGroup];
+  for (int base = k_begin; base < k_end; base += kKeyTile) {
+    const int tile_keys = min(kKeyTile, k_end - base);
+    if (tid < tile_keys) slot_s[tid] = slot_of(table, base + tid, kv.block_size) * kv_row + g * HD;
+    __syncthreads();  // slots (and, the first time, q and the running state) are in place
+    // QK: all loads first, then the dots.
+    const int qk_key0 = warp * (32 / S::LPK) + lane / S::LPK, off = (lane % S::LPK) * S::EPL;
+    using Raw = typename std::conditional<S::EPL == 8, uint4, uint2>::type;
+    Raw kraw[S::QK_PASSES];
 #pragma unroll
-      for (int gg = 0; gg < kMaxGroup; ++gg) dot[gg] = 0.0f;
-      if (j < ctx) {
-        const int off = (lane % LPK) * EPL;
-        float kf[EPL];
-        load_f32<T, EPL>(kv.k + slot_of(table, j, kv.block_size) * kv_row + g * HD + off, kf);
+    for (int p = 0; p < S::QK_PASSES; ++p) {
+      const int kk = qk_key0 + p * S::KPP;
+      if (kk < tile_keys) kraw[p] = *reinterpret_cast<const Raw*>(kv.k + slot_s[kk] + off);
+    }
 #pragma unroll
-        for (int gg = 0; gg < kMaxGroup; ++gg) {
-          if (gg < group) {
-#pragma unroll
-            for (int e = 0; e < EPL; ++e) dot[gg] += qs[gg][off + e] * kf[e];
-          }
-        }
-      }
+    for (int p = 0; p < S::QK_PASSES; ++p) {
+      const int kk = qk_key0 + p * S::KPP;
+      float kf[S::EPL];
+      to_f32_vec<T, S::EPL>(&kraw[p], kf);
 #pragma unroll
       for (int gg = 0; gg < kMaxGroup; ++gg) {
+        if (gg < group) {
+          float dot = 0.0f;
 #pragma unroll
-        for (int o = LPK / 2; o > 0; o >>= 1) dot[gg] += __shfl_xor_sync(0xffffffffu, dot[gg], o);
-      }
-      if (lane % LPK == 0) {
+          for (int e = 0; e < S::EPL; ++e) dot += qs[gg][off + e] * kf[e];
 #pragma unroll
-        for (int gg = 0; gg < kMaxGroup; ++gg)
-          if (gg < group) sc[gg][kk] = j < ctx ? dot[gg] : -INFINITY;
+          for (int o = S::LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+          if (lane % S::LPK == 0) sc[gg][kk] = kk < tile_keys ? dot : -INFINITY;
+        }
       }
     }
     __syncthreads();
@@ -130,72 +157,128 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const T* q, cons
       }
     }
     __syncthreads();
+    // PV: each thread 8 dims of its keys; all V loads first.
+    uint4 vraw[S::PV_PASSES];
+#pragma unroll
+    for (int p = 0; p < S::PV_PASSES; ++p) {
+      const int kk = pv_key + p * S::KG;
+      if (kk < tile_keys) vraw[p] = *reinterpret_cast<const uint4*>(kv.v + slot_s[kk] + pv_d);
+    }
 #pragma unroll
     for (int gg = 0; gg < kMaxGroup; ++gg) {
       if (gg < group) {
         const float f = rescale[gg];
 #pragma unroll
-        for (int e = 0; e < DPT; ++e) acc[gg][e] *= f;
+        for (int e = 0; e < 8; ++e) acc[gg][e] *= f;
       }
     }
-    const int tile_keys = min(kKeyTile, ctx - base);
-    for (int kk = kg; kk < tile_keys; kk += KG) {
-      const T* vr = kv.v + slot_of(table, base + kk, kv.block_size) * kv_row + g * HD;
 #pragma unroll
-      for (int e = 0; e < DPT; ++e) {
-        const float vv = to_f32(vr[d0 + e * DSPAN]);
+    for (int p = 0; p < S::PV_PASSES; ++p) {
+      const int kk = pv_key + p * S::KG;
+      if (kk < tile_keys) {
+        float vf[8];
+        to_f32_vec<T, 8>(&vraw[p], vf);
 #pragma unroll
-        for (int gg = 0; gg < kMaxGroup; ++gg)
-          if (gg < group) acc[gg][e] += sc[gg][kk] * vv;
+        for (int gg = 0; gg < kMaxGroup; ++gg) {
+          if (gg < group) {
+            const float pr = sc[gg][kk];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[gg][e] += pr * vf[e];
+          }
+        }
       }
     }
-    __syncthreads();
+    __syncthreads();  // sc and slot_s are rewritten by the next tile
   }
 
-  if constexpr (KG > 1) {
+  // Sum the key groups' accumulators, one group row at a time; thread t holds dims t, t + 128, ...
+  constexpr int DPT = (HD + kDecodeThreads - 1) / kDecodeThreads;
+  float mine[kMaxGroup][DPT];
 #pragma unroll
-    for (int gg = 0; gg < kMaxGroup; ++gg) merge[gg * kDecodeThreads + tid] = acc[gg][0];
-    __syncthreads();
-    if (tid < DSPAN) {
+  for (int gg = 0; gg < kMaxGroup; ++gg) {
+    if (gg < group) {
 #pragma unroll
-      for (int gg = 0; gg < kMaxGroup; ++gg) {
-        float s = 0;
-        for (int k = 0; k < KG; ++k) s += merge[gg * kDecodeThreads + k * DSPAN + tid];
-        acc[gg][0] = s;
+      for (int e = 0; e < 8; ++e) red[pv_key * HD + pv_d + e] = acc[gg][e];
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < DPT; ++j) {
+        const int d = tid + j * kDecodeThreads;
+        float s = 0.0f;
+        if (d < HD)
+          for (int k = 0; k < S::KG; ++k) s += red[k * HD + d];
+        mine[gg][j] = s;
       }
+      __syncthreads();
     }
   }
-  if (tid < DSPAN) {
-    for (int gg = 0; gg < group; ++gg) {
-      float* part = partials + ((static_cast<int64_t>(r) * num_heads + g * group + gg) * splits + z) * (HD + 2);
-      if (tid == 0) {
-        part[0] = m_run[gg];
-        part[1] = l_run[gg];
-      }
+  if (splits == 1) {
+    for (int gg = 0; gg < group; ++gg)
 #pragma unroll
-      for (int e = 0; e < DPT; ++e) part[2 + d0 + e * DSPAN] = acc[gg][e];
+      for (int j = 0; j < DPT; ++j) {
+        const int d = tid + j * kDecodeThreads;
+        // Same arithmetic as the merge below with one non-empty split.
+        if (d < HD) out[(static_cast<int64_t>(token) * num_heads + g * group + gg) * HD + d] = mine[gg][j] * (1.0f / l_run[gg]);
+      }
+    return;
+  }
+  for (int gg = 0; gg < group; ++gg) {
+    float* part = partials + ((static_cast<int64_t>(r) * num_heads + g * group + gg) * splits + z) * (HD + 2);
+    if (tid == 0) {
+      part[0] = m_run[gg];
+      part[1] = l_run[gg];
+    }
+#pragma unroll
+    for (int j = 0; j < DPT; ++j) {
+      const int d = tid + j * kDecodeThreads;
+      if (d < HD) part[2 + d] = mine[gg][j];
     }
   }
-}
-
-// out = Σ_z acc_z e^(m_z - M) / Σ_z l_z e^(m_z - M) over the splits that saw keys.
-template <typename T, int HD>
-__global__ void decode_merge_kernel(const float* partials, const int32_t* rows, int num_heads, int splits, T* out) {
-  const int r = blockIdx.x, h = blockIdx.y;
-  const float* part = partials + (static_cast<int64_t>(r) * num_heads + h) * splits * (HD + 2);
-  float M = -INFINITY;
-  for (int z = 0; z < splits; ++z) M = fmaxf(M, part[z * (HD + 2)]);
-  const int token = rows[2 * r];
-  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-    float num = 0, den = 0;
-    for (int z = 0; z < splits; ++z) {
-      const float* p = part + z * (HD + 2);
-      if (p[0] == -INFINITY) continue;
-      const float w = __expf(p[0] - M);
-      num += p[2 + d] * w;
-      den += p[1] * w;
+  // The last block of this (row, kv head) merges: out = Σ_z acc_z e^(m_z - M) / Σ_z l_z e^(m_z - M).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int* counter = counters + static_cast<int64_t>(r) * kv.num_kv_heads + g;
+    last_block = atomicAdd(counter, 1) == splits - 1;
+    if (last_block) *counter = 0;  // ready for the next launch (kernel boundaries order it)
+  }
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  // Split weights e^(m_z - M) / Σ_z l_z e^(m_z - M) first (one load per split, in parallel), then
+  // each thread's dims, eight splits' loads in flight at a time.
+  float* wz = red;  // [group][splits], free now
+  for (int gg = 0; gg < group; ++gg) {
+    const float* part = partials + (static_cast<int64_t>(r) * num_heads + g * group + gg) * splits * (HD + 2);
+    for (int zz = tid; zz < splits; zz += kDecodeThreads) {
+      wz[gg * splits + zz] = __ldcg(part + zz * (HD + 2));
+      sc[gg][zz] = __ldcg(part + zz * (HD + 2) + 1);
     }
-    out[(static_cast<int64_t>(token) * num_heads + h) * HD + d] = from_f32<T>(num / den);
+  }
+  __syncthreads();
+  if (tid < group) {
+    float M = -INFINITY, den = 0.0f;
+    for (int zz = 0; zz < splits; ++zz) M = fmaxf(M, wz[tid * splits + zz]);
+    for (int zz = 0; zz < splits; ++zz) {
+      const float m = wz[tid * splits + zz];
+      const float w = m == -INFINITY ? 0.0f : __expf(m - M);
+      wz[tid * splits + zz] = w;
+      den += sc[tid][zz] * w;
+    }
+    rescale[tid] = 1.0f / den;
+  }
+  __syncthreads();
+  for (int gg = 0; gg < group; ++gg) {
+    const int h = g * group + gg;
+    const float* part = partials + (static_cast<int64_t>(r) * num_heads + h) * splits * (HD + 2);
+    for (int d = tid; d < HD; d += kDecodeThreads) {
+      float num = 0.0f;
+#pragma unroll 8
+      for (int zz = 0; zz < splits; ++zz) {
+        const float w = wz[gg * splits + zz];
+        if (w != 0.0f) num += __ldcg(part + zz * (HD + 2) + 2 + d) * w;
+      }
+      out[(static_cast<int64_t>(token) * num_heads + h) * HD + d] = num * rescale[gg];
+    }
   }
 }
 
@@ -212,7 +295,7 @@ constexpr size_t prefill_smem_bytes() {
 template <typename T, int HD>
 __global__ void __launch_bounds__(kPrefillThreads) prefill_kernel(const T* q, const int32_t* tiles,
                                                                   const int32_t* positions, PagedKv<T> kv,
-                                                                  int num_heads, T* out) {
+                                                                  int num_heads, float* out) {
   using namespace nvcuda;
   extern __shared__ __align__(128) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);       // [rows][HD]
@@ -335,24 +418,22 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_kernel(const T* q, co
     const int r = i / HD, d = i % HD;
     if (r >= valid_rows) continue;
     const int64_t dst = (static_cast<int64_t>(t0 + r / group) * num_heads + g * group + r % group) * HD + d;
-    out[dst] = from_f32<T>(o[i] / l_run[r]);
+    out[dst] = o[i] / l_run[r];
   }
 }
 
 template <typename T, int HD>
 void launch_decode(const T* q, const int32_t* rows, int num_rows, const int32_t* positions, const PagedKv<T>& kv,
-                   int num_heads, int splits, float* partials, T* out, cudaStream_t stream) {
+                   int num_heads, int splits, float* partials, int* counters, float* out, cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
-  decode_kernel<T, HD><<<grid, kDecodeThreads, 0, stream>>>(q, rows, positions, kv, num_heads, splits, partials);
+  decode_kernel<T, HD><<<grid, kDecodeThreads, 0, stream>>>(q, rows, positions, kv, num_heads, splits, partials,
+                                                            counters, out);
   SY_CUDA_CHECK_LAUNCH(decode_kernel);
-  decode_merge_kernel<T, HD><<<dim3(num_rows, num_heads), HD < 128 ? HD : 128, 0, stream>>>(partials, rows, num_heads,
-                                                                                          splits, out);
-  SY_CUDA_CHECK_LAUNCH(decode_merge_kernel);
 }
 
 template <typename T, int HD>
 void launch_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions, const PagedKv<T>& kv,
-                    int num_heads, T* out, cudaStream_t stream) {
+                    int num_heads, float* out, cudaStream_t stream) {
   constexpr size_t smem = prefill_smem_bytes<HD>();
   static bool attribute_set = false;  // per instantiation; set once, before any capture
   if (!attribute_set) {
@@ -375,22 +456,23 @@ int prefill_tile_tokens(int group) { return kPrefillRows / group; }
 
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const int32_t* positions, const PagedKv<T>& kv,
-                            int num_heads, int splits, float* partials, T* out, cudaStream_t stream) {
+                            int num_heads, int splits, float* partials, int* counters, float* out,
+                            cudaStream_t stream) {
   if (num_rows == 0) return;
   if (num_heads / kv.num_kv_heads > kMaxGroup) throw CudaError("GQA groups larger than 8 are not supported on CUDA");
   switch (kv.head_dim) {
-    case 16: return launch_decode<T, 16>(q, rows, num_rows, positions, kv, num_heads, splits, partials, out, stream);
-    case 32: return launch_decode<T, 32>(q, rows, num_rows, positions, kv, num_heads, splits, partials, out, stream);
-    case 64: return launch_decode<T, 64>(q, rows, num_rows, positions, kv, num_heads, splits, partials, out, stream);
-    case 128: return launch_decode<T, 128>(q, rows, num_rows, positions, kv, num_heads, splits, partials, out, stream);
-    case 256: return launch_decode<T, 256>(q, rows, num_rows, positions, kv, num_heads, splits, partials, out, stream);
+    case 16: return launch_decode<T, 16>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
+    case 32: return launch_decode<T, 32>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
+    case 64: return launch_decode<T, 64>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
+    case 128: return launch_decode<T, 128>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
+    case 256: return launch_decode<T, 256>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
     default: unsupported_head_dim(kv.head_dim);
   }
 }
 
 template <typename T>
 void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
-                             const PagedKv<T>& kv, int num_heads, T* out, cudaStream_t stream) {
+                             const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream) {
   if (num_tiles == 0) return;
   switch (kv.head_dim) {
     case 16: return launch_prefill<T, 16>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
@@ -404,9 +486,9 @@ void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, co
 
 #define SY_INSTANTIATE(T)                                                                                          \
   template void paged_attention_decode<T>(const T*, const int32_t*, int, const int32_t*, const PagedKv<T>&, int,  \
-                                          int, float*, T*, cudaStream_t);                                         \
+                                          int, float*, int*, float*, cudaStream_t);                               \
   template void paged_attention_prefill<T>(const T*, const int32_t*, int, const int32_t*, const PagedKv<T>&, int, \
-                                           T*, cudaStream_t);
+                                           float*, cudaStream_t);
 SY_INSTANTIATE(__nv_bfloat16)
 SY_INSTANTIATE(__half)
 
