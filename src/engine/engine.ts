@@ -27,6 +27,71 @@ export interface EngineRequest {
   requestId: string;
   promptTokenIds: number[];
   sampling: SamplingParams;
+  /**
+   * Disaggregation, prefill side: when the request finishes, keep the blocks that hold the
+   * prompt's KV referenced (not freed, not evicted) for a remote decode worker to read. The final
+   * output carries them in `heldKv`; `kvTransfer.releaseHeldKv(requestId)` frees them.
+   */
+  holdKvForRemoteDecode?: boolean;
+  /** Disaggregation, decode side: the prompt's KV was computed elsewhere; see RemotePrefill. */
+  remotePrefill?: RemotePrefill;
+}
+
+/**
+ * A request whose prompt a prefill worker already ran. The engine reserves blocks for the whole
+ * prompt (reusing what its own prefix cache holds), lets `fetchKv` fill the rest, then goes on as
+ * if it had computed the prompt itself and sampled `firstTokenId`: that token counts as the
+ * request's first output token (penalties, usage, stop checks), and its KV is computed by the
+ * next step. If `fetchKv` rejects, the engine drops the reservation and computes the prompt
+ * itself (as it would recompute a preempted request): the request still completes.
+ */
+export interface RemotePrefill {
+  firstTokenId: number;
+  fetchKv(reservation: KvReservation, signal: AbortSignal): Promise<void>;
+}
+
+export interface KvReservation {
+  /** One block per `blockSize` prompt tokens (the last one partly filled), in position order. */
+  blockIds: number[];
+  /** Leading blocks that already hold the prompt's KV here (prefix-cache hits): no need to fetch them. */
+  numCachedBlocks: number;
+}
+
+/** The blocks a prefill kept for a remote decode. */
+export interface HeldKv {
+  /** One block per `blockSize` prompt tokens, in position order. */
+  blockIds: number[];
+  /** Prompt tokens whose KV the blocks hold. */
+  numTokens: number;
+}
+
+/**
+ * Where an engine's KV blocks live, for a transfer agent to register and move. Each block takes
+ * `blockBytes` at `offset + blockId * blockStride` within `memory`, once per segment (e.g. one
+ * segment per layer and K/V). Two engines of the same model and settings have segments of equal
+ * count and blockBytes, in the same order; block i of one maps to block j of the other segment
+ * by segment.
+ */
+export interface KvMemoryLayout {
+  memory:
+    | { kind: "host"; buffer: ArrayBuffer }
+    | { kind: "host" | "cuda"; address: bigint; length: number; deviceId: number };
+  segments: KvSegment[];
+}
+
+export interface KvSegment {
+  offset: number;
+  blockStride: number;
+  blockBytes: number;
+}
+
+/** What an engine that supports disaggregated serving offers besides the Engine interface. */
+export interface EngineKvTransfer {
+  layout(): KvMemoryLayout;
+  /** Frees the blocks a finished `holdKvForRemoteDecode` request kept; false when none are held. */
+  releaseHeldKv(requestId: string): boolean;
+  /** Requests whose blocks are still held. */
+  heldRequests(): string[];
 }
 
 export interface TopLogprob {
@@ -55,6 +120,8 @@ export interface EngineOutput {
   finishReason?: FinishReason;
   errorMessage?: string;
   usage: Usage;
+  /** On the final output of a `holdKvForRemoteDecode` request that finished normally. */
+  heldKv?: HeldKv;
 }
 
 export interface EngineStats {
@@ -98,6 +165,8 @@ export interface Engine {
   onKvEvents(listener: KvEventListener): () => void;
   /** Events that rebuild the current cache contents from nothing, parents before children. */
   kvSnapshot(): KvEvent[];
+  /** Present when the engine can hold and import KV blocks for disaggregated serving. */
+  readonly kvTransfer?: EngineKvTransfer;
   close(): Promise<void>;
 }
 

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchyard/worker/v1/worker.proto.
  */
 export const file_switchyard_worker_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("CiFzd2l0Y2h5YXJkL3dvcmtlci92MS93b3JrZXIucHJvdG8SFHN3aXRjaHlhcmQud29ya2VyLnYxIqkDCg5TYW1wbGluZ1BhcmFtcxIYCgt0ZW1wZXJhdHVyZRgBIAEoAkgAiAEBEhIKBXRvcF9wGAIgASgCSAGIAQESEgoFdG9wX2sYAyABKAVIAogBARISCgVtaW5fcBgEIAEoAkgDiAEBEhEKBHNlZWQYBSABKANIBIgBARIXCgptYXhfdG9rZW5zGAYgASgNSAWIAQESEgoKbWluX3Rva2VucxgHIAEoDRIWCg5zdG9wX3Rva2VuX2lkcxgIIAMoDRISCgppZ25vcmVfZW9zGAkgASgIEhgKEHByZXNlbmNlX3BlbmFsdHkYCiABKAISGQoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAISHwoScmVwZXRpdGlvbl9wZW5hbHR5GAwgASgCSAaIAQESFQoIbG9ncHJvYnMYDSABKA1IB4gBAUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0IICgZfbWluX3BCBwoFX3NlZWRCDQoLX21heF90b2tlbnNCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUILCglfbG9ncHJvYnMiwwEKD0dlbmVyYXRlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRva2VuX2lkcxgCIAMoDRI2CghzYW1wbGluZxgDIAEoCzIkLnN3aXRjaHlhcmQud29ya2VyLnYxLlNhbXBsaW5nUGFyYW1zEg0KBW1vZGVsGAQgASgJEkIKDmRpc2FnZ3JlZ2F0aW9uGAUgASgLMiouc3dpdGNoeWFyZC53b3JrZXIudjEuRGlzYWdncmVnYXRpb25QYXJhbXMiiAEKFERpc2FnZ3JlZ2F0aW9uUGFyYW1zEhgKEGRvX3JlbW90ZV9kZWNvZGUYASABKAgSGQoRZG9fcmVtb3RlX3ByZWZpbGwYAiABKAgSOwoLa3ZfdHJhbnNmZXIYAyABKAsyJi5zd2l0Y2h5YXJkLndvcmtlci52MS5LdlRyYW5zZmVyUGFyYW1zIn0KEEt2VHJhbnNmZXJQYXJhbXMSEQoJZW5naW5lX2lkGAEgASgJEhUKDWFnZW50X2FkZHJlc3MYAiABKAkSFgoOYWdlbnRfbWV0YWRhdGEYAyABKAwSEQoJYmxvY2tfaWRzGAQgAygNEhQKDGJsb2NrX2hhc2hlcxgFIAMoBCJQCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNEhUKDWNhY2hlZF90b2tlbnMYAyABKA0iLwoKVG9wTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRIPCgdsb2dwcm9iGAIgASgCImoKDVRva2VuTG9ncHJvYnMSEAoIdG9rZW5faWQYASABKA0SDwoHbG9ncHJvYhgCIAEoAhI2Cgx0b3BfbG9ncHJvYnMYAyADKAsyIC5zd2l0Y2h5YXJkLndvcmtlci52MS5Ub3BMb2dwcm9iIpcCChBHZW5lcmF0ZVJlc3BvbnNlEhEKCXRva2VuX2lkcxgBIAMoDRI1Cghsb2dwcm9icxgCIAMoCzIjLnN3aXRjaHlhcmQud29ya2VyLnYxLlRva2VuTG9ncHJvYnMSOQoNZmluaXNoX3JlYXNvbhgDIAEoDjIiLnN3aXRjaHlhcmQud29ya2VyLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgEIAEoCzIbLnN3aXRjaHlhcmQud29ya2VyLnYxLlVzYWdlEhUKDWVycm9yX21lc3NhZ2UYBSABKAkSOwoLa3ZfdHJhbnNmZXIYBiABKAsyJi5zd2l0Y2h5YXJkLndvcmtlci52MS5LdlRyYW5zZmVyUGFyYW1zIiMKDUNhbmNlbFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIjCg5DYW5jZWxSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgiDwoNSGVhbHRoUmVxdWVzdCJxCg5IZWFsdGhSZXNwb25zZRIzCgZzdGF0dXMYASABKA4yIy5zd2l0Y2h5YXJkLndvcmtlci52MS5TZXJ2aW5nU3RhdHVzEg8KB21lc3NhZ2UYAiABKAkSGQoRY2FuYXJ5X2xhdGVuY3lfbXMYAyABKA0iEQoPS3ZFdmVudHNSZXF1ZXN0IoABCgtCbG9ja1N0b3JlZBIUCgxibG9ja19oYXNoZXMYASADKAQSHgoRcGFyZW50X2Jsb2NrX2hhc2gYAiABKARIAIgBARIRCgl0b2tlbl9pZHMYAyADKA0SEgoKYmxvY2tfc2l6ZRgEIAEoDUIUChJfcGFyZW50X2Jsb2NrX2hhc2giJAoMQmxvY2tSZW1vdmVkEhQKDGJsb2NrX2hhc2hlcxgBIAMoBCISChBBbGxCbG9ja3NDbGVhcmVkItABCgdLdkV2ZW50EjkKDGJsb2NrX3N0b3JlZBgBIAEoCzIhLnN3aXRjaHlhcmQud29ya2VyLnYxLkJsb2NrU3RvcmVkSAASOwoNYmxvY2tfcmVtb3ZlZBgCIAEoCzIiLnN3aXRjaHlhcmQud29ya2VyLnYxLkJsb2NrUmVtb3ZlZEgAEkQKEmFsbF9ibG9ja3NfY2xlYXJlZBgDIAEoCzImLnN3aXRjaHlhcmQud29ya2VyLnYxLkFsbEJsb2Nrc0NsZWFyZWRIAEIHCgVldmVudCJ4CgxLdkV2ZW50QmF0Y2gSEAoIc2VxdWVuY2UYASABKAQSFAoMdGltZXN0YW1wX21zGAIgASgDEhEKCXdvcmtlcl9pZBgDIAEoCRItCgZldmVudHMYBCADKAsyHS5zd2l0Y2h5YXJkLndvcmtlci52MS5LdkV2ZW50IhAKDkdldEluZm9SZXF1ZXN0InIKC0xvYWRNZXRyaWNzEhgKEHJ1bm5pbmdfcmVxdWVzdHMYASABKA0SGAoQd2FpdGluZ19yZXF1ZXN0cxgCIAEoDRIWCg5rdl9ibG9ja3NfdXNlZBgDIAEoDRIXCg9rdl9ibG9ja3NfdG90YWwYBCABKA0i8QEKD0dldEluZm9SZXNwb25zZRIRCgl3b3JrZXJfaWQYASABKAkSDQoFbW9kZWwYAiABKAkSEgoKYmxvY2tfc2l6ZRgDIAEoDRIVCg1tYXhfbW9kZWxfbGVuGAQgASgNEhsKE2Rpc2FnZ3JlZ2F0aW9uX21vZGUYBSABKAkSDgoGZW5naW5lGAYgASgJEi8KBGxvYWQYByABKAsyIS5zd2l0Y2h5YXJkLndvcmtlci52MS5Mb2FkTWV0cmljcxIzCgZzdGF0dXMYCCABKA4yIy5zd2l0Y2h5YXJkLndvcmtlci52MS5TZXJ2aW5nU3RhdHVzKpUBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAQqawoNU2VydmluZ1N0YXR1cxIeChpTRVJWSU5HX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFlNFUlZJTkdfU1RBVFVTX1NFUlZJTkcQARIeChpTRVJWSU5HX1NUQVRVU19OT1RfU0VSVklORxACMscDCg1Xb3JrZXJTZXJ2aWNlElsKCEdlbmVyYXRlEiUuc3dpdGNoeWFyZC53b3JrZXIudjEuR2VuZXJhdGVSZXF1ZXN0GiYuc3dpdGNoeWFyZC53b3JrZXIudjEuR2VuZXJhdGVSZXNwb25zZTABElMKBkNhbmNlbBIjLnN3aXRjaHlhcmQud29ya2VyLnYxLkNhbmNlbFJlcXVlc3QaJC5zd2l0Y2h5YXJkLndvcmtlci52MS5DYW5jZWxSZXNwb25zZRJTCgZIZWFsdGgSIy5zd2l0Y2h5YXJkLndvcmtlci52MS5IZWFsdGhSZXF1ZXN0GiQuc3dpdGNoeWFyZC53b3JrZXIudjEuSGVhbHRoUmVzcG9uc2USVwoIS3ZFdmVudHMSJS5zd2l0Y2h5YXJkLndvcmtlci52MS5LdkV2ZW50c1JlcXVlc3QaIi5zd2l0Y2h5YXJkLndvcmtlci52MS5LdkV2ZW50QmF0Y2gwARJWCgdHZXRJbmZvEiQuc3dpdGNoeWFyZC53b3JrZXIudjEuR2V0SW5mb1JlcXVlc3QaJS5zd2l0Y2h5YXJkLndvcmtlci52MS5HZXRJbmZvUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("CiFzd2l0Y2h5YXJkL3dvcmtlci92MS93b3JrZXIucHJvdG8SFHN3aXRjaHlhcmQud29ya2VyLnYxIqkDCg5TYW1wbGluZ1BhcmFtcxIYCgt0ZW1wZXJhdHVyZRgBIAEoAkgAiAEBEhIKBXRvcF9wGAIgASgCSAGIAQESEgoFdG9wX2sYAyABKAVIAogBARISCgVtaW5fcBgEIAEoAkgDiAEBEhEKBHNlZWQYBSABKANIBIgBARIXCgptYXhfdG9rZW5zGAYgASgNSAWIAQESEgoKbWluX3Rva2VucxgHIAEoDRIWCg5zdG9wX3Rva2VuX2lkcxgIIAMoDRISCgppZ25vcmVfZW9zGAkgASgIEhgKEHByZXNlbmNlX3BlbmFsdHkYCiABKAISGQoRZnJlcXVlbmN5X3BlbmFsdHkYCyABKAISHwoScmVwZXRpdGlvbl9wZW5hbHR5GAwgASgCSAaIAQESFQoIbG9ncHJvYnMYDSABKA1IB4gBAUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0IICgZfbWluX3BCBwoFX3NlZWRCDQoLX21heF90b2tlbnNCFQoTX3JlcGV0aXRpb25fcGVuYWx0eUILCglfbG9ncHJvYnMiwwEKD0dlbmVyYXRlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRva2VuX2lkcxgCIAMoDRI2CghzYW1wbGluZxgDIAEoCzIkLnN3aXRjaHlhcmQud29ya2VyLnYxLlNhbXBsaW5nUGFyYW1zEg0KBW1vZGVsGAQgASgJEkIKDmRpc2FnZ3JlZ2F0aW9uGAUgASgLMiouc3dpdGNoeWFyZC53b3JrZXIudjEuRGlzYWdncmVnYXRpb25QYXJhbXMioAEKFERpc2FnZ3JlZ2F0aW9uUGFyYW1zEhgKEGRvX3JlbW90ZV9kZWNvZGUYASABKAgSGQoRZG9fcmVtb3RlX3ByZWZpbGwYAiABKAgSOwoLa3ZfdHJhbnNmZXIYAyABKAsyJi5zd2l0Y2h5YXJkLndvcmtlci52MS5LdlRyYW5zZmVyUGFyYW1zEhYKDmZpcnN0X3Rva2VuX2lkGAQgASgNIpgCChBLdlRyYW5zZmVyUGFyYW1zEhEKCWVuZ2luZV9pZBgBIAEoCRIVCg1hZ2VudF9hZGRyZXNzGAIgASgJEhYKDmFnZW50X21ldGFkYXRhGAMgASgMEhEKCWJsb2NrX2lkcxgEIAMoDRIUCgxibG9ja19oYXNoZXMYBSADKAQSEgoKcmVxdWVzdF9pZBgGIAEoCRISCgpudW1fdG9rZW5zGAcgASgNEhYKDm1lbW9yeV9hZGRyZXNzGAggASgEEjEKCHNlZ21lbnRzGAkgAygLMh8uc3dpdGNoeWFyZC53b3JrZXIudjEuS3ZTZWdtZW50EhMKC21lbW9yeV9raW5kGAogASgJEhEKCWRldmljZV9pZBgLIAEoDSJGCglLdlNlZ21lbnQSDgoGb2Zmc2V0GAEgASgEEhQKDGJsb2NrX3N0cmlkZRgCIAEoBBITCgtibG9ja19ieXRlcxgDIAEoDSJQCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgNEhUKDWNhY2hlZF90b2tlbnMYAyABKA0iLwoKVG9wTG9ncHJvYhIQCgh0b2tlbl9pZBgBIAEoDRIPCgdsb2dwcm9iGAIgASgCImoKDVRva2VuTG9ncHJvYnMSEAoIdG9rZW5faWQYASABKA0SDwoHbG9ncHJvYhgCIAEoAhI2Cgx0b3BfbG9ncHJvYnMYAyADKAsyIC5zd2l0Y2h5YXJkLndvcmtlci52MS5Ub3BMb2dwcm9iIpcCChBHZW5lcmF0ZVJlc3BvbnNlEhEKCXRva2VuX2lkcxgBIAMoDRI1Cghsb2dwcm9icxgCIAMoCzIjLnN3aXRjaHlhcmQud29ya2VyLnYxLlRva2VuTG9ncHJvYnMSOQoNZmluaXNoX3JlYXNvbhgDIAEoDjIiLnN3aXRjaHlhcmQud29ya2VyLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgEIAEoCzIbLnN3aXRjaHlhcmQud29ya2VyLnYxLlVzYWdlEhUKDWVycm9yX21lc3NhZ2UYBSABKAkSOwoLa3ZfdHJhbnNmZXIYBiABKAsyJi5zd2l0Y2h5YXJkLndvcmtlci52MS5LdlRyYW5zZmVyUGFyYW1zIiMKDUNhbmNlbFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSIjCg5DYW5jZWxSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgiDwoNSGVhbHRoUmVxdWVzdCJxCg5IZWFsdGhSZXNwb25zZRIzCgZzdGF0dXMYASABKA4yIy5zd2l0Y2h5YXJkLndvcmtlci52MS5TZXJ2aW5nU3RhdHVzEg8KB21lc3NhZ2UYAiABKAkSGQoRY2FuYXJ5X2xhdGVuY3lfbXMYAyABKA0iEQoPS3ZFdmVudHNSZXF1ZXN0IoABCgtCbG9ja1N0b3JlZBIUCgxibG9ja19oYXNoZXMYASADKAQSHgoRcGFyZW50X2Jsb2NrX2hhc2gYAiABKARIAIgBARIRCgl0b2tlbl9pZHMYAyADKA0SEgoKYmxvY2tfc2l6ZRgEIAEoDUIUChJfcGFyZW50X2Jsb2NrX2hhc2giJAoMQmxvY2tSZW1vdmVkEhQKDGJsb2NrX2hhc2hlcxgBIAMoBCISChBBbGxCbG9ja3NDbGVhcmVkItABCgdLdkV2ZW50EjkKDGJsb2NrX3N0b3JlZBgBIAEoCzIhLnN3aXRjaHlhcmQud29ya2VyLnYxLkJsb2NrU3RvcmVkSAASOwoNYmxvY2tfcmVtb3ZlZBgCIAEoCzIiLnN3aXRjaHlhcmQud29ya2VyLnYxLkJsb2NrUmVtb3ZlZEgAEkQKEmFsbF9ibG9ja3NfY2xlYXJlZBgDIAEoCzImLnN3aXRjaHlhcmQud29ya2VyLnYxLkFsbEJsb2Nrc0NsZWFyZWRIAEIHCgVldmVudCJ4CgxLdkV2ZW50QmF0Y2gSEAoIc2VxdWVuY2UYASABKAQSFAoMdGltZXN0YW1wX21zGAIgASgDEhEKCXdvcmtlcl9pZBgDIAEoCRItCgZldmVudHMYBCADKAsyHS5zd2l0Y2h5YXJkLndvcmtlci52MS5LdkV2ZW50IhAKDkdldEluZm9SZXF1ZXN0InIKC0xvYWRNZXRyaWNzEhgKEHJ1bm5pbmdfcmVxdWVzdHMYASABKA0SGAoQd2FpdGluZ19yZXF1ZXN0cxgCIAEoDRIWCg5rdl9ibG9ja3NfdXNlZBgDIAEoDRIXCg9rdl9ibG9ja3NfdG90YWwYBCABKA0i8QEKD0dldEluZm9SZXNwb25zZRIRCgl3b3JrZXJfaWQYASABKAkSDQoFbW9kZWwYAiABKAkSEgoKYmxvY2tfc2l6ZRgDIAEoDRIVCg1tYXhfbW9kZWxfbGVuGAQgASgNEhsKE2Rpc2FnZ3JlZ2F0aW9uX21vZGUYBSABKAkSDgoGZW5naW5lGAYgASgJEi8KBGxvYWQYByABKAsyIS5zd2l0Y2h5YXJkLndvcmtlci52MS5Mb2FkTWV0cmljcxIzCgZzdGF0dXMYCCABKA4yIy5zd2l0Y2h5YXJkLndvcmtlci52MS5TZXJ2aW5nU3RhdHVzKpUBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAQqawoNU2VydmluZ1N0YXR1cxIeChpTRVJWSU5HX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFlNFUlZJTkdfU1RBVFVTX1NFUlZJTkcQARIeChpTRVJWSU5HX1NUQVRVU19OT1RfU0VSVklORxACMscDCg1Xb3JrZXJTZXJ2aWNlElsKCEdlbmVyYXRlEiUuc3dpdGNoeWFyZC53b3JrZXIudjEuR2VuZXJhdGVSZXF1ZXN0GiYuc3dpdGNoeWFyZC53b3JrZXIudjEuR2VuZXJhdGVSZXNwb25zZTABElMKBkNhbmNlbBIjLnN3aXRjaHlhcmQud29ya2VyLnYxLkNhbmNlbFJlcXVlc3QaJC5zd2l0Y2h5YXJkLndvcmtlci52MS5DYW5jZWxSZXNwb25zZRJTCgZIZWFsdGgSIy5zd2l0Y2h5YXJkLndvcmtlci52MS5IZWFsdGhSZXF1ZXN0GiQuc3dpdGNoeWFyZC53b3JrZXIudjEuSGVhbHRoUmVzcG9uc2USVwoIS3ZFdmVudHMSJS5zd2l0Y2h5YXJkLndvcmtlci52MS5LdkV2ZW50c1JlcXVlc3QaIi5zd2l0Y2h5YXJkLndvcmtlci52MS5LdkV2ZW50QmF0Y2gwARJWCgdHZXRJbmZvEiQuc3dpdGNoeWFyZC53b3JrZXIudjEuR2V0SW5mb1JlcXVlc3QaJS5zd2l0Y2h5YXJkLndvcmtlci52MS5HZXRJbmZvUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * Sampling parameters, named as vLLM names them. Unset optional fields take vLLM's defaults.
@@ -138,8 +138,11 @@ export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
   messageDesc(file_switchyard_worker_v1_worker, 1);
 
 /**
- * Room for prefill/decode disaggregation: a prefill worker keeps the KV of a request for a
- * remote decode worker, which pulls the blocks named by kv_transfer.
+ * Prefill/decode disaggregation. The router sends the prompt to a prefill worker with
+ * do_remote_decode (and max_tokens 1): it computes the prompt's KV, samples the first token and
+ * keeps the KV blocks, answering with kv_transfer. The router then sends the same prompt to a
+ * decode worker with do_remote_prefill, that kv_transfer and first_token_id: it reads the blocks
+ * it lacks from the prefill worker's transfer agent, notifies it (so it frees them) and decodes.
  *
  * @generated from message switchyard.worker.v1.DisaggregationParams
  */
@@ -158,6 +161,13 @@ export type DisaggregationParams = Message<"switchyard.worker.v1.DisaggregationP
    * @generated from field: switchyard.worker.v1.KvTransferParams kv_transfer = 3;
    */
   kvTransfer?: KvTransferParams | undefined;
+
+  /**
+   * With do_remote_prefill: the token the prefill worker sampled, the request's first output.
+   *
+   * @generated from field: uint32 first_token_id = 4;
+   */
+  firstTokenId: number;
 };
 
 /**
@@ -168,33 +178,85 @@ export const DisaggregationParamsSchema: GenMessage<DisaggregationParams> = /*@_
   messageDesc(file_switchyard_worker_v1_worker, 2);
 
 /**
+ * Where a prefill worker holds a request's KV blocks, and how to read them.
+ *
  * @generated from message switchyard.worker.v1.KvTransferParams
  */
 export type KvTransferParams = Message<"switchyard.worker.v1.KvTransferParams"> & {
   /**
+   * The prefill worker's id; also its transfer agent's name.
+   *
    * @generated from field: string engine_id = 1;
    */
   engineId: string;
 
   /**
+   * host:port of the agent's listener.
+   *
    * @generated from field: string agent_address = 2;
    */
   agentAddress: string;
 
   /**
+   * The agent's metadata blob (load it on the reading agent before posting reads).
+   *
    * @generated from field: bytes agent_metadata = 3;
    */
   agentMetadata: Uint8Array;
 
   /**
+   * One block per block_size prompt tokens, in position order.
+   *
    * @generated from field: repeated uint32 block_ids = 4;
    */
   blockIds: number[];
 
   /**
+   * Chained hashes of the full blocks among them.
+   *
    * @generated from field: repeated uint64 block_hashes = 5;
    */
   blockHashes: bigint[];
+
+  /**
+   * The request id the blocks are held under: the notification that frees them carries it.
+   *
+   * @generated from field: string request_id = 6;
+   */
+  requestId: string;
+
+  /**
+   * Prompt tokens whose KV the blocks hold.
+   *
+   * @generated from field: uint32 num_tokens = 7;
+   */
+  numTokens: number;
+
+  /**
+   * Address of the registered memory that holds the blocks, as the prefill worker's agent sees it.
+   *
+   * @generated from field: uint64 memory_address = 8;
+   */
+  memoryAddress: bigint;
+
+  /**
+   * Block b of segment s is block_bytes at memory_address + offset + b * block_stride.
+   *
+   * @generated from field: repeated switchyard.worker.v1.KvSegment segments = 9;
+   */
+  segments: KvSegment[];
+
+  /**
+   * host or cuda, and the device of cuda memory.
+   *
+   * @generated from field: string memory_kind = 10;
+   */
+  memoryKind: string;
+
+  /**
+   * @generated from field: uint32 device_id = 11;
+   */
+  deviceId: number;
 };
 
 /**
@@ -203,6 +265,33 @@ export type KvTransferParams = Message<"switchyard.worker.v1.KvTransferParams"> 
  */
 export const KvTransferParamsSchema: GenMessage<KvTransferParams> = /*@__PURE__*/
   messageDesc(file_switchyard_worker_v1_worker, 3);
+
+/**
+ * @generated from message switchyard.worker.v1.KvSegment
+ */
+export type KvSegment = Message<"switchyard.worker.v1.KvSegment"> & {
+  /**
+   * @generated from field: uint64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * @generated from field: uint64 block_stride = 2;
+   */
+  blockStride: bigint;
+
+  /**
+   * @generated from field: uint32 block_bytes = 3;
+   */
+  blockBytes: number;
+};
+
+/**
+ * Describes the message switchyard.worker.v1.KvSegment.
+ * Use `create(KvSegmentSchema)` to create a new message.
+ */
+export const KvSegmentSchema: GenMessage<KvSegment> = /*@__PURE__*/
+  messageDesc(file_switchyard_worker_v1_worker, 4);
 
 /**
  * @generated from message switchyard.worker.v1.Usage
@@ -231,7 +320,7 @@ export type Usage = Message<"switchyard.worker.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 4);
+  messageDesc(file_switchyard_worker_v1_worker, 5);
 
 /**
  * @generated from message switchyard.worker.v1.TopLogprob
@@ -253,7 +342,7 @@ export type TopLogprob = Message<"switchyard.worker.v1.TopLogprob"> & {
  * Use `create(TopLogprobSchema)` to create a new message.
  */
 export const TopLogprobSchema: GenMessage<TopLogprob> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 5);
+  messageDesc(file_switchyard_worker_v1_worker, 6);
 
 /**
  * @generated from message switchyard.worker.v1.TokenLogprobs
@@ -280,7 +369,7 @@ export type TokenLogprobs = Message<"switchyard.worker.v1.TokenLogprobs"> & {
  * Use `create(TokenLogprobsSchema)` to create a new message.
  */
 export const TokenLogprobsSchema: GenMessage<TokenLogprobs> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 6);
+  messageDesc(file_switchyard_worker_v1_worker, 7);
 
 /**
  * @generated from message switchyard.worker.v1.GenerateResponse
@@ -328,7 +417,7 @@ export type GenerateResponse = Message<"switchyard.worker.v1.GenerateResponse"> 
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 7);
+  messageDesc(file_switchyard_worker_v1_worker, 8);
 
 /**
  * @generated from message switchyard.worker.v1.CancelRequest
@@ -345,7 +434,7 @@ export type CancelRequest = Message<"switchyard.worker.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 8);
+  messageDesc(file_switchyard_worker_v1_worker, 9);
 
 /**
  * @generated from message switchyard.worker.v1.CancelResponse
@@ -364,7 +453,7 @@ export type CancelResponse = Message<"switchyard.worker.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 9);
+  messageDesc(file_switchyard_worker_v1_worker, 10);
 
 /**
  * @generated from message switchyard.worker.v1.HealthRequest
@@ -377,7 +466,7 @@ export type HealthRequest = Message<"switchyard.worker.v1.HealthRequest"> & {
  * Use `create(HealthRequestSchema)` to create a new message.
  */
 export const HealthRequestSchema: GenMessage<HealthRequest> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 10);
+  messageDesc(file_switchyard_worker_v1_worker, 11);
 
 /**
  * @generated from message switchyard.worker.v1.HealthResponse
@@ -404,7 +493,7 @@ export type HealthResponse = Message<"switchyard.worker.v1.HealthResponse"> & {
  * Use `create(HealthResponseSchema)` to create a new message.
  */
 export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 11);
+  messageDesc(file_switchyard_worker_v1_worker, 12);
 
 /**
  * @generated from message switchyard.worker.v1.KvEventsRequest
@@ -417,7 +506,7 @@ export type KvEventsRequest = Message<"switchyard.worker.v1.KvEventsRequest"> & 
  * Use `create(KvEventsRequestSchema)` to create a new message.
  */
 export const KvEventsRequestSchema: GenMessage<KvEventsRequest> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 12);
+  messageDesc(file_switchyard_worker_v1_worker, 13);
 
 /**
  * @generated from message switchyard.worker.v1.BlockStored
@@ -455,7 +544,7 @@ export type BlockStored = Message<"switchyard.worker.v1.BlockStored"> & {
  * Use `create(BlockStoredSchema)` to create a new message.
  */
 export const BlockStoredSchema: GenMessage<BlockStored> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 13);
+  messageDesc(file_switchyard_worker_v1_worker, 14);
 
 /**
  * @generated from message switchyard.worker.v1.BlockRemoved
@@ -472,7 +561,7 @@ export type BlockRemoved = Message<"switchyard.worker.v1.BlockRemoved"> & {
  * Use `create(BlockRemovedSchema)` to create a new message.
  */
 export const BlockRemovedSchema: GenMessage<BlockRemoved> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 14);
+  messageDesc(file_switchyard_worker_v1_worker, 15);
 
 /**
  * @generated from message switchyard.worker.v1.AllBlocksCleared
@@ -485,7 +574,7 @@ export type AllBlocksCleared = Message<"switchyard.worker.v1.AllBlocksCleared"> 
  * Use `create(AllBlocksClearedSchema)` to create a new message.
  */
 export const AllBlocksClearedSchema: GenMessage<AllBlocksCleared> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 15);
+  messageDesc(file_switchyard_worker_v1_worker, 16);
 
 /**
  * @generated from message switchyard.worker.v1.KvEvent
@@ -520,7 +609,7 @@ export type KvEvent = Message<"switchyard.worker.v1.KvEvent"> & {
  * Use `create(KvEventSchema)` to create a new message.
  */
 export const KvEventSchema: GenMessage<KvEvent> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 16);
+  messageDesc(file_switchyard_worker_v1_worker, 17);
 
 /**
  * @generated from message switchyard.worker.v1.KvEventBatch
@@ -556,7 +645,7 @@ export type KvEventBatch = Message<"switchyard.worker.v1.KvEventBatch"> & {
  * Use `create(KvEventBatchSchema)` to create a new message.
  */
 export const KvEventBatchSchema: GenMessage<KvEventBatch> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 17);
+  messageDesc(file_switchyard_worker_v1_worker, 18);
 
 /**
  * @generated from message switchyard.worker.v1.GetInfoRequest
@@ -569,7 +658,7 @@ export type GetInfoRequest = Message<"switchyard.worker.v1.GetInfoRequest"> & {
  * Use `create(GetInfoRequestSchema)` to create a new message.
  */
 export const GetInfoRequestSchema: GenMessage<GetInfoRequest> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 18);
+  messageDesc(file_switchyard_worker_v1_worker, 19);
 
 /**
  * @generated from message switchyard.worker.v1.LoadMetrics
@@ -601,7 +690,7 @@ export type LoadMetrics = Message<"switchyard.worker.v1.LoadMetrics"> & {
  * Use `create(LoadMetricsSchema)` to create a new message.
  */
 export const LoadMetricsSchema: GenMessage<LoadMetrics> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 19);
+  messageDesc(file_switchyard_worker_v1_worker, 20);
 
 /**
  * @generated from message switchyard.worker.v1.GetInfoResponse
@@ -658,7 +747,7 @@ export type GetInfoResponse = Message<"switchyard.worker.v1.GetInfoResponse"> & 
  * Use `create(GetInfoResponseSchema)` to create a new message.
  */
 export const GetInfoResponseSchema: GenMessage<GetInfoResponse> = /*@__PURE__*/
-  messageDesc(file_switchyard_worker_v1_worker, 20);
+  messageDesc(file_switchyard_worker_v1_worker, 21);
 
 /**
  * @generated from enum switchyard.worker.v1.FinishReason
