@@ -15,7 +15,7 @@ import { DEFAULT_REGISTRATION_TIMING } from "../runtime/discovery/instance_regis
 import { createLogger } from "../runtime/logger.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError } from "./args.ts";
-import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags } from "./frontend_options.ts";
+import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags, workerRouterOptions } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
 
 export const FRONTEND_USAGE = `switchyard frontend (--worker URL ... | --nats URL) [options]
@@ -69,7 +69,7 @@ export async function frontendCommand(argv: string[]): Promise<void> {
   const registry = new Registry();
   const nc = natsUrl ? await connectNats(natsUrl, "switchyard-frontend", log) : undefined;
   const selector = flags["router-url"] ? new RemoteSelector(flags["router-url"], log) : selectorFromFlags(flags, cards[0]?.blockSize, registry, log, nc);
-  const router = new WorkerRouter(cards, selector, { migrationLimit: flags["migration-limit"], log });
+  const router = new WorkerRouter(cards, selector, workerRouterOptions(flags, log));
   const discoveries: { close(): Promise<void> }[] = [];
   if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, router, log));
   if (nc) discoveries.push(new NatsWorkers(nc, router, log, DEFAULT_REGISTRATION_TIMING.ttlMs));

@@ -12,7 +12,7 @@ import { createLogger } from "../runtime/logger.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { startWorker, type RunningWorker } from "../worker/worker_server.ts";
 import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand } from "./args.ts";
-import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags } from "./frontend_options.ts";
+import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags, workerRouterOptions } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
 import { engineConfig } from "./worker.ts";
 
@@ -57,7 +57,7 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
   const router = new WorkerRouter(
     [{ name: model.servedName, path: model.folder.path, maxModelLen, blockSize }],
     selectorFromFlags(flags, blockSize, registry, log),
-    { migrationLimit: flags["migration-limit"], log },
+    workerRouterOptions(flags, log),
   );
   for (const worker of workers) router.addWorker(await connectWorker(worker.url));
   const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry });

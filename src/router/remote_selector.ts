@@ -38,7 +38,12 @@ export class RemoteSelector implements WorkerSelector {
     await this.finishing.get(request.requestId);
     try {
       const answer = await this.client.findBestWorker(
-        create(FindBestWorkerRequestSchema, { requestId: request.requestId, tokenIds: [...request.tokenIds], model: request.model ?? "" }),
+        create(FindBestWorkerRequestSchema, {
+          requestId: request.requestId,
+          tokenIds: [...request.tokenIds],
+          model: request.model ?? "",
+          candidateWorkerIds: candidates.map((w) => w.id),
+        }),
         { timeoutMs: this.timeoutMs },
       );
       this.outage = false;

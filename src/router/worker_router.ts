@@ -20,11 +20,15 @@ import {
 import type { Logger } from "../runtime/logger.ts";
 import { RouterError, type InstanceInfo, type ModelCard, type Router } from "./router.ts";
 import type { WorkerHandle } from "./worker_handle.ts";
-import type { WorkerSelector, WorkerSink } from "./worker_selector.ts";
+import { decidePrefillPlace, type PrefillPolicyOptions } from "./disagg/prefill_policy.ts";
+import { decodeRequest, runRemotePrefill, shouldPrefillLocallyAfter, type PrefillResult } from "./disagg/remote_prefill.ts";
+import type { Selection, WorkerSelector, WorkerSink } from "./worker_selector.ts";
 
 export interface WorkerRouterOptions {
   /** Times one request may move to another worker after its stream broke (0: never). */
   migrationLimit?: number;
+  /** Conditional disaggregation, when prefill workers are present (default: always remote). */
+  prefillPolicy?: Partial<PrefillPolicyOptions>;
   log?: Logger;
 }
 
@@ -51,7 +55,10 @@ export class WorkerRouter implements Router, WorkerSink {
   constructor(modelCards: Iterable<ModelCard>, private readonly selector: WorkerSelector, private readonly options: WorkerRouterOptions = {}) {
     for (const card of modelCards) this.modelCards.set(card.name, card);
     this.migrationLimit = options.migrationLimit ?? 0;
+    this.prefillPolicy = { maxLocalPrefillLength: 0, maxPrefillQueueSize: 0, ...options.prefillPolicy };
   }
+
+  private readonly prefillPolicy: PrefillPolicyOptions;
 
   private readonly modelCardListeners: ((card: ModelCard) => void)[] = [];
 
@@ -97,10 +104,15 @@ export class WorkerRouter implements Router, WorkerSink {
     const generated: number[] = [];
     const failedWorkers = new Set<string>();
     let migrations = 0;
+    // Once the caller's stream is not one worker's whole answer (a migration, or a prefill done
+    // by another worker), usage is rewritten to count against the original prompt.
+    let stitched = false;
+    let cachedTokens: number | undefined;
     for (;;) {
       // A migrated request is routed by its whole context, prompt and tokens so far.
       const attempt = generated.length === 0 ? request : continuation(request, generated);
-      const worker = await this.pick(attempt, failedWorkers);
+      const selection = await this.pick(attempt, failedWorkers);
+      const worker = selection.worker;
       worker.inFlight++;
       let released = false;
       // Consumers may stop iterating at the final message without closing the stream, so the
@@ -111,13 +123,27 @@ export class WorkerRouter implements Router, WorkerSink {
         worker.inFlight--;
         this.selector.requestFinished?.(request.requestId, worker);
       };
+      let decodeStart = generated.length;
       try {
-        for await (const response of worker.client.generate(attempt, { signal })) {
-          generated.push(...response.tokenIds);
-          if (migrations > 0 && response.usage) {
-            response.usage.promptTokens = promptTokens;
-            response.usage.completionTokens = generated.length;
+        let workerRequest = attempt;
+        const prefill = await this.prefillElsewhere(attempt, selection, failedWorkers, signal);
+        if (prefill) {
+          stitched = true;
+          cachedTokens ??= prefill.response.usage?.cachedTokens;
+          generated.push(...prefill.response.tokenIds);
+          if (!prefill.kvTransfer) {
+            // The first token ended the request (EOS or a stop token).
+            release();
+            yield withUsage(prefill.response, promptTokens, generated.length, cachedTokens);
+            return;
           }
+          yield firstTokenMessage(prefill.response);
+          workerRequest = decodeRequest(attempt, { response: prefill.response, kvTransfer: prefill.kvTransfer });
+          decodeStart = generated.length;
+        }
+        for await (const response of worker.client.generate(workerRequest, { signal })) {
+          generated.push(...response.tokenIds);
+          if (stitched && response.usage) rewriteUsage(response, promptTokens, generated.length, cachedTokens);
           if (response.finishReason !== FinishReason.UNSPECIFIED) {
             release();
             yield response;
@@ -128,7 +154,7 @@ export class WorkerRouter implements Router, WorkerSink {
         throw new StreamBrokenError(worker.id);
       } catch (err) {
         if (signal.aborted) throw err;
-        if (generated.length === 0 && refusedBeforeStart(err) && !failedWorkers.has(worker.id)) {
+        if (generated.length === decodeStart && refusedBeforeStart(err) && !failedWorkers.has(worker.id)) {
           // A draining or overloaded worker refused the request before doing any work: any
           // other worker may take it, and that is no migration.
           failedWorkers.add(worker.id);
@@ -137,13 +163,14 @@ export class WorkerRouter implements Router, WorkerSink {
         }
         if (!this.canMigrate(err, migrations)) throw err;
         migrations++;
+        stitched = true;
         failedWorkers.add(worker.id);
         const maxTokens = request.sampling?.maxTokens;
         if (maxTokens !== undefined && generated.length >= maxTokens) {
           // Every token arrived; only the closing message was lost.
           yield create(GenerateResponseSchema, {
             finishReason: FinishReason.LENGTH,
-            usage: { promptTokens, completionTokens: generated.length, cachedTokens: 0 },
+            usage: { promptTokens, completionTokens: generated.length, cachedTokens: cachedTokens ?? 0 },
           });
           return;
         }
@@ -154,26 +181,84 @@ export class WorkerRouter implements Router, WorkerSink {
     }
   }
 
+  /**
+   * Runs the prefill on a prefill worker when the policy says so, returning its result; undefined
+   * when the decode worker is to compute the prompt itself (the policy's choice, or the prefill
+   * worker failed in a way the decode worker can make up for).
+   */
+  private async prefillElsewhere(
+    attempt: GenerateRequest,
+    decode: Selection,
+    failedWorkers: Set<string>,
+    signal: AbortSignal,
+  ): Promise<PrefillResult | undefined> {
+    const prefillWorkers = this.candidates(attempt.model, failedWorkers, "prefill");
+    const overlapTokens = (decode.overlapBlocks ?? 0) * decode.worker.info.blockSize;
+    const uncachedTokens = Math.max(0, attempt.tokenIds.length - overlapTokens);
+    const place = decidePrefillPlace({ uncachedTokens, maxTokens: attempt.sampling?.maxTokens, prefillWorkers }, this.prefillPolicy);
+    const log = this.options.log;
+    const id = attempt.requestId;
+    // The decode worker's selection is still open under the request's id.
+    const selectionId = `${id}/prefill`;
+    if (place.where === "local") {
+      if (place.reason !== "no_prefill_workers") log?.info(`request ${id}: prefill on decode worker ${decode.worker.id} (${place.reason}; ${uncachedTokens} uncached tokens)`);
+      return undefined;
+    }
+    let prefillWorker: WorkerHandle;
+    try {
+      prefillWorker = (await this.selector.select({ requestId: selectionId, tokenIds: attempt.tokenIds, model: attempt.model }, prefillWorkers)).worker;
+    } catch (err) {
+      if (!(err instanceof RouterError)) throw err;
+      log?.info(`request ${id}: prefill on decode worker ${decode.worker.id} (no prefill worker free: ${err.message})`);
+      return undefined;
+    }
+    prefillWorker.inFlight++;
+    try {
+      const result = await runRemotePrefill(prefillWorker, attempt, signal);
+      log?.info(`request ${id}: prefill on ${prefillWorker.id}, decode on ${decode.worker.id} (${uncachedTokens} uncached tokens)`);
+      return result;
+    } catch (err) {
+      if (signal.aborted || !shouldPrefillLocallyAfter(err)) throw err;
+      failedWorkers.add(prefillWorker.id);
+      log?.warn(`request ${id}: prefill worker ${prefillWorker.id} failed (${(err as Error).message}); prefill on decode worker ${decode.worker.id}`);
+      return undefined;
+    } finally {
+      prefillWorker.inFlight--;
+      this.selector.requestFinished?.(selectionId, prefillWorker);
+    }
+  }
+
   async close(): Promise<void> {
     await this.selector.close?.();
     this.workers.clear();
   }
 
-  private async pick(request: GenerateRequest, failedWorkers: ReadonlySet<string>): Promise<WorkerHandle> {
-    const all = [...this.workers.values()].filter((w) => w.info.model === request.model);
-    // Avoid workers this request already lost, unless they are all that is left.
-    const fresh = all.filter((w) => !failedWorkers.has(w.id));
-    const candidates = fresh.length > 0 ? fresh : all;
+  private async pick(request: GenerateRequest, failedWorkers: ReadonlySet<string>): Promise<Selection> {
+    const candidates = this.candidates(request.model, failedWorkers, "decode");
     if (candidates.length === 0) {
       if (!this.modelCards.has(request.model)) throw new RouterError("unknown_model", `model '${request.model}' does not exist`);
       throw new RouterError("no_workers", `no live worker serves model '${request.model}'`, 1);
     }
-    return (await this.selector.select({ requestId: request.requestId, tokenIds: request.tokenIds, model: request.model }, candidates)).worker;
+    return await this.selector.select({ requestId: request.requestId, tokenIds: request.tokenIds, model: request.model }, candidates);
+  }
+
+  /**
+   * Workers of `model` in a role: prefill workers, or those that decode (agg and decode workers;
+   * prefill workers too when there is nothing else, since any worker can serve a whole request).
+   * Workers this request already lost are avoided unless they are all that is left.
+   */
+  private candidates(model: string, failedWorkers: ReadonlySet<string>, role: "prefill" | "decode"): WorkerHandle[] {
+    const ofModel = [...this.workers.values()].filter((w) => w.info.model === model);
+    const isPrefill = (w: WorkerHandle) => w.info.disaggregationMode === "prefill";
+    let all = ofModel.filter((w) => (role === "prefill" ? isPrefill(w) : !isPrefill(w)));
+    if (role === "decode" && all.length === 0) all = ofModel;
+    if (role === "prefill") return all.filter((w) => !failedWorkers.has(w.id));
+    const fresh = all.filter((w) => !failedWorkers.has(w.id));
+    return fresh.length > 0 ? fresh : all;
   }
 
   private hasOtherWorker(model: string, excluded: ReadonlySet<string>): boolean {
-    for (const w of this.workers.values()) if (w.info.model === model && !excluded.has(w.id)) return true;
-    return false;
+    return this.candidates(model, new Set(), "decode").some((w) => !excluded.has(w.id));
   }
 
   private canMigrate(err: unknown, migrations: number): boolean {
@@ -201,4 +286,26 @@ function continuation(request: GenerateRequest, generated: readonly number[]): G
       minTokens: Math.max(0, sampling.minTokens - generated.length),
     },
   });
+}
+
+function rewriteUsage(response: GenerateResponse, promptTokens: number, completionTokens: number, cachedTokens: number | undefined): void {
+  if (!response.usage) return;
+  response.usage.promptTokens = promptTokens;
+  response.usage.completionTokens = completionTokens;
+  if (cachedTokens !== undefined) response.usage.cachedTokens = cachedTokens;
+}
+
+function withUsage(response: GenerateResponse, promptTokens: number, completionTokens: number, cachedTokens: number | undefined): GenerateResponse {
+  return create(GenerateResponseSchema, {
+    tokenIds: response.tokenIds,
+    logprobs: response.logprobs,
+    finishReason: response.finishReason,
+    errorMessage: response.errorMessage,
+    usage: { promptTokens, completionTokens, cachedTokens: cachedTokens ?? 0 },
+  });
+}
+
+/** The prefill's token, passed on as the first message of a stream that goes on elsewhere. */
+function firstTokenMessage(prefill: GenerateResponse): GenerateResponse {
+  return create(GenerateResponseSchema, { tokenIds: prefill.tokenIds, logprobs: prefill.logprobs });
 }

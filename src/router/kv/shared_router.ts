@@ -56,10 +56,13 @@ export class SharedRouter {
   }
 
   /** Picks a worker and counts the request as running there. Throws RouterError. */
-  findBestWorker(request: { requestId: string; tokenIds: readonly number[]; model: string }): Selection {
+  findBestWorker(request: { requestId: string; tokenIds: readonly number[]; model: string; candidateWorkerIds?: readonly string[] }): Selection {
     this.expireLeases();
-    const candidates = [...this.workers.values()].filter((w) => request.model === "" || w.info.model === request.model);
+    const allowed = request.candidateWorkerIds?.length ? new Set(request.candidateWorkerIds) : undefined;
+    const ofModel = [...this.workers.values()].filter((w) => request.model === "" || w.info.model === request.model);
+    const candidates = allowed ? ofModel.filter((w) => allowed.has(w.id)) : ofModel;
     if (candidates.length === 0) {
+      if (ofModel.length > 0) throw new RouterError("no_workers", `none of the candidate workers (${[...allowed!].join(", ")}) is live`, 1);
       if (this.workers.size > 0) throw new RouterError("unknown_model", `no worker serves model '${request.model}'`);
       throw new RouterError("no_workers", "no live worker", 1);
     }
