@@ -152,9 +152,51 @@ Napi::Array to_js_outputs(Napi::Env env, const std::vector<RequestOutput>& outpu
     o.Set("promptTokens", Napi::Number::New(env, r.prompt_tokens));
     o.Set("completionTokens", Napi::Number::New(env, r.completion_tokens));
     o.Set("cachedTokens", Napi::Number::New(env, r.cached_tokens));
+    if (r.has_held_kv) {
+      Napi::Object held = Napi::Object::New(env);
+      held.Set("blockIds", to_js_ints(env, r.held_block_ids));
+      held.Set("numTokens", Napi::Number::New(env, r.held_num_tokens));
+      o.Set("heldKv", held);
+    }
     a.Set(static_cast<uint32_t>(i), o);
   }
   return a;
+}
+
+Napi::Array to_js_reservations(Napi::Env env, const std::vector<KvReservationRecord>& reservations) {
+  Napi::Array a = Napi::Array::New(env, reservations.size());
+  for (size_t i = 0; i < reservations.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("requestId", reservations[i].request_id);
+    o.Set("blockIds", to_js_ints(env, reservations[i].block_ids));
+    o.Set("numCachedBlocks", Napi::Number::New(env, reservations[i].num_cached_blocks));
+    a.Set(static_cast<uint32_t>(i), o);
+  }
+  return a;
+}
+
+Napi::Array to_js_barriers(Napi::Env env, const std::vector<int64_t>& barriers) {
+  Napi::Array a = Napi::Array::New(env, barriers.size());
+  for (size_t i = 0; i < barriers.size(); ++i) {
+    a.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(barriers[i])));
+  }
+  return a;
+}
+
+// { holdKvForRemoteDecode?: boolean, remoteFirstTokenId?: number }
+Disaggregation parse_disaggregation(Napi::Env env, Napi::Value v) {
+  Disaggregation d;
+  if (v.IsUndefined() || v.IsNull()) return d;
+  if (!v.IsObject()) throw Napi::TypeError::New(env, "disaggregation must be an object");
+  Napi::Object o = v.As<Napi::Object>();
+  d.hold_kv_for_remote_decode = get_bool(o, "holdKvForRemoteDecode", false);
+  Napi::Value first = o.Get("remoteFirstTokenId");
+  if (!first.IsUndefined() && !first.IsNull()) {
+    if (!first.IsNumber()) throw Napi::TypeError::New(env, "remoteFirstTokenId must be a token id");
+    d.remote_prefill = true;
+    d.first_token = first.As<Napi::Number>().Int32Value();
+  }
+  return d;
 }
 
 class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
@@ -164,6 +206,11 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
                        {
                            InstanceMethod("add", &EngineHandle::Add),
                            InstanceMethod("abort", &EngineHandle::Abort),
+                           InstanceMethod("commitRemoteKv", &EngineHandle::CommitRemoteKv),
+                           InstanceMethod("recomputeRemoteKv", &EngineHandle::RecomputeRemoteKv),
+                           InstanceMethod("releaseHeldKv", &EngineHandle::ReleaseHeldKv),
+                           InstanceMethod("barrier", &EngineHandle::Barrier),
+                           InstanceMethod("kvLayout", &EngineHandle::KvLayoutInfo),
                            InstanceMethod("stats", &EngineHandle::Stats),
                            InstanceMethod("kvSnapshot", &EngineHandle::KvSnapshot),
                            InstanceMethod("checkInvariants", &EngineHandle::CheckInvariants),
@@ -174,7 +221,7 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
                        });
   }
 
-  // new Engine(options, onStep(outputs, events, numTokens))
+  // new Engine(options, onStep(outputs, events, numTokens, reservations, barriers))
   EngineHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineHandle>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
@@ -219,7 +266,8 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
         std::unique_ptr<StepResult> owned(step);
         if (env == nullptr || fn.IsEmpty()) return;
         fn.Call({to_js_outputs(env, owned->outputs), to_js_events(env, owned->events, bs),
-                 Napi::Number::New(env, owned->num_tokens)});
+                 Napi::Number::New(env, owned->num_tokens), to_js_reservations(env, owned->reservations),
+                 to_js_barriers(env, owned->barriers)});
       });
       if (status != napi_ok) delete payload;  // the function was released: JS is gone
     });
@@ -236,16 +284,17 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     return *loop_;
   }
 
-  // add(requestId, promptTokenIds, sampling); throws an Error with .code for a bad request.
+  // add(requestId, promptTokenIds, sampling, disaggregation?); throws an Error with .code for a bad request.
   Napi::Value Add(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 3 || !info[0].IsString() || !info[2].IsObject()) {
-      throw Napi::TypeError::New(env, "add(requestId, promptTokenIds, sampling)");
+      throw Napi::TypeError::New(env, "add(requestId, promptTokenIds, sampling, disaggregation?)");
     }
     std::vector<int32_t> prompt = get_int_array(env, info[1], "promptTokenIds");
     SamplingParams params = parse_sampling(env, info[2].As<Napi::Object>());
+    Disaggregation disaggregation = parse_disaggregation(env, info[3]);
     try {
-      loop(env).add(info[0].As<Napi::String>().Utf8Value(), std::move(prompt), std::move(params));
+      loop(env).add(info[0].As<Napi::String>().Utf8Value(), std::move(prompt), std::move(params), disaggregation);
     } catch (const RequestError& e) {
       Napi::Error err = Napi::Error::New(env, e.what());
       err.Set("code", Napi::String::New(env, e.code));
@@ -255,8 +304,60 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
   }
 
   Napi::Value Abort(const Napi::CallbackInfo& info) {
-    loop(info.Env()).abort(info[0].As<Napi::String>().Utf8Value());
+    loop(info.Env()).abort(request_id(info));
     return info.Env().Undefined();
+  }
+
+  Napi::Value CommitRemoteKv(const Napi::CallbackInfo& info) {
+    loop(info.Env()).commit_remote_kv(request_id(info));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value RecomputeRemoteKv(const Napi::CallbackInfo& info) {
+    loop(info.Env()).recompute_remote_kv(request_id(info));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value ReleaseHeldKv(const Napi::CallbackInfo& info) {
+    loop(info.Env()).release_held_kv(request_id(info));
+    return info.Env().Undefined();
+  }
+
+  // barrier(id): `id` comes back in onStep's barriers once every earlier call is applied.
+  Napi::Value Barrier(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "barrier(id: number)");
+    loop(env).barrier(info[0].As<Napi::Number>().Int64Value());
+    return env.Undefined();
+  }
+
+  // kvLayout(): { memory: { kind, address, length, deviceId }, segments } or undefined.
+  Napi::Value KvLayoutInfo(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::unique_ptr<KvLayout> layout = loop(env).engine().kv_layout();
+    if (!layout) return env.Undefined();
+    Napi::Object memory = Napi::Object::New(env);
+    memory.Set("kind", "host");
+    memory.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(layout->address))));
+    memory.Set("length", Napi::Number::New(env, static_cast<double>(layout->length)));
+    memory.Set("deviceId", Napi::Number::New(env, 0));
+    Napi::Array segments = Napi::Array::New(env, layout->segments.size());
+    for (size_t i = 0; i < layout->segments.size(); ++i) {
+      Napi::Object s = Napi::Object::New(env);
+      s.Set("offset", Napi::Number::New(env, static_cast<double>(layout->segments[i].offset)));
+      s.Set("blockStride", Napi::Number::New(env, static_cast<double>(layout->segments[i].block_stride)));
+      s.Set("blockBytes", Napi::Number::New(env, static_cast<double>(layout->segments[i].block_bytes)));
+      segments.Set(static_cast<uint32_t>(i), s);
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("memory", memory);
+    o.Set("segments", segments);
+    return o;
+  }
+
+  static std::string request_id(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(info.Env(), "expected a request id string");
+    return info[0].As<Napi::String>().Utf8Value();
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {

@@ -9,20 +9,28 @@ EngineLoop::EngineLoop(std::unique_ptr<LlmEngine> engine, Sink sink) : engine_(s
 
 EngineLoop::~EngineLoop() { stop(); }
 
-void EngineLoop::add(const std::string& id, std::vector<int32_t> prompt, SamplingParams params) {
-  engine_->validate(prompt, params);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    commands_.push_back(Command{false, id, std::move(prompt), std::move(params)});
-    ++stats_.waiting;
-  }
-  wake_.notify_one();
+void EngineLoop::add(const std::string& id, std::vector<int32_t> prompt, SamplingParams params, Disaggregation d) {
+  engine_->validate(prompt, params, d);
+  push(Command{Command::Kind::Add, id, std::move(prompt), std::move(params), d});
 }
 
-void EngineLoop::abort(const std::string& id) {
+void EngineLoop::abort(const std::string& id) { push(Command{Command::Kind::Abort, id, {}, {}, {}}); }
+
+void EngineLoop::commit_remote_kv(const std::string& id) { push(Command{Command::Kind::CommitRemoteKv, id, {}, {}, {}}); }
+
+void EngineLoop::recompute_remote_kv(const std::string& id) {
+  push(Command{Command::Kind::RecomputeRemoteKv, id, {}, {}, {}});
+}
+
+void EngineLoop::release_held_kv(const std::string& id) { push(Command{Command::Kind::ReleaseHeldKv, id, {}, {}, {}}); }
+
+void EngineLoop::barrier(int64_t id) { push(Command{Command::Kind::Barrier, {}, {}, {}, {}, id}); }
+
+void EngineLoop::push(Command command) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    commands_.push_back(Command{true, id, {}, {}});
+    if (command.kind == Command::Kind::Add) ++stats_.waiting;
+    commands_.push_back(std::move(command));
   }
   wake_.notify_one();
 }
@@ -65,12 +73,25 @@ void EngineLoop::run() {
     {
       std::lock_guard<std::mutex> lock(engine_mutex_);
       for (auto& c : commands) {
-        if (c.is_abort) {
-          engine_->abort_request(c.id);
-          continue;
+        switch (c.kind) {
+          case Command::Kind::Abort:
+            engine_->abort_request(c.id);
+            continue;
+          case Command::Kind::CommitRemoteKv:
+          case Command::Kind::RecomputeRemoteKv:
+            engine_->end_remote_kv_wait(c.id, c.kind == Command::Kind::CommitRemoteKv);
+            continue;
+          case Command::Kind::ReleaseHeldKv:
+            engine_->release_held_kv(c.id);
+            continue;
+          case Command::Kind::Barrier:
+            result.barriers.push_back(c.barrier_id);
+            continue;
+          case Command::Kind::Add:
+            break;
         }
         try {
-          engine_->add_request(c.id, std::move(c.prompt), std::move(c.params));
+          engine_->add_request(c.id, std::move(c.prompt), std::move(c.params), c.disaggregation);
         } catch (const std::exception& e) {
           RequestOutput out;
           out.request_id = c.id;
@@ -85,6 +106,7 @@ void EngineLoop::run() {
           for (auto& o : step.outputs) result.outputs.push_back(std::move(o));
           result.events = std::move(step.events);
           result.num_tokens = step.num_tokens;
+          result.reservations = std::move(step.reservations);
         } catch (const std::exception& e) {
           // A failed step (e.g. out of host memory) ends the requests, never the process.
           engine_->fail_all(std::string("engine step failed: ") + e.what());
@@ -94,9 +116,11 @@ void EngineLoop::run() {
       std::lock_guard<std::mutex> stats_lock(mutex_);
       stats_ = engine_->stats();
       for (const auto& c : commands_)
-        if (!c.is_abort) ++stats_.waiting;
+        if (c.kind == Command::Kind::Add) ++stats_.waiting;
     }
-    if (!result.outputs.empty() || !result.events.empty()) sink_(std::move(result));
+    if (!result.outputs.empty() || !result.events.empty() || !result.reservations.empty() || !result.barriers.empty()) {
+      sink_(std::move(result));
+    }
   }
 }
 

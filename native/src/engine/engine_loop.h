@@ -1,4 +1,5 @@
-// Runs an LlmEngine on its own thread: requests and aborts arrive through a command queue,
+// Runs an LlmEngine on its own thread: requests, aborts and the disaggregation commands
+// (commit or recompute a remote prefill, release held KV) arrive through a command queue,
 // the thread steps while there is work and sleeps when there is none, and each step's
 // outputs and KV events leave through `sink` (the binding forwards them to JavaScript).
 #pragma once
@@ -21,8 +22,13 @@ class EngineLoop {
   ~EngineLoop();
 
   /** Validates on the caller's thread (throws RequestError), then queues the request. */
-  void add(const std::string& id, std::vector<int32_t> prompt, SamplingParams params);
+  void add(const std::string& id, std::vector<int32_t> prompt, SamplingParams params, Disaggregation disaggregation = {});
   void abort(const std::string& id);
+  void commit_remote_kv(const std::string& id);
+  void recompute_remote_kv(const std::string& id);
+  void release_held_kv(const std::string& id);
+  /** `id` comes back in the `barriers` of the result after every command queued before it is applied. */
+  void barrier(int64_t id);
   EngineStats stats() const;
   /** Waits for the current step to end, then reads the pool. */
   std::vector<KvEventRecord> kv_snapshot();
@@ -34,11 +40,15 @@ class EngineLoop {
 
  private:
   struct Command {
-    bool is_abort;
+    enum class Kind { Add, Abort, CommitRemoteKv, RecomputeRemoteKv, ReleaseHeldKv, Barrier };
+    Kind kind;
     std::string id;
     std::vector<int32_t> prompt;
     SamplingParams params;
+    Disaggregation disaggregation;
+    int64_t barrier_id = 0;
   };
+  void push(Command command);
   void run();
 
   std::unique_ptr<LlmEngine> engine_;

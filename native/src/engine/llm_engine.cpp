@@ -47,8 +47,20 @@ LlmEngine::LlmEngine(const EngineOptions& options) : options_(options), seed_sou
   max_model_len_ = std::min<int64_t>(max_model_len_, static_cast<int64_t>(num_blocks) * options_.block_size);
 }
 
-void LlmEngine::validate(const std::vector<int32_t>& prompt, const SamplingParams& p) const {
+void LlmEngine::validate(const std::vector<int32_t>& prompt, const SamplingParams& p, const Disaggregation& d) const {
   if (prompt.empty()) throw RequestError("invalid_argument", "the prompt has no tokens");
+  if ((d.hold_kv_for_remote_decode || d.remote_prefill) && cuda_) {
+    // The CUDA runner does not expose its KV cache's layout yet, so no agent could move the blocks.
+    throw RequestError("invalid_argument", "disaggregated serving (KV hold or remote prefill) is not available on the cuda device");
+  }
+  if (d.hold_kv_for_remote_decode && d.remote_prefill) {
+    throw RequestError("invalid_argument", "a request cannot both hold its KV for a remote decode and take a remote prefill");
+  }
+  if (d.remote_prefill && (d.first_token < 0 || d.first_token >= model_->config().vocab_size)) {
+    throw RequestError("invalid_argument", "remote prefill first token id " + std::to_string(d.first_token) +
+                                               " is outside the vocabulary [0, " +
+                                               std::to_string(model_->config().vocab_size) + ")");
+  }
   if (static_cast<int>(prompt.size()) >= max_model_len_) {
     throw RequestError("invalid_argument", "the prompt has " + std::to_string(prompt.size()) +
                                                " tokens; this engine's max model length is " +
@@ -65,12 +77,84 @@ void LlmEngine::validate(const std::vector<int32_t>& prompt, const SamplingParam
   if (p.logprobs > vocab) throw RequestError("invalid_argument", "logprobs exceeds the vocabulary size");
 }
 
-void LlmEngine::add_request(const std::string& id, std::vector<int32_t> prompt, SamplingParams params) {
-  validate(prompt, params);
+void LlmEngine::add_request(const std::string& id, std::vector<int32_t> prompt, SamplingParams params,
+                            const Disaggregation& d) {
+  validate(prompt, params, d);
   if (sequences_.count(id)) throw RequestError("invalid_argument", "request id " + id + " is already running");
-  auto seq = std::make_unique<Sequence>(id, std::move(prompt), std::move(params), options_.block_size, seed_source_.next());
-  scheduler_->add(seq.get());
-  sequences_[id] = std::move(seq);
+  if (d.hold_kv_for_remote_decode && held_.count(id)) {
+    throw RequestError("invalid_argument", "request id " + id + " still holds KV blocks for a remote decode");
+  }
+  stalled_ = false;
+  auto owned = std::make_unique<Sequence>(id, std::move(prompt), std::move(params), options_.block_size, seed_source_.next());
+  Sequence* seq = owned.get();
+  seq->hold_kv_for_remote_decode = d.hold_kv_for_remote_decode;
+  sequences_[id] = std::move(owned);
+  if (!d.remote_prefill) {
+    scheduler_->add(seq);
+    return;
+  }
+  seq->remote_first_token = d.first_token;
+  if (scheduler_->reserve_remote(seq)) {
+    pending_reservations_.push_back(KvReservationRecord{id, seq->block_table, seq->num_cached_blocks});
+    return;
+  }
+  // No room for the prompt's KV now: compute it here instead, as for a preempted request.
+  if (!accept_remote_first_token(seq)) scheduler_->add(seq);
+}
+
+bool LlmEngine::accept_remote_first_token(Sequence* seq) {
+  seq->append_token(seq->remote_first_token);
+  const char* reason = stop_reason(*seq);
+  if (reason == nullptr) return false;
+  // No token ids: the prefill worker delivered the first token; usage counts it.
+  RequestOutput out = base_output(*seq);
+  finish(seq, reason, &out);
+  pending_outputs_.push_back(std::move(out));
+  return true;
+}
+
+Sequence* LlmEngine::waiting_for_remote_kv(const std::string& id) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end() || it->second->status != SeqStatus::WaitingForRemoteKv) return nullptr;
+  return it->second.get();
+}
+
+bool LlmEngine::end_remote_kv_wait(const std::string& id, bool kv_arrived) {
+  Sequence* seq = waiting_for_remote_kv(id);
+  if (seq == nullptr) return false;
+  stalled_ = false;
+  if (kv_arrived) {
+    scheduler_->commit_remote(seq);
+  } else {
+    scheduler_->recompute_remote(seq);
+  }
+  accept_remote_first_token(seq);
+  return true;
+}
+
+bool LlmEngine::release_held_kv(const std::string& id) {
+  auto it = held_.find(id);
+  if (it == held_.end()) return false;
+  stalled_ = false;
+  // Tail first, as a finished sequence releases its blocks: the prefix is likelier to be shared.
+  std::vector<int32_t> reversed(it->second.block_ids.rbegin(), it->second.block_ids.rend());
+  pool_->release(reversed);
+  held_.erase(it);
+  return true;
+}
+
+std::unique_ptr<KvLayout> LlmEngine::kv_layout() const {
+  if (!cache_) return nullptr;
+  auto layout = std::make_unique<KvLayout>();
+  layout->address = cache_->data();
+  layout->length = cache_->bytes();
+  const int64_t block_bytes = cache_->block_bytes();
+  for (int layer = 0; layer < cache_->shape().num_layers; ++layer) {
+    for (int kv = 0; kv < 2; ++kv) {
+      layout->segments.push_back(KvLayout::Segment{cache_->layer_offset_bytes(layer, kv), block_bytes, block_bytes});
+    }
+  }
+  return layout;
 }
 
 RequestOutput LlmEngine::base_output(const Sequence& seq) const {
@@ -83,8 +167,30 @@ RequestOutput LlmEngine::base_output(const Sequence& seq) const {
   return out;
 }
 
+const char* LlmEngine::stop_reason(const Sequence& seq) const {
+  const SamplingParams& p = seq.sampling;
+  const int32_t token = seq.tokens.back();
+  const bool past_min = seq.num_output_tokens() >= p.min_tokens;
+  const auto& eos = model_->config().eos_token_ids;
+  if (past_min && !p.ignore_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) return "stop";
+  if (past_min && std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) != p.stop_token_ids.end()) {
+    return "stop";
+  }
+  if (seq.num_output_tokens() >= p.max_tokens || seq.num_tokens() >= max_model_len_) return "length";
+  return nullptr;
+}
+
 void LlmEngine::finish(Sequence* seq, const std::string& reason, RequestOutput* out) {
-  scheduler_->remove(seq);
+  if (seq->hold_kv_for_remote_decode && (reason == "stop" || reason == "length")) {
+    // Every token was computed before the last was sampled, so the prompt's blocks hold its KV.
+    HeldKv held{scheduler_->remove_keeping_prefix(seq, seq->num_prompt_blocks()), seq->num_prompt_tokens};
+    out->has_held_kv = true;
+    out->held_block_ids = held.block_ids;
+    out->held_num_tokens = held.num_tokens;
+    held_[seq->request_id] = std::move(held);
+  } else {
+    scheduler_->remove(seq);
+  }
   out->finish_reason = reason;
   sequences_.erase(seq->request_id);  // destroys seq
 }
@@ -92,6 +198,7 @@ void LlmEngine::finish(Sequence* seq, const std::string& reason, RequestOutput* 
 bool LlmEngine::abort_request(const std::string& id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return false;
+  stalled_ = false;
   RequestOutput out = base_output(*it->second);
   finish(it->second.get(), "cancelled", &out);
   pending_outputs_.push_back(std::move(out));
@@ -101,8 +208,10 @@ bool LlmEngine::abort_request(const std::string& id) {
 StepResult LlmEngine::step() {
   StepResult result;
   result.outputs.swap(pending_outputs_);
+  const int64_t preemptions_before = scheduler_->preemptions();
   SchedulerOutput plan = scheduler_->schedule();
   result.num_tokens = plan.num_tokens;
+  stalled_ = plan.scheduled.empty() && scheduler_->preemptions() == preemptions_before;
 
   // Flatten the scheduled tokens; the ones whose logits are needed are the last of each
   // sequence that has all its known tokens computed after this step.
@@ -152,32 +261,27 @@ StepResult LlmEngine::step() {
 
   for (size_t i = 0; i < sampled.size(); ++i) {
     Sequence* seq = sampled[i];
-    const SamplingParams& p = seq->sampling;
     SampledToken& tok = tokens[i];
     seq->append_token(tok.token);
     RequestOutput out = base_output(*seq);
     out.token_ids.push_back(tok.token);
     if (out.has_logprobs) out.logprobs.push_back(std::move(tok));
-    const int n_out = seq->num_output_tokens();
-    const bool past_min = n_out >= p.min_tokens;
-    const auto& eos = model_->config().eos_token_ids;
-    if (past_min && !p.ignore_eos && std::find(eos.begin(), eos.end(), out.token_ids[0]) != eos.end()) {
-      finish(seq, "stop", &out);
-    } else if (past_min && std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), out.token_ids[0]) !=
-                               p.stop_token_ids.end()) {
-      finish(seq, "stop", &out);
-    } else if (n_out >= p.max_tokens || seq->num_tokens() >= max_model_len_) {
-      finish(seq, "length", &out);
-    }
+    if (const char* reason = stop_reason(*seq)) finish(seq, reason, &out);
     result.outputs.push_back(std::move(out));
   }
+  // Taken last: if the forward pass throws they are delivered by the next step, since a
+  // reservation lost on the way would leave its request waiting for good.
+  result.reservations.swap(pending_reservations_);
   result.events = pool_->take_events();
   return result;
 }
 
 void LlmEngine::fail_all(const std::string& message) {
   std::vector<Sequence*> all;
-  for (auto& [id, seq] : sequences_) all.push_back(seq.get());
+  // Sequences waiting for remote KV took no part in the step, and a copy may still be writing
+  // into their blocks: they must not be released before it ends (commit or recompute).
+  for (auto& [id, seq] : sequences_)
+    if (seq->status != SeqStatus::WaitingForRemoteKv) all.push_back(seq.get());
   for (Sequence* seq : all) {
     RequestOutput out = base_output(*seq);
     out.error_message = message;
@@ -189,7 +293,7 @@ void LlmEngine::fail_all(const std::string& message) {
 EngineStats LlmEngine::stats() const {
   EngineStats s;
   s.running = scheduler_->num_running();
-  s.waiting = scheduler_->num_waiting();
+  s.waiting = scheduler_->num_waiting() + scheduler_->num_waiting_for_remote_kv();
   s.kv_blocks_total = pool_->num_blocks();
   s.kv_blocks_used = pool_->num_blocks() - pool_->num_free();
   s.prefix_cache_queries = scheduler_->prefix_cache_queries();
@@ -200,11 +304,23 @@ EngineStats LlmEngine::stats() const {
 
 std::string LlmEngine::check_invariants() const {
   std::string problem = pool_->check_invariants();
+  if (problem.empty()) problem = scheduler_->check_invariants();
   if (!problem.empty()) return problem;
-  // Every reference is held by exactly one block-table entry.
+  const int bs = options_.block_size;
+  for (const auto& [id, held] : held_) {
+    if (static_cast<int>(held.block_ids.size()) != (held.num_tokens + bs - 1) / bs) {
+      return "request " + id + " holds a block count that does not match its prompt";
+    }
+  }
+  // Every reference is held by exactly one block-table or held-KV entry.
   std::vector<int> refs(pool_->num_blocks(), 0);
   for (const auto& [id, seq] : sequences_)
     for (int32_t b : seq->block_table) ++refs[b];
+  for (const auto& [id, held] : held_)
+    for (int32_t b : held.block_ids) ++refs[b];
+  const size_t queued = static_cast<size_t>(scheduler_->num_waiting()) + scheduler_->num_running() +
+                        scheduler_->num_waiting_for_remote_kv();
+  if (queued != sequences_.size()) return "the scheduler's queues and the engine's requests disagree";
   for (int b = 0; b < pool_->num_blocks(); ++b) {
     if (refs[b] != pool_->ref_count(b)) return "block " + std::to_string(b) + " reference count disagrees with block tables";
   }

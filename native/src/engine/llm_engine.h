@@ -38,6 +38,32 @@ struct EngineOptions {
   bool enforce_eager = false;
 };
 
+/** Disaggregated serving options of one request; see EngineRequest in src/engine/engine.ts. */
+struct Disaggregation {
+  /** Prefill side: on a normal finish, keep the prompt's blocks for a remote decode to read. */
+  bool hold_kv_for_remote_decode = false;
+  /** Decode side: the prompt was prefilled elsewhere, which sampled `first_token`. */
+  bool remote_prefill = false;
+  int32_t first_token = -1;
+};
+
+/** Blocks reserved for a remote-prefilled prompt, for the caller to copy the KV into. */
+struct KvReservationRecord {
+  std::string request_id;
+  std::vector<int32_t> block_ids;  // one per block_size prompt tokens, in position order
+  int num_cached_blocks = 0;       // leading blocks that prefix-cache hits already fill
+};
+
+/** Where the KV cache lives, for a transfer agent; see KvMemoryLayout in src/engine/engine.ts. */
+struct KvLayout {
+  void* address = nullptr;
+  int64_t length = 0;
+  struct Segment {
+    int64_t offset, block_stride, block_bytes;
+  };
+  std::vector<Segment> segments;
+};
+
 /** Thrown for a request the engine can never serve; the binding maps `code` to EngineError. */
 struct RequestError : std::runtime_error {
   RequestError(std::string code_, const std::string& msg) : std::runtime_error(msg), code(std::move(code_)) {}
@@ -54,12 +80,18 @@ struct RequestOutput {
   int prompt_tokens = 0;
   int completion_tokens = 0;
   int cached_tokens = 0;
+  /** Set on the final output of a hold_kv_for_remote_decode request that finished normally. */
+  bool has_held_kv = false;
+  std::vector<int32_t> held_block_ids;
+  int held_num_tokens = 0;
 };
 
 struct StepResult {
   std::vector<RequestOutput> outputs;
   std::vector<KvEventRecord> events;
   int num_tokens = 0;  // tokens the forward pass computed
+  std::vector<KvReservationRecord> reservations;
+  std::vector<int64_t> barriers;  // EngineLoop: barrier commands applied before this result
 };
 
 struct EngineStats {
@@ -79,11 +111,31 @@ class LlmEngine {
   const char* backend_name() const { return cuda_ ? cuda_->name() : backend_->name(); }
 
   /** Throws RequestError for a request this engine can never serve. Thread-safe (reads config only). */
-  void validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const;
-  void add_request(const std::string& id, std::vector<int32_t> prompt, SamplingParams params);
+  void validate(const std::vector<int32_t>& prompt, const SamplingParams& params,
+                const Disaggregation& disaggregation = {}) const;
+  /**
+   * Queues a request. With remote_prefill, reserves blocks for its prompt (the reservation is
+   * part of the next step's result) or, when the pool cannot hold them now, queues it to
+   * compute its prompt here.
+   */
+  void add_request(const std::string& id, std::vector<int32_t> prompt, SamplingParams params,
+                   const Disaggregation& disaggregation = {});
   /** Finishes the request as cancelled; its output is part of the next step's result. */
   bool abort_request(const std::string& id);
-  bool has_work() const { return scheduler_->has_unfinished() || !pending_outputs_.empty(); }
+  /**
+   * The copy into a remote-prefilled request's reserved blocks ended. kv_arrived: the blocks
+   * hold the prompt's KV and it decodes on; else the reservation is dropped and it computes the
+   * prompt here. Either way the remote first token becomes its first output token.
+   */
+  bool end_remote_kv_wait(const std::string& id, bool kv_arrived);
+  /** Releases the blocks a finished hold_kv_for_remote_decode request kept. */
+  bool release_held_kv(const std::string& id);
+  /** Null on the cuda device, whose KV cache lives in the CUDA runner. */
+  std::unique_ptr<KvLayout> kv_layout() const;
+  /** A step could make progress (a step that scheduled nothing waits for the next command). */
+  bool has_work() const {
+    return (scheduler_->has_unfinished() && !stalled_) || !pending_outputs_.empty() || !pending_reservations_.empty();
+  }
   StepResult step();
   /** Ends every request with finish reason "error" (after a step failed). */
   void fail_all(const std::string& message);
@@ -93,7 +145,12 @@ class LlmEngine {
 
  private:
   RequestOutput base_output(const Sequence& seq) const;
+  /** "stop" or "length" when `seq` ends with its newest output token, else nullptr. */
+  const char* stop_reason(const Sequence& seq) const;
   void finish(Sequence* seq, const std::string& reason, RequestOutput* out);
+  /** Appends a remote prefill's first token as an output token; true when that finished the request. */
+  bool accept_remote_first_token(Sequence* seq);
+  Sequence* waiting_for_remote_kv(const std::string& id);
 
   EngineOptions options_;
   std::unique_ptr<Qwen3Model> model_;
@@ -104,6 +161,17 @@ class LlmEngine {
   std::unique_ptr<Scheduler> scheduler_;
   std::map<std::string, std::unique_ptr<Sequence>> sequences_;
   std::vector<RequestOutput> pending_outputs_;
+  std::vector<KvReservationRecord> pending_reservations_;
+  struct HeldKv {
+    std::vector<int32_t> block_ids;
+    int num_tokens;
+  };
+  std::map<std::string, HeldKv> held_;  // by request id
+  /**
+   * The last step scheduled nothing and nothing changed since: held or reserved blocks can
+   * leave a waiting sequence no room with nothing running, and stepping again would spin.
+   */
+  bool stalled_ = false;
   std::vector<float> logits_;
   ForwardBatch batch_;
   Rng seed_source_;

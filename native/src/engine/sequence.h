@@ -9,7 +9,9 @@
 
 namespace sy {
 
-enum class SeqStatus { Waiting, Running, Finished };
+// WaitingForRemoteKv: blocks are reserved for the prompt and a remote prefill's KV is being
+// copied into them; the scheduler leaves the sequence alone until the copy ends.
+enum class SeqStatus { Waiting, WaitingForRemoteKv, Running, Finished };
 
 class Sequence {
  public:
@@ -31,9 +33,15 @@ class Sequence {
   int num_cached_prompt_tokens = -1;
   SeqStatus status = SeqStatus::Waiting;
   Rng rng;
+  /** Disaggregation, prefill side: on a normal finish the prompt's blocks stay held. */
+  bool hold_kv_for_remote_decode = false;
+  /** Disaggregation, decode side: the token the remote prefill sampled; -1 when none. */
+  int32_t remote_first_token = -1;
 
   int num_tokens() const { return static_cast<int>(tokens.size()); }
   int num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
+  /** Blocks that cover the prompt, the last one possibly partly filled. */
+  int num_prompt_blocks() const { return (num_prompt_tokens + block_size - 1) / block_size; }
   const int32_t* output_tokens() const { return tokens.data() + num_prompt_tokens; }
   /** Appends a sampled token, hashing the block it completes. */
   void append_token(int32_t token);

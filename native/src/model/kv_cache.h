@@ -34,6 +34,17 @@ class KvCache {
   const float* k(int layer) const { return storage_.data() + layer_offset(layer, 0); }
   const float* v(int layer) const { return storage_.data() + layer_offset(layer, 1); }
 
+  // The raw storage, for a transfer agent to copy whole blocks in and out: within each layer's
+  // K (and V), block b takes block_bytes() from layer_offset_bytes + b * block_bytes().
+  void* data() { return storage_.data(); }
+  const void* data() const { return storage_.data(); }
+  int64_t bytes() const { return static_cast<int64_t>(storage_.size() * sizeof(float)); }
+  int64_t block_bytes() const { return shape_.block_size * slot_stride() * static_cast<int64_t>(sizeof(float)); }
+  /** Byte offset of layer `layer`'s K (kv 0) or V (kv 1). */
+  int64_t layer_offset_bytes(int layer, int kv) const {
+    return layer_offset(layer, kv) * static_cast<int64_t>(sizeof(float));
+  }
+
  private:
   int64_t layer_offset(int layer, int kv) const {
     int64_t per = static_cast<int64_t>(num_blocks_) * shape_.block_size * slot_stride();

@@ -4,6 +4,13 @@
  * step's outputs and KV events arrive here in one callback, which routes outputs to the
  * request streams and events to the KV listeners. kvSnapshot() is built from the events
  * already delivered, so a snapshot plus the events after it always rebuild the cache exactly.
+ *
+ * Disaggregated serving (CPU device): a prefill request can keep its prompt's blocks held after
+ * it finishes, and a decode request takes its prompt's KV from elsewhere. For the latter the
+ * engine thread reserves blocks and reports them in a step callback; this module then runs the
+ * request's `fetchKv` and tells the engine thread to commit the blocks, or to recompute the
+ * prompt when the fetch failed. While a fetch runs it may be writing into the reserved blocks,
+ * so an abort reaches the engine (which frees them) only once the fetch has settled.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -13,12 +20,17 @@ import {
   EngineError,
   type Engine,
   type EngineErrorCode,
+  type EngineKvTransfer,
   type EngineOutput,
   type EngineRequest,
   type EngineStats,
   type FinishReason,
+  type HeldKv,
   type KvEvent,
   type KvEventListener,
+  type KvMemoryLayout,
+  type KvReservation,
+  type RemotePrefill,
   type TokenLogprob,
 } from "../engine.ts";
 
@@ -93,11 +105,36 @@ interface NativeOutput {
   promptTokens: number;
   completionTokens: number;
   cachedTokens: number;
+  heldKv?: HeldKv;
 }
 
+interface NativeReservation extends KvReservation {
+  requestId: string;
+}
+
+interface NativeDisaggregation {
+  holdKvForRemoteDecode?: boolean;
+  /** Present for a remote prefill. */
+  remoteFirstTokenId?: number;
+}
+
+type StepCallback = (
+  outputs: NativeOutput[],
+  events: KvEvent[],
+  numTokens: number,
+  reservations: NativeReservation[],
+  barriers: number[],
+) => void;
+
 interface NativeHandle {
-  add(requestId: string, promptTokenIds: Int32Array, sampling: object): void;
+  add(requestId: string, promptTokenIds: Int32Array, sampling: object, disaggregation?: NativeDisaggregation): void;
   abort(requestId: string): void;
+  commitRemoteKv(requestId: string): void;
+  recomputeRemoteKv(requestId: string): void;
+  releaseHeldKv(requestId: string): void;
+  barrier(id: number): void;
+  /** Undefined on the cuda device. */
+  kvLayout(): KvMemoryLayout | undefined;
   stats(): EngineStats;
   kvSnapshot(): KvEvent[];
   checkInvariants(): string;
@@ -108,10 +145,7 @@ interface NativeHandle {
 }
 
 export interface NativeAddon {
-  Engine: new (
-    options: object,
-    onStep: (outputs: NativeOutput[], events: KvEvent[], numTokens: number) => void,
-  ) => NativeHandle;
+  Engine: new (options: object, onStep: StepCallback) => NativeHandle;
   xxh64(bytes: Uint8Array, seed: bigint): bigint;
   cudaInfo(): CudaInfo;
   blockHashes(tokenIds: ArrayLike<number>, blockSize: number, parentHash?: bigint): bigint[];
@@ -159,22 +193,58 @@ interface MirroredBlock {
   tokenIds: number[];
 }
 
+/** A remote prefill's KV copy, from the engine's reservation until commit or recompute. */
+interface RemoteKvFetch {
+  readonly remote: RemotePrefill;
+  /** Aborted with the request; fetchKv's signal. */
+  readonly controller: AbortController;
+  /** Set while fetchKv runs: the reserved blocks must stay allocated until it settles. */
+  running?: Promise<void>;
+}
+
+interface ActiveRequest {
+  readonly stream: RequestStream;
+  readonly fetch?: RemoteKvFetch;
+}
+
 export class NativeEngine implements Engine {
   readonly blockSize: number;
   readonly maxModelLen: number;
   readonly info: NativeEngineInfo;
-  private readonly streams = new Map<string, RequestStream>();
+  /**
+   * On the CPU device. Undefined on cuda: the KV cache lives in the CUDA runner, which does not
+   * expose its layout yet (and the engine refuses hold and remote-prefill requests there).
+   */
+  readonly kvTransfer?: EngineKvTransfer;
+  private readonly requests = new Map<string, ActiveRequest>();
+  /** Requests whose blocks the engine holds, as told by their final outputs. */
+  private readonly held = new Map<string, HeldKv>();
+  private readonly barriers = new Map<number, () => void>();
+  private nextBarrierId = 0;
+  /** Requests and barriers in flight; the step callback keeps Node alive while there are any. */
+  private inFlight = 0;
   private readonly listeners = new Set<KvEventListener>();
   /** The cache contents as told by the events delivered so far, in the order stored. */
   private readonly cachedBlocks = new Map<bigint, MirroredBlock>();
   private closed = false;
   /** Tokens the forward passes computed; for benchmarks. */
   tokensComputed = 0;
+  /** Remote prefills whose fetchKv failed, so that the engine computed the prompt itself. */
+  kvFetchFailures = 0;
 
   private constructor(private readonly handle: NativeHandle) {
     this.info = handle.info();
     this.blockSize = this.info.blockSize;
     this.maxModelLen = this.info.maxModelLen;
+    const layout = handle.kvLayout();
+    if (layout) {
+      // The memory is the engine's: valid until close(), so deregister it from agents first.
+      this.kvTransfer = {
+        layout: () => layout,
+        releaseHeldKv: (requestId) => this.releaseHeldKv(requestId),
+        heldRequests: () => [...this.held.keys()],
+      };
+    }
   }
 
   /** Loads the model and starts the engine thread; rejects with the loader's message (file, tensor). */
@@ -185,8 +255,8 @@ export class NativeEngine implements Engine {
     const { kvCacheMemoryBytes: _hostCacheDefault, ...gpuDefaults } = NATIVE_ENGINE_DEFAULTS;
     // On the GPU the cache is sized by gpuMemoryUtilization, not the host default.
     const defaults = device === "cuda" ? gpuDefaults : NATIVE_ENGINE_DEFAULTS;
-    const handle = new native.Engine({ ...defaults, ...options, device }, (outputs, events, numTokens) =>
-      engine?.onStep(outputs, events, numTokens),
+    const handle = new native.Engine({ ...defaults, ...options, device }, (outputs, events, numTokens, reservations, barriers) =>
+      engine?.onStep(outputs, events, numTokens, reservations, barriers),
     );
     engine = new NativeEngine(handle);
     return engine;
@@ -197,9 +267,12 @@ export class NativeEngine implements Engine {
   }
 
   private async *run(request: EngineRequest, signal?: AbortSignal): AsyncGenerator<EngineOutput> {
-    const { requestId, promptTokenIds, sampling } = request;
+    const { requestId, promptTokenIds, sampling, holdKvForRemoteDecode, remotePrefill } = request;
     if (this.closed) throw new EngineError("unavailable", "the engine is closed");
-    if (this.streams.has(requestId)) throw new EngineError("invalid_argument", `request id ${requestId} is already running`);
+    if (this.requests.has(requestId)) throw new EngineError("invalid_argument", `request id ${requestId} is already running`);
+    if (holdKvForRemoteDecode && this.held.has(requestId)) {
+      throw new EngineError("invalid_argument", `request id ${requestId} still holds KV blocks for a remote decode`);
+    }
     if (promptTokenIds.length >= this.maxModelLen) {
       throw new EngineError(
         "invalid_argument",
@@ -212,20 +285,32 @@ export class NativeEngine implements Engine {
       return;
     }
     const stream = new RequestStream();
+    const disaggregation: NativeDisaggregation | undefined =
+      holdKvForRemoteDecode || remotePrefill
+        ? { holdKvForRemoteDecode: holdKvForRemoteDecode ?? false, remoteFirstTokenId: remotePrefill?.firstTokenId }
+        : undefined;
     try {
-      this.handle.add(requestId, Int32Array.from(promptTokenIds), {
-        ...sampling,
-        // Never generate past the context: the engine also stops there, with "length".
-        maxTokens: Math.min(sampling.maxTokens, this.maxModelLen - promptTokenIds.length),
-      });
+      this.handle.add(
+        requestId,
+        Int32Array.from(promptTokenIds),
+        {
+          ...sampling,
+          // Never generate past the context: the engine also stops there, with "length".
+          maxTokens: Math.min(sampling.maxTokens, this.maxModelLen - promptTokenIds.length),
+        },
+        disaggregation,
+      );
     } catch (err) {
       const code = (err as { code?: string }).code;
       if (code) throw new EngineError(code as EngineErrorCode, (err as Error).message, { cause: err });
       throw new EngineError("internal", (err as Error).message, { cause: err });
     }
-    this.streams.set(requestId, stream);
-    if (this.streams.size === 1) this.handle.ref();
-    const onAbort = () => this.handle.abort(requestId);
+    this.requests.set(requestId, {
+      stream,
+      ...(remotePrefill ? { fetch: { remote: remotePrefill, controller: new AbortController() } } : {}),
+    });
+    this.refLoop();
+    const onAbort = () => this.abortRequest(requestId);
     signal?.addEventListener("abort", onAbort, { once: true });
     let finished = false;
     try {
@@ -238,14 +323,77 @@ export class NativeEngine implements Engine {
     } finally {
       signal?.removeEventListener("abort", onAbort);
       // The consumer stopped early: abort; the engine's "cancelled" output then closes the stream.
-      if (!finished && !this.closed) this.handle.abort(requestId);
+      if (!finished && !this.closed) this.abortRequest(requestId);
     }
   }
 
   abort(requestId: string): boolean {
-    if (!this.streams.has(requestId) || this.closed) return false;
-    this.handle.abort(requestId);
+    if (!this.requests.has(requestId) || this.closed) return false;
+    this.abortRequest(requestId);
     return true;
+  }
+
+  /**
+   * Aborts a request. While its remote KV is being fetched, only the fetch is aborted here: the
+   * fetch may still be writing into the reserved blocks, so the engine (which frees them on
+   * abort) hears of it once fetchKv has settled. A fetchKv must therefore honour its signal.
+   */
+  private abortRequest(requestId: string): void {
+    const fetch = this.requests.get(requestId)?.fetch;
+    fetch?.controller.abort();
+    if (fetch?.running) return;
+    this.handle.abort(requestId);
+  }
+
+  /** Runs a reserved request's fetchKv, then commits the blocks or has the engine recompute the prompt. */
+  private startFetch(reservation: NativeReservation): void {
+    const { requestId, blockIds, numCachedBlocks } = reservation;
+    const fetch = this.requests.get(requestId)?.fetch;
+    // An aborted request: the engine already freed the reservation (the abort followed the add).
+    if (!fetch || fetch.controller.signal.aborted || this.closed) return;
+    const signal = fetch.controller.signal;
+    const fetched = Promise.resolve()
+      .then(() => fetch.remote.fetchKv({ blockIds, numCachedBlocks }, signal))
+      .then(
+        () => true,
+        () => false,
+      );
+    fetch.running = fetched.then((ok) => {
+      fetch.running = undefined;
+      if (!ok) this.kvFetchFailures++;
+      if (this.closed || this.requests.get(requestId)?.fetch !== fetch) return;
+      if (signal.aborted) this.handle.abort(requestId);
+      else if (ok) this.handle.commitRemoteKv(requestId);
+      else this.handle.recomputeRemoteKv(requestId);
+    });
+  }
+
+  private releaseHeldKv(requestId: string): boolean {
+    if (this.closed || !this.held.delete(requestId)) return false;
+    this.handle.releaseHeldKv(requestId);
+    return true;
+  }
+
+  /**
+   * Resolves once the engine thread has applied every call made before it (adds, aborts,
+   * releaseHeldKv): stats() and checkInvariants() then reflect them.
+   */
+  settled(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    const id = this.nextBarrierId++;
+    return new Promise((resolve) => {
+      this.barriers.set(id, resolve);
+      this.refLoop();
+      this.handle.barrier(id);
+    });
+  }
+
+  private refLoop(): void {
+    if (this.inFlight++ === 0) this.handle.ref();
+  }
+
+  private unrefLoop(): void {
+    if (--this.inFlight === 0 && !this.closed) this.handle.unref();
   }
 
   stats(): EngineStats {
@@ -297,32 +445,56 @@ export class NativeEngine implements Engine {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // A fetch may still be writing into the KV cache, which the engine frees on close.
+    const fetches = [...this.requests.values()].flatMap((r) => (r.fetch ? [r.fetch] : []));
+    for (const fetch of fetches) fetch.controller.abort();
+    await Promise.all(fetches.map((fetch) => fetch.running));
     await this.handle.close();
-    for (const [, stream] of this.streams) {
-      stream.push({ tokenIds: [], finishReason: "cancelled", usage: { promptTokens: 0, completionTokens: 0, cachedTokens: 0 } });
+    for (const [, request] of this.requests) {
+      request.stream.push({ tokenIds: [], finishReason: "cancelled", usage: { promptTokens: 0, completionTokens: 0, cachedTokens: 0 } });
     }
-    this.streams.clear();
+    this.requests.clear();
+    this.held.clear();
+    for (const resolve of this.barriers.values()) resolve();
+    this.barriers.clear();
   }
 
-  private onStep(outputs: NativeOutput[], events: KvEvent[], numTokens: number): void {
+  private onStep(
+    outputs: NativeOutput[],
+    events: KvEvent[],
+    numTokens: number,
+    reservations: NativeReservation[],
+    barriers: number[],
+  ): void {
     this.tokensComputed += numTokens;
     for (const event of events) this.mirror(event);
     if (events.length > 0) for (const listener of this.listeners) listener(events);
     for (const out of outputs) {
-      const stream = this.streams.get(out.requestId);
-      if (!stream) continue;
+      // Recorded even without a stream, so that releaseHeldKv can always free the blocks.
+      if (out.heldKv) this.held.set(out.requestId, out.heldKv);
+      const request = this.requests.get(out.requestId);
+      if (!request) continue;
       const output: EngineOutput = {
         tokenIds: out.tokenIds,
         usage: { promptTokens: out.promptTokens, completionTokens: out.completionTokens, cachedTokens: out.cachedTokens },
       };
       if (out.logprobs) output.logprobs = out.logprobs;
+      if (out.heldKv) output.heldKv = out.heldKv;
       if (out.finishReason) {
         output.finishReason = out.finishReason;
         if (out.errorMessage) output.errorMessage = out.errorMessage;
-        this.streams.delete(out.requestId);
-        if (this.streams.size === 0) this.handle.unref();
+        this.requests.delete(out.requestId);
+        this.unrefLoop();
       }
-      stream.push(output);
+      request.stream.push(output);
+    }
+    for (const reservation of reservations) this.startFetch(reservation);
+    for (const id of barriers) {
+      const resolve = this.barriers.get(id);
+      if (!resolve) continue;
+      this.barriers.delete(id);
+      this.unrefLoop();
+      resolve();
     }
   }
 
