@@ -50,6 +50,7 @@ export const ENGINE_OPTIONS: Options = {
   "enable-prefix-caching": { type: "boolean" },
   "num-gpu-blocks": { type: "string" },
   "speedup-ratio": { type: "string" },
+  "kv-bytes-per-block": { type: "string" },
   "kv-cache-memory": { type: "string" },
   threads: { type: "string" },
   device: { type: "string" },
@@ -68,6 +69,7 @@ export const EngineFlagsSchema = z.object({
   "enable-prefix-caching": z.boolean().default(true),
   "num-gpu-blocks": intFlag(1).optional(),
   "speedup-ratio": numberFlag(0).optional(),
+  "kv-bytes-per-block": intFlag(8).refine((n) => n % 8 === 0, "must be a multiple of 8 (K and V halves of whole 32-bit words)").optional(),
   "kv-cache-memory": intFlag(1).optional(),
   threads: intFlag(1, 1024).optional(),
   device: z.enum(["cpu", "cuda"]).optional(),
@@ -79,7 +81,7 @@ export type EngineFlags = z.infer<typeof EngineFlagsSchema>;
 
 /** Flags that only one engine reads: giving them to the other is a mistake worth saying. */
 const ENGINE_ONLY_FLAGS = {
-  mocker: ["num-gpu-blocks", "speedup-ratio"],
+  mocker: ["num-gpu-blocks", "speedup-ratio", "kv-bytes-per-block"],
   native: ["kv-cache-memory", "threads", "device", "gpu-memory-utilization", "enforce-eager"],
 } as const;
 

@@ -18,6 +18,7 @@ const ENGINE_USAGE = `engine options (vLLM's names):
   --[no-]enable-prefix-caching  default on
   --num-gpu-blocks N            mocker: simulated KV blocks (default 16384)
   --speedup-ratio X             mocker: run X times faster than simulated real time; 0 = no cost
+  --kv-bytes-per-block N        mocker: bytes of fake KV per block that disaggregation moves (default 256)
   --kv-cache-memory BYTES       native: KV cache budget (default 256 MiB on CPU; on CUDA, what
                                 --gpu-memory-utilization leaves)
   --threads N                   native: matmul threads (default: one per core)

@@ -11,7 +11,8 @@ import { WorkerRouter } from "../router/worker_router.ts";
 import { createLogger } from "../runtime/logger.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { startWorker, type RunningWorker } from "../worker/worker_server.ts";
-import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand } from "./args.ts";
+import type { DisaggregationMode } from "../worker/worker_service.ts";
+import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError } from "./args.ts";
 import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags, workerRouterOptions } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
 import { engineConfig } from "./worker.ts";
@@ -20,6 +21,11 @@ export const SERVE_USAGE = `switchyard serve [options]
   --host H             HTTP address (default 127.0.0.1)
   --port N             HTTP port (default 8000; 0 picks a free one)
   --num-workers N      workers in this process (default 1)
+  --num-prefill-workers N  also run N prefill workers: the --num-workers workers then decode,
+                       with prompts prefilled on the prefill workers and their KV moved over
+                       (disaggregated serving; default 0)
+  --kv-transfer-timeout S  with prefill workers: seconds a KV read may take, and held KV waits
+                       for its decode worker (default 30)
 ${ROUTER_USAGE}
   engine options       see 'switchyard --help'`;
 
@@ -27,6 +33,8 @@ const ServeFlagsSchema = EngineFlagsSchema.extend(RouterFlagsSchema.shape).exten
   host: z.string().default("127.0.0.1"),
   port: intFlag(0, 65535).default(8000),
   "num-workers": intFlag(1, 64).default(1),
+  "num-prefill-workers": intFlag(0, 64).default(0),
+  "kv-transfer-timeout": z.coerce.number().gt(0).default(30),
 });
 
 export interface ServeHandle {
@@ -37,15 +45,33 @@ export interface ServeHandle {
 
 /** Starts everything; used by the CLI and by tests that want a whole server in-process. */
 export async function serve(argv: string[]): Promise<ServeHandle> {
-  const flags = parseCommand(argv, { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, ...ROUTER_OPTIONS, "num-workers": { type: "string" } }, ServeFlagsSchema);
+  const flags = parseCommand(argv, { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, ...ROUTER_OPTIONS, "num-workers": { type: "string" }, "num-prefill-workers": { type: "string" }, "kv-transfer-timeout": { type: "string" } }, ServeFlagsSchema);
   const log = createLogger("serve");
   const model = resolveModel(flags.model, flags["served-model-name"], log);
   const config = engineConfig(flags, model);
   const workers: RunningWorker[] = [];
+  const disaggregated = flags["num-prefill-workers"] > 0;
+  const roles: { id: string; mode: DisaggregationMode }[] = [
+    ...Array.from({ length: flags["num-prefill-workers"] }, (_, i) => ({ id: `prefill-${i}`, mode: "prefill" as const })),
+    ...Array.from({ length: flags["num-workers"] }, (_, i) => ({ id: disaggregated ? `decode-${i}` : `worker-${i}`, mode: disaggregated ? ("decode" as const) : ("agg" as const) })),
+  ];
   try {
-    for (let i = 0; i < flags["num-workers"]; i++) {
+    for (const role of roles) {
       const engine = await createEngine(config);
-      workers.push(await startWorker({ engine, engineName: flags.engine, model: model.servedName, workerId: `worker-${i}` }));
+      if (role.mode !== "agg" && !engine.kvTransfer) {
+        await engine.close();
+        throw new UsageError(`--num-prefill-workers needs an engine that can move KV blocks (the mocker, or the native engine on CPU); this ${flags.engine} engine cannot`);
+      }
+      workers.push(
+        await startWorker({
+          engine,
+          engineName: flags.engine,
+          model: model.servedName,
+          workerId: role.id,
+          disaggregationMode: role.mode,
+          kvTransfer: { timeoutMs: flags["kv-transfer-timeout"] * 1000 },
+        }),
+      );
     }
   } catch (err) {
     await Promise.all(workers.map((w) => w.close()));
@@ -61,7 +87,7 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
   );
   for (const worker of workers) router.addWorker(await connectWorker(worker.url));
   const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry });
-  log.info(`${workers.length} ${flags.engine} worker(s): ${workers.map((w) => w.url).join(", ")}`);
+  log.info(`${workers.length} ${flags.engine} worker(s): ${workers.map((w, i) => `${roles[i].id} (${roles[i].mode}) ${w.url}`).join(", ")}`);
   log.info(`OpenAI API at ${frontend.url}/v1 serving '${model.servedName}'`);
   return {
     url: frontend.url,

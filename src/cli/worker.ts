@@ -19,8 +19,14 @@ import { resolveModel, type ModelSource } from "./model_source.ts";
 export const WORKER_USAGE = `switchyard worker [options]
   --host H                  address to listen on (default 127.0.0.1)
   --port N                  Connect/gRPC port (default 9000; 0 picks a free one)
-  --worker-id ID            stable id (default: random)
-  --disaggregation-mode M   agg (only agg is implemented so far)
+  --worker-id ID            stable id (default: random); also its KV transfer agent's name
+  --disaggregation-mode M   agg, prefill or decode (default agg): what routers use this worker
+                            for; any worker whose engine can move KV (mocker, native on CPU)
+                            serves both prefill and decode halves of disaggregated requests
+  --kv-transfer-host H      interface the KV transfer agent listens on (default: --host)
+  --kv-transfer-port N      its port (default 0: any free one)
+  --kv-transfer-timeout S   seconds a KV read may take, and held KV waits for its decode
+                            worker before it is freed (default 30)
   --tls-cert FILE --tls-key FILE   serve TLS instead of plaintext h2c
   --nats URL                register in NATS discovery (default: $SWITCHYARD_NATS_URL)
   --advertise-url URL       the URL frontends should use (default: the listening address)
@@ -32,6 +38,9 @@ const WorkerFlagsSchema = EngineFlagsSchema.extend({
   port: intFlag(0, 65535).default(9000),
   "worker-id": z.string().min(1).optional(),
   "disaggregation-mode": z.enum(["agg", "prefill", "decode"]).default("agg"),
+  "kv-transfer-host": z.string().min(1).optional(),
+  "kv-transfer-port": intFlag(0, 65535).default(0),
+  "kv-transfer-timeout": z.coerce.number().gt(0).default(30),
   "tls-cert": z.string().optional(),
   "tls-key": z.string().optional(),
   nats: z.string().min(1).optional(),
@@ -51,6 +60,7 @@ export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConf
     enablePrefixCaching: flags["enable-prefix-caching"],
     numGpuBlocks: flags["num-gpu-blocks"] ?? 16384,
     speedupRatio: flags["speedup-ratio"] ?? 1,
+    kvBytesPerBlock: flags["kv-bytes-per-block"],
     kvCacheMemoryBytes: flags["kv-cache-memory"],
     threads: flags.threads,
     device: flags.device,
@@ -62,16 +72,18 @@ export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConf
 export async function workerCommand(argv: string[]): Promise<void> {
   const flags = parseCommand(
     argv,
-    { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, "worker-id": { type: "string" }, "disaggregation-mode": { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" }, nats: { type: "string" }, "advertise-url": { type: "string" }, "metrics-port": { type: "string" } },
+    { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, "worker-id": { type: "string" }, "disaggregation-mode": { type: "string" }, "kv-transfer-host": { type: "string" }, "kv-transfer-port": { type: "string" }, "kv-transfer-timeout": { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" }, nats: { type: "string" }, "advertise-url": { type: "string" }, "metrics-port": { type: "string" } },
     WorkerFlagsSchema,
   );
-  if (flags["disaggregation-mode"] !== "agg") {
-    throw new UsageError(`--disaggregation-mode ${flags["disaggregation-mode"]} is not implemented yet; only agg works`);
-  }
   if (Boolean(flags["tls-cert"]) !== Boolean(flags["tls-key"])) throw new UsageError("--tls-cert and --tls-key go together");
   const log = createLogger("worker");
   const model = resolveModel(flags.model, flags["served-model-name"], log);
   const engine = await createEngine(engineConfig(flags, model));
+  const mode = flags["disaggregation-mode"];
+  if (mode !== "agg" && !engine.kvTransfer) {
+    await engine.close();
+    throw new UsageError(`--disaggregation-mode ${mode} needs an engine that can move KV blocks (the mocker, or the native engine on CPU); this ${flags.engine} engine cannot`);
+  }
   const worker = await startWorker({
     engine,
     engineName: flags.engine,
@@ -79,9 +91,18 @@ export async function workerCommand(argv: string[]): Promise<void> {
     host: flags.host,
     port: flags.port,
     workerId: flags["worker-id"],
+    disaggregationMode: mode,
+    kvTransfer: {
+      host: flags["kv-transfer-host"] ?? flags.host,
+      port: flags["kv-transfer-port"],
+      // Peers reach the agent by the name frontends reach the worker by.
+      advertiseHost: flags["advertise-url"] ? new URL(flags["advertise-url"]).hostname : undefined,
+      timeoutMs: flags["kv-transfer-timeout"] * 1000,
+    },
     tls: flags["tls-cert"] ? { certFile: flags["tls-cert"], keyFile: flags["tls-key"]! } : undefined,
   });
-  log.info(`${worker.workerId} serving '${model.servedName}' with the ${flags.engine} engine at ${worker.url}`);
+  log.info(`${worker.workerId} serving '${model.servedName}' with the ${flags.engine} engine at ${worker.url} (${mode})`);
+  if (worker.disaggregation) log.info(`KV transfer agent at ${worker.disaggregation.endpoint.address}`);
 
   const natsUrl = flags.nats ?? process.env.SWITCHYARD_NATS_URL;
   const nc = natsUrl ? await connectNats(natsUrl, `switchyard-worker-${worker.workerId}`, log) : undefined;
@@ -92,7 +113,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
           id: worker.workerId,
           address: flags["advertise-url"] ?? worker.url,
           model: model.servedName,
-          mode: flags["disaggregation-mode"],
+          mode,
           engine: flags.engine,
           card: { path: resolve(model.folder.path), maxModelLen: engine.maxModelLen, blockSize: engine.blockSize },
         },
@@ -104,7 +125,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
   if (registration) log.info(`registered in NATS discovery at ${natsUrl}`);
 
   const registry = new Registry();
-  registerWorkerMetrics(registry, engine, worker.kvEvents, { worker_id: worker.workerId, model: model.servedName });
+  registerWorkerMetrics(registry, engine, worker.kvEvents, { worker_id: worker.workerId, model: model.servedName }, worker.disaggregation);
   const metrics = flags["metrics-port"] !== undefined ? await startMetricsServer(registry, flags.host, flags["metrics-port"]) : undefined;
   if (metrics) log.info(`metrics at ${metrics.url}`);
 

@@ -21,6 +21,8 @@ export interface EngineConfig {
   numGpuBlocks: number;
   /** Mocker: divides every simulated duration; 0 costs nothing at all. */
   speedupRatio: number;
+  /** Mocker: bytes of fake KV per block, what disaggregated serving moves (default 256). */
+  kvBytesPerBlock?: number;
   /** Native: bytes for the KV cache (default: 256 MiB on CPU; on CUDA, from gpuMemoryUtilization). */
   kvCacheMemoryBytes?: number;
   /** Native: threads for the matmuls (default: one per core). */
@@ -46,7 +48,11 @@ export async function createEngine(config: EngineConfig): Promise<Engine> {
         maxModelLen,
         enablePrefixCaching: config.enablePrefixCaching,
         speedupRatio: config.speedupRatio,
+        kvBytesPerBlock: config.kvBytesPerBlock,
         vocabSize: regularVocabSize(folder.vocabSize),
+        // A served mocker stands in for an engine on hardware of its own: it does not slow down
+        // to the pace of the event loop its frontend and worker share.
+        ownClock: true,
       });
     case "native":
       return NativeEngine.load(

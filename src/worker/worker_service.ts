@@ -16,8 +16,9 @@ import {
   type GenerateRequest,
   type GenerateResponse,
 } from "../../gen/switchyard/worker/v1/worker_pb.ts";
-import { EngineError, type Engine, type EngineOutput, type FinishReason } from "../engine/engine.ts";
+import { EngineError, type Engine, type EngineOutput, type EngineRequest, type FinishReason } from "../engine/engine.ts";
 import { resolveSampling } from "../engine/sampling.ts";
+import { applyDisaggregation, type Disaggregation } from "./disagg/disaggregation.ts";
 import { runCanary, type CanaryResult, type HealthCheckPayload } from "./health_check.ts";
 import type { KvEventPublisher } from "./kv_event_publisher.ts";
 
@@ -36,6 +37,8 @@ export interface WorkerServiceOptions extends WorkerIdentity {
   kvEvents: KvEventPublisher;
   healthPayload: HealthCheckPayload;
   canaryTimeoutMs?: number;
+  /** Present when the engine supports KV transfer: serves do_remote_decode and do_remote_prefill. */
+  disaggregation?: Disaggregation;
 }
 
 /** The worker's mutable serving state, shared by the handlers and lifecycle code. */
@@ -108,19 +111,27 @@ export function createWorkerService(options: WorkerServiceOptions, state: Worker
       if (state.draining) throw new ConnectError("worker is shutting down", Code.Unavailable);
       const engineRequest = toEngineRequest(request, options);
       state.requestStarted();
+      // Held KV whose kv_transfer has not left yet: nobody will read it if it never does.
+      let undeliveredHold: string | undefined;
       try {
         for await (const output of engine.generate(engineRequest, context.signal)) {
-          yield toWireResponse(output);
+          const response = toWireResponse(output);
+          undeliveredHold = attachHeldKv(response, output, engineRequest, options.disaggregation);
+          yield response;
+          undeliveredHold = undefined;
         }
       } catch (err) {
         throw engineErrorToConnect(err);
       } finally {
+        if (undeliveredHold !== undefined) options.disaggregation?.release(undeliveredHold, "undelivered");
         state.requestEnded();
       }
     },
 
     cancel(request) {
-      return create(CancelResponseSchema, { cancelled: engine.abort(request.requestId) });
+      // A finished prefill's held blocks are the request's too: Cancel frees them.
+      const cancelled = engine.abort(request.requestId) || (options.disaggregation?.release(request.requestId, "cancelled") ?? false);
+      return create(CancelResponseSchema, { cancelled });
     },
 
     async health() {
@@ -157,7 +168,7 @@ export function createWorkerService(options: WorkerServiceOptions, state: Worker
   };
 }
 
-function toEngineRequest(request: GenerateRequest, options: WorkerServiceOptions) {
+function toEngineRequest(request: GenerateRequest, options: WorkerServiceOptions): EngineRequest {
   const { engine } = options;
   if (request.model !== "" && request.model !== options.model) {
     throw new ConnectError(`this worker serves '${options.model}', not '${request.model}'`, Code.NotFound);
@@ -169,12 +180,9 @@ function toEngineRequest(request: GenerateRequest, options: WorkerServiceOptions
       Code.InvalidArgument,
     );
   }
-  const disagg = request.disaggregation;
-  if (disagg && (disagg.doRemoteDecode || disagg.doRemotePrefill)) {
-    throw new ConnectError("disaggregated prefill/decode is not implemented yet by this worker", Code.Unimplemented);
-  }
+  let engineRequest: EngineRequest;
   try {
-    return {
+    engineRequest = {
       requestId: request.requestId || randomUUID(),
       promptTokenIds: request.tokenIds,
       sampling: resolveSampling(request.sampling, engine.maxModelLen - request.tokenIds.length),
@@ -182,6 +190,18 @@ function toEngineRequest(request: GenerateRequest, options: WorkerServiceOptions
   } catch (err) {
     throw engineErrorToConnect(err);
   }
+  applyDisaggregation(request.disaggregation, engineRequest, options.disaggregation, options.engineName);
+  return engineRequest;
+}
+
+/**
+ * Puts kv_transfer on the final response of a do_remote_decode request; returns the request
+ * id whose blocks stay held for it (none when they were freed at once).
+ */
+function attachHeldKv(response: GenerateResponse, output: EngineOutput, request: EngineRequest, disaggregation: Disaggregation | undefined): string | undefined {
+  if (!output.heldKv || !disaggregation) return undefined;
+  response.kvTransfer = disaggregation.holdForDecode(request, output.heldKv, output.finishReason);
+  return response.kvTransfer ? request.requestId : undefined;
 }
 
 function toWireResponse(output: EngineOutput): GenerateResponse {

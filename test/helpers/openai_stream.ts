@@ -7,7 +7,8 @@ export interface StreamResult {
   status: number;
 }
 
-export async function streamCompletion(baseUrl: string, body: Record<string, unknown>): Promise<StreamResult> {
+/** `onFirstText` runs once, when the first content arrives. */
+export async function streamCompletion(baseUrl: string, body: Record<string, unknown>, onFirstText?: () => void): Promise<StreamResult> {
   let res: Response;
   try {
     res = await fetch(`${baseUrl}/v1/completions`, {
@@ -32,6 +33,7 @@ export async function streamCompletion(baseUrl: string, body: Record<string, unk
         const data = JSON.parse(event.slice(6));
         if (data.error) result.error = data.error.message;
         for (const choice of data.choices ?? []) {
+          if (choice.text && result.text === "") onFirstText?.();
           result.text += choice.text ?? "";
           if (choice.finish_reason) result.finishReason = choice.finish_reason;
         }

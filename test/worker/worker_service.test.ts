@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   CancelRequestSchema,
@@ -13,17 +13,9 @@ import { blockHashes } from "../../src/engine/block_hash.ts";
 import { MockerEngine } from "../../src/engine/mocker/mocker_engine.ts";
 import { createWorkerClient, type WorkerClient } from "../../src/router/worker_handle.ts";
 import { startWorker, type RunningWorker } from "../../src/worker/worker_server.ts";
+import { codeOf } from "./helpers.ts";
 
 const prompt = (n: number, offset = 0) => Array.from({ length: n }, (_, i) => 1000 + offset + i);
-
-async function codeOf(promise: Promise<unknown>): Promise<Code | undefined> {
-  try {
-    await promise;
-    return undefined;
-  } catch (err) {
-    return ConnectError.from(err).code;
-  }
-}
 
 async function drain(stream: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of stream);
@@ -58,7 +50,8 @@ describe("WorkerService over a real HTTP/2 connection", () => {
     expect(await codeOf(generate({ requestId: "e3", tokenIds: prompt(4), model: "other" }))).toBe(Code.NotFound);
     expect(await codeOf(generate({ requestId: "e4", tokenIds: prompt(4), sampling: { temperature: -1 } }))).toBe(Code.InvalidArgument);
     expect(await codeOf(generate({ requestId: "e5", tokenIds: prompt(4), sampling: { topP: 0 } }))).toBe(Code.InvalidArgument);
-    expect(await codeOf(generate({ requestId: "e6", tokenIds: prompt(4), disaggregation: { doRemoteDecode: true } }))).toBe(Code.Unimplemented);
+    expect(await codeOf(generate({ requestId: "e6", tokenIds: prompt(4), disaggregation: { doRemotePrefill: true } }))).toBe(Code.InvalidArgument);
+    expect(await codeOf(generate({ requestId: "e7", tokenIds: prompt(4), disaggregation: { doRemotePrefill: true, doRemoteDecode: true } }))).toBe(Code.InvalidArgument);
   });
 
   it("frees every block when Cancel names a running request", async () => {

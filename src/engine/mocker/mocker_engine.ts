@@ -10,14 +10,39 @@
  * one batch, and the pool never holds undelivered events between ticks, so `kvSnapshot()`
  * taken between ticks plus every later batch rebuilds the cache exactly.
  *
+ * Pacing. By default a tick runs at most one step, so the simulated engine advances only as
+ * fast as the event loop it shares with its consumers turns, and every consumer sees every
+ * step (tests rely on that). With `ownClock` it behaves like an engine on hardware of its own,
+ * which does not wait for the event loop: a tick that comes late (the loop was busy with the
+ * consumers) runs back to back every step whose simulated end has passed, and at speedup 0,
+ * where steps take no simulated time, as many as it can. A tick may take as much of the event
+ * loop as everything else did since the previous tick (eventLoopUtilization), so the simulation
+ * never takes more than half of a busy thread, and at most MAX_TICK_MS; steps it could not
+ * catch up on within that are lost, as they would be on a GPU slower than its timing model.
+ * Outputs a consumer has not taken yet merge (see OutputQueue): a consumer that falls behind
+ * gets fewer, larger outputs, as vLLM's AsyncLLM gives them.
+ *
  * Generated tokens are pseudo-random ids in [0, vocabSize), a function of the request's seed
  * (mixed with its prompt), or of the prompt alone without a seed, and of the output position:
  * the same request gives the same tokens whatever else is batched with it, even across
- * preemptions.
+ * preemptions, and on whichever worker it runs: a decode worker continues a remote prefill
+ * exactly as the prefill worker would have.
+ *
+ * Disaggregation (`kvTransfer`): computed tokens write a pattern into a fake KV memory (see
+ * kv_memory.ts) that a transfer agent can register and move. A `holdKvForRemoteDecode`
+ * request keeps its prompt blocks referenced after it finishes, until `releaseHeldKv`. A
+ * `remotePrefill` request reserves its prompt's blocks, waits for `fetchKv` without taking a
+ * step, checks every prompt slot against the pattern (a mismatch fails the request: the
+ * transfer moved the wrong bytes), caches the blocks (BlockStored events, as if computed here)
+ * and decodes on from `firstTokenId`, which counts as its first output but is not emitted
+ * again: the prefill worker already returned it. A rejected fetch falls back to computing the
+ * prompt here.
  */
 import {
   EngineError,
   type Engine,
+  type EngineKvTransfer,
+  type HeldKv,
   type EngineOutput,
   type EngineRequest,
   type EngineStats,
@@ -27,7 +52,10 @@ import {
   type TokenLogprob,
   type TopLogprob,
 } from "../engine.ts";
-import { BlockPool } from "./block_pool.ts";
+import { performance } from "node:perf_hooks";
+import { BlockPool, type KvBlock } from "./block_pool.ts";
+import { FakeKvMemory } from "./kv_memory.ts";
+import { fmix32 } from "./mix.ts";
 import { Scheduler, type StepPlan } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { TimingModel, type TimingConstants } from "./timing.ts";
@@ -44,12 +72,31 @@ export interface MockerEngineOptions {
   enablePrefixCaching?: boolean;
   /** Divides every simulated duration; 0 or Infinity runs steps back to back. */
   speedupRatio?: number;
+  /**
+   * Keep the simulated engine's own time instead of one step per event-loop turn: late ticks
+   * catch up on the steps a real engine would have run meanwhile (see the module comment).
+   * Off by default; the CLI's workers turn it on.
+   */
+  ownClock?: boolean;
   /** Generated ids lie in [0, vocabSize). */
   vocabSize?: number;
   /** Ids that end a request with "stop" (unless ignore_eos). */
   eosTokenIds?: number[];
   timing?: Partial<TimingConstants>;
+  /**
+   * Bytes of fake KV memory per block (K and V halves, a multiple of 8); what disaggregated
+   * serving moves per block. Small by default, so tests stay cheap; a model-sized value (e.g.
+   * 2 MiB for 16 tokens of an 8B model) makes transfer benchmarks realistic.
+   */
+  kvBytesPerBlock?: number;
 }
+
+/**
+ * The longest an ownClock tick holds the event loop: about one decode step of the model the
+ * timing model describes (decodeBaseMs), so the simulation delays its consumers' outputs and
+ * I/O no more than a real engine's step would.
+ */
+const MAX_TICK_MS = 5;
 
 const DEFAULTS = {
   blockSize: 16,
@@ -61,6 +108,8 @@ const DEFAULTS = {
   speedupRatio: 1,
   vocabSize: 151643,
   eosTokenIds: [] as number[],
+  kvBytesPerBlock: 256,
+  ownClock: false,
 };
 
 interface ActiveRequest {
@@ -68,18 +117,29 @@ interface ActiveRequest {
   outputs: OutputQueue;
   sampler: FakeSampler;
   detachSignal?: () => void;
+  holdKvForRemoteDecode: boolean;
+  /** Blocks are held, but the output that says so has not reached the consumer yet. */
+  heldKvUndelivered?: boolean;
+  /** Aborts the fetch of a remote prefill. */
+  fetchAbort?: AbortController;
 }
 
 export class MockerEngine implements Engine {
   readonly blockSize: number;
   readonly maxModelLen: number;
   readonly numGpuBlocks: number;
+  readonly kvTransfer: EngineKvTransfer;
   private readonly vocabSize: number;
   private readonly eosTokenIds: ReadonlySet<number>;
   private readonly pool: BlockPool;
   private readonly scheduler: Scheduler;
   private readonly timing: TimingModel;
+  private readonly kvMemory: FakeKvMemory;
   private readonly requests = new Map<string, ActiveRequest>();
+  /** Prompt blocks of finished holdKvForRemoteDecode requests, one reference each, by request id. */
+  private readonly heldKv = new Map<string, KvBlock[]>();
+  /** Requests aborted while fetching whose fetch has not settled: their blocks are not free yet. */
+  private abandonedFetches = 0;
   private readonly listeners = new Set<KvEventListener>();
   private inFlight?: StepPlan;
   private loopActive = false;
@@ -87,6 +147,9 @@ export class MockerEngine implements Engine {
   private immediate?: NodeJS.Immediate;
   /** performance.now() at which the next tick is due; steps are laid end to end from it. */
   private nextTickAtMs = 0;
+  private readonly ownClock: boolean;
+  /** Event-loop time at the end of the last tick: what the loop did since is a tick's budget. */
+  private loopMark = performance.eventLoopUtilization();
   private closed = false;
 
   constructor(options: MockerEngineOptions = {}) {
@@ -108,6 +171,13 @@ export class MockerEngine implements Engine {
     this.pool = new BlockPool({ numBlocks: o.numGpuBlocks, blockSize: o.blockSize, enablePrefixCaching: o.enablePrefixCaching });
     this.scheduler = new Scheduler(this.pool, { maxNumSeqs: o.maxNumSeqs, maxNumBatchedTokens: o.maxNumBatchedTokens });
     this.timing = new TimingModel(options.timing, o.speedupRatio);
+    this.ownClock = o.ownClock;
+    this.kvMemory = new FakeKvMemory(o.numGpuBlocks, o.blockSize, o.kvBytesPerBlock);
+    this.kvTransfer = {
+      layout: () => this.kvMemory.layout(),
+      releaseHeldKv: (requestId) => this.releaseHeldKv(requestId),
+      heldRequests: () => [...this.heldKv.keys()],
+    };
   }
 
   generate(request: EngineRequest, signal?: AbortSignal): AsyncIterable<EngineOutput> {
@@ -131,8 +201,22 @@ export class MockerEngine implements Engine {
       );
     }
 
+    const holdKvForRemoteDecode = request.holdKvForRemoteDecode === true;
+    if (holdKvForRemoteDecode && request.remotePrefill) {
+      throw new EngineError("invalid_argument", `request ${requestId}: a request cannot both take its prefill from a remote worker and hold its KV for a remote decode`);
+    }
+    if (holdKvForRemoteDecode && this.heldKv.has(requestId)) {
+      throw new EngineError("invalid_argument", `request id ${requestId} still holds KV blocks for a remote decode`);
+    }
+
     const seq = new Sequence(requestId, prompt, sampling, this.blockSize);
-    const active: ActiveRequest = { seq, outputs: new OutputQueue(), sampler: new FakeSampler(sampling.seed, prompt, this.vocabSize) };
+    seq.remotePrefill = request.remotePrefill;
+    const active: ActiveRequest = {
+      seq,
+      outputs: new OutputQueue(),
+      sampler: new FakeSampler(sampling.seed, prompt, this.vocabSize),
+      holdKvForRemoteDecode,
+    };
     this.requests.set(requestId, active);
     this.scheduler.add(seq);
     if (signal) {
@@ -154,7 +238,8 @@ export class MockerEngine implements Engine {
 
   stats(): EngineStats {
     return {
-      runningRequests: this.scheduler.running.length,
+      // A request fetching its remote prefill is admitted and holds blocks: it counts as running.
+      runningRequests: this.scheduler.running.length + this.scheduler.fetching.size,
       waitingRequests: this.scheduler.waiting.length,
       kvBlocksUsed: this.pool.numUsedBlocks,
       kvBlocksTotal: this.pool.numBlocks,
@@ -195,6 +280,7 @@ export class MockerEngine implements Engine {
     clearImmediate(this.immediate);
     this.timer = this.immediate = this.inFlight = undefined;
     this.loopActive = false;
+    for (const requestId of [...this.heldKv.keys()]) this.releaseHeldKv(requestId);
     this.listeners.clear();
   }
 
@@ -204,17 +290,27 @@ export class MockerEngine implements Engine {
       while (!finished) {
         const output = await active.outputs.next();
         finished = output.finishReason !== undefined;
+        if (output.heldKv) active.heldKvUndelivered = false;
         yield output;
       }
     } finally {
       // Reached when the consumer stops early (break, return, throw).
       if (!finished && this.requests.get(active.seq.requestId) === active) this.abortRequest(active);
+      // A consumer that never saw heldKv cannot release it.
+      if (active.heldKvUndelivered) this.releaseHeldKv(active.seq.requestId);
     }
   }
 
   private abortRequest(active: ActiveRequest): void {
     if (this.requests.get(active.seq.requestId) !== active) return;
-    this.scheduler.remove(active.seq);
+    if (active.seq.status === "fetching") {
+      // onFetchSettled frees the blocks once the transfer can no longer write into them.
+      this.scheduler.abandonFetch(active.seq);
+      this.abandonedFetches++;
+      active.fetchAbort?.abort(new EngineError("unavailable", `request ${active.seq.requestId} was aborted`));
+    } else {
+      this.scheduler.remove(active.seq);
+    }
     this.finish(active, { tokenIds: [], finishReason: "cancelled", usage: usageOf(active.seq) });
   }
 
@@ -234,36 +330,67 @@ export class MockerEngine implements Engine {
 
   private readonly tick = (): void => {
     this.timer = this.immediate = undefined;
-    if (this.inFlight) this.completeStep(this.inFlight);
-    this.inFlight = undefined;
-    const plan = this.scheduler.schedule();
-    if (plan.scheduled.length === 0) {
-      if (plan.preempted.length > 0) {
-        // Everything running was preempted: admit again next tick.
-        this.immediate = setImmediate(this.tick);
-      } else if (this.scheduler.waiting.length > 0) {
-        this.failUnschedulable(this.scheduler.waiting[0]);
-        this.immediate = setImmediate(this.tick);
-      } else {
-        this.loopActive = false;
+    const startedMs = performance.now();
+    let planned = this.step();
+    if (this.ownClock) {
+      const budgetMs = Math.min(performance.eventLoopUtilization(this.loopMark).active, MAX_TICK_MS);
+      while (planned) {
+        const nowMs = performance.now();
+        if (this.nextTickAtMs > nowMs) break;
+        if (nowMs - startedMs >= budgetMs) {
+          // The share is used up: the steps still owed are lost, not run later in a burst.
+          this.nextTickAtMs = nowMs;
+          break;
+        }
+        planned = this.step();
       }
-    } else {
-      this.inFlight = plan;
-      const durationMs = this.timing.simulatedMs(plan.work);
-      this.nextTickAtMs = Math.max(this.nextTickAtMs, performance.now() - durationMs) + durationMs;
+    }
+    if (planned) {
       const delayMs = this.nextTickAtMs - performance.now();
       // Behind schedule (timers fire late, at 1 ms granularity): catch up back to back.
       if (delayMs < 1) this.immediate = setImmediate(this.tick);
       else this.timer = setTimeout(this.tick, delayMs);
     }
+    if (this.ownClock) this.loopMark = performance.eventLoopUtilization();
     // Last, so a listener that throws cannot stop the loop.
     this.deliverEvents();
   };
+
+  /**
+   * Finishes the step in flight and plans the next one. Returns true when a step is in flight
+   * (due at nextTickAtMs); false when the loop stopped or already queued its next turn.
+   */
+  private step(): boolean {
+    if (this.inFlight) this.completeStep(this.inFlight);
+    this.inFlight = undefined;
+    const plan = this.scheduler.schedule();
+    for (const seq of plan.reserved) this.startFetch(this.requests.get(seq.requestId)!);
+    if (plan.scheduled.length > 0) {
+      this.inFlight = plan;
+      const durationMs = this.timing.simulatedMs(plan.work);
+      // Steps are laid end to end; by the turn, the engine is never more than one step behind.
+      const fromMs = this.ownClock ? this.nextTickAtMs : Math.max(this.nextTickAtMs, performance.now() - durationMs);
+      this.nextTickAtMs = fromMs + durationMs;
+      return true;
+    }
+    if (plan.preempted.length > 0) {
+      // Everything running was preempted: admit again next tick.
+      this.immediate = setImmediate(this.tick);
+    } else if (this.scheduler.waiting.length > 0 && !this.blocksWillFree()) {
+      this.failUnschedulable(this.scheduler.waiting[0]);
+      this.immediate = setImmediate(this.tick);
+    } else {
+      // Idle, or waiting for blocks that a fetch or a held request frees: both restart the loop.
+      this.loopActive = false;
+    }
+    return false;
+  }
 
   /** The step's forward pass is done: its tokens' KV exists and the last chunk samples a token. */
   private completeStep(plan: StepPlan): void {
     for (const { seq, numNewTokens } of plan.scheduled) {
       if (seq.status !== "running") continue; // aborted while the step ran
+      this.kvMemory.write(seq.blockTable, seq.tokenIds, seq.blockHashes, seq.numComputedTokens, seq.numComputedTokens + numNewTokens);
       this.scheduler.commitComputed(seq, numNewTokens);
       if (seq.numComputedTokens < seq.numTokens) continue; // a prefill chunk: no token yet
       const active = this.requests.get(seq.requestId)!;
@@ -277,12 +404,97 @@ export class MockerEngine implements Engine {
       const finishReason = this.stopReason(seq);
       if (finishReason) {
         output.finishReason = finishReason;
+        if (active.holdKvForRemoteDecode) {
+          output.heldKv = this.holdPromptBlocks(seq);
+          active.heldKvUndelivered = true;
+        }
         this.scheduler.remove(seq);
         this.finish(active, output);
       } else {
         active.outputs.push(output);
       }
     }
+  }
+
+  /** Whether blocks not held by running requests will be freed later: by a fetch or a release. */
+  private blocksWillFree(): boolean {
+    return this.scheduler.fetching.size > 0 || this.abandonedFetches > 0 || this.heldKv.size > 0;
+  }
+
+  /** Takes a reference on the blocks of a finishing request's prompt, so they outlive it. */
+  private holdPromptBlocks(seq: Sequence): HeldKv {
+    const blocks = seq.blockTable.slice(0, Math.ceil(seq.numPromptTokens / this.blockSize));
+    this.pool.touch(blocks);
+    this.heldKv.set(seq.requestId, blocks);
+    return { blockIds: blocks.map((b) => b.id), numTokens: seq.numPromptTokens };
+  }
+
+  private releaseHeldKv(requestId: string): boolean {
+    const blocks = this.heldKv.get(requestId);
+    if (!blocks) return false;
+    this.heldKv.delete(requestId);
+    this.pool.free(blocks);
+    // Requests waiting for blocks may fit now.
+    this.startLoop();
+    return true;
+  }
+
+  private startFetch(active: ActiveRequest): void {
+    const seq = active.seq;
+    const remote = seq.remotePrefill!;
+    const controller = new AbortController();
+    active.fetchAbort = controller;
+    const blocks = seq.blockTable;
+    const reservation = { blockIds: blocks.map((b) => b.id), numCachedBlocks: seq.numStoredBlocks };
+    let fetched: Promise<void>;
+    try {
+      fetched = Promise.resolve(remote.fetchKv(reservation, controller.signal));
+    } catch (err) {
+      fetched = Promise.reject(err);
+    }
+    fetched.then(
+      () => this.onFetchSettled(active, blocks, true),
+      () => this.onFetchSettled(active, blocks, false),
+    );
+  }
+
+  private onFetchSettled(active: ActiveRequest, blocks: KvBlock[], fetched: boolean): void {
+    const seq = active.seq;
+    active.fetchAbort = undefined;
+    if (seq.status !== "fetching") {
+      // Aborted (or closed) while fetching: the reserved blocks were left for now.
+      this.abandonedFetches--;
+      if (!this.closed) this.pool.free(blocks);
+      this.startLoop();
+      return;
+    }
+    if (fetched) {
+      const mismatch = this.kvMemory.firstMismatch(seq.blockTable, seq.tokenIds, seq.blockHashes, seq.numPromptTokens);
+      if (mismatch) {
+        this.scheduler.remove(seq);
+        this.finish(active, {
+          tokenIds: [],
+          finishReason: "error",
+          errorMessage:
+            `request ${seq.requestId}: the KV fetched from the prefill worker is wrong: prompt block ${mismatch.blockIndex} ` +
+            `(local block ${mismatch.blockId}) does not hold what computing position ${mismatch.position} gives`,
+          usage: usageOf(seq),
+        });
+        this.deliverEvents();
+        this.startLoop();
+        return;
+      }
+    }
+    const firstTokenId = seq.remotePrefill!.firstTokenId;
+    this.scheduler.finishFetch(seq, fetched);
+    seq.appendToken(firstTokenId);
+    const finishReason = this.stopReason(seq);
+    if (finishReason) {
+      this.scheduler.remove(seq);
+      this.finish(active, { tokenIds: [], finishReason, usage: usageOf(seq) });
+    }
+    this.deliverEvents();
+    this.startLoop();
   }
 
   /** vLLM's order: length caps first, then stop ids, which min_tokens holds back. */
@@ -342,21 +554,30 @@ function stripUndefined<T extends object>(o: T): Partial<T> {
 class OutputQueue {
   private readonly queued: EngineOutput[] = [];
   private waiter?: (output: EngineOutput) => void;
+  private handOffQueued = false;
 
   push(output: EngineOutput): void {
-    const waiter = this.waiter;
-    if (waiter) {
-      this.waiter = undefined;
-      waiter(output);
-      return;
-    }
     const tail = this.queued.at(-1);
     if (tail && tail.finishReason === undefined && output.finishReason !== "cancelled" && output.finishReason !== "error") {
       mergeInto(tail, output);
     } else {
       this.queued.push(output);
     }
+    // A waiting consumer is handed its output once the current task (a tick of several steps)
+    // is over, merged with whatever else that task pushed: it could not have run earlier.
+    if (this.waiter && !this.handOffQueued) {
+      this.handOffQueued = true;
+      queueMicrotask(this.handOff);
+    }
   }
+
+  private readonly handOff = (): void => {
+    this.handOffQueued = false;
+    const waiter = this.waiter;
+    if (!waiter || this.queued.length === 0) return;
+    this.waiter = undefined;
+    waiter(this.queued.shift()!);
+  };
 
   next(): Promise<EngineOutput> {
     const output = this.queued.shift();
@@ -374,16 +595,7 @@ function mergeInto(earlier: EngineOutput, later: EngineOutput): void {
   }
   earlier.usage = later.usage;
   if (later.finishReason !== undefined) earlier.finishReason = later.finishReason;
-}
-
-/** murmur3's 32-bit finaliser: a bijection that mixes every input bit into every output bit. */
-function fmix32(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  if (later.heldKv) earlier.heldKv = later.heldKv;
 }
 
 /**

@@ -15,8 +15,14 @@
  *
  * The engine runs the step, then reports the computed tokens back through `commitComputed`,
  * which caches the blocks that became full.
+ *
+ * A request whose prompt a prefill worker computed (`remotePrefill`) is admitted differently:
+ * it gets blocks for its whole prompt at once (its own prefix-cache hits first, the whole
+ * prompt may hit since nothing is computed here) and waits in `fetching`, taking no step and
+ * no budget but a seat among `maxNumSeqs`, until the engine reports the fetch's outcome
+ * through `finishFetch`. A fetching request is never preempted: its blocks are being written.
  */
-import type { BlockPool } from "./block_pool.ts";
+import type { BlockPool, KvBlock } from "./block_pool.ts";
 import type { Sequence } from "./sequence.ts";
 import type { StepWork } from "./timing.ts";
 
@@ -35,6 +41,8 @@ export interface StepPlan {
   scheduled: ScheduledChunk[];
   /** Requests preempted while planning this step. */
   preempted: Sequence[];
+  /** Remote-prefill requests admitted while planning this step: their fetches start now. */
+  reserved: Sequence[];
   work: StepWork;
 }
 
@@ -43,6 +51,8 @@ export class Scheduler {
   readonly waiting: Sequence[] = [];
   /** In admission order; the last one is the newest, the first to be preempted. */
   readonly running: Sequence[] = [];
+  /** Remote-prefill requests holding reserved blocks while their KV arrives. */
+  readonly fetching = new Set<Sequence>();
   numPreemptions = 0;
 
   constructor(
@@ -54,7 +64,7 @@ export class Scheduler {
   }
 
   get hasWork(): boolean {
-    return this.waiting.length > 0 || this.running.length > 0;
+    return this.waiting.length > 0 || this.running.length > 0 || this.fetching.size > 0;
   }
 
   add(seq: Sequence): void {
@@ -71,6 +81,7 @@ export class Scheduler {
     let budget = this.config.maxNumBatchedTokens;
     const plan = new Map<Sequence, number>();
     const preempted: Sequence[] = [];
+    const reserved: Sequence[] = [];
 
     const decoding = this.running.filter((s) => !s.isPrefilling);
     const prefilling = this.running.filter((s) => s.isPrefilling);
@@ -95,8 +106,16 @@ export class Scheduler {
     }
 
     if (preempted.length === 0) {
-      while (this.waiting.length > 0 && budget > 0 && this.running.length < this.config.maxNumSeqs) {
+      while (this.waiting.length > 0 && budget > 0 && this.running.length + this.fetching.size < this.config.maxNumSeqs) {
         const seq = this.waiting[0];
+        if (seq.remotePrefill) {
+          if (!this.reserve(seq)) break;
+          this.waiting.shift();
+          this.fetching.add(seq);
+          seq.status = "fetching";
+          reserved.push(seq);
+          continue;
+        }
         const numNew = this.admit(seq, budget);
         if (numNew === 0) break;
         this.waiting.shift();
@@ -118,7 +137,7 @@ export class Scheduler {
         work.decodeContextTokens += seq.numComputedTokens + numNewTokens;
       }
     }
-    return { scheduled, preempted, work };
+    return { scheduled, preempted, reserved, work };
   }
 
   /** Records that the step computed `numNewTokens` more tokens of `seq`; caches blocks that filled. */
@@ -137,11 +156,45 @@ export class Scheduler {
     seq.numStoredBlocks = full;
   }
 
+  /**
+   * A fetch ended. Fetched: the prompt's KV is in the reserved blocks, which are cached as if
+   * computed here, and the request runs (it decodes next). Not fetched: the reservation is
+   * dropped and the request waits at the front of the queue to compute everything itself, as a
+   * preempted request would.
+   */
+  finishFetch(seq: Sequence, fetched: boolean): void {
+    this.fetching.delete(seq);
+    seq.remotePrefill = undefined;
+    if (fetched) {
+      this.commitComputed(seq, seq.numPromptTokens - seq.numComputedTokens);
+      seq.status = "running";
+      this.running.push(seq);
+    } else {
+      this.pool.free(seq.blockTable);
+      seq.resetComputed();
+      seq.status = "waiting";
+      this.waiting.unshift(seq);
+    }
+  }
+
+  /**
+   * Takes a request aborted while fetching out of `fetching` without freeing its blocks, which
+   * the transfer may still be writing; returns them for the caller to free once it has stopped.
+   */
+  abandonFetch(seq: Sequence): KvBlock[] {
+    const blocks = seq.blockTable;
+    this.fetching.delete(seq);
+    seq.resetComputed();
+    seq.status = "finished";
+    return blocks;
+  }
+
   /** Takes a finished or aborted request out of the queues and frees its blocks. */
   remove(seq: Sequence): void {
     const queue = seq.status === "running" ? this.running : this.waiting;
     const i = queue.indexOf(seq);
     if (i >= 0) queue.splice(i, 1);
+    this.fetching.delete(seq);
     this.pool.free(seq.blockTable);
     seq.resetComputed();
     seq.status = "finished";
@@ -156,17 +209,33 @@ export class Scheduler {
     // The last token is always computed, so at most (numTokens - 1) tokens come from the cache.
     const cacheable = seq.blockHashes.slice(0, Math.floor((seq.numTokens - 1) / bs));
     const hit = this.pool.longestCachedPrefix(cacheable);
-    const hitTokens = hit.length * bs;
-    const numNew = Math.min(seq.numTokens - hitTokens, budget);
-    const needed = Math.ceil((hitTokens + numNew) / bs) - hit.length;
-    if (this.pool.numFreeBlocks - this.pool.countFree(hit) < needed) return 0;
+    const numNew = Math.min(seq.numTokens - hit.length * bs, budget);
+    return this.takeBlocks(seq, hit, hit.length * bs + numNew) ? numNew : 0;
+  }
+
+  /**
+   * Reserves blocks for a remote-prefill request's whole prompt, its own cached prefix first
+   * (all of it may hit: nothing is computed here); false when the free blocks cannot hold the rest.
+   */
+  private reserve(seq: Sequence): boolean {
+    return this.takeBlocks(seq, this.pool.longestCachedPrefix(seq.blockHashes), seq.numTokens);
+  }
+
+  /**
+   * Gives a request the prefix-hit blocks `hit` plus fresh blocks up to `numTokens` tokens,
+   * counting the hit as computed; false (taking nothing) when the free blocks cannot hold them.
+   */
+  private takeBlocks(seq: Sequence, hit: KvBlock[], numTokens: number): boolean {
+    const hitTokens = hit.length * this.pool.blockSize;
+    const needed = Math.ceil(numTokens / this.pool.blockSize) - hit.length;
+    if (this.pool.numFreeBlocks - this.pool.countFree(hit) < needed) return false;
     this.pool.touch(hit);
     seq.blockTable = [...hit, ...this.pool.allocate(needed)];
     seq.numComputedTokens = hitTokens;
     seq.numStoredBlocks = hit.length;
     if (this.pool.enablePrefixCaching) this.pool.recordPrefixLookup(seq.numTokens, hitTokens);
     if (seq.numCachedTokens < 0) seq.numCachedTokens = hitTokens;
-    return numNew;
+    return true;
   }
 
   /** Grows the block table to hold `numNewTokens` more computed tokens; false when blocks ran out. */

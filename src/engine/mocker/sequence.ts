@@ -8,10 +8,11 @@
  * (`numStoredBlocks` counts those already handed to the pool).
  */
 import { blockHash, ROOT_PARENT_HASH } from "../block_hash.ts";
-import type { SamplingParams } from "../engine.ts";
+import type { RemotePrefill, SamplingParams } from "../engine.ts";
 import type { KvBlock } from "./block_pool.ts";
 
-export type SequenceStatus = "waiting" | "running" | "finished";
+/** "fetching": admitted with blocks reserved for a remote prefill's KV, taking no step until it arrives. */
+export type SequenceStatus = "waiting" | "fetching" | "running" | "finished";
 
 export class Sequence {
   readonly requestId: string;
@@ -29,6 +30,8 @@ export class Sequence {
   numCachedTokens = -1;
   status: SequenceStatus = "waiting";
   numPreemptions = 0;
+  /** Set until the prompt's KV, computed by another worker, has been fetched or given up on. */
+  remotePrefill?: RemotePrefill;
 
   constructor(
     requestId: string,
