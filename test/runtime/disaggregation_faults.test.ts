@@ -28,8 +28,10 @@ describe("disaggregated serving across processes", () => {
   });
 
   it("finishes the request when the prefill worker is killed during the KV transfer", async () => {
-    const prefill = await spawn(["worker", "--port", "0", "--worker-id", "prefill-x", "--disaggregation-mode", "prefill", ...MOCKER]);
-    const decode = await spawn(["worker", "--port", "0", "--worker-id", "decode-x", "--disaggregation-mode", "decode", "--kv-transfer-timeout", "5", ...MOCKER]);
+    const [prefill, decode] = await Promise.all([
+      spawn(["worker", "--port", "0", "--worker-id", "prefill-x", "--disaggregation-mode", "prefill", ...MOCKER]),
+      spawn(["worker", "--port", "0", "--worker-id", "decode-x", "--disaggregation-mode", "decode", "--kv-transfer-timeout", "5", ...MOCKER]),
+    ]);
     const frontend = await spawn(["frontend", "--port", "0", "--worker", prefill.url, "--worker", decode.url]);
     const body = { model: MODEL, max_tokens: 40, ignore_eos: true, seed: 5, temperature: 1 };
 
