@@ -126,7 +126,7 @@ export async function startFrontend(options: FrontendOptions): Promise<RunningFr
       case "/health": {
         requireMethod(req, "GET");
         const models = router.models().map((m) => ({ name: m.name, max_model_len: m.maxModelLen, block_size: m.blockSize }));
-        const instances = router.instances().map((i) => ({ id: i.id, url: i.url, model: i.model, in_flight: i.inFlight }));
+        const instances = router.instances().map((i) => ({ id: i.id, url: i.url, model: i.model, mode: i.mode, in_flight: i.inFlight }));
         const healthy = models.length > 0;
         const status = healthy ? { status: "healthy" } : { status: "unhealthy", message: "no worker is serving any model" };
         return sendJson(res, healthy ? 200 : 503, JSON.stringify({ ...status, models, instances }));

@@ -31,10 +31,6 @@ export class NatsWorkers {
   }
 
   private up(record: InstanceRecord): void {
-    if (record.mode !== "agg") {
-      this.log.warn(`instance ${record.id} runs in ${record.mode} mode, which this frontend cannot route to yet`);
-      return;
-    }
     this.router.addModelCard?.({ name: record.model, ...record.card });
     const abort = new AbortController();
     const done = followWorker(record.address, this.router, this.log, abort.signal, this.options);

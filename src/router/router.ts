@@ -19,6 +19,8 @@ export interface InstanceInfo {
   id: string;
   url: string;
   model: string;
+  /** agg, prefill or decode (disaggregated serving). */
+  mode: string;
   inFlight: number;
 }
 

@@ -91,7 +91,7 @@ export class WorkerRouter implements Router, WorkerSink {
   }
 
   instances(): InstanceInfo[] {
-    return [...this.workers.values()].map((w) => ({ id: w.id, url: w.url, model: w.info.model, inFlight: w.inFlight }));
+    return [...this.workers.values()].map((w) => ({ id: w.id, url: w.url, model: w.info.model, mode: w.info.disaggregationMode || "agg", inFlight: w.inFlight }));
   }
 
   models(): ModelCard[] {

@@ -73,7 +73,7 @@ export class FakeRouter implements Router {
   }
 
   instances(): InstanceInfo[] {
-    return this.cards.map((card) => ({ id: `fake-${card.name}`, url: "http://fake", model: card.name, inFlight: 0 }));
+    return this.cards.map((card) => ({ id: `fake-${card.name}`, url: "http://fake", model: card.name, mode: "agg", inFlight: 0 }));
   }
 
   generate(request: GenerateRequest, signal: AbortSignal): AsyncIterable<GenerateResponse> {

@@ -4,9 +4,9 @@
  * the middle of handing its KV over: the decode worker computes the prompt itself and the
  * client gets its whole answer.
  */
-import { afterEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { streamCompletion } from "../helpers/openai_stream.ts";
-import { startSwitchyard, stop, type Proc } from "../helpers/processes.ts";
+import { startNatsServer, startSwitchyard, stop, type NatsServer, type Proc } from "../helpers/processes.ts";
 
 const MODEL = "switchyard-tiny-qwen3";
 // 256 KiB per block: a 3000-token prompt is 188 blocks, 47 MiB to move, longer than the time
@@ -17,6 +17,11 @@ const prompt = (salt: number) => Array.from({ length: 3000 }, (_, i) => 100 + ((
 
 describe("disaggregated serving across processes", () => {
   let procs: Proc[] = [];
+  let nats: NatsServer;
+  beforeAll(async () => {
+    nats = await startNatsServer();
+  });
+  afterAll(() => nats.stop());
   const spawn = async (args: string[]) => {
     const proc = await startSwitchyard(args);
     procs.push(proc);
@@ -58,5 +63,27 @@ describe("disaggregated serving across processes", () => {
     const alone = await streamCompletion(frontend.url, { ...body, prompt: prompt(2) });
     expect(alone.error).toBeUndefined();
     expect(alone.text).toBe(hit.text);
+  });
+
+  it("finds prefill and decode workers through NATS and routes by KV on both pools", async () => {
+    const worker = (id: string, mode: string) => spawn(["worker", "--port", "0", "--worker-id", id, "--disaggregation-mode", mode, "--nats", nats.url, ...MOCKER]);
+    await Promise.all([worker("nats-prefill", "prefill"), worker("nats-decode", "decode")]);
+    const frontend = await spawn(["frontend", "--port", "0", "--nats", nats.url, "--router-mode", "kv", "--max-local-prefill-length", "64"]);
+    await expect
+      .poll(async () => ((await (await fetch(`${frontend.url}/health`)).json()) as { instances: { mode: string }[] }).instances.map((i) => i.mode).sort(), { timeout: 15_000 })
+      .toEqual(["decode", "prefill"]);
+    const body = { model: MODEL, prompt: prompt(3).slice(0, 500), max_tokens: 8, ignore_eos: true };
+    const first = await streamCompletion(frontend.url, body);
+    expect(first.completionTokens).toBe(8);
+    // The decode worker now caches the prompt it was handed (its KV events told the router), so
+    // the same prompt again leaves fewer than 64 tokens to compute: prefilled locally.
+    await expect
+      .poll(async () => {
+        const again = await streamCompletion(frontend.url, body);
+        expect(again.text).toBe(first.text);
+        return frontend.output();
+      }, { timeout: 10_000 })
+      .toMatch(/prefill on decode worker nats-decode \(short_prompt/);
+    expect(frontend.output()).toMatch(/prefill on nats-prefill, decode on nats-decode \(500 uncached tokens\)/);
   });
 });
