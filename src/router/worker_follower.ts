@@ -8,6 +8,7 @@ import { GetInfoRequestSchema, ServingStatus } from "../../gen/switchyard/worker
 import type { Logger } from "../runtime/logger.ts";
 import { connectWorker, type WorkerHandle } from "./worker_handle.ts";
 import type { WorkerSink } from "./worker_selector.ts";
+import { sleep } from "../util/sleep.ts";
 
 export interface FollowOptions {
   pollIntervalMs?: number;
@@ -53,15 +54,4 @@ export async function followWorker(url: string, router: WorkerSink, log: Logger,
     await sleep(pollMs, signal);
   }
   if (worker) router.removeWorker(worker.id);
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(timer);
-      resolve();
-    }, { once: true });
-  });
 }

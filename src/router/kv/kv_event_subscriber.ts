@@ -10,7 +10,7 @@ import { KvEventsRequestSchema, type KvEventBatch } from "../../../gen/switchyar
 import type { Logger } from "../../runtime/logger.ts";
 import type { WorkerClient } from "../worker_handle.ts";
 import type { ApplyOutcome } from "./kv_indexer.ts";
-import { sleep } from "./sleep.ts";
+import { sleep } from "../../util/sleep.ts";
 
 export interface KvEventSink {
   applyEvents(workerId: string, batch: KvEventBatch, options?: { snapshot?: boolean }): ApplyOutcome;

@@ -6,7 +6,7 @@
 import { create } from "@bufbuild/protobuf";
 import { GetInfoRequestSchema, type LoadMetrics } from "../../../gen/switchyard/worker/v1/worker_pb.ts";
 import type { WorkerClient } from "../worker_handle.ts";
-import { sleep } from "./sleep.ts";
+import { sleep } from "../../util/sleep.ts";
 
 export async function pollLoad(
   client: Pick<WorkerClient, "getInfo">,
