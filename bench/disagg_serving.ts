@@ -2,8 +2,9 @@
  * Issue 7's end-to-end benchmark: disaggregated serving (1 prefill + 1 decode worker) against
  * aggregated serving (2 workers) under a long-prompt workload, on the mocker engine with its
  * default timing model (an 8B-parameter model on one H100: 5 ms per decode step, 0.05 ms per
- * prefilled token). Each configuration is one `switchyard serve` process; the load generator is
- * this process; both see the same requests (unique random token prompts, so no prefix hits).
+ * prefilled token). Each worker and the frontend run as their own process, as deployed; the load
+ * generator is this process; both configurations see the same requests (unique random token
+ * prompts, so no prefix hits).
  *
  * What to expect: in aggregated serving, a worker that takes a new prompt runs its prefill
  * chunks in the same steps as its running decodes, so their inter-token latency jumps while it
@@ -39,8 +40,8 @@ const maxTokens = Number(values["max-tokens"]);
 const MODEL = "switchyard-tiny-qwen3";
 const bin = join(import.meta.dirname, "..", "bin", "switchyard.mjs");
 
-async function startServe(args: string[]): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, [bin, "serve", "--port", "0", ...args], {
+async function startProcess(args: string[]): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, [bin, ...args], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, SWITCHYARD_LOG_LEVEL: "warn" },
   });
@@ -48,10 +49,10 @@ async function startServe(args: string[]): Promise<{ child: ChildProcess; url: s
   child.stdout!.setEncoding("utf8");
   for await (const chunk of child.stdout!) {
     out += chunk;
-    const match = out.match(/(http:\/\/\S+\/v1)/);
-    if (match) return { child, url: match[1] };
+    const match = out.match(/^(https?:\/\/\S+)$/m);
+    if (match) return { child, url: match[1].replace(/\/v1$/, "") };
   }
-  throw new Error(`switchyard serve ${args.join(" ")} exited before printing its URL`);
+  throw new Error(`switchyard ${args.join(" ")} exited before printing its URL`);
 }
 
 /** Unique prompts: random token ids, a different stream per request index and round. */
@@ -62,9 +63,12 @@ function prompts(round: number): (i: number) => number[] {
   };
 }
 
-async function measure(name: string, args: string[], round: number): Promise<LoadReport> {
-  const { child, url } = await startServe(args);
+async function measure(name: string, workers: string[][], round: number): Promise<LoadReport> {
+  const procs = await Promise.all(workers.map((args) => startProcess(["worker", "--port", "0", ...args])));
   try {
+    const frontend = await startProcess(["frontend", "--port", "0", ...procs.flatMap((w) => ["--worker", w.url])]);
+    procs.push(frontend);
+    const url = `${frontend.url}/v1`;
     const mocker = { ignore_eos: true };
     // Warm-up: connections, JIT, and the first touch of the mocker's KV memory.
     await runLoad({ baseUrl: url, model: MODEL, concurrency, requests: concurrency, maxTokens: 4, prompt: prompts(round + 100), extraBody: mocker });
@@ -72,22 +76,28 @@ async function measure(name: string, args: string[], round: number): Promise<Loa
     if (report.failed > 0) throw new Error(`${name}: ${report.failed} requests failed: ${report.errors.slice(0, 3).join("; ")}`);
     return report;
   } finally {
-    child.kill("SIGTERM");
-    await once(child, "exit");
+    for (const p of procs) p.child.kill("SIGTERM");
+    await Promise.all(procs.map((p) => (p.child.exitCode === null ? once(p.child, "exit") : undefined)));
   }
 }
 
 const engine = ["--engine", "mocker", "--speedup-ratio", values.speedup!, "--num-gpu-blocks", values["num-gpu-blocks"]!, "--kv-bytes-per-block", values["kv-bytes-per-block"]!];
 const configs = [
-  { name: "aggregated, 2 workers (round-robin)", args: [...engine, "--num-workers", "2"] },
-  { name: "disaggregated, 1 prefill + 1 decode", args: [...engine, "--num-workers", "1", "--num-prefill-workers", "1"] },
+  { name: "aggregated, 2 workers (round-robin)", workers: [[...engine], [...engine]] },
+  {
+    name: "disaggregated, 1 prefill + 1 decode",
+    workers: [
+      [...engine, "--disaggregation-mode", "prefill"],
+      [...engine, "--disaggregation-mode", "decode"],
+    ],
+  },
 ];
 
 console.log(`${new Date().toISOString()}  ${cpus().length} x ${cpus()[0]?.model}  load ${loadavg().map((l) => l.toFixed(2)).join(" ")}`);
 console.log(`${requests} requests, ${concurrency} concurrent, ${promptTokens}-token prompts, ${maxTokens} output tokens, mocker speedup ${values.speedup}, ${values["kv-bytes-per-block"]} KV bytes per block`);
 const rows: string[] = [];
 for (const [round, config] of configs.entries()) {
-  const r = await measure(config.name, config.args, round);
+  const r = await measure(config.name, config.workers, round);
   rows.push(
     `| ${config.name} | ${r.requestsPerS.toFixed(2)} | ${r.tokensPerS.toFixed(0)} | ${r.ttftMs.p50.toFixed(0)} | ${r.ttftMs.p99.toFixed(0)} | ${r.itlMs.p50.toFixed(1)} | ${r.itlMs.p90.toFixed(1)} | ${r.itlMs.p99.toFixed(1)} |`,
   );
