@@ -5,21 +5,39 @@
  * JavaScript. With SWITCHYARD_CUDA_PROFILE_STEP=k under `ncu --profile-from-start off`, the
  * k-th graph decode step's kernels are profiled one by one.
  *
- *   node --import tsx bench/native_cuda_profile.ts MODEL_DIR [BATCH...]
+ *   node --import tsx bench/native_cuda_profile.ts MODEL_DIR [BATCH... | prefill]
  */
 import { NativeEngine } from "../src/engine/native/native_engine.ts";
 import type { SamplingParams } from "../src/engine/engine.ts";
 import { promptTokens } from "../test/native/models.ts";
 
 const [modelDir, ...batchArgs] = process.argv.slice(2);
-const batches = batchArgs.length ? batchArgs.map(Number) : [1];
+const prefillMode = batchArgs[0] === "prefill";
+const batches = prefillMode ? [] : batchArgs.length ? batchArgs.map(Number) : [1];
 const greedy = (maxTokens: number): SamplingParams => ({
   temperature: 0, topP: 1, topK: 0, minP: 0, maxTokens, minTokens: 0, stopTokenIds: [], ignoreEos: true,
   presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1,
 });
 const engine = await NativeEngine.load({
-  model: modelDir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 256, maxNumBatchedTokens: 2048, enablePrefixCaching: false,
+  model: modelDir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 256, maxNumBatchedTokens: prefillMode ? 8192 : 2048,
+  enablePrefixCaching: false,
 });
+// "prefill": two steps of four 2048-token prompts (8192 tokens); with
+// SWITCHYARD_CUDA_PROFILE_PREFILL_STEP=1 the second is the one ncu profiles.
+if (prefillMode) {
+  for (const round of [0, 1]) {
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: 4 }, async (_, i) => {
+        const prompt = promptTokens(2048, 500 + 10 * round + i, 0, 150000);
+        for await (const out of engine.generate({ requestId: `pf${round}-${i}`, promptTokenIds: prompt, sampling: greedy(1) })) {
+          if (out.finishReason === "error") throw new Error(out.errorMessage);
+        }
+      }),
+    );
+    console.log(`prefill step ${round}: 4 x 2048 tokens in ${(performance.now() - t0).toFixed(1)} ms`);
+  }
+}
 for (const batch of batches) {
   const steps = 420;
   const stamps: number[][] = Array.from({ length: batch }, () => []);

@@ -5,6 +5,11 @@
  * it receives into a destination buffer. Both move the same bytes through the kernel's
  * loopback; the agent adds requests, framing and per-block addressing, and receives straight
  * into the destination (the plain copy receives into Node's buffers and copies once more).
+ * Where the addon was built with UCX, the same READs (same descriptor lists) also go over the
+ * agent's UCX backend: over UCX's tcp transport (error mode "peer", the default) and over
+ * shared memory (sysv/posix; error mode "none", which shared memory needs). On one host UCX
+ * 1.13 emulates a get with active messages that the serving agent's progress thread answers
+ * (its CMA serves only rendezvous): these columns measure that path, not RDMA.
  *
  *   npx tsx bench/transfer_tcp.ts [--append] [--repeats N]   (--append adds the table to bench/RESULTS.md)
  */
@@ -12,7 +17,12 @@ import { once } from "node:events";
 import { appendFileSync } from "node:fs";
 import { createConnection, createServer, type Socket } from "node:net";
 import { cpus } from "node:os";
-import { TransferAgent, type BlockDescriptor } from "../src/transfer/transfer_agent.ts";
+import {
+  TransferAgent,
+  builtTransferBackends,
+  type BlockDescriptor,
+  type TransferAgentOptions,
+} from "../src/transfer/transfer_agent.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -29,6 +39,14 @@ const CASES: Case[] = [
   { blocks: 256, blockBytes: 1 * MiB, chunkBytes: 256 * KiB },
   { blocks: 4096, blockBytes: 4 * KiB },
 ];
+
+type Variant = { label: string; options: Partial<TransferAgentOptions> };
+const UCX_VARIANTS: Variant[] = [
+  { label: "agent UCX (tcp)", options: { backends: ["ucx"], ucxTransports: "tcp" } },
+  { label: "agent UCX (shm)", options: { backends: ["ucx"], ucxTransports: "sm,self", ucxErrorMode: "none" } },
+];
+/** The agent's backends measured, beside the plain socket copy. */
+const VARIANTS: Variant[] = [{ label: "agent TCP", options: {} }, ...(builtTransferBackends().includes("ucx") ? UCX_VARIANTS : [])];
 
 const repeatsArg = process.argv.indexOf("--repeats");
 const REPEATS = repeatsArg > 0 ? Number(process.argv[repeatsArg + 1]) : 5;
@@ -52,8 +70,8 @@ function permutation(n: number): number[] {
   return p;
 }
 
-async function agentRead(c: Case, source: Buffer, destination: Buffer): Promise<number[]> {
-  const options = c.chunkBytes ? { chunkBytes: c.chunkBytes } : {};
+async function agentRead(c: Case, source: Buffer, destination: Buffer, backend: Partial<TransferAgentOptions>): Promise<number[]> {
+  const options = { ...backend, ...(c.chunkBytes ? { chunkBytes: c.chunkBytes } : {}) };
   const prefill = TransferAgent.create({ name: "prefill", ...options });
   const decode = TransferAgent.create({ name: "decode", ...options });
   try {
@@ -126,12 +144,14 @@ for (const c of CASES) {
   const source = Buffer.alloc(total);
   for (let i = 0; i < total; i += 4096) source[i] = (i >>> 12) & 0xff;
   const destination = Buffer.alloc(total);
-  const agentMs = median(await agentRead(c, source, destination));
+  const agentMs: number[] = [];
+  for (const v of VARIANTS) agentMs.push(median(await agentRead(c, source, destination, v.options)));
   const plainMs = median(await plainSocketCopy(c, source, destination));
   const size = c.blockBytes >= MiB ? `${c.blockBytes / MiB} MiB` : `${c.blockBytes / KiB} KiB`;
   const chunk = c.chunkBytes ? `${c.chunkBytes / KiB} KiB` : "1 MiB (default)";
+  const agentCells = agentMs.map((ms) => `${ms.toFixed(1)} | ${gbps(total, ms).toFixed(2)}`).join(" | ");
   rows.push(
-    `| ${c.blocks} × ${size} | ${(total / MiB).toFixed(0)} MiB | ${chunk} | ${agentMs.toFixed(1)} | ${gbps(total, agentMs).toFixed(2)} | ${plainMs.toFixed(1)} | ${gbps(total, plainMs).toFixed(2)} | ${(plainMs / agentMs).toFixed(2)}x |`,
+    `| ${c.blocks} × ${size} | ${(total / MiB).toFixed(0)} MiB | ${chunk} | ${agentCells} | ${plainMs.toFixed(1)} | ${gbps(total, plainMs).toFixed(2)} | ${(plainMs / agentMs[0]!).toFixed(2)}x |`,
   );
   console.log(rows.at(-1));
 }
@@ -139,13 +159,13 @@ for (const c of CASES) {
 const cpu = cpus()[0]?.model ?? "unknown CPU";
 const table = [
   "",
-  "## KV transfer agent, TCP loopback (bench/transfer_tcp.ts)",
+  "## KV transfer agent, loopback (bench/transfer_tcp.ts)",
   "",
   `${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores (${cpu}), Node ${process.version}, \`npx tsx bench/transfer_tcp.ts --append\`.`,
   `Median of ${REPEATS} READs after one untimed warm-up read; GB/s = 10^9 bytes/s.`,
   "",
-  "| blocks | bytes | agent chunk | agent READ ms | agent GB/s | plain socket copy ms | plain GB/s | agent speedup |",
-  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+  `| blocks | bytes | agent chunk | ${VARIANTS.map((v) => `${v.label} ms | ${v.label} GB/s`).join(" | ")} | plain socket copy ms | plain GB/s | agent TCP speedup |`,
+  `| --- | ---: | --- | ${VARIANTS.map(() => "---: | ---:").join(" | ")} | ---: | ---: | ---: |`,
   ...rows,
   "",
 ].join("\n");

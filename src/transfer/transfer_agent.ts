@@ -9,6 +9,18 @@
  * owns its handle and turns its completions into Promises. Reads move over TCP between any
  * two hosts; a read whose peer disappears or stops answering fails with a TransferError
  * ("closed", "timeout") instead of hanging.
+ *
+ * Backends. TCP always runs: it is the listener and the control channel. UCX (where the addon
+ * was built with libucx-dev: `builtTransferBackends()`) runs only when asked for, with
+ * `backends: ["ucx", "tcp"]` or SWITCHYARD_TRANSFER_BACKENDS=ucx,tcp; a read of host memory
+ * then goes over the first listed backend that both agents run, so a UCX agent still reads
+ * from a TCP-only peer, and notifications to a peer follow its reads' backend. TCP stays the
+ * default because it is the one that checks every read where it is served: the serving agent
+ * does not see UCX reads, and where UCX emulates them (its tcp and shared-memory transports,
+ * all it has on one host without RDMA) a peer holding stale metadata reads a region even after
+ * it was deregistered, or crashes the serving process if that memory was unmapped since. Ask
+ * for UCX where the fabric has RDMA, and free registered memory only once no peer reads it.
+ * Device memory of a peer on the same host goes over CUDA IPC whatever `backends` says.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -29,9 +41,27 @@ export interface TransferAgentOptions {
   timeoutMs?: number;
   /** Largest piece a block is split into on the wire (default 1 MiB). */
   chunkBytes?: number;
-  /** Bytes requested ahead per peer connection (default 16 MiB). */
+  /** Bytes requested ahead per peer connection (default 16 MiB); UCX: bytes of gets in flight per peer. */
   maxInflightBytes?: number;
+  /**
+   * Backends that may carry reads of host memory, most preferred first (default: the
+   * SWITCHYARD_TRANSFER_BACKENDS environment variable, a comma-separated list, else ["tcp"]).
+   * "ucx" needs an addon built with libucx-dev; creating the agent fails otherwise.
+   */
+  backends?: ReadBackend[];
+  /** UCX transports in UCX_TLS syntax ("tcp", "rc,sm"); default: UCX's own choice (UCX_TLS, else all). */
+  ucxTransports?: string;
+  /**
+   * "peer" (default): UCX reports a peer's failure, and a read from it fails at once. UCX 1.13
+   * offers it over tcp and verbs only. "none" lets shared memory carry reads on one host; a
+   * dead peer is then noticed only at the read's deadline.
+   */
+  ucxErrorMode?: "peer" | "none";
 }
+
+/** Backends a read of host memory can take. */
+export type ReadBackend = "tcp" | "ucx";
+const READ_BACKENDS: readonly ReadBackend[] = ["tcp", "ucx"];
 
 /** A registered memory region. */
 export interface MemoryRegion {
@@ -49,6 +79,17 @@ export interface MemoryRegion {
 export type BlockDescriptor =
   | { region: number; offset?: number; length: number }
   | { address: bigint; length: number; deviceId?: number };
+
+/**
+ * The compact form of many blocks of one length in one region, for reads of thousands of KV
+ * blocks: block i is bytes [offsets[i], offsets[i] + length) of the region. Typed arrays are
+ * read in place (no object per block); pair it with another list of as many blocks.
+ */
+export interface BlockList {
+  region: number;
+  offsets: Float64Array | Uint32Array | BigUint64Array | readonly number[];
+  length: number;
+}
 
 export type TransferErrorCode = "invalid" | "rejected" | "timeout" | "closed" | "protocol" | "canceled" | "system";
 
@@ -83,7 +124,7 @@ export interface Notification {
   bytes: Buffer;
 }
 
-/** What this agent served to peers. */
+/** What this agent served to peers over TCP (UCX reads are one-sided: the serving agent does not see them). */
 export interface ServeStats {
   chunksServed: number;
   bytesServed: number;
@@ -104,8 +145,8 @@ interface NativeAgent {
   forgetRemote(name: string): boolean;
   postRead(
     remote: string,
-    remoteDescs: BlockDescriptor[],
-    localDescs: BlockDescriptor[],
+    remoteDescs: BlockDescriptor[] | BlockList,
+    localDescs: BlockDescriptor[] | BlockList,
     notification: Uint8Array | string | undefined,
     timeoutMs: number | undefined,
   ): number;
@@ -124,13 +165,34 @@ interface TransferAddon {
     options: TransferAgentOptions,
     onEvent: (kind: "transfer" | "notification", id: number) => void,
   ) => NativeAgent;
+  builtBackends(): string[];
 }
 
 const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), "../../native/build/Release/switchyard_transfer.node");
 let addon: TransferAddon | undefined;
 
+/**
+ * UCX's process-wide defaults suit an MPI rank, not a Node process, and UCX reads them once,
+ * when its libraries load with the addon; so they are set here, before that, wherever the
+ * environment does not set them already:
+ * - UCX_HANDLE_ERRORS=none: else UCX puts its own SIGSEGV, SIGBUS, SIGILL and SIGFPE handlers
+ *   in place of Node's (and V8's WebAssembly trap handler); they print a backtrace and exit.
+ * - UCX_MEM_EVENTS=no, UCX_MEM_MALLOC_HOOKS=no, UCX_MEM_MMAP_HOOK_MODE=none: else UCX patches
+ *   libc's mmap and brk code and swaps malloc while V8's threads run them; here that showed as
+ *   SIGSEGV inside malloc. Without the hooks UCX keeps no registration cache: over RDMA it
+ *   registers the destination of each get as it goes (the serving side's memory is mapped once,
+ *   at registerMemory).
+ */
+const UCX_PROCESS_DEFAULTS: Record<string, string> = {
+  UCX_HANDLE_ERRORS: "none",
+  UCX_MEM_EVENTS: "no",
+  UCX_MEM_MALLOC_HOOKS: "no",
+  UCX_MEM_MMAP_HOOK_MODE: "none",
+};
+
 function loadTransferAddon(): TransferAddon {
   if (addon) return addon;
+  for (const [name, value] of Object.entries(UCX_PROCESS_DEFAULTS)) process.env[name] ??= value;
   if (!existsSync(ADDON_PATH)) {
     throw new Error(
       `the transfer agent is not built (${ADDON_PATH} is missing): run \`npm install\` (or \`npx cmake-js compile -d native -O native/build\`)`,
@@ -138,6 +200,27 @@ function loadTransferAddon(): TransferAddon {
   }
   addon = createRequire(import.meta.url)(ADDON_PATH) as TransferAddon;
   return addon;
+}
+
+/** The backends the addon was built with: "tcp", and "cuda_ipc", "ucx" where their libraries were found. */
+export function builtTransferBackends(): string[] {
+  return loadTransferAddon().builtBackends();
+}
+
+/** SWITCHYARD_TRANSFER_BACKENDS, e.g. "ucx,tcp"; undefined when unset. */
+export function backendsFromEnv(env: NodeJS.ProcessEnv = process.env): ReadBackend[] | undefined {
+  const raw = env.SWITCHYARD_TRANSFER_BACKENDS?.trim();
+  if (!raw) return undefined;
+  const names = raw.split(",").map((s) => s.trim());
+  for (const name of names) {
+    if (!READ_BACKENDS.includes(name as ReadBackend)) {
+      throw new TransferError(
+        "invalid",
+        `SWITCHYARD_TRANSFER_BACKENDS must be a comma-separated list of ${READ_BACKENDS.join(", ")}; got '${raw}'`,
+      );
+    }
+  }
+  return names as ReadBackend[];
 }
 
 /** Native errors carry `code`; give them this module's type. */
@@ -199,7 +282,7 @@ export class TransferAgent {
   readonly address: string;
   /** The port the TCP listener is bound to (differs from address's with advertisePort). */
   readonly listenPort: number;
-  /** Backends this build has: "tcp", and "cuda_ipc" where built with CUDA. */
+  /** Backends this agent runs (its metadata advertises them): "tcp"; "ucx" when asked for; "cuda_ipc" with CUDA and a GPU. */
   readonly backends: readonly string[];
   #native: NativeAgent;
   #transfers = new Map<number, Transfer>();
@@ -216,10 +299,11 @@ export class TransferAgent {
     this.backends = this.#native.backends();
   }
 
-  /** Starts an agent listening on its TCP port. */
+  /** Starts an agent listening on its TCP port (and its UCX worker, when `backends` lists "ucx"). */
   static create(options: TransferAgentOptions): TransferAgent {
     if (!options.name) throw new TransferError("invalid", "a transfer agent needs a name");
-    return new TransferAgent(options);
+    const backends = options.backends ?? backendsFromEnv() ?? ["tcp"];
+    return new TransferAgent({ ...options, backends });
   }
 
   /**
@@ -263,8 +347,8 @@ export class TransferAgent {
    */
   postRead(
     remote: string,
-    remoteDescs: BlockDescriptor[],
-    localDescs: BlockDescriptor[],
+    remoteDescs: BlockDescriptor[] | BlockList,
+    localDescs: BlockDescriptor[] | BlockList,
     options: ReadOptions = {},
   ): Transfer {
     options.signal?.throwIfAborted();
@@ -288,8 +372,8 @@ export class TransferAgent {
   /** postRead, awaited: resolves when every byte has arrived. */
   read(
     remote: string,
-    remoteDescs: BlockDescriptor[],
-    localDescs: BlockDescriptor[],
+    remoteDescs: BlockDescriptor[] | BlockList,
+    localDescs: BlockDescriptor[] | BlockList,
     options: ReadOptions = {},
   ): Promise<{ bytes: number }> {
     return this.postRead(remote, remoteDescs, localDescs, options).done;

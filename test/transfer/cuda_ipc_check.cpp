@@ -4,8 +4,12 @@
 // device memory and into host memory, compares every byte, times one large read, and sends
 // the read's notification back. Exit status 0 when everything matched.
 //
-//   g++ -std=c++17 -O2 -DSWITCHYARD_TRANSFER_CUDA_IPC=1 -Inative/src -I/usr/local/cuda/include \
-//     test/transfer/cuda_ipc_check.cpp native/src/transfer/*.cpp -L/usr/local/cuda/lib64 -lcudart -lpthread
+// Odd blocks take the gather kernel's byte path and its 16-byte head/tail split.
+//
+//   nvcc -std=c++17 -O2 -arch=sm_90 -DSWITCHYARD_TRANSFER_CUDA_IPC=1 -DSWITCHYARD_TRANSFER_CUDA_KERNELS=1 \
+//     -Inative/src test/transfer/cuda_ipc_check.cpp native/src/transfer/cuda_copy_kernels.cu \
+//     native/src/transfer/{transfer_error,memory_region,agent_metadata,tcp_socket,tcp_backend,transfer_agent,cuda_ipc_backend}.cpp \
+//     -o cuda_ipc_check -lpthread
 #include <cuda_runtime.h>
 #include <sys/wait.h>
 #include <unistd.h>

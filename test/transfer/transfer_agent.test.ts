@@ -113,6 +113,29 @@ describe("transfer agent over TCP", () => {
     await readAndCompare(blocks, 11 * MiB, 13 * MiB, { chunkBytes: 64 * 1024, maxInflightBytes: 256 * 1024 });
   });
 
+  it("reads block lists (offsets as a typed array or an array) like the same descriptors one by one", async () => {
+    const blockBytes = 4096;
+    const order = [5, 0, 7, 2, 6, 1, 4, 3];
+    const { decode, source, destination, remote, local } = pair(order.length * blockBytes);
+    const from = new Float64Array(order.map((_, i) => i * blockBytes));
+    const to = new Uint32Array(order.map((slot) => slot * blockBytes));
+    await expect(
+      decode.read("prefill", { region: remote.id, offsets: from, length: blockBytes }, { region: local.id, offsets: to, length: blockBytes }),
+    ).resolves.toEqual({ bytes: order.length * blockBytes });
+    order.forEach((slot, i) => {
+      expect(destination.subarray(slot * blockBytes, (slot + 1) * blockBytes).equals(source.subarray(i * blockBytes, (i + 1) * blockBytes))).toBe(true);
+    });
+    destination.fill(0);
+    await decode.read("prefill", { region: remote.id, offsets: [...from], length: blockBytes }, { region: local.id, offsets: [...to], length: blockBytes });
+    expect(destination.subarray(5 * blockBytes, 6 * blockBytes).equals(source.subarray(0, blockBytes))).toBe(true);
+    expect(() =>
+      decode.postRead("prefill", { region: remote.id, offsets: [0.5], length: 1 }, { region: local.id, offsets: [0], length: 1 }),
+    ).toThrow(/remoteDescs\.offsets\[0\] must be a non-negative integer/);
+    expect(() =>
+      decode.postRead("prefill", { region: remote.id, offsets: [order.length * blockBytes], length: 1 }, { region: local.id, offsets: [0], length: 1 }),
+    ).toThrow(/runs past the end of region/);
+  });
+
   it("reads blocks addressed by the addresses in the peer's metadata", async () => {
     const { decode, source, destination, remote, local } = pair(10_000);
     await decode.read(

@@ -13,6 +13,11 @@
 #include <vector>
 
 #include "transfer/transfer_agent.h"
+#ifdef SWITCHYARD_TRANSFER_CUDA_KERNELS
+#include <utility>
+
+#include "transfer/cuda_bench_tools.h"
+#endif
 
 namespace sy::transfer {
 namespace {
@@ -77,25 +82,103 @@ std::string to_bytes(Napi::Env env, Napi::Value v, const std::string& what) {
   throw_js(env, "invalid", what + " must be a string, a Uint8Array or an ArrayBuffer");
 }
 
+// A block list {region, offsets, length}: offsets.length blocks of `length` bytes of one region,
+// the compact form of a KV read (a Float64Array, Uint32Array or BigUint64Array of offsets is
+// read in place, with no JavaScript object per block).
+std::vector<BlockDescriptor> block_list_descriptors(Napi::Env env, const Napi::Object& list, const std::string& what) {
+  const uint64_t region = to_u64(env, list.Get("region"), what + ".region");
+  const uint64_t length = to_u64(env, list.Get("length"), what + ".length");
+  Napi::Value offsets = list.Get("offsets");
+  std::vector<BlockDescriptor> out;
+  auto add = [&](uint64_t offset) {
+    BlockDescriptor& d = out.emplace_back();
+    d.region_id = region;
+    d.offset = offset;
+    d.length = length;
+  };
+  auto add_number = [&](double x, size_t i) {
+    if (!(x >= 0) || x > 9007199254740991.0 || x != static_cast<double>(static_cast<uint64_t>(x))) {
+      throw_js(env, "invalid", what + ".offsets[" + std::to_string(i) + "] must be a non-negative integer");
+    }
+    add(static_cast<uint64_t>(x));
+  };
+  if (offsets.IsTypedArray()) {
+    auto typed = offsets.As<Napi::TypedArray>();
+    const size_t n = typed.ElementLength();
+    out.reserve(n);
+    const uint8_t* data = static_cast<const uint8_t*>(typed.ArrayBuffer().Data()) + typed.ByteOffset();
+    switch (typed.TypedArrayType()) {
+      case napi_float64_array:
+        for (size_t i = 0; i < n; ++i) add_number(reinterpret_cast<const double*>(data)[i], i);
+        break;
+      case napi_uint32_array:
+        for (size_t i = 0; i < n; ++i) add(reinterpret_cast<const uint32_t*>(data)[i]);
+        break;
+      case napi_biguint64_array:
+        for (size_t i = 0; i < n; ++i) add(reinterpret_cast<const uint64_t*>(data)[i]);
+        break;
+      default:
+        throw_js(env, "invalid", what + ".offsets must be a Float64Array, Uint32Array, BigUint64Array or array of numbers");
+    }
+  } else if (offsets.IsArray()) {
+    auto a = offsets.As<Napi::Array>();
+    out.reserve(a.Length());
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      Napi::Value x = a.Get(i);
+      if (!x.IsNumber()) throw_js(env, "invalid", what + ".offsets[" + std::to_string(i) + "] must be a number");
+      add_number(x.As<Napi::Number>().DoubleValue(), i);
+    }
+  } else {
+    throw_js(env, "invalid", what + ".offsets must be a typed array or an array of byte offsets");
+  }
+  return out;
+}
+
 std::vector<BlockDescriptor> to_descriptors(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (!v.IsArray()) throw_js(env, "invalid", what + " must be an array of descriptors");
+  if (v.IsObject() && !v.IsArray() && v.As<Napi::Object>().Has("offsets")) {
+    return block_list_descriptors(env, v.As<Napi::Object>(), what);
+  }
+  if (!v.IsArray()) throw_js(env, "invalid", what + " must be an array of descriptors or a block list {region, offsets, length}");
   auto a = v.As<Napi::Array>();
   std::vector<BlockDescriptor> out(a.Length());
+  // Keys made once: a KV read has thousands of descriptors, and a key made from a C string
+  // costs a string internalization on every Get.
+  const Napi::String k_length = Napi::String::New(env, "length"), k_address = Napi::String::New(env, "address"),
+                     k_device = Napi::String::New(env, "deviceId"), k_region = Napi::String::New(env, "region"),
+                     k_offset = Napi::String::New(env, "offset");
   for (uint32_t i = 0; i < a.Length(); ++i) {
     Napi::Value e = a.Get(i);
-    std::string name = what + "[" + std::to_string(i) + "]";
-    if (!e.IsObject()) throw_js(env, "invalid", name + " must be {region, offset, length} or {address, length}");
+    if (!e.IsObject()) {
+      throw_js(env, "invalid", what + "[" + std::to_string(i) + "] must be {region, offset, length} or {address, length}");
+    }
     auto o = e.As<Napi::Object>();
     BlockDescriptor& d = out[i];
-    d.length = to_u64(env, o.Get("length"), name + ".length");
-    Napi::Value address = o.Get("address");
+    // The error's name is built only on the slow path.
+    auto field = [&](const Napi::String& key, const char* name) -> uint64_t {
+      Napi::Value x = o.Get(key);
+      if (x.IsBigInt()) {
+        bool lossless = false;
+        uint64_t u = x.As<Napi::BigInt>().Uint64Value(&lossless);
+        if (lossless) return u;
+      } else if (x.IsNumber()) {
+        double d = x.As<Napi::Number>().DoubleValue();
+        if (d >= 0 && d <= 9007199254740991.0 && d == static_cast<double>(static_cast<uint64_t>(d))) {
+          return static_cast<uint64_t>(d);
+        }
+      }
+      return to_u64(env, x, what + "[" + std::to_string(i) + "]." + name);
+    };
+    d.length = field(k_length, "length");
+    Napi::Value address = o.Get(k_address);
     if (!address.IsUndefined()) {
       d.by_address = true;
-      d.address = to_u64(env, address, name + ".address");
-      d.device_id = static_cast<int32_t>(option_u64(env, o, "deviceId", 0));
+      d.address = field(k_address, "address");
+      Napi::Value device = o.Get(k_device);
+      d.device_id = device.IsUndefined() || device.IsNull() ? 0 : static_cast<int32_t>(field(k_device, "deviceId"));
     } else {
-      d.region_id = to_u64(env, o.Get("region"), name + ".region");
-      d.offset = option_u64(env, o, "offset", 0);
+      d.region_id = field(k_region, "region");
+      Napi::Value offset = o.Get(k_offset);
+      d.offset = offset.IsUndefined() || offset.IsNull() ? 0 : field(k_offset, "offset");
     }
   }
   return out;
@@ -165,6 +248,23 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
     options.advertise_host = option_string(o, "advertiseHost", "");
     options.advertise_port = static_cast<uint16_t>(option_u64(env, o, "advertisePort", 0));
     options.timeout_ms = static_cast<uint32_t>(option_u64(env, o, "timeoutMs", options.timeout_ms));
+    Napi::Value backends = o.Get("backends");
+    if (!backends.IsUndefined() && !backends.IsNull()) {
+      if (!backends.IsArray()) throw_js(env, "invalid", "backends must be an array of backend names");
+      auto a = backends.As<Napi::Array>();
+      options.read_backends.clear();
+      for (uint32_t i = 0; i < a.Length(); ++i) {
+        Napi::Value name = a.Get(i);
+        if (!name.IsString()) throw_js(env, "invalid", "backends[" + std::to_string(i) + "] must be a string");
+        options.read_backends.push_back(name.As<Napi::String>().Utf8Value());
+      }
+    }
+    options.ucx_transports = option_string(o, "ucxTransports", "");
+    std::string error_mode = option_string(o, "ucxErrorMode", "peer");
+    if (error_mode != "peer" && error_mode != "none") {
+      throw_js(env, "invalid", "ucxErrorMode must be \"peer\" or \"none\", not \"" + error_mode + "\"");
+    }
+    options.ucx_peer_error_handling = error_mode == "peer";
     guarded(env, [&] {
       agent_ = std::make_unique<TransferAgent>(options);
       return 0;
@@ -181,8 +281,17 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
         bool transfer = e->kind == AgentEvent::Kind::TransferFinished;
         if (transfer && js->pending_reads > 0) js->pending_reads--;
         js->update_ref(env);
-        fn.Call({Napi::String::New(env, transfer ? "transfer" : "notification"),
-                 Napi::Number::New(env, static_cast<double>(e->transfer_id))});
+        // Plain Node-API calls, statuses ignored, not Napi::Function::Call: an event still queued
+        // when Node tears the environment down arrives where JavaScript cannot run, and the C++
+        // exception Call would throw there has no JavaScript caller to go to (std::terminate).
+        // An exception the handler itself throws stays pending, and Node reports it as uncaught.
+        napi_value receiver, args[2], result;
+        if (napi_get_undefined(env, &receiver) != napi_ok ||
+            napi_create_string_utf8(env, transfer ? "transfer" : "notification", NAPI_AUTO_LENGTH, &args[0]) != napi_ok ||
+            napi_create_double(env, static_cast<double>(e->transfer_id), &args[1]) != napi_ok) {
+          return;
+        }
+        napi_call_function(env, receiver, fn, 2, args, &result);
       });
       if (s != napi_ok) delete copy;
     });
@@ -426,8 +535,87 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
   bool closed_ = false;
 };
 
+#ifdef SWITCHYARD_TRANSFER_CUDA_KERNELS
+// cudaTools: device memory and ceilings for bench/transfer_cuda.ts (cuda_bench_tools.h).
+// Piece lists are BigUint64Arrays of (a, b, bytes) triples.
+std::vector<CopyPiece> to_pieces(Napi::Env env, Napi::Value v) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
+    throw_js(env, "invalid", "pieces must be a BigUint64Array of (a, b, bytes) triples");
+  }
+  auto a = v.As<Napi::BigUint64Array>();
+  std::vector<CopyPiece> out(a.ElementLength() / 3);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = {a[3 * i], a[3 * i + 1], a[3 * i + 2]};
+  return out;
+}
+
+Napi::Array to_js_numbers(Napi::Env env, const std::vector<double>& xs) {
+  Napi::Array a = Napi::Array::New(env, xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) a.Set(static_cast<uint32_t>(i), Napi::Number::New(env, xs[i]));
+  return a;
+}
+
+Napi::Object CudaTools(Napi::Env env) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("alloc", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+          Napi::Env env = info.Env();
+          uint64_t bytes = to_u64(env, info[0], "bytes");
+          int device = info.Length() > 1 ? static_cast<int>(to_u64(env, info[1], "deviceId")) : 0;
+          return Napi::BigInt::New(env, guarded(env, [&] { return cuda_tools::device_alloc(bytes, device); }));
+        }));
+  o.Set("free", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+          Napi::Env env = info.Env();
+          uint64_t address = to_u64(env, info[0], "address");
+          guarded(env, [&] { cuda_tools::device_free(address); });
+          return env.Undefined();
+        }));
+  o.Set("fillPattern", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+          Napi::Env env = info.Env();
+          uint64_t address = to_u64(env, info[0], "address"), bytes = to_u64(env, info[1], "bytes");
+          uint32_t seed = static_cast<uint32_t>(to_u64(env, info[2], "seed"));
+          guarded(env, [&] { cuda_tools::fill_pattern(address, bytes, seed); });
+          return env.Undefined();
+        }));
+  o.Set("countMismatches", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+          Napi::Env env = info.Env();
+          auto pieces = to_pieces(env, info[0]);  // (destination address, source offset, bytes)
+          for (CopyPiece& p : pieces) std::swap(p.src, p.dst);
+          uint32_t seed = static_cast<uint32_t>(to_u64(env, info[1], "seed"));
+          uint64_t n = guarded(env, [&] { return cuda_tools::count_pattern_mismatches(pieces, seed); });
+          return Napi::Number::New(env, static_cast<double>(n));
+        }));
+  o.Set("memcpyMs", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+          Napi::Env env = info.Env();
+          uint64_t dst = to_u64(env, info[0], "dst"), src = to_u64(env, info[1], "src"), bytes = to_u64(env, info[2], "bytes");
+          int iterations = static_cast<int>(to_u64(env, info[3], "iterations"));
+          return to_js_numbers(env, guarded(env, [&] { return cuda_tools::memcpy_ms(dst, src, bytes, iterations); }));
+        }));
+  o.Set("gatherMs", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+          Napi::Env env = info.Env();
+          auto runs = to_pieces(env, info[0]);
+          int iterations = static_cast<int>(to_u64(env, info[1], "iterations"));
+          uint32_t blocks_per_sm = info.Length() > 2 ? static_cast<uint32_t>(to_u64(env, info[2], "blocksPerSm")) : 4;
+          bool streaming_stores = info.Length() > 3 && info[3].ToBoolean().Value();
+          return to_js_numbers(env, guarded(env, [&] {
+                                 return cuda_tools::gather_copy_ms(runs, iterations, blocks_per_sm, streaming_stores);
+                               }));
+        }));
+  return o;
+}
+#endif
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("TransferAgent", TransferAgentWrap::Define(env));
+  // builtBackends(): the backends this build has ("tcp", "cuda_ipc", "ucx").
+  exports.Set("builtBackends", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto names = TransferAgent::built_backends();
+    Napi::Array a = Napi::Array::New(env, names.size());
+    for (size_t i = 0; i < names.size(); ++i) a.Set(static_cast<uint32_t>(i), names[i]);
+    return a;
+  }));
+#ifdef SWITCHYARD_TRANSFER_CUDA_KERNELS
+  exports.Set("cudaTools", CudaTools(env));
+#endif
   return exports;
 }
 

@@ -6,7 +6,7 @@
 // Per layer: add+RMSNorm -> QKV GEMM -> q/k norm + RoPE + KV store -> paged attention (split-K
 // decode rows, tensor-core prefill tiles) -> O GEMM -> add+RMSNorm -> gate/up GEMM -> SiLU*up ->
 // down GEMM. The residual stream, attention output and GEMM outputs are fp32; the cache and q are
-// 16-bit, and so are GEMM inputs. Steps of at most 8 tokens (decode at small batch) run the GEMMs
+// 16-bit, and GEMM inputs are 16-bit hi + lo pairs (SplitGemmInputs). Steps of at most 8 tokens (decode at small batch) run the GEMMs
 // as gemv kernels with the RMSNorm (and residual add) or SiLU*up fused in as their prologue (the
 // residual then alternates between two buffers); larger steps use cuBLAS after separate norm /
 // SiLU kernels. The final norm + lm_head use gemv whenever at most 8 rows need logits.
@@ -120,13 +120,14 @@ constexpr bool is_bf16() {
 /**
  * SWITCHYARD_CUDA_PROFILE=1: host timers and CUDA events around the phases of each graph decode
  * step, averaged and printed to stderr every 200 such steps. SWITCHYARD_CUDA_PROFILE_STEP=k:
- * cudaProfilerStart/Stop around the k-th graph decode step (for `ncu --profile-from-start off`).
+ * cudaProfilerStart/Stop around the k-th graph decode step (for `ncu --profile-from-start off`);
+ * SWITCHYARD_CUDA_PROFILE_PREFILL_STEP=k the same around the k-th step with prefill tokens.
  */
 struct StepProfile {
   using Clock = std::chrono::steady_clock;
   bool on = false;
-  int ncu_step = -1;
-  int graph_steps = 0, counted = 0;
+  int ncu_step = -1, ncu_prefill_step = -1;
+  int graph_steps = 0, prefill_steps = 0, counted = 0;
   double outside_us = 0, prep_us = 0, launch_us = 0, sample_host_us = 0, wait_us = 0, gpu_h2d_graph_us = 0,
          gpu_sample_us = 0;
   cudaEvent_t ev[3] = {nullptr, nullptr, nullptr};
@@ -138,6 +139,8 @@ struct StepProfile {
     on = p && *p && *p != '0';
     const char* k = std::getenv("SWITCHYARD_CUDA_PROFILE_STEP");
     ncu_step = k && *k ? std::atoi(k) : -1;
+    const char* pk = std::getenv("SWITCHYARD_CUDA_PROFILE_PREFILL_STEP");
+    ncu_prefill_step = pk && *pk ? std::atoi(pk) : -1;
     if (on)
       for (auto& e : ev) SY_CUDA_CHECK(cudaEventCreate(&e));
   }
@@ -158,6 +161,40 @@ struct StepProfile {
   }
 };
 
+/**
+ * Which GEMM inputs are split into hi + lo (kernels.h): the rounding of these activations to
+ * 16 bits is most of the engine's distance from an fp32 reference (bench/CUDA_NOTES.md,
+ * "Correctness"). Prefill pays one more GEMM per split input; decode's gemv reads them in fp32
+ * at no cost. SWITCHYARD_CUDA_SPLIT_GEMM = "all" (default), "none", or a comma list of
+ * qkv, o, gate_up, down, lm_head.
+ */
+struct SplitGemmInputs {
+  bool qkv = true, o = true, gate_up = true, down = true, lm_head = true;
+
+  static SplitGemmInputs from_env() {
+    SplitGemmInputs s;
+    const char* v = std::getenv("SWITCHYARD_CUDA_SPLIT_GEMM");
+    if (!v || !*v || std::strcmp(v, "all") == 0) return s;
+    s.qkv = s.o = s.gate_up = s.down = s.lm_head = false;
+    if (std::strcmp(v, "none") == 0) return s;
+    std::string list(v);
+    size_t start = 0;
+    while (start <= list.size()) {
+      const size_t end = std::min(list.find(',', start), list.size());
+      const std::string name = list.substr(start, end - start);
+      if (name == "qkv") s.qkv = true;
+      else if (name == "o") s.o = true;
+      else if (name == "gate_up") s.gate_up = true;
+      else if (name == "down") s.down = true;
+      else if (name == "lm_head") s.lm_head = true;
+      else throw std::runtime_error("SWITCHYARD_CUDA_SPLIT_GEMM: unknown GEMM '" + name +
+                                    "' (expected all, none, or a comma list of qkv, o, gate_up, down, lm_head)");
+      start = end + 1;
+    }
+    return s;
+  }
+};
+
 template <typename T>
 class Qwen3Cuda final : public CudaModelRunner {
  public:
@@ -168,6 +205,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     SY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, 0));
     gemm_ = std::make_unique<cuda::Gemm>(stream_);
     prof_.init();
+    split_ = SplitGemmInputs::from_env();
     hd_ = c_.head_dim;
     qdim_ = c_.num_heads * hd_;
     kvdim_ = c_.num_kv_heads * hd_;
@@ -238,7 +276,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     std::copy(batch.slots.begin(), batch.slots.end(), slots);
     std::copy(batch.logit_tokens.begin(), batch.logit_tokens.end(), logit_rows);
     int num_decode = 0, num_tiles = 0;
-    const int tile_tokens = cuda::prefill_tile_tokens(c_.num_heads / c_.num_kv_heads);
+    const int tile_tokens = cuda::prefill_tile_tokens(c_.num_heads / c_.num_kv_heads, hd_);
     for (int s = 0; s < num_seqs; ++s) {
       const int last_pos = batch.positions[first[s] + count[s] - 1];
       const int used = last_pos / opt_.block_size + 1;
@@ -270,8 +308,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     const size_t meta_bytes = off_tables_ + sizeof(int32_t) * static_cast<size_t>(seqs_in_meta) * table_stride_;
     cudaGraphExec_t graph = use_graph ? graph_for(padded) : nullptr;
     const bool profiled = prof_.on && graph;
-    const bool ncu = graph && prof_.ncu_step >= 0 && prof_.graph_steps == prof_.ncu_step;
+    const bool ncu = (graph && prof_.ncu_step >= 0 && prof_.graph_steps == prof_.ncu_step) ||
+                     (num_tiles > 0 && prof_.ncu_prefill_step >= 0 && prof_.prefill_steps == prof_.ncu_prefill_step);
     if (graph) ++prof_.graph_steps;
+    if (num_tiles > 0) ++prof_.prefill_steps;
     if (ncu) SY_CUDA_CHECK(cudaProfilerStart());
     const auto t_prep = StepProfile::Clock::now();
     if (profiled) SY_CUDA_CHECK(cudaEventRecord(prof_.ev[0], stream_));
@@ -410,6 +450,9 @@ class Qwen3Cuda final : public CudaModelRunner {
     const size_t attn_f = lay.take(N * qdim_ * 4), counters = lay.take(M * c_.num_kv_heads * 4);
     const size_t argmax_scratch = lay.take(cuda::argmax_scratch_bytes(static_cast<int>(M)));
     const size_t gu = lay.take(N * 2 * inter * 4), act = lay.take(N * inter * e), last = lay.take(M * h * e);
+    const size_t hn_lo = lay.take(split_.qkv || split_.gate_up ? N * h * e : 0);
+    const size_t attn_lo = lay.take(split_.o ? N * qdim_ * e : 0), act_lo = lay.take(split_.down ? N * inter * e : 0);
+    const size_t last_lo = lay.take(split_.lm_head ? M * h * e : 0);
     const size_t logits = lay.take(M * c_.vocab_size * 4);
     const size_t partials = lay.take(static_cast<size_t>(M) * c_.num_heads * kMaxSplits * (hd_ + 2) * 4);
     const size_t out_ids = lay.take(M * 4 * 2 + M * kMaxTopLogprobs * 8), params = lay.take(M * sizeof(cuda::SampleRow));
@@ -428,6 +471,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     gu_ = act_mem_.as<float>(gu);
     act_ = act_mem_.as<T>(act);
     last_ = act_mem_.as<T>(last);
+    hn_lo_ = act_mem_.as<T>(hn_lo);
+    attn_lo_ = act_mem_.as<T>(attn_lo);
+    act_lo_ = act_mem_.as<T>(act_lo);
+    last_lo_ = act_mem_.as<T>(last_lo);
     logits_ = act_mem_.as<float>(logits);
     partials_ = act_mem_.as<float>(partials);
     out_d_ = act_mem_.as<char>(out_ids);
@@ -475,8 +522,11 @@ class Qwen3Cuda final : public CudaModelRunner {
   T* k_cache(int l) const { return kv_mem_.as<T>() + (2LL * l) * layer_cache_elems_; }
   T* v_cache(int l) const { return kv_mem_.as<T>() + (2LL * l + 1) * layer_cache_elems_; }
 
-  void gemm(const T* x, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
-    gemm_->run(x, n, w, out, in, is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16, y);
+  /** y = x · wᵀ, plus x_lo · wᵀ when the input is split (x_lo not null). */
+  void gemm(const T* x, const T* x_lo, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
+    const cuda::Half16 dtype = is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16;
+    gemm_->run(x, n, w, out, in, dtype, y);
+    if (x_lo) gemm_->run(x_lo, n, w, out, in, dtype, y, /*accumulate=*/true);
   }
   void gemv(const cuda::GemvInput& x, int n, const T* w, int64_t out, int64_t in, float* y) {
     cuda::gemv<T>(x, n, w, static_cast<int>(out), static_cast<int>(in), y, stream_);
@@ -503,11 +553,12 @@ class Qwen3Cuda final : public CudaModelRunner {
       const LayerWeights& L = layers_[l];
       const float* d_in = l == 0 ? nullptr : delta_;
       if (small) {
-        gemv(GI{GI::kNorm, xa, d_in, nullptr, L.input_norm, eps, xb}, n, L.qkv, qkvdim_, h, qkv_);
+        gemv(GI{GI::kNorm, xa, d_in, nullptr, L.input_norm, eps, xb, split_.qkv}, n, L.qkv, qkvdim_, h, qkv_);
         std::swap(xa, xb);
       } else {
-        cuda::add_rmsnorm<T>(x_, d_in, L.input_norm, n, h, eps, hn_, stream_);
-        gemm(hn_, n, L.qkv, qkvdim_, h, qkv_);
+        T* lo = split_.qkv ? hn_lo_ : nullptr;
+        cuda::add_rmsnorm<T>(x_, d_in, L.input_norm, n, h, eps, hn_, lo, stream_);
+        gemm(hn_, lo, n, L.qkv, qkvdim_, h, qkv_);
       }
       cuda::qkv_norm_rope_store<T>(qkv_, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout, q_, k_cache(l),
                                    v_cache(l), stream_);
@@ -516,25 +567,34 @@ class Qwen3Cuda final : public CudaModelRunner {
                                       counters_, attn_f_, stream_);
       cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_f_, stream_);
       if (small) {
-        gemv(GI{GI::kF32, attn_f_}, n, L.o, h, qdim_, delta_);
-        gemv(GI{GI::kNorm, xa, delta_, nullptr, L.post_norm, eps, xb}, n, L.gate_up, 2 * inter, h, gu_);
+        GI o_in{GI::kF32, attn_f_};
+        o_in.split = split_.o;
+        gemv(o_in, n, L.o, h, qdim_, delta_);
+        gemv(GI{GI::kNorm, xa, delta_, nullptr, L.post_norm, eps, xb, split_.gate_up}, n, L.gate_up, 2 * inter, h, gu_);
         std::swap(xa, xb);
-        gemv(GI{GI::kSilu, gu_}, n, L.down, h, inter, delta_);
+        GI down_in{GI::kSilu, gu_};
+        down_in.split = split_.down;
+        gemv(down_in, n, L.down, h, inter, delta_);
       } else {
-        cuda::to_half<T>(attn_f_, static_cast<int64_t>(n) * qdim_, attn_, stream_);
-        gemm(attn_, n, L.o, h, qdim_, delta_);
-        cuda::add_rmsnorm<T>(x_, delta_, L.post_norm, n, h, eps, hn_, stream_);
-        gemm(hn_, n, L.gate_up, 2 * inter, h, gu_);
-        cuda::silu_mul<T>(gu_, n, inter, act_, stream_);
-        gemm(act_, n, L.down, h, inter, delta_);
+        T* attn_lo = split_.o ? attn_lo_ : nullptr;
+        cuda::to_half<T>(attn_f_, static_cast<int64_t>(n) * qdim_, attn_, attn_lo, stream_);
+        gemm(attn_, attn_lo, n, L.o, h, qdim_, delta_);
+        T* hn_lo = split_.gate_up ? hn_lo_ : nullptr;
+        cuda::add_rmsnorm<T>(x_, delta_, L.post_norm, n, h, eps, hn_, hn_lo, stream_);
+        gemm(hn_, hn_lo, n, L.gate_up, 2 * inter, h, gu_);
+        T* act_lo = split_.down ? act_lo_ : nullptr;
+        cuda::silu_mul<T>(gu_, n, inter, act_, act_lo, stream_);
+        gemm(act_, act_lo, n, L.down, h, inter, delta_);
       }
     }
     if (m == 0) return;
     if (m <= 8 && gemv_ok_) {
-      gemv(GI{GI::kNorm, xa, delta_, logit_rows, final_norm_, eps, nullptr}, m, lm_head_, c_.vocab_size, h, logits_);
+      gemv(GI{GI::kNorm, xa, delta_, logit_rows, final_norm_, eps, nullptr, split_.lm_head}, m, lm_head_, c_.vocab_size,
+           h, logits_);
     } else {
-      cuda::gather_add_rmsnorm<T>(xa, delta_, logit_rows, m, final_norm_, h, eps, last_, stream_);
-      gemm(last_, m, lm_head_, c_.vocab_size, h, logits_);
+      T* last_lo = split_.lm_head ? last_lo_ : nullptr;
+      cuda::gather_add_rmsnorm<T>(xa, delta_, logit_rows, m, final_norm_, h, eps, last_, last_lo, stream_);
+      gemm(last_, last_lo, m, lm_head_, c_.vocab_size, h, logits_);
     }
   }
 
@@ -679,6 +739,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   bool gemv_ok_ = false;
   float *x_ = nullptr, *delta_ = nullptr, *qkv_ = nullptr, *gu_ = nullptr, *logits_ = nullptr, *partials_ = nullptr;
   T *hn_ = nullptr, *q_ = nullptr, *attn_ = nullptr, *act_ = nullptr, *last_ = nullptr;
+  SplitGemmInputs split_;
+  T *hn_lo_ = nullptr, *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;
   PinnedMemory out_h_, params_h_;

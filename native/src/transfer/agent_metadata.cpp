@@ -10,7 +10,13 @@ namespace sy::transfer {
 namespace {
 
 constexpr uint32_t kMagic = 0x4d415953;  // "SYAM" little-endian: Switchyard Agent Metadata
-constexpr uint32_t kVersion = 1;
+// Version 1: the fields up to the region list. Version 2 appends the backend sections. An
+// agent writes version 1 when it has no sections, so agents built before sections existed
+// still read the metadata of every agent that does not use UCX.
+constexpr uint32_t kVersionWithoutSections = 1;
+constexpr uint32_t kVersion = 2;
+constexpr uint32_t kMaxSections = 16;
+constexpr size_t kMaxSectionBytes = 64u << 20;
 constexpr size_t kMaxName = 256;
 constexpr size_t kMaxRegionBlob = 4096;
 constexpr uint32_t kMaxRegions = 1u << 20;
@@ -32,7 +38,7 @@ std::string AgentMetadata::address() const {
 std::string encode_metadata(const AgentMetadata& m) {
   ByteWriter w;
   w.u32(kMagic);
-  w.u32(kVersion);
+  w.u32(m.sections.empty() ? kVersionWithoutSections : kVersion);
   w.bytes(m.name);
   w.u32(static_cast<uint32_t>(m.backends.size()));
   for (const auto& b : m.backends) w.bytes(b);
@@ -48,6 +54,13 @@ std::string encode_metadata(const AgentMetadata& m) {
     w.u64(r->length);
     w.bytes(r->backend_blob);
   }
+  if (!m.sections.empty()) {
+    w.u32(static_cast<uint32_t>(m.sections.size()));
+    for (const auto& [backend, section] : m.sections) {
+      w.bytes(backend);
+      w.bytes(section);
+    }
+  }
   return std::move(w.str());
 }
 
@@ -57,9 +70,10 @@ AgentMetadata decode_metadata(const std::string& blob) {
     throw TransferError(ErrorKind::Invalid, "not a Switchyard transfer agent metadata blob");
   }
   uint32_t version = r.u32();
-  if (version != kVersion) {
+  if (version != kVersion && version != kVersionWithoutSections) {
     throw TransferError(ErrorKind::Invalid, "agent metadata version " + std::to_string(version) +
-                                                " is not supported (this agent reads version " +
+                                                " is not supported (this agent reads versions " +
+                                                std::to_string(kVersionWithoutSections) + " to " +
                                                 std::to_string(kVersion) + ")");
   }
   AgentMetadata m;
@@ -89,6 +103,14 @@ AgentMetadata decode_metadata(const std::string& blob) {
     region->length = r.u64();
     region->backend_blob = r.bytes(kMaxRegionBlob);
     m.regions.push_back(std::move(region));
+  }
+  if (version >= 2) {
+    uint32_t ns = r.u32();
+    if (ns > kMaxSections) throw TransferError(ErrorKind::Invalid, "agent metadata has " + std::to_string(ns) + " backend sections");
+    for (uint32_t i = 0; i < ns; ++i) {
+      std::string backend = r.bytes(kMaxName);
+      m.sections[backend] = r.bytes(kMaxSectionBytes);
+    }
   }
   if (!r.at_end()) throw TransferError(ErrorKind::Invalid, "agent metadata has trailing bytes");
   return m;

@@ -1,10 +1,12 @@
 // What one agent tells another so that the other can read from it: its name, the backends
 // it speaks, where its TCP listener is, a host identity (CUDA IPC works only within one
-// host), and its registered regions. The blob is opaque to callers; its layout is private
-// to this file and versioned by a magic number, so an old or foreign blob is refused
-// with a clear error instead of being misread.
+// host), its registered regions, and a section per backend that needs more than the region
+// list (UCX: its worker address and a remote key per region). The blob is opaque to callers;
+// its layout is private to agent_metadata.cpp and versioned by a magic number, so a foreign or
+// newer blob is refused with a clear error instead of being misread.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +23,8 @@ struct AgentMetadata {
   /** Same value on two agents <=> same host (boot id); decides whether CUDA IPC is possible. */
   std::string host_id;
   std::vector<std::shared_ptr<const MemoryRegion>> regions;
+  /** Backend name -> what that backend exported (TransferBackend::metadata_section). */
+  std::map<std::string, std::string> sections;
 
   bool has_backend(const std::string& backend) const;
   std::string address() const;

@@ -4,8 +4,11 @@
 // backend owns the job until it reports the outcome, exactly once, through
 // BackendEvents::transfer_finished: on success, error, timeout, cancel, or its own shutdown.
 //
-// Backends: TCP (host memory, any two hosts; always built) and CUDA IPC (device memory, one
-// host; built only with CUDA). Notifications always travel over TCP, the control channel.
+// Backends: TCP (host memory, any two hosts; always built), CUDA IPC (device memory, one
+// host; built only with CUDA) and UCX (host memory, and device memory where UCX was built with
+// CUDA; any two hosts, over RDMA where the fabric has it; built only with libucx-dev, used only
+// when the agent is asked to). Notifications travel over TCP, the control channel, except to a
+// peer this agent reads from over UCX: those go as UCX active messages (transfer_agent.cpp).
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -49,6 +52,22 @@ class TransferBackend {
   virtual bool can_read(const AgentMetadata& peer, const MemoryRegion& remote, const MemoryRegion& local) const = 0;
   /** What a peer needs to reach `region` through this backend (e.g. an IPC handle); may be empty. */
   virtual std::string export_region(const MemoryRegion& region) { return {}; }
+  /**
+   * A region was registered (before any peer can learn of it): a backend that serves memory by
+   * its own registration (UCX's ucp_mem_map) does it here. Returns whether this backend now
+   * reaches the region; throws TransferError to refuse it.
+   */
+  virtual bool add_region(const MemoryRegion& region) { return false; }
+  /** The region was deregistered: peers must no longer read it through this backend. */
+  virtual void remove_region(uint64_t region_id) {}
+  /** This backend's section of the agent's metadata (e.g. UCX's worker address and keys); empty for none. */
+  virtual std::string metadata_section() const { return {}; }
+  /** Whether `peer`'s metadata lets this backend reach it (for notifications; reads ask can_read). */
+  virtual bool reaches(const AgentMetadata& peer) const { return false; }
+  /** Queues a notification to `peer`; only called where reaches(peer). TCP's has its own entry point. */
+  virtual void send_notification_to(const std::shared_ptr<const AgentMetadata>& peer, std::string bytes) {
+    throw TransferError(ErrorKind::Invalid, std::string("the ") + name() + " backend sends no notifications");
+  }
   virtual void post_read(ReadJob job) = 0;
   /** Fails the transfer with ErrorKind::Canceled if it has not finished; no-op otherwise. */
   virtual void cancel(uint64_t transfer_id) = 0;

@@ -2,7 +2,11 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+
+#include "transfer/cuda_copy_kernels.h"
 
 namespace sy::transfer {
 namespace {
@@ -27,6 +31,11 @@ std::unique_ptr<CudaIpcBackend> CudaIpcBackend::create(std::string host_id, Back
 
 CudaIpcBackend::CudaIpcBackend(std::string host_id, BackendEvents& events)
     : host_id_(std::move(host_id)), events_(events) {
+  const char* method = std::getenv("SWITCHYARD_CUDA_IPC_COPY");
+  if (method && std::strcmp(method, "batch") == 0) method_ = CopyMethod::Batch;
+  if (method && std::strcmp(method, "memcpy") == 0) method_ = CopyMethod::Memcpy;
+  const char* trace = std::getenv("SWITCHYARD_CUDA_IPC_TRACE");
+  trace_ = trace && trace[0] && std::strcmp(trace, "0") != 0;
   worker_ = std::thread([this] { run(); });
 }
 
@@ -103,6 +112,27 @@ void CudaIpcBackend::run() {
   }
   for (auto& [key, pointer] : opened_) cudaIpcCloseMemHandle(pointer);
   opened_.clear();
+  for (auto& [device, state] : devices_) {
+    cudaSetDevice(device);
+    if (state.stream) cudaStreamDestroy(state.stream);
+    if (state.start) cudaEventDestroy(state.start);
+    if (state.stop) cudaEventDestroy(state.stop);
+    if (state.host_pieces) cudaFreeHost(state.host_pieces);
+    if (state.device_pieces) cudaFree(state.device_pieces);
+  }
+  devices_.clear();
+}
+
+CudaIpcBackend::DeviceState& CudaIpcBackend::device_state(int device) {
+  DeviceState& state = devices_[device];
+  if (!state.stream) {
+    check(cudaStreamCreateWithFlags(&state.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreate(&state.start), "cudaEventCreate");
+    check(cudaEventCreate(&state.stop), "cudaEventCreate");
+    check(cudaDeviceGetAttribute(&state.multiprocessors, cudaDevAttrMultiProcessorCount, device),
+          "cudaDeviceGetAttribute");
+  }
+  return state;
 }
 
 uint8_t* CudaIpcBackend::mapped(const AgentMetadata& peer, const MemoryRegion& remote) {
@@ -120,25 +150,134 @@ uint8_t* CudaIpcBackend::mapped(const AgentMetadata& peer, const MemoryRegion& r
 }
 
 void CudaIpcBackend::execute(const ReadJob& job) {
-  // Copies are issued from the device of the first local block (or the remote one for host
-  // destinations); cudaMemcpyDefault routes each by its pointers (unified addressing).
+  const auto started = Clock::now();
+  // Copies are issued from the device of the local blocks (or the remote one for host
+  // destinations); cudaMemcpyDefault routes memcpy by its pointers (unified addressing). The
+  // kernel runs on the local device and reads the peer's memory through the IPC mapping.
   const MemoryRegion& first_local = *job.local[0].region;
-  int device = first_local.kind == MemoryKind::Cuda ? first_local.device_id : job.remote[0].region->device_id;
-  check(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
-  cudaStream_t stream;
-  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  try {
-    for (size_t i = 0; i < job.remote.size(); ++i) {
-      uint8_t* source = mapped(*job.peer, *job.remote[i].region) + job.remote[i].offset;
-      check(cudaMemcpyAsync(job.local[i].pointer(), source, job.local[i].length, cudaMemcpyDefault, stream),
-            "cudaMemcpyAsync of descriptor pair " + std::to_string(i));
+  const int device = first_local.kind == MemoryKind::Cuda ? first_local.device_id : job.remote[0].region->device_id;
+  bool local_on_device = true;
+  for (const ResolvedBlock& b : job.local) {
+    if (b.region->kind != MemoryKind::Cuda || b.region->device_id != device) {
+      local_on_device = false;
+      break;
     }
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  } catch (...) {
-    cudaStreamDestroy(stream);
-    throw;
   }
-  cudaStreamDestroy(stream);
+  check(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+  DeviceState& state = device_state(device);
+
+  // Merge pairs that continue the previous one on both sides (consecutive KV blocks).
+  runs_.clear();
+  const MemoryRegion* last_region = nullptr;
+  uint8_t* last_base = nullptr;
+  for (size_t i = 0; i < job.remote.size(); ++i) {
+    const MemoryRegion* region = job.remote[i].region.get();
+    if (region != last_region) {
+      last_base = mapped(*job.peer, *region);
+      last_region = region;
+    }
+    const uint64_t src = reinterpret_cast<uint64_t>(last_base + job.remote[i].offset);
+    const uint64_t dst = reinterpret_cast<uint64_t>(job.local[i].pointer());
+    const uint64_t bytes = job.local[i].length;
+    if (!runs_.empty() && runs_.back().src + runs_.back().bytes == src && runs_.back().dst + runs_.back().bytes == dst) {
+      runs_.back().bytes += bytes;
+    } else {
+      runs_.push_back({src, dst, bytes});
+    }
+  }
+
+  CopyMethod method = method_;
+#ifndef SWITCHYARD_TRANSFER_CUDA_KERNELS
+  if (method == CopyMethod::Kernel) method = CopyMethod::Memcpy;  // built without nvcc
+#endif
+  if (!local_on_device) method = CopyMethod::Memcpy;
+  size_t pieces = runs_.size();
+  const auto memcpy_runs = [&] {
+    for (size_t i = 0; i < runs_.size(); ++i) {
+      check(cudaMemcpyAsync(reinterpret_cast<void*>(runs_[i].dst), reinterpret_cast<const void*>(runs_[i].src),
+                            runs_[i].bytes, cudaMemcpyDefault, state.stream),
+            "cudaMemcpyAsync of run " + std::to_string(i));
+    }
+  };
+  // The trace's GPU time starts at the first GPU operation, after the host has planned the copy.
+  const auto mark_start = [&] {
+    if (trace_) check(cudaEventRecord(state.start, state.stream), "cudaEventRecord");
+  };
+  switch (method) {
+    case CopyMethod::Kernel: {
+#ifdef SWITCHYARD_TRANSFER_CUDA_KERNELS
+      std::vector<CopyPiece>& plan = plan_;  // kept between reads: no reallocation
+      plan.clear();
+      for (const Run& r : runs_) plan_copy_pieces(r.src, r.dst, r.bytes, plan);
+      pieces = plan.size();
+      if (plan.size() > state.piece_capacity) {
+        if (state.host_pieces) cudaFreeHost(state.host_pieces);
+        if (state.device_pieces) cudaFree(state.device_pieces);
+        state.host_pieces = state.device_pieces = nullptr;
+        state.piece_capacity = 0;
+        const size_t capacity = plan.size() + plan.size() / 2;
+        check(cudaMallocHost(&state.host_pieces, capacity * sizeof(CopyPiece)), "cudaMallocHost of the piece list");
+        check(cudaMalloc(&state.device_pieces, capacity * sizeof(CopyPiece)), "cudaMalloc of the piece list");
+        state.piece_capacity = capacity;
+      }
+      // The pinned buffer is reused only after the previous read's stream synchronize.
+      std::memcpy(state.host_pieces, plan.data(), plan.size() * sizeof(CopyPiece));
+      mark_start();
+      check(cudaMemcpyAsync(state.device_pieces, state.host_pieces, plan.size() * sizeof(CopyPiece),
+                            cudaMemcpyHostToDevice, state.stream),
+            "cudaMemcpyAsync of the piece list");
+      // 4 blocks of 256 threads per SM fill it (8 x 16-byte loads in flight per thread);
+      // streaming stores were 1-4% faster (bench/transfer_cuda.ts).
+      check(launch_gather_copy(static_cast<const CopyPiece*>(state.device_pieces), static_cast<uint32_t>(plan.size()),
+                               static_cast<uint32_t>(state.multiprocessors) * 4, state.stream, /*streaming_stores=*/true),
+            "the gather copy kernel");
+#endif
+      break;
+    }
+    case CopyMethod::Batch: {
+#if CUDART_VERSION >= 12080
+      std::vector<void*> dsts(runs_.size());
+      std::vector<const void*> srcs(runs_.size());
+      std::vector<size_t> sizes(runs_.size());
+      for (size_t i = 0; i < runs_.size(); ++i) {
+        dsts[i] = reinterpret_cast<void*>(runs_[i].dst);
+        srcs[i] = reinterpret_cast<const void*>(runs_[i].src);
+        sizes[i] = runs_[i].bytes;
+      }
+      mark_start();
+      cudaMemcpyAttributes attributes{};
+      attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+      size_t attribute_index = 0;
+      check(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), runs_.size(), &attributes, &attribute_index, 1,
+                                 state.stream),
+            "cudaMemcpyBatchAsync of " + std::to_string(runs_.size()) + " runs");
+      break;
+#else
+      mark_start();
+      memcpy_runs();  // cudaMemcpyBatchAsync needs CUDA 12.8
+      break;
+#endif
+    }
+    case CopyMethod::Memcpy:
+      mark_start();
+      memcpy_runs();
+      break;
+  }
+  if (trace_) check(cudaEventRecord(state.stop, state.stream), "cudaEventRecord");
+  const auto issued = Clock::now();
+  check(cudaStreamSynchronize(state.stream), "cudaStreamSynchronize");
+  if (trace_) {
+    float gpu_ms = 0;
+    cudaEventElapsedTime(&gpu_ms, state.start, state.stop);
+    const auto us = [](Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
+    static const char* const kMethodNames[] = {"kernel", "batch", "memcpy"};
+    std::fprintf(stderr,
+                 "cuda_ipc trace: read %llu: %zu descriptors, %zu runs, %zu copies, %s, %llu bytes: "
+                 "issue %.1f us, gpu %.1f us, total %.1f us\n",
+                 static_cast<unsigned long long>(job.transfer_id), job.remote.size(), runs_.size(), pieces,
+                 kMethodNames[static_cast<int>(method)], static_cast<unsigned long long>(job.total_bytes),
+                 us(issued - started), gpu_ms * 1000.0, us(Clock::now() - started));
+  }
 }
 
 }  // namespace sy::transfer

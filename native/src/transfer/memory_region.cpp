@@ -91,7 +91,8 @@ ResolvedBlock RegionTable::resolve(const BlockDescriptor& d, const std::string& 
       auto it = regions_.find(d.region_id);
       if (it != regions_.end()) r = it->second;
     }
-    if (r) return resolve_in({r}, d, whose);
+    if (r && d.length > 0 && fits(d.offset, d.length, r->length)) return ResolvedBlock{std::move(r), d.offset, d.length};
+    if (r) return resolve_in({r}, d, whose);  // for its error message
   }
   return resolve_in(list(), d, whose);
 }

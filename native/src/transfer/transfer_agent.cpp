@@ -5,6 +5,9 @@
 #ifdef SWITCHYARD_TRANSFER_CUDA_IPC
 #include "transfer/cuda_ipc_backend.h"
 #endif
+#ifdef SWITCHYARD_TRANSFER_UCX
+#include "transfer/ucx_backend.h"
+#endif
 
 namespace sy::transfer {
 
@@ -29,9 +32,38 @@ TransferAgent::TransferAgent(AgentOptions options) : options_(std::move(options)
   if (options_.advertise_host.empty()) options_.advertise_host = default_advertise_host(options_.tcp.listen_host);
   if (options_.advertise_port == 0) options_.advertise_port = tcp_->port();
   backends_.push_back(tcp_.get());
+  bool tcp_reads = false;
+  for (const std::string& b : options_.read_backends) {
+    if (b == "tcp") {
+      if (!tcp_reads) read_order_.push_back(tcp_.get());
+      tcp_reads = true;
+    } else if (b == "ucx") {
+#ifdef SWITCHYARD_TRANSFER_UCX
+      if (ucx_) continue;
+      UcxOptions ucx;
+      ucx.transports = options_.ucx_transports;
+      ucx.peer_error_handling = options_.ucx_peer_error_handling;
+      ucx.chunk_bytes = options_.tcp.chunk_bytes;
+      ucx.max_inflight_bytes = options_.tcp.max_inflight_bytes;
+      ucx_ = std::make_unique<UcxBackend>(options_.name, std::move(ucx), events);
+      backends_.push_back(ucx_.get());
+      read_order_.push_back(ucx_.get());
+#else
+      throw TransferError(ErrorKind::Invalid,
+                          "this build has no UCX backend: libucx-dev was not installed when the transfer addon "
+                          "was built (apt-get install libucx-dev, then npm install)");
+#endif
+    } else {
+      throw TransferError(ErrorKind::Invalid, "unknown transfer backend '" + b + "' (expected \"tcp\" or \"ucx\")");
+    }
+  }
+  if (read_order_.empty()) throw TransferError(ErrorKind::Invalid, "backends must name at least one of \"tcp\", \"ucx\"");
 #ifdef SWITCHYARD_TRANSFER_CUDA_IPC
   device_ = CudaIpcBackend::create(host_id_, events);
-  if (device_) backends_.push_back(device_.get());
+  if (device_) {
+    backends_.push_back(device_.get());
+    read_order_.insert(read_order_.begin(), device_.get());
+  }
 #endif
 }
 
@@ -50,30 +82,61 @@ std::vector<std::string> TransferAgent::backends() const {
   return names;
 }
 
+std::vector<std::string> TransferAgent::built_backends() {
+  std::vector<std::string> names = {"tcp"};
+#ifdef SWITCHYARD_TRANSFER_CUDA_IPC
+  names.emplace_back("cuda_ipc");
+#endif
+#ifdef SWITCHYARD_TRANSFER_UCX
+  names.emplace_back("ucx");
+#endif
+  return names;
+}
+
 std::shared_ptr<const MemoryRegion> TransferAgent::register_memory(MemoryKind kind, int32_t device_id, uint64_t base,
                                                                    uint64_t length) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) throw TransferError(ErrorKind::Closed, "agent '" + name() + "' is closed");
   }
-  if (kind == MemoryKind::Host) return regions_.add(kind, 0, base, length);
-  // Device memory is reachable only through a backend that exports it (a CUDA IPC handle).
-  MemoryRegion probe;
-  probe.kind = kind;
-  probe.device_id = device_id;
-  probe.base = base;
-  probe.length = length;
-  for (TransferBackend* b : backends_) {
-    if (b == tcp_.get()) continue;
-    std::string blob = b->export_region(probe);
-    if (!blob.empty()) return regions_.add(kind, device_id, base, length, std::move(blob));
+  // Device memory is reachable only through a backend that exports it (a CUDA IPC handle) or
+  // maps it (UCX built with CUDA); host memory always through TCP, and UCX maps it too.
+  std::string blob;
+  if (kind != MemoryKind::Host) {
+    MemoryRegion probe;
+    probe.kind = kind;
+    probe.device_id = device_id;
+    probe.base = base;
+    probe.length = length;
+    for (TransferBackend* b : backends_) {
+      blob = b->export_region(probe);
+      if (!blob.empty()) break;
+    }
   }
-  throw TransferError(ErrorKind::Invalid, std::string("cannot register ") + memory_kind_name(kind) +
-                                              " memory: this agent has no backend for it (CUDA IPC needs a build "
-                                              "with CUDA and a visible GPU)");
+  auto region = regions_.add(kind, kind == MemoryKind::Host ? 0 : device_id, base, length, std::move(blob));
+  bool reachable = kind == MemoryKind::Host || !region->backend_blob.empty();
+  try {
+    for (TransferBackend* b : backends_) reachable = b->add_region(*region) || reachable;
+  } catch (...) {
+    deregister_memory(region->id);
+    throw;
+  }
+  if (!reachable) {
+    deregister_memory(region->id);
+    throw TransferError(ErrorKind::Invalid, std::string("cannot register ") + memory_kind_name(kind) +
+                                                " memory: this agent has no backend for it (CUDA IPC needs a build "
+                                                "with CUDA and a visible GPU; UCX needs a UCX built with CUDA)");
+  }
+  return region;
 }
 
-bool TransferAgent::deregister_memory(uint64_t region_id) { return regions_.remove(region_id); }
+bool TransferAgent::deregister_memory(uint64_t region_id) {
+  bool removed = regions_.remove(region_id);
+  if (removed) {
+    for (TransferBackend* b : backends_) b->remove_region(region_id);
+  }
+  return removed;
+}
 
 std::string TransferAgent::metadata() const {
   AgentMetadata m;
@@ -83,6 +146,10 @@ std::string TransferAgent::metadata() const {
   m.port = options_.advertise_port;
   m.host_id = host_id_;
   m.regions = regions_.list();
+  for (const TransferBackend* b : backends_) {
+    std::string section = b->metadata_section();
+    if (!section.empty()) m.sections[b->name()] = std::move(section);
+  }
   return encode_metadata(m);
 }
 
@@ -124,10 +191,19 @@ uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<B
   job.remote.reserve(remote_descs.size());
   job.local.reserve(local_descs.size());
   const std::string whose_remote = "agent '" + remote + "'";  // as its metadata, maybe stale, says
+  const std::string whose_local = "this agent ('" + name() + "')";
+  std::shared_ptr<const MemoryRegion> last_local;  // a KV read's local blocks share one region
   for (size_t i = 0; i < remote_descs.size(); ++i) {
     try {
       job.remote.push_back(resolve_in(peer->regions, remote_descs[i], whose_remote));
-      job.local.push_back(regions_.resolve(local_descs[i], "this agent ('" + name() + "')"));
+      const BlockDescriptor& d = local_descs[i];
+      if (last_local && !d.by_address && d.region_id == last_local->id && d.length > 0 &&
+          d.offset <= last_local->length && d.length <= last_local->length - d.offset) {
+        job.local.push_back(ResolvedBlock{last_local, d.offset, d.length});  // no table lookup
+      } else {
+        job.local.push_back(regions_.resolve(d, whose_local));
+        last_local = job.local.back().region;
+      }
     } catch (const TransferError& e) {
       throw TransferError(e.kind(), "descriptor pair " + std::to_string(i) + ": " + e.what());
     }
@@ -139,9 +215,13 @@ uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<B
     job.total_bytes += job.local[i].length;
   }
   TransferBackend* backend = nullptr;
-  for (TransferBackend* b : backends_) {
+  for (TransferBackend* b : read_order_) {
     bool all = true;
-    for (size_t i = 0; all && i < job.remote.size(); ++i) all = b->can_read(*peer, *job.remote[i].region, *job.local[i].region);
+    for (size_t i = 0; all && i < job.remote.size(); ++i) {
+      // Asked once per run of pairs in the same two regions (a KV read: thousands of pairs, few regions).
+      if (i > 0 && job.remote[i].region == job.remote[i - 1].region && job.local[i].region == job.local[i - 1].region) continue;
+      all = b->can_read(*peer, *job.remote[i].region, *job.local[i].region);
+    }
     if (all) {
       backend = b;
       break;
@@ -206,7 +286,24 @@ void TransferAgent::release(uint64_t transfer_id) {
 }
 
 void TransferAgent::send_notification(const std::string& peer, std::string bytes) {
-  tcp_->send_notification(peer, remote_metadata(peer), std::move(bytes));
+  notify_peer(peer, remote_metadata(peer), std::move(bytes));
+}
+
+void TransferAgent::notify_peer(const std::string& peer, const std::shared_ptr<const AgentMetadata>& metadata,
+                                std::string bytes) {
+  // The channel follows the read preference, so one peer's notifications (a read's, and
+  // notify()'s) all take one channel and arrive in order. Without metadata: TCP, over the
+  // connection the peer opened.
+  if (ucx_ && metadata) {
+    for (const TransferBackend* b : read_order_) {
+      if (b == ucx_.get() && ucx_->reaches(*metadata)) {
+        ucx_->send_notification_to(metadata, std::move(bytes));
+        return;
+      }
+      if (b == tcp_.get() && metadata->has_backend("tcp")) break;
+    }
+  }
+  tcp_->send_notification(peer, metadata, std::move(bytes));
 }
 
 std::vector<Notification> TransferAgent::take_notifications() {
@@ -229,7 +326,7 @@ void TransferAgent::close() {
     if (closed_) return;
     closed_ = true;
   }
-  // Device backends first: their completions may still queue notifications over TCP.
+  // TCP last: the others' completions may still queue notifications over it.
   for (auto it = backends_.rbegin(); it != backends_.rend(); ++it) (*it)->shutdown();
   std::lock_guard<std::mutex> lock(mu_);
   hook_ = nullptr;
@@ -261,7 +358,7 @@ void TransferAgent::transfer_finished(uint64_t transfer_id, uint64_t bytes, cons
   // it is done has not already dropped the notification.
   if (notify) {
     try {
-      tcp_->send_notification(remote, remote_metadata(remote), std::move(notification));
+      notify_peer(remote, remote_metadata(remote), std::move(notification));
     } catch (const TransferError&) {
       // This agent is closing or forgot the peer; the read itself succeeded.
     }

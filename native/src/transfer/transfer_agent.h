@@ -25,6 +25,17 @@ namespace sy::transfer {
 struct AgentOptions {
   std::string name;
   TcpOptions tcp;
+  /**
+   * The backends that may carry reads of host memory, most preferred first: "tcp", "ucx". A
+   * read goes over the first one both agents have. TCP runs whatever this says (it is the
+   * listener and the control channel); UCX starts only when listed. Device memory of a peer
+   * on this host goes over CUDA IPC whatever this says.
+   */
+  std::vector<std::string> read_backends = {"tcp"};
+  /** UCX transports (UCX_TLS syntax), when "ucx" is listed; empty: UCX's default. */
+  std::string ucx_transports;
+  /** UcxOptions::peer_error_handling. */
+  bool ucx_peer_error_handling = true;
   /** Host and port peers connect to; default: the listen host (the hostname when that is a
    *  wildcard) and the bound port. Set them when peers reach this agent through NAT or a proxy. */
   std::string advertise_host;
@@ -64,8 +75,11 @@ class TransferAgent final : private BackendEvents {
   std::string address() const;
   /** The port its TCP listener is bound to (the advertised one may differ). */
   uint16_t listen_port() const { return tcp_->port(); }
-  /** The backends this build has: "tcp", and "cuda_ipc" when built with CUDA. */
+  /** The backends this agent runs (and its metadata advertises): "tcp"; "ucx" when asked for;
+   *  "cuda_ipc" when built with CUDA and a GPU is visible. */
   std::vector<std::string> backends() const;
+  /** The backends this build has, whether or not an agent runs them. */
+  static std::vector<std::string> built_backends();
 
   /** The caller keeps [base, base + length) alive until deregistered and no transfer uses it. */
   std::shared_ptr<const MemoryRegion> register_memory(MemoryKind kind, int32_t device_id, uint64_t base,
@@ -115,13 +129,18 @@ class TransferAgent final : private BackendEvents {
   void notification_received(const std::string& from_agent, std::string bytes) override;
   void emit(const AgentEvent& event);
   std::shared_ptr<const AgentMetadata> remote_metadata(const std::string& name) const;
+  /** Notifications to a peer go over UCX when UCX is what this agent reads from it over, else TCP. */
+  void notify_peer(const std::string& peer, const std::shared_ptr<const AgentMetadata>& metadata, std::string bytes);
 
   AgentOptions options_;
   std::string host_id_;
   RegionTable regions_;
   std::unique_ptr<TcpBackend> tcp_;
   std::unique_ptr<TransferBackend> device_;  // CUDA IPC, where built and a GPU is visible
-  std::vector<TransferBackend*> backends_;  // tcp_ first; device backends after it
+  std::unique_ptr<TransferBackend> ucx_;     // UCX, where built and asked for
+  std::vector<TransferBackend*> backends_;   // every backend running: tcp_ first
+  /** Whom post_read asks, in order: the device backend, then read_backends' order. */
+  std::vector<TransferBackend*> read_order_;
 
   mutable std::mutex mu_;  // guards everything below
   bool closed_ = false;

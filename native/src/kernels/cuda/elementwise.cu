@@ -20,9 +20,18 @@ __global__ void embed_kernel(const T* table, const int32_t* tokens, int dim, flo
 }
 
 // One block per row. The row is read once into registers-by-stride, summed, then written.
+// y (and y_lo, when not null): the value v as hi = T(v) and lo = T(v - hi), so that hi + lo
+// carries v to ~16 significant bits through two 16-bit GEMMs (the split GEMM inputs).
+template <typename T>
+__device__ __forceinline__ void store_split(float v, T* y, T* y_lo, int64_t i) {
+  const T hi = from_f32<T>(v);
+  y[i] = hi;
+  if (y_lo) y_lo[i] = from_f32<T>(v - to_f32(hi));
+}
+
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* gather, const float* weight, int dim,
-                                   float eps, T* y, bool write_back) {
+                                   float eps, T* y, T* y_lo, bool write_back) {
   __shared__ float scratch[32];
   const int r = blockIdx.x;
   const int64_t src = gather ? gather[r] : r;
@@ -37,10 +46,10 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* 
   }
   ss = block_sum(ss, scratch);
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
-  T* yr = y + static_cast<int64_t>(r) * dim;
+  const int64_t yr = static_cast<int64_t>(r) * dim;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     const float v = write_back || !dr ? xr[i] : xr[i] + dr[i];
-    yr[i] = from_f32<T>(weight[i] * (v * inv));
+    store_split(weight[i] * (v * inv), y, y_lo, yr + i);
   }
 }
 
@@ -93,20 +102,33 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* posi
 }
 
 template <typename T>
-__global__ void to_half_kernel(const float* in, int64_t count, T* out) {
+__global__ void to_half_kernel(const float* in, int64_t count, T* out, T* out_lo) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = from_f32<T>(in[i]);
+    store_split(in[i], out, out_lo, i);
 }
 
-template <typename T>
-__global__ void silu_mul_kernel(const float* gu, int inter, T* out) {
+__device__ __forceinline__ float silu_times(float gate, float up) {
+  return gate / (1.0f + expf(-gate)) * up;  // the expression gemv's kSilu prologue computes
+}
+
+// V elements per thread (16-byte loads of gate and up when V == 4: inter % 4 == 0).
+template <typename T, int V>
+__global__ void silu_mul_kernel(const float* gu, int inter, T* out, T* out_lo) {
   const int t = blockIdx.y;
   const float* g = gu + static_cast<int64_t>(t) * 2 * inter;
-  T* o = out + static_cast<int64_t>(t) * inter;
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
-    const float x = g[i];
-    o[i] = from_f32<T>(x / (1.0f + expf(-x)) * g[inter + i]);
+  const int64_t o = static_cast<int64_t>(t) * inter;
+  for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < inter; i += gridDim.x * blockDim.x * V) {
+    if constexpr (V == 4) {
+      const float4 a = *reinterpret_cast<const float4*>(g + i);
+      const float4 b = *reinterpret_cast<const float4*>(g + inter + i);
+      store_split(silu_times(a.x, b.x), out, out_lo, o + i);
+      store_split(silu_times(a.y, b.y), out, out_lo, o + i + 1);
+      store_split(silu_times(a.z, b.z), out, out_lo, o + i + 2);
+      store_split(silu_times(a.w, b.w), out, out_lo, o + i + 3);
+    } else {
+      store_split(silu_times(g[i], g[inter + i]), out, out_lo, o + i);
+    }
   }
 }
 
@@ -120,18 +142,19 @@ void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cu
 }
 
 template <typename T>
-void add_rmsnorm(float* x, const float* delta, const float* weight, int rows, int dim, float eps, T* y,
+void add_rmsnorm(float* x, const float* delta, const float* weight, int rows, int dim, float eps, T* y, T* y_lo,
                  cudaStream_t stream) {
   if (rows == 0) return;
-  add_rmsnorm_kernel<T><<<rows, kRowThreads, 0, stream>>>(x, delta, nullptr, weight, dim, eps, y, true);
+  add_rmsnorm_kernel<T><<<rows, kRowThreads, 0, stream>>>(x, delta, nullptr, weight, dim, eps, y, y_lo, true);
   SY_CUDA_CHECK_LAUNCH(add_rmsnorm_kernel);
 }
 
 template <typename T>
 void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows, int m, const float* weight, int dim,
-                        float eps, T* y, cudaStream_t stream) {
+                        float eps, T* y, T* y_lo, cudaStream_t stream) {
   if (m == 0) return;
-  add_rmsnorm_kernel<T><<<m, kRowThreads, 0, stream>>>(const_cast<float*>(x), delta, rows, weight, dim, eps, y, false);
+  add_rmsnorm_kernel<T><<<m, kRowThreads, 0, stream>>>(const_cast<float*>(x), delta, rows, weight, dim, eps, y, y_lo,
+                                                       false);
   SY_CUDA_CHECK_LAUNCH(gather_add_rmsnorm_kernel);
 }
 
@@ -149,30 +172,35 @@ void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, cons
 }
 
 template <typename T>
-void to_half(const float* in, int64_t count, T* out, cudaStream_t stream) {
+void to_half(const float* in, int64_t count, T* out, T* out_lo, cudaStream_t stream) {
   if (count == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 4096));
-  to_half_kernel<T><<<blocks, 256, 0, stream>>>(in, count, out);
+  to_half_kernel<T><<<blocks, 256, 0, stream>>>(in, count, out, out_lo);
   SY_CUDA_CHECK_LAUNCH(to_half_kernel);
 }
 
 template <typename T>
-void silu_mul(const float* gate_up, int n, int inter, T* out, cudaStream_t stream) {
+void silu_mul(const float* gate_up, int n, int inter, T* out, T* out_lo, cudaStream_t stream) {
   if (n == 0) return;
-  const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(n));
-  silu_mul_kernel<T><<<grid, 256, 0, stream>>>(gate_up, inter, out);
+  if (inter % 4 == 0) {
+    const dim3 grid(static_cast<unsigned>((inter / 4 + 255) / 256), static_cast<unsigned>(n));
+    silu_mul_kernel<T, 4><<<grid, 256, 0, stream>>>(gate_up, inter, out, out_lo);
+  } else {
+    const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(n));
+    silu_mul_kernel<T, 1><<<grid, 256, 0, stream>>>(gate_up, inter, out, out_lo);
+  }
   SY_CUDA_CHECK_LAUNCH(silu_mul_kernel);
 }
 
 #define SY_INSTANTIATE(T)                                                                                         \
   template void embed<T>(const T*, const int32_t*, int, int, float*, cudaStream_t);                              \
-  template void add_rmsnorm<T>(float*, const float*, const float*, int, int, float, T*, cudaStream_t);           \
+  template void add_rmsnorm<T>(float*, const float*, const float*, int, int, float, T*, T*, cudaStream_t);       \
   template void gather_add_rmsnorm<T>(const float*, const float*, const int32_t*, int, const float*, int, float, \
-                                      T*, cudaStream_t);                                                         \
+                                      T*, T*, cudaStream_t);                                                     \
   template void qkv_norm_rope_store<T>(const float*, int, const int32_t*, const int32_t*, const float*,          \
                                        const float*, const float*, const QkvLayout&, T*, T*, T*, cudaStream_t);  \
-  template void silu_mul<T>(const float*, int, int, T*, cudaStream_t);                                          \
-  template void to_half<T>(const float*, int64_t, T*, cudaStream_t);
+  template void silu_mul<T>(const float*, int, int, T*, T*, cudaStream_t);                                      \
+  template void to_half<T>(const float*, int64_t, T*, T*, cudaStream_t);
 SY_INSTANTIATE(__nv_bfloat16)
 SY_INSTANTIATE(__half)
 

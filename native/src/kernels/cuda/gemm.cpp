@@ -37,9 +37,10 @@ Gemm::~Gemm() {
 }
 
 // Row-major y[n, out] = x[n, in] · wᵀ is column-major yᵀ[out, n] = (w as [in, out])ᵀ · xᵀ[in, n].
-void Gemm::run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y) {
+void Gemm::run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
+               bool accumulate) {
   if (n == 0) return;
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const cudaDataType_t t = dtype == Half16::BF16 ? CUDA_R_16BF : CUDA_R_16F;
   check(cublasGemmEx(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
                      static_cast<int>(n), static_cast<int>(in), &alpha, w, t, static_cast<int>(in), x, t,

@@ -17,8 +17,12 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  /** w is [out, in] row-major; x is [n, in]; y is [n, out] (fp32). Throws with cuBLAS's status. */
-  void run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y);
+  /**
+   * w is [out, in] row-major; x is [n, in]; y is [n, out] (fp32), or y += x · wᵀ with
+   * `accumulate` (the lo half of a split input). Throws with cuBLAS's status.
+   */
+  void run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
+           bool accumulate = false);
   /** The same with 16-bit output (for benchmarks of the library's peak). */
   void run_half_out(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y);
 

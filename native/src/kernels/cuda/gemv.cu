@@ -39,14 +39,16 @@ int max_smem() {
   return bytes;
 }
 
-// The input rounded to the model's 16-bit type, exactly as the cuBLAS path's inputs are
-// (add_rmsnorm, silu_mul, to_half compute the same expressions): a decode row then gets the same
+// The input rounded to the model's 16-bit type (or to hi + lo, where that GEMM's input is
+// split), exactly as the cuBLAS path's inputs are (add_rmsnorm, silu_mul, to_half compute the
+// same expressions): a decode row then gets the same
 // logits up to summation order whether its step runs here or through cuBLAS (a step mixed with
 // prefill tokens), so seeded sampling does not depend on what shares the batch. Keeping the
 // input in fp32 passed the tiny-Qwen3 comparison but broke that test (bench/CUDA_NOTES.md).
 template <typename T>
-__device__ __forceinline__ float round16(float v) {
-  return to_f32(from_f32<T>(v));
+__device__ __forceinline__ float round16(float v, bool split) {
+  const float hi = to_f32(from_f32<T>(v));
+  return split ? hi + to_f32(from_f32<T>(v - hi)) : hi;  // hi + lo is exact in fp32
 }
 
 template <int NT>
@@ -75,16 +77,16 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
       }
       ss = block_sum(ss, scratch);
       const float inv = rsqrtf(ss / static_cast<float>(in) + x.eps);
-      for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(x.weight[i] * (dst[i] * inv));
+      for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(x.weight[i] * (dst[i] * inv), x.split);
     } else if (x.mode == GemvInput::kSilu) {
       const float* g = x.x + static_cast<int64_t>(t) * 2 * in;
       for (int i = tid; i < in; i += kThreads) {
         const float a = g[i];
-        dst[i] = round16<T>(a / (1.0f + expf(-a)) * g[in + i]);
+        dst[i] = round16<T>(a / (1.0f + expf(-a)) * g[in + i], x.split);
       }
     } else {
       const float* src = x.x + static_cast<int64_t>(t) * in;
-      for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(src[i]);
+      for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(src[i], x.split);
     }
   }
   __syncthreads();

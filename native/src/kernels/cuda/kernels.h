@@ -1,7 +1,9 @@
 // Launchers of the CUDA backend's own kernels (the GEMMs go through cuBLAS, gemm.h). `T` is
 // the model's 16-bit dtype (__nv_bfloat16 or __half): weights, GEMM inputs and the KV cache
-// are in T; the residual stream, GEMM outputs and logits are fp32. Every launcher checks its
-// launch. The plain CPU kernels in kernels/cpu/ compute the same functions and are the
+// are in T; the residual stream, GEMM outputs and logits are fp32. A GEMM input may be split:
+// the kernel that makes it writes hi = T(v) and, where its `_lo` output is not null,
+// lo = T(v - hi), and the GEMM runs on both (y = W hi + W lo: v to ~16 significant bits
+// instead of 8; bench/CUDA_NOTES.md, "Correctness"). Every launcher checks its launch. The plain CPU kernels in kernels/cpu/ compute the same functions and are the
 // reference the tests hold these to (through the engine's outputs).
 #pragma once
 #include <cuda_bf16.h>
@@ -17,15 +19,15 @@ namespace sy::cuda {
 template <typename T>
 void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cudaStream_t stream);
 
-/** x += delta (when delta is not null), then y = T(x / rms(x) * weight), rows of `dim`. */
+/** x += delta (when delta is not null), then y = T(x / rms(x) * weight), rows of `dim` (y_lo: split). */
 template <typename T>
-void add_rmsnorm(float* x, const float* delta, const float* weight, int rows, int dim, float eps, T* y,
+void add_rmsnorm(float* x, const float* delta, const float* weight, int rows, int dim, float eps, T* y, T* y_lo,
                  cudaStream_t stream);
 
-/** y[i] = T(rmsnorm(x[rows[i]] + delta[rows[i]])) for the m rows whose logits are wanted. */
+/** y[i] = T(rmsnorm(x[rows[i]] + delta[rows[i]])) for the m rows whose logits are wanted (y_lo: split). */
 template <typename T>
 void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows, int m, const float* weight, int dim,
-                        float eps, T* y, cudaStream_t stream);
+                        float eps, T* y, T* y_lo, cudaStream_t stream);
 
 struct QkvLayout {
   int num_heads, num_kv_heads, head_dim;
@@ -43,13 +45,13 @@ void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, cons
                          const float* q_norm, const float* k_norm, const QkvLayout& layout, T* q_out, T* k_cache,
                          T* v_cache, cudaStream_t stream);
 
-/** out[i] = T(in[i]) for `count` elements. */
+/** out[i] = T(in[i]) for `count` elements (out_lo: split). */
 template <typename T>
-void to_half(const float* in, int64_t count, T* out, cudaStream_t stream);
+void to_half(const float* in, int64_t count, T* out, T* out_lo, cudaStream_t stream);
 
-/** out[t, i] = T(silu(gu[t, i]) * gu[t, inter + i]). */
+/** out[t, i] = T(silu(gu[t, i]) * gu[t, inter + i]) (out_lo: split). */
 template <typename T>
-void silu_mul(const float* gate_up, int n, int inter, T* out, cudaStream_t stream);
+void silu_mul(const float* gate_up, int n, int inter, T* out, T* out_lo, cudaStream_t stream);
 
 /** The paged cache of one layer and the block tables of the step's sequences. */
 template <typename T>
@@ -76,7 +78,7 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
                             cudaStream_t stream);
 
 /**
- * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores. Each tile is
+ * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores (prefill_attention.cu). Each tile is
  * tiles[3i..3i+2] = (sequence, first token, token count); its tokens are consecutive positions
  * of one sequence and attend to cache positions 0..pos through the block table.
  */
@@ -84,7 +86,15 @@ template <typename T>
 void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
                              const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream);
 /** Tokens of one sequence one prefill tile holds, for a GQA group of `group` query heads. */
-int prefill_tile_tokens(int group);
+int prefill_tile_tokens(int group, int head_dim);
+/**
+ * The first prefill kernel (WMMA, O in shared memory), same tiles and function: used for
+ * head_dim 256, which paged_attention_prefill's register-resident kernel does not take, and as
+ * the baseline of test/native/cuda_prefill_check.cu.
+ */
+template <typename T>
+void paged_attention_prefill_wmma(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
+                                  const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream);
 
 /** The fp32 input rows of gemv, read directly or made by a fused prologue. */
 struct GemvInput {
@@ -101,11 +111,13 @@ struct GemvInput {
   float eps = 0.0f;
   /** kNorm: where v = x + delta is written back (may be null; may not alias x). */
   float* x_out = nullptr;
+  /** The input as hi + lo (the split GEMM input the cuBLAS path then uses), not T(v) alone. */
+  bool split = false;
 };
 
 /**
  * y[n, out] = input[n, in] · wᵀ in fp32 for n <= 8 (decode at small batch), bandwidth-bound;
- * the input rows are rounded to T as cuBLAS's inputs are (batch invariance). gemv_fits says whether it applies; gemv_prepare (before any
+ * the input rows are rounded to T (or to hi + lo, `split`) as cuBLAS's inputs are (batch invariance). gemv_fits says whether it applies; gemv_prepare (before any
  * CUDA-graph capture) lets the kernels take the shared memory they need.
  */
 bool gemv_fits(int n, int in);

@@ -5,9 +5,10 @@
 //    in 64-key tiles; the last block of each (token, kv head) merges the partial states.
 //    `splits` depends only on the batch size, so the launch is the same every step and can
 //    live in a CUDA graph. Output in fp32.
-//  - prefill: a tile of consecutive query tokens of one sequence against 64-key tiles of its
-//    cache (its prefix-cache hits and earlier chunks included), S = QKᵀ and O += PV on tensor
-//    cores (WMMA, 16x16x16), the softmax in fp32 in shared memory. Output in fp32.
+//  - prefill, first version (now used for head_dim 256 only; prefill_attention.cu has the
+//    register-resident one): a tile of consecutive query tokens of one sequence against 64-key
+//    tiles of its cache (its prefix-cache hits and earlier chunks included), S = QKᵀ and
+//    O += PV on tensor cores (WMMA, 16x16x16), the softmax in fp32 in shared memory. Output in fp32.
 // The GQA group of query heads sharing a KV head is handled by one block, so each K/V row is
 // read once per group. kernels/cpu/attention.cpp is the reference.
 #include <mma.h>
@@ -452,8 +453,6 @@ void launch_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32
 
 }  // namespace
 
-int prefill_tile_tokens(int group) { return kPrefillRows / group; }
-
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const int32_t* positions, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, float* out,
@@ -471,8 +470,8 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
 }
 
 template <typename T>
-void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
-                             const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream) {
+void paged_attention_prefill_wmma(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
+                                  const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream) {
   if (num_tiles == 0) return;
   switch (kv.head_dim) {
     case 16: return launch_prefill<T, 16>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
@@ -487,8 +486,8 @@ void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, co
 #define SY_INSTANTIATE(T)                                                                                          \
   template void paged_attention_decode<T>(const T*, const int32_t*, int, const int32_t*, const PagedKv<T>&, int,  \
                                           int, float*, int*, float*, cudaStream_t);                               \
-  template void paged_attention_prefill<T>(const T*, const int32_t*, int, const int32_t*, const PagedKv<T>&, int, \
-                                           float*, cudaStream_t);
+  template void paged_attention_prefill_wmma<T>(const T*, const int32_t*, int, const int32_t*, const PagedKv<T>&,  \
+                                                int, float*, cudaStream_t);
 SY_INSTANTIATE(__nv_bfloat16)
 SY_INSTANTIATE(__half)
 
