@@ -30,13 +30,13 @@ export class StallingProxy {
     const sockets = new Set<Socket>();
     let proxy: StallingProxy | undefined;
     const server = createServer((client) => {
-      const limit = proxy!.forwardBytes;
       const target = createConnection({ host: "127.0.0.1", port: opts.targetPort() });
       sockets.add(client).add(target);
       let forwarded = 0;
       client.on("data", (chunk) => target.write(chunk));
       target.on("data", (chunk: Buffer) => {
-        const pass = Math.max(0, Math.min(chunk.length, limit - forwarded));
+        // Read live: a test that lifts the limit also frees connections made before it did.
+        const pass = Math.max(0, Math.min(chunk.length, proxy!.forwardBytes - forwarded));
         if (pass > 0) client.write(chunk.subarray(0, pass));
         forwarded += pass;
         if (pass < chunk.length) onStall();
