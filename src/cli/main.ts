@@ -23,7 +23,8 @@ const ENGINE_USAGE = `engine options (vLLM's names):
                                 --gpu-memory-utilization leaves)
   --threads N                   native: matmul threads (default: one per core)
   --device cpu|cuda             native: where to run (default: cuda when built with CUDA and a GPU is present)
-  --gpu-memory-utilization F    native on CUDA: GPU memory fraction to use (default 0.9)
+  --gpu-memory-utilization F    native on CUDA: fraction of the GPU's memory this engine may hold
+                                (default 0.9; workers sharing a GPU take e.g. 0.3 each)
   --enforce-eager               native on CUDA: no CUDA graphs`;
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: string }> = {

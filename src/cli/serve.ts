@@ -60,7 +60,13 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
       const engine = await createEngine(config);
       if (role.mode !== "agg" && !engine.kvTransfer) {
         await engine.close();
-        throw new UsageError(`--num-prefill-workers needs an engine that can move KV blocks (the mocker, or the native engine on CPU); this ${flags.engine} engine cannot`);
+        throw new UsageError(`--num-prefill-workers needs an engine that can move KV blocks (the mocker or the native engine); this ${flags.engine} engine cannot`);
+      }
+      if (role.mode !== "agg" && engine.kvTransfer?.layout().memory.kind === "cuda") {
+        // CUDA IPC maps another process's allocation; within one process it cannot, so every
+        // read would fail and each decode worker would recompute every prompt.
+        await engine.close();
+        throw new UsageError("--num-prefill-workers with the native engine on cuda: serve runs every worker in one process, where CUDA IPC cannot move KV between them; run `switchyard worker --disaggregation-mode prefill` and `decode` as separate processes (launch/disagg.sh), or serve with --device cpu");
       }
       workers.push(
         await startWorker({

@@ -21,7 +21,7 @@ export const WORKER_USAGE = `switchyard worker [options]
   --port N                  Connect/gRPC port (default 9000; 0 picks a free one)
   --worker-id ID            stable id (default: random); also its KV transfer agent's name
   --disaggregation-mode M   agg, prefill or decode (default agg): what routers use this worker
-                            for; any worker whose engine can move KV (mocker, native on CPU)
+                            for; any worker whose engine can move KV (mocker, native)
                             serves both prefill and decode halves of disaggregated requests
   --kv-transfer-host H      interface the KV transfer agent listens on (default: --host)
   --kv-transfer-port N      its port (default 0: any free one)
@@ -82,7 +82,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
   const mode = flags["disaggregation-mode"];
   if (mode !== "agg" && !engine.kvTransfer) {
     await engine.close();
-    throw new UsageError(`--disaggregation-mode ${mode} needs an engine that can move KV blocks (the mocker, or the native engine on CPU); this ${flags.engine} engine cannot`);
+    throw new UsageError(`--disaggregation-mode ${mode} needs an engine that can move KV blocks (the mocker or the native engine); this ${flags.engine} engine cannot`);
   }
   const worker = await startWorker({
     engine,

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { serve, type ServeHandle } from "../../src/cli/serve.ts";
 
 const MODEL = "switchyard-tiny-qwen3";
-const CACHE = ["--kv-cache-memory", String(32 << 20)];
+const CACHE = ["--device", "cpu", "--kv-cache-memory", String(32 << 20)];
 
 /** Token-id prompts of lengths around and across block boundaries (block size 16). */
 const PROMPTS = [3, 16, 17, 45, 130].map((length, p) => Array.from({ length }, (_, i) => 1000 + ((i * 37 + p * 101) % 5000)));

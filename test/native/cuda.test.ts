@@ -155,6 +155,20 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     expect(k1.tokenIds).toEqual(g.tokenIds);
   });
 
+  it("frees its GPU memory on close: a second engine as large, in the same process, gets as many KV blocks", async () => {
+    // 60% of the GPU each: were the first still holding its memory, the second would find
+    // only what is left and size its cache to that (or fail).
+    const options = { model: testQwen3Dir(), device: "cuda" as const, gpuMemoryUtilization: 0.6 };
+    const first = await NativeEngine.load(options);
+    const blocks = first.info.numKvBlocks;
+    await first.close();
+    const second = await NativeEngine.load(options);
+    open.push(second);
+    // Other test files' engines may take a few GiB meanwhile.
+    expect(second.info.numKvBlocks).toBeGreaterThan(0.95 * blocks);
+    expect(await collect(second, "after", promptTokens(40, 3), greedy(4))).toMatchObject({ finishReason: "length" });
+  });
+
   it("rejects a KV cache that does not fit with an error, not an abort", async () => {
     await expect(NativeEngine.load({ model: testQwen3Dir(), device: "cuda", gpuMemoryUtilization: 0.001 })).rejects.toThrow(/KV cache/);
   });

@@ -280,7 +280,7 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
 
  private:
   EngineLoop& loop(Napi::Env env) {
-    if (!loop_ || closed_) throw Napi::Error::New(env, "the engine is closed");
+    if (closed_ || !loop_) throw Napi::Error::New(env, "the engine is closed");  // closed_ first: a CloseWorker may be resetting loop_
     return *loop_;
   }
 
@@ -331,16 +331,15 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     return env.Undefined();
   }
 
-  // kvLayout(): { memory: { kind, address, length, deviceId }, segments } or undefined.
+  // kvLayout(): { memory: { kind: "host" | "cuda", address, length, deviceId }, segments }.
   Napi::Value KvLayoutInfo(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::unique_ptr<KvLayout> layout = loop(env).engine().kv_layout();
-    if (!layout) return env.Undefined();
     Napi::Object memory = Napi::Object::New(env);
-    memory.Set("kind", "host");
+    memory.Set("kind", layout->on_device ? "cuda" : "host");
     memory.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(layout->address))));
     memory.Set("length", Napi::Number::New(env, static_cast<double>(layout->length)));
-    memory.Set("deviceId", Napi::Number::New(env, 0));
+    memory.Set("deviceId", Napi::Number::New(env, layout->device_id));
     Napi::Array segments = Napi::Array::New(env, layout->segments.size());
     for (size_t i = 0; i < layout->segments.size(); ++i) {
       Napi::Object s = Napi::Object::New(env);
@@ -412,7 +411,10 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     CloseWorker(Napi::Env env, EngineHandle* handle)
         : Napi::AsyncWorker(env), handle_(handle), deferred_(Napi::Promise::Deferred::New(env)) {}
     Napi::Promise promise() { return deferred_.Promise(); }
-    void Execute() override { handle_->loop_->stop(); }
+    // The engine goes here, not when the garbage collector gets to the handle: its model,
+    // KV cache and (on the GPU) device memory, streams and graphs are freed before close()
+    // resolves, so an engine loaded next in the same process finds that memory free.
+    void Execute() override { handle_->loop_.reset(); }
     void OnOK() override {
       handle_->Napi::ObjectWrap<EngineHandle>::Unref();
       if (!handle_->released_) {
@@ -428,7 +430,7 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     Napi::Promise::Deferred deferred_;
   };
 
-  // Resolves once the engine thread has finished its step and exited.
+  // Resolves once the engine thread has finished its step and exited and the engine is freed.
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed_) {

@@ -49,10 +49,6 @@ LlmEngine::LlmEngine(const EngineOptions& options) : options_(options), seed_sou
 
 void LlmEngine::validate(const std::vector<int32_t>& prompt, const SamplingParams& p, const Disaggregation& d) const {
   if (prompt.empty()) throw RequestError("invalid_argument", "the prompt has no tokens");
-  if ((d.hold_kv_for_remote_decode || d.remote_prefill) && cuda_) {
-    // The CUDA runner does not expose its KV cache's layout yet, so no agent could move the blocks.
-    throw RequestError("invalid_argument", "disaggregated serving (KV hold or remote prefill) is not available on the cuda device");
-  }
   if (d.hold_kv_for_remote_decode && d.remote_prefill) {
     throw RequestError("invalid_argument", "a request cannot both hold its KV for a remote decode and take a remote prefill");
   }
@@ -144,8 +140,20 @@ bool LlmEngine::release_held_kv(const std::string& id) {
 }
 
 std::unique_ptr<KvLayout> LlmEngine::kv_layout() const {
-  if (!cache_) return nullptr;
   auto layout = std::make_unique<KvLayout>();
+  if (cuda_) {
+    const CudaKvCacheMemory m = cuda_->kv_cache_memory();
+    layout->address = m.base;
+    layout->length = m.bytes;
+    layout->on_device = true;
+    layout->device_id = m.device_id;
+    for (int layer = 0; layer < m.num_layers; ++layer) {
+      for (int kv = 0; kv < 2; ++kv) {
+        layout->segments.push_back(KvLayout::Segment{(2LL * layer + kv) * m.area_bytes, m.block_bytes, m.block_bytes});
+      }
+    }
+    return layout;
+  }
   layout->address = cache_->data();
   layout->length = cache_->bytes();
   const int64_t block_bytes = cache_->block_bytes();
@@ -182,7 +190,8 @@ const char* LlmEngine::stop_reason(const Sequence& seq) const {
 
 void LlmEngine::finish(Sequence* seq, const std::string& reason, RequestOutput* out) {
   if (seq->hold_kv_for_remote_decode && (reason == "stop" || reason == "length")) {
-    // Every token was computed before the last was sampled, so the prompt's blocks hold its KV.
+    // Every token was computed before the last was sampled, so the prompt's blocks hold its KV
+    // (on the GPU too: sampling waits for the step's kernels before the token is known).
     HeldKv held{scheduler_->remove_keeping_prefix(seq, seq->num_prompt_blocks()), seq->num_prompt_tokens};
     out->has_held_kv = true;
     out->held_block_ids = held.block_ids;
@@ -271,6 +280,14 @@ StepResult LlmEngine::step() {
   }
   // Taken last: if the forward pass throws they are delivered by the next step, since a
   // reservation lost on the way would leave its request waiting for good.
+  if (cuda_ && !pending_reservations_.empty()) {
+    // A reserved block may have been another sequence's until this step's commands, and a
+    // prompt-chunk step (no sampling, so no synchronize) may still be storing KV into it:
+    // the copy into it must not start before those stores end. Once committed, the blocks
+    // are read only by steps launched after the copy's own stream synchronize (the agent
+    // reports a read done only then), so that direction needs nothing here.
+    cuda_->synchronize();
+  }
   result.reservations.swap(pending_reservations_);
   result.events = pool_->take_events();
   return result;

@@ -58,6 +58,8 @@ struct KvReservationRecord {
 struct KvLayout {
   void* address = nullptr;
   int64_t length = 0;
+  bool on_device = false;  // CUDA device memory (one allocation) rather than host memory
+  int device_id = 0;
   struct Segment {
     int64_t offset, block_stride, block_bytes;
   };
@@ -130,7 +132,7 @@ class LlmEngine {
   bool end_remote_kv_wait(const std::string& id, bool kv_arrived);
   /** Releases the blocks a finished hold_kv_for_remote_decode request kept. */
   bool release_held_kv(const std::string& id);
-  /** Null on the cuda device, whose KV cache lives in the CUDA runner. */
+  /** Host memory on the cpu device; on cuda the CUDA runner's one device allocation. */
   std::unique_ptr<KvLayout> kv_layout() const;
   /** A step could make progress (a step that scheduled nothing waits for the next command). */
   bool has_work() const {

@@ -200,9 +200,9 @@ class Qwen3Cuda final : public CudaModelRunner {
  public:
   Qwen3Cuda(const std::string& dir, const ModelConfig& config, const CudaRunnerOptions& options)
       : c_(config), opt_(options) {
-    SY_CUDA_CHECK(cudaSetDevice(0));
+    SY_CUDA_CHECK(cudaSetDevice(device_));
     SY_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    SY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, 0));
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
     gemm_ = std::make_unique<cuda::Gemm>(stream_);
     prof_.init();
     split_ = SplitGemmInputs::from_env();
@@ -220,18 +220,30 @@ class Qwen3Cuda final : public CudaModelRunner {
   }
 
   ~Qwen3Cuda() override {
+    if (stream_) cudaStreamSynchronize(stream_);
     for (auto& [b, exec] : graphs_)
       if (exec) cudaGraphExecDestroy(exec);
     for (auto& e : prof_.ev)
       if (e) cudaEventDestroy(e);
-    if (stream_) {
-      cudaStreamSynchronize(stream_);
-      cudaStreamDestroy(stream_);
-    }
+    gemm_.reset();  // its cuBLAS handle is bound to the stream
+    if (stream_) cudaStreamDestroy(stream_);
   }
 
   const char* name() const override { return "cuda"; }
   int num_kv_blocks() const override { return num_blocks_; }
+
+  CudaKvCacheMemory kv_cache_memory() const override {
+    CudaKvCacheMemory m;
+    m.base = kv_mem_.as<void>();
+    m.bytes = kv_cache_bytes_;
+    m.device_id = device_;
+    m.num_layers = c_.num_layers;
+    m.area_bytes = layer_cache_elems_ * static_cast<int64_t>(sizeof(T));
+    m.block_bytes = static_cast<int64_t>(opt_.block_size) * kvdim_ * static_cast<int64_t>(sizeof(T));
+    return m;
+  }
+
+  void synchronize() override { SY_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   void step(const ForwardBatch& batch, const std::vector<SampleRequest>& requests,
             std::vector<SampledToken>* sampled) override {
@@ -498,18 +510,24 @@ class Qwen3Cuda final : public CudaModelRunner {
   void allocate_kv_cache() {
     size_t free_bytes = 0, total_bytes = 0;
     SY_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    // What this engine may still take: its share of the card less what is in use (by it and by
-    // anyone else), less room for cuBLAS and the decode graphs.
+    // gpu_memory_utilization is this engine's share of the card, as vLLM's: the share less what
+    // this engine allocated (weights, activations), never more than is free (other processes,
+    // e.g. a second worker on the GPU, hold their own shares), less room for the CUDA context,
+    // cuBLAS's workspaces and the decode graphs. Counted from its own allocations, not from
+    // changes in free memory, so engines that share a GPU may start at the same time.
     constexpr int64_t kReserve = 1LL << 30;
-    const int64_t in_use = static_cast<int64_t>(total_bytes - free_bytes);
-    int64_t budget = static_cast<int64_t>(opt_.gpu_memory_utilization * static_cast<double>(total_bytes)) - in_use - kReserve;
+    const int64_t own = static_cast<int64_t>(weights_.bytes() + act_mem_.bytes() + meta_d_.bytes());
+    const int64_t share = static_cast<int64_t>(opt_.gpu_memory_utilization * static_cast<double>(total_bytes));
+    int64_t budget = std::min(share - own, static_cast<int64_t>(free_bytes)) - kReserve;
     if (opt_.kv_cache_memory_bytes > 0) budget = std::min(budget, opt_.kv_cache_memory_bytes);
     const int64_t block_bytes = 2LL * c_.num_layers * opt_.block_size * kvdim_ * static_cast<int64_t>(sizeof(T));
     const int64_t blocks = budget / block_bytes - 1;  // one more block is the graphs' scratch
     if (blocks < 1) {
-      throw std::runtime_error("no room for the KV cache on the GPU: " + std::to_string(in_use >> 20) + " MiB in use of " +
-                               std::to_string(total_bytes >> 20) + " MiB with gpu_memory_utilization " +
-                               std::to_string(opt_.gpu_memory_utilization) + "; one block takes " +
+      throw std::runtime_error("no room for the KV cache on the GPU: this engine holds " + std::to_string(own >> 20) +
+                               " MiB (weights, activations), " + std::to_string(free_bytes >> 20) + " MiB of " +
+                               std::to_string(total_bytes >> 20) + " MiB are free, gpu_memory_utilization " +
+                               std::to_string(opt_.gpu_memory_utilization) + " allows " + std::to_string(share >> 20) +
+                               " MiB, and 1024 MiB stay free for the context, cuBLAS and graphs; one block takes " +
                                std::to_string(block_bytes) + " bytes");
     }
     num_blocks_ = static_cast<int>(std::min<int64_t>(blocks, 1 << 28));
@@ -717,6 +735,7 @@ class Qwen3Cuda final : public CudaModelRunner {
 
   ModelConfig c_;
   CudaRunnerOptions opt_;
+  int device_ = 0;  // the runner uses the process's first visible GPU
   cudaStream_t stream_ = nullptr;
   int num_sms_ = 1;
   std::unique_ptr<cuda::Gemm> gemm_;

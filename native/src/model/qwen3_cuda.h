@@ -28,6 +28,22 @@ struct CudaRunnerOptions {
   bool enforce_eager = false;
 };
 
+/**
+ * Where a runner's KV cache lives, for a transfer agent: one cudaMalloc allocation (a CUDA IPC
+ * handle maps an allocation from its base) holding, layer after layer, the layer's K area then
+ * its V area, each `area_bytes`; block b of an area is `block_bytes` at b * block_bytes
+ * ([block][slot in block][kv head][head dim]). Past the pool's blocks each area keeps one more
+ * block, the decode graphs' scratch, which no block id names.
+ */
+struct CudaKvCacheMemory {
+  void* base = nullptr;
+  int64_t bytes = 0;
+  int device_id = 0;
+  int num_layers = 0;
+  int64_t area_bytes = 0;
+  int64_t block_bytes = 0;
+};
+
 /** What the sampler needs for one logit row of a step. */
 struct SampleRequest {
   const SamplingParams* params;
@@ -57,6 +73,13 @@ class CudaModelRunner {
   /** Runs the forward pass over `batch` and samples one token per logit token (in order). */
   virtual void step(const ForwardBatch& batch, const std::vector<SampleRequest>& requests,
                     std::vector<SampledToken>* sampled) = 0;
+  virtual CudaKvCacheMemory kv_cache_memory() const = 0;
+  /**
+   * Waits until every kernel of the steps so far has finished. A step that samples ends
+   * synchronized already; one without logit rows (a prompt chunk) returns while its KV stores
+   * may still be running.
+   */
+  virtual void synchronize() = 0;
 };
 
 }  // namespace sy

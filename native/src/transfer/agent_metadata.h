@@ -34,7 +34,10 @@ std::string encode_metadata(const AgentMetadata& metadata);
 /** Throws TransferError(Invalid) on a truncated, foreign or newer-version blob. */
 AgentMetadata decode_metadata(const std::string& blob);
 
-/** This machine's identity for same-host checks: /proc/sys/kernel/random/boot_id, else the hostname. */
+/**
+ * This machine's identity for same-host checks: SWITCHYARD_TRANSFER_HOST_ID when set, else
+ * /proc/sys/kernel/random/boot_id, else the hostname.
+ */
 std::string local_host_id();
 
 }  // namespace sy::transfer

@@ -110,7 +110,7 @@ void CudaIpcBackend::run() {
       }
     }
   }
-  for (auto& [key, pointer] : opened_) cudaIpcCloseMemHandle(pointer);
+  for (auto& [key, mapping] : opened_) cudaIpcCloseMemHandle(mapping.pointer);
   opened_.clear();
   for (auto& [device, state] : devices_) {
     cudaSetDevice(device);
@@ -138,14 +138,20 @@ CudaIpcBackend::DeviceState& CudaIpcBackend::device_state(int device) {
 uint8_t* CudaIpcBackend::mapped(const AgentMetadata& peer, const MemoryRegion& remote) {
   auto key = std::make_pair(peer.name, remote.id);
   auto it = opened_.find(key);
-  if (it != opened_.end()) return static_cast<uint8_t*>(it->second);
+  if (it != opened_.end()) {
+    if (it->second.handle == remote.backend_blob) return static_cast<uint8_t*>(it->second.pointer);
+    // A restarted peer (same name, same region id) exports another allocation: the old mapping
+    // points at memory that is gone, and no job in flight uses it (this thread runs them in turn).
+    cudaIpcCloseMemHandle(it->second.pointer);
+    opened_.erase(it);
+  }
   cudaIpcMemHandle_t handle;
   std::memcpy(&handle, remote.backend_blob.data(), sizeof handle);
   void* pointer = nullptr;
   check(cudaIpcOpenMemHandle(&pointer, handle, cudaIpcMemLazyEnablePeerAccess),
         "cudaIpcOpenMemHandle of region " + std::to_string(remote.id) + " of agent '" + peer.name +
             "' (CUDA IPC needs the two agents in different processes)");
-  opened_[key] = pointer;
+  opened_[key] = Mapping{remote.backend_blob, pointer};
   return static_cast<uint8_t*>(pointer);
 }
 

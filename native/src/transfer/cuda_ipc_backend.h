@@ -17,7 +17,9 @@
 // boot id in their metadata); a device region is registered at the start of its cudaMalloc
 // allocation (the IPC handle maps the whole allocation from its base); the destination may be
 // device or host memory. A copy already on the GPU cannot be interrupted: the deadline is
-// checked before each job and after its copies.
+// checked before each job and after its copies. A read is reported done only after its stream
+// has been synchronized, so whoever learns of it (the decode worker's engine, committing the
+// blocks) may read the bytes from any stream in work it launches afterwards.
 #pragma once
 #include <condition_variable>
 #include <deque>
@@ -85,8 +87,12 @@ class CudaIpcBackend final : public TransferBackend {
   std::set<uint64_t> canceled_;
   bool stopped_ = false;
   std::thread worker_;
+  struct Mapping {
+    std::string handle;  // the cudaIpcMemHandle_t it was opened from
+    void* pointer = nullptr;
+  };
   // Worker thread only.
-  std::map<std::pair<std::string, uint64_t>, void*> opened_;
+  std::map<std::pair<std::string, uint64_t>, Mapping> opened_;
   std::map<int, DeviceState> devices_;
   std::vector<Run> runs_;
   std::vector<CopyPiece> plan_;

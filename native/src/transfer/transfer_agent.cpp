@@ -228,6 +228,22 @@ uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<B
     }
   }
   if (!backend) {
+    bool device_memory = false;
+    for (size_t i = 0; !device_memory && i < job.remote.size(); ++i) {
+      device_memory = job.remote[i].region->kind == MemoryKind::Cuda || job.local[i].region->kind == MemoryKind::Cuda;
+    }
+    if (device_memory) {
+      // TCP moves host memory only: it does not stage device memory through the host.
+      const bool same_host = peer->host_id == host_id_;
+      throw TransferError(ErrorKind::Invalid,
+                          "agent '" + name() + "' cannot read these blocks of agent '" + remote + "'" +
+                              (same_host ? "" : " on another host") +
+                              ": they involve CUDA device memory, which " +
+                              (same_host ? "CUDA IPC moves only where both agents run it"
+                                         : "CUDA IPC moves only between processes of one host") +
+                              ", and TCP carries host memory only (a UCX built with CUDA can carry it, where both "
+                              "agents run UCX)");
+    }
     throw TransferError(ErrorKind::Invalid, "no backend of agent '" + name() + "' reads these blocks of agent '" +
                                                 remote + "' (memory kinds or hosts differ from what its backends move)");
   }

@@ -5,12 +5,13 @@
  * request streams and events to the KV listeners. kvSnapshot() is built from the events
  * already delivered, so a snapshot plus the events after it always rebuild the cache exactly.
  *
- * Disaggregated serving (CPU device): a prefill request can keep its prompt's blocks held after
- * it finishes, and a decode request takes its prompt's KV from elsewhere. For the latter the
- * engine thread reserves blocks and reports them in a step callback; this module then runs the
- * request's `fetchKv` and tells the engine thread to commit the blocks, or to recompute the
- * prompt when the fetch failed. While a fetch runs it may be writing into the reserved blocks,
- * so an abort reaches the engine (which frees them) only once the fetch has settled.
+ * Disaggregated serving (CPU and CUDA devices): a prefill request can keep its prompt's blocks
+ * held after it finishes, and a decode request takes its prompt's KV from elsewhere. For the
+ * latter the engine thread reserves blocks and reports them in a step callback; this module
+ * then runs the request's `fetchKv` and tells the engine thread to commit the blocks, or to
+ * recompute the prompt when the fetch failed. While a fetch runs it may be writing into the
+ * reserved blocks, so an abort reaches the engine (which frees them) only once the fetch has
+ * settled.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -133,8 +134,7 @@ interface NativeHandle {
   recomputeRemoteKv(requestId: string): void;
   releaseHeldKv(requestId: string): void;
   barrier(id: number): void;
-  /** Undefined on the cuda device. */
-  kvLayout(): KvMemoryLayout | undefined;
+  kvLayout(): KvMemoryLayout;
   stats(): EngineStats;
   kvSnapshot(): KvEvent[];
   checkInvariants(): string;
@@ -211,11 +211,8 @@ export class NativeEngine implements Engine {
   readonly blockSize: number;
   readonly maxModelLen: number;
   readonly info: NativeEngineInfo;
-  /**
-   * On the CPU device. Undefined on cuda: the KV cache lives in the CUDA runner, which does not
-   * expose its layout yet (and the engine refuses hold and remote-prefill requests there).
-   */
-  readonly kvTransfer?: EngineKvTransfer;
+  /** Host memory on the CPU device; on cuda the runner's one device allocation of KV cache. */
+  readonly kvTransfer: EngineKvTransfer;
   private readonly requests = new Map<string, ActiveRequest>();
   /** Requests whose blocks the engine holds, as told by their final outputs. */
   private readonly held = new Map<string, HeldKv>();
@@ -237,14 +234,12 @@ export class NativeEngine implements Engine {
     this.blockSize = this.info.blockSize;
     this.maxModelLen = this.info.maxModelLen;
     const layout = handle.kvLayout();
-    if (layout) {
-      // The memory is the engine's: valid until close(), so deregister it from agents first.
-      this.kvTransfer = {
-        layout: () => layout,
-        releaseHeldKv: (requestId) => this.releaseHeldKv(requestId),
-        heldRequests: () => [...this.held.keys()],
-      };
-    }
+    // The memory is the engine's: valid until close(), so deregister it from agents first.
+    this.kvTransfer = {
+      layout: () => layout,
+      releaseHeldKv: (requestId) => this.releaseHeldKv(requestId),
+      heldRequests: () => [...this.held.keys()],
+    };
   }
 
   /** Loads the model and starts the engine thread; rejects with the loader's message (file, tensor). */
@@ -442,6 +437,7 @@ export class NativeEngine implements Engine {
     return this.handle.checkInvariants();
   }
 
+  /** Stops the engine thread and frees the model and KV cache (GPU memory too) before resolving. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -5,13 +5,12 @@
  * the engine's fetchKv, which makes the engine compute the prompt itself.
  *
  * Block i of segment s is `blockBytes` at `offset + blockId · blockStride`: remotely from the
- * prefill worker's memory_address, locally from the start of the registered region. Runs of
- * blocks consecutive on both sides travel as one descriptor.
+ * prefill worker's memory_address, locally from the start of the registered region.
  */
 import type { KvTransferParams } from "../../../gen/switchyard/worker/v1/worker_pb.ts";
-import type { KvReservation } from "../../engine/engine.ts";
+import type { KvMemoryLayout, KvReservation } from "../../engine/engine.ts";
 import type { Logger } from "../../runtime/logger.ts";
-import { TransferError, type BlockDescriptor } from "../../transfer/transfer_agent.ts";
+import { TransferError, type BlockDescriptor, type BlockList } from "../../transfer/transfer_agent.ts";
 import type { KvTransferEndpoint } from "./transfer_endpoint.ts";
 import type { FetchFailureReason, KvTransferEvents } from "./transfer_events.ts";
 
@@ -52,7 +51,7 @@ export class RemoteKvFetcher {
     let peer: string | undefined;
     try {
       peer = this.peer(params);
-      const { remote, local, bytes } = this.descriptors(params, reservation);
+      const { remote, local, bytes } = kvReadDescriptors(params, this.endpoint.layout, this.endpoint.region.id, reservation);
       await this.endpoint.agent.read(peer, remote, local, { notification: params.requestId, timeoutMs: this.timeoutMs, signal });
       this.events.emit({ type: "fetched", blocks: numBlocks, bytes, seconds: (performance.now() - started) / 1000 });
     } catch (err) {
@@ -89,33 +88,6 @@ export class RemoteKvFetcher {
     return peer;
   }
 
-  private descriptors(params: KvTransferParams, reservation: KvReservation) {
-    const remote: (BlockDescriptor & { address: bigint })[] = [];
-    const local: (BlockDescriptor & { region: number; offset: number })[] = [];
-    const region = this.endpoint.region.id;
-    const deviceId = params.deviceId;
-    let bytes = 0;
-    this.endpoint.layout.segments.forEach((ours, s) => {
-      const theirs = params.segments[s];
-      const length = ours.blockBytes;
-      for (let i = reservation.numCachedBlocks; i < reservation.blockIds.length; i++) {
-        const address = params.memoryAddress + theirs.offset + BigInt(params.blockIds[i]) * theirs.blockStride;
-        const offset = ours.offset + reservation.blockIds[i] * ours.blockStride;
-        bytes += length;
-        const lastRemote = remote.at(-1);
-        const lastLocal = local.at(-1);
-        if (lastRemote && lastLocal && lastRemote.address + BigInt(lastRemote.length) === address && lastLocal.offset + lastLocal.length === offset) {
-          lastRemote.length += length;
-          lastLocal.length += length;
-        } else {
-          remote.push({ address, length, deviceId });
-          local.push({ region, offset, length });
-        }
-      }
-    });
-    return { remote, local, bytes };
-  }
-
   private notifyQuietly(peer: string, requestId: string): void {
     try {
       this.endpoint.agent.notify(peer, requestId);
@@ -123,4 +95,65 @@ export class RemoteKvFetcher {
       this.log.debug(`could not tell ${peer} to free the blocks of ${requestId}: ${(err as Error).message}`);
     }
   }
+}
+
+export interface KvRead {
+  remote: BlockDescriptor[] | BlockList;
+  local: BlockDescriptor[] | BlockList;
+  bytes: number;
+}
+
+/**
+ * The read of the blocks a reservation lacks, segment after segment, from the prefill worker's
+ * memory (`params`) into this worker's region `localRegion` laid out as `layout`. Device memory
+ * goes as two block lists, one offset per block: the CUDA IPC backend merges consecutive blocks
+ * itself, and a descriptor object per block would cost more than the copy (bench/RESULTS.md,
+ * "CUDA IPC on one GPU"). Host memory goes as descriptors with the runs consecutive on both
+ * sides merged, since TCP requests each descriptor apart; so does a sender that named no region.
+ */
+export function kvReadDescriptors(params: KvTransferParams, layout: KvMemoryLayout, localRegion: number, reservation: KvReservation): KvRead {
+  const first = reservation.numCachedBlocks;
+  const count = reservation.blockIds.length - first;
+  const segments = layout.segments;
+  const blockBytes = segments[0]?.blockBytes ?? 0;
+  const bytes = segments.reduce((sum, s) => sum + s.blockBytes * count, 0);
+  if (params.memoryKind === "cuda" && params.memoryRegionId > 0n && segments.every((s) => s.blockBytes === blockBytes)) {
+    const remoteOffsets = new Float64Array(segments.length * count);
+    const localOffsets = new Float64Array(segments.length * count);
+    segments.forEach((ours, s) => {
+      const theirs = params.segments[s];
+      const theirOffset = Number(theirs.offset);
+      const theirStride = Number(theirs.blockStride);
+      for (let i = 0; i < count; i++) {
+        remoteOffsets[s * count + i] = theirOffset + params.blockIds[first + i] * theirStride;
+        localOffsets[s * count + i] = ours.offset + reservation.blockIds[first + i] * ours.blockStride;
+      }
+    });
+    return {
+      remote: { region: Number(params.memoryRegionId), offsets: remoteOffsets, length: blockBytes },
+      local: { region: localRegion, offsets: localOffsets, length: blockBytes },
+      bytes,
+    };
+  }
+  const remote: (BlockDescriptor & { address: bigint })[] = [];
+  const local: (BlockDescriptor & { region: number; offset: number })[] = [];
+  const deviceId = params.deviceId;
+  segments.forEach((ours, s) => {
+    const theirs = params.segments[s];
+    const length = ours.blockBytes;
+    for (let i = first; i < reservation.blockIds.length; i++) {
+      const address = params.memoryAddress + theirs.offset + BigInt(params.blockIds[i]) * theirs.blockStride;
+      const offset = ours.offset + reservation.blockIds[i] * ours.blockStride;
+      const lastRemote = remote.at(-1);
+      const lastLocal = local.at(-1);
+      if (lastRemote && lastLocal && lastRemote.address + BigInt(lastRemote.length) === address && lastLocal.offset + lastLocal.length === offset) {
+        lastRemote.length += length;
+        lastLocal.length += length;
+      } else {
+        remote.push({ address, length, deviceId });
+        local.push({ region: localRegion, offset, length });
+      }
+    }
+  });
+  return { remote, local, bytes };
 }

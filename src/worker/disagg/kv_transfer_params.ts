@@ -30,6 +30,7 @@ export function heldKvTransferParams(
     requestId,
     numTokens: held.numTokens,
     memoryAddress: region.address,
+    memoryRegionId: BigInt(region.id),
     segments: layout.segments.map((s) => ({ offset: BigInt(s.offset), blockStride: BigInt(s.blockStride), blockBytes: s.blockBytes })),
     memoryKind: region.kind,
     deviceId: region.deviceId,
