@@ -17,6 +17,8 @@ import type { ModelTokenizer } from "./tokenizer.ts";
 export interface Detokenizer {
   /** Consumes one generated token; returns the text it completes ("" when held back). */
   push(tokenId: number): string;
+  /** Consumes `tokenIds[0..count)` at once; returns what pushing them one by one would have, joined. */
+  pushMany(tokenIds: ArrayLike<number>, count: number): string;
   /** Text still held back at the end of generation (an incomplete character decodes as U+FFFD). */
   flush(): string;
 }
@@ -63,6 +65,12 @@ export class WindowDetokenizer implements Detokenizer {
     return fullText.slice(prefixText.length);
   }
 
+  pushMany(tokenIds: ArrayLike<number>, count: number): string {
+    let text = "";
+    for (let i = 0; i < count; i++) text += this.push(tokenIds[i]);
+    return text;
+  }
+
   /** Drops ids before the window so a long generation does not keep them all. */
   private compact(): void {
     if (this.prefixOffset < 256) return;
@@ -71,6 +79,10 @@ export class WindowDetokenizer implements Detokenizer {
     this.prefixOffset = 0;
   }
 }
+
+const NO_BYTES = new Uint8Array(0);
+/** Where pushMany lays out token bytes; shared, since a call uses it only while it runs. */
+let scratch = new Uint8Array(4096);
 
 export class ByteStreamDetokenizer implements Detokenizer {
   // fatal: false turns invalid bytes into U+FFFD like the tokenizer's own decode; stream: true
@@ -85,6 +97,26 @@ export class ByteStreamDetokenizer implements Detokenizer {
   push(tokenId: number): string {
     if (this.skipSpecialTokens && this.tokenizer.isSpecial(tokenId)) return "";
     return this.utf8.decode(this.tokenizer.tokenBytes(tokenId), { stream: true });
+  }
+
+  /** One decode over the tokens' bytes laid end to end: a multi-token message costs one call. */
+  pushMany(tokenIds: ArrayLike<number>, count: number): string {
+    if (count === 1) return this.push(tokenIds[0]);
+    let length = 0;
+    for (let i = 0; i < count; i++) length += this.bytesOf(tokenIds[i]).length;
+    if (scratch.length < length) scratch = new Uint8Array(Math.max(length, 2 * scratch.length));
+    let offset = 0;
+    for (let i = 0; i < count; i++) {
+      const bytes = this.bytesOf(tokenIds[i]);
+      scratch.set(bytes, offset);
+      offset += bytes.length;
+    }
+    // decode() has taken what it needs (an incomplete character included) when it returns.
+    return this.utf8.decode(scratch.subarray(0, length), { stream: true });
+  }
+
+  private bytesOf(tokenId: number): Uint8Array {
+    return this.skipSpecialTokens && this.tokenizer.isSpecial(tokenId) ? NO_BYTES : this.tokenizer.tokenBytes(tokenId);
   }
 
   flush(): string {

@@ -131,18 +131,18 @@ export class GenerationRun {
     let consumed = ids.length;
     let stopped = false;
     const checkStops = this.stopStrings.active;
-    for (let i = 0; i < shown; i++) {
-      const piece = this.detokenizer.push(ids[i]);
-      if (!checkStops) {
-        text += piece;
-        continue;
-      }
-      const check = this.stopStrings.push(piece);
-      text += check.text;
-      if (check.stopped) {
-        stopped = true;
-        consumed = i + 1;
-        break;
+    if (!checkStops) {
+      text = this.detokenizer.pushMany(ids, shown);
+    } else {
+      // Token by token: a stop string ends the text, and the count of consumed tokens, where it matched.
+      for (let i = 0; i < shown; i++) {
+        const check = this.stopStrings.push(this.detokenizer.push(ids[i]));
+        text += check.text;
+        if (check.stopped) {
+          stopped = true;
+          consumed = i + 1;
+          break;
+        }
       }
     }
     if (!stopped && workerFinish !== null) {

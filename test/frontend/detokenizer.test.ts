@@ -56,4 +56,28 @@ describe.each(Object.entries(implementations))("%s detokenizer", (_name, make) =
       expect(run(make([9707], true), ids).join("")).toBe(tokenizer.decode(ids, true));
     }
   });
+
+  it("gives for a run of tokens pushed at once what pushing them one by one gives", () => {
+    const random = lcg(11);
+    const bytes = singleByteTokens(tokenizer, "ü你😀 ");
+    const special = tokenizer.tokenId("<|im_end|>")!;
+    for (let round = 0; round < 50; round++) {
+      const ids = Array.from({ length: 1 + Math.floor(random() * 60) }, () => {
+        const r = random();
+        return r < 0.45 ? bytes[Math.floor(random() * bytes.length)] : r < 0.5 ? special : Math.floor(random() * 151_000);
+      });
+      for (const skip of [true, false]) {
+        const oneByOne = make([9707], skip);
+        const batched = make([9707], skip);
+        // Messages of random sizes, as merged worker outputs arrive; each must match up to its end.
+        for (let at = 0; at < ids.length; ) {
+          const count = Math.min(ids.length - at, 1 + Math.floor(random() * 8));
+          const message = ids.slice(at, at + count);
+          expect(batched.pushMany(message, count)).toBe(message.map((id) => oneByOne.push(id)).join(""));
+          at += count;
+        }
+        expect(batched.flush()).toBe(oneByOne.flush());
+      }
+    }
+  });
 });

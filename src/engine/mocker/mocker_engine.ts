@@ -16,11 +16,11 @@
  * which does not wait for the event loop: a tick that comes late (the loop was busy with the
  * consumers) runs back to back every step whose simulated end has passed, and at speedup 0,
  * where steps take no simulated time, as many as it can. A tick may take as much of the event
- * loop as everything else did since the previous tick (eventLoopUtilization), so the simulation
- * never takes more than half of a busy thread, and at most MAX_TICK_MS; steps it could not
- * catch up on within that are lost, as they would be on a GPU slower than its timing model.
- * Outputs a consumer has not taken yet merge (see OutputQueue): a consumer that falls behind
- * gets fewer, larger outputs, as vLLM's AsyncLLM gives them.
+ * loop as everything else did while the engine was running (eventLoopUtilization), so the
+ * simulation never takes more than half of a busy thread, and at most MAX_TICK_MS; time it
+ * could not catch up on within that is not made up later, as on a GPU slower than its timing
+ * model. Outputs a consumer has not taken yet merge (see OutputQueue): a consumer that falls
+ * behind gets fewer, larger outputs, as vLLM's AsyncLLM gives them.
  *
  * Generated tokens are pseudo-random ids in [0, vocabSize), a function of the request's seed
  * (mixed with its prompt), or of the prompt alone without a seed, and of the output position:
@@ -38,6 +38,7 @@
  * again: the prefill worker already returned it. A rejected fetch falls back to computing the
  * prompt here.
  */
+import { performance, type EventLoopUtilization } from "node:perf_hooks";
 import {
   EngineError,
   type Engine,
@@ -52,7 +53,6 @@ import {
   type TokenLogprob,
   type TopLogprob,
 } from "../engine.ts";
-import { performance } from "node:perf_hooks";
 import { BlockPool, type KvBlock } from "./block_pool.ts";
 import { FakeKvMemory } from "./kv_memory.ts";
 import { fmix32 } from "./mix.ts";
@@ -148,8 +148,11 @@ export class MockerEngine implements Engine {
   /** performance.now() at which the next tick is due; steps are laid end to end from it. */
   private nextTickAtMs = 0;
   private readonly ownClock: boolean;
-  /** Event-loop time at the end of the last tick: what the loop did since is a tick's budget. */
-  private loopMark = performance.eventLoopUtilization();
+  /**
+   * Event-loop time at the end of the last tick, whose work since is the next tick's budget;
+   * unset when the engine starts from idle.
+   */
+  private loopMark?: EventLoopUtilization;
   private closed = false;
 
   constructor(options: MockerEngineOptions = {}) {
@@ -324,6 +327,8 @@ export class MockerEngine implements Engine {
     if (this.loopActive || this.closed) return;
     this.loopActive = true;
     this.nextTickAtMs = performance.now();
+    // An idle engine has nothing to catch up on: its first tick runs one step.
+    this.loopMark = undefined;
     // Deferred, so requests submitted in the same turn of the event loop share the first step.
     this.immediate = setImmediate(this.tick);
   }
@@ -333,12 +338,12 @@ export class MockerEngine implements Engine {
     const startedMs = performance.now();
     let planned = this.step();
     if (this.ownClock) {
-      const budgetMs = Math.min(performance.eventLoopUtilization(this.loopMark).active, MAX_TICK_MS);
+      const budgetMs = this.loopMark ? Math.min(performance.eventLoopUtilization(this.loopMark).active, MAX_TICK_MS) : 0;
       while (planned) {
         const nowMs = performance.now();
         if (this.nextTickAtMs > nowMs) break;
         if (nowMs - startedMs >= budgetMs) {
-          // The share is used up: the steps still owed are lost, not run later in a burst.
+          // The share is used up: what the engine is behind is dropped, not run later in a burst.
           this.nextTickAtMs = nowMs;
           break;
         }
