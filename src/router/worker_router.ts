@@ -11,6 +11,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  CancelRequestSchema,
   FinishReason,
   GenerateRequestSchema,
   GenerateResponseSchema,
@@ -124,6 +125,8 @@ export class WorkerRouter implements Router, WorkerSink {
         this.selector.requestFinished?.(request.requestId, worker);
       };
       let decodeStart = generated.length;
+      // A prefill worker holding this attempt's KV until a decode worker has read it.
+      let heldBy: WorkerHandle | undefined;
       try {
         let workerRequest = attempt;
         const prefill = await this.prefillElsewhere(attempt, selection, failedWorkers, signal);
@@ -137,11 +140,14 @@ export class WorkerRouter implements Router, WorkerSink {
             yield withUsage(prefill.response, promptTokens, generated.length, cachedTokens);
             return;
           }
+          heldBy = prefill.worker;
           yield firstTokenMessage(prefill.response);
           workerRequest = decodeRequest(attempt, { response: prefill.response, kvTransfer: prefill.kvTransfer });
           decodeStart = generated.length;
         }
         for await (const response of worker.client.generate(workerRequest, { signal })) {
+          // The decode worker has the KV (read, or recomputed after telling the prefill worker).
+          heldBy = undefined;
           generated.push(...response.tokenIds);
           if (stitched && response.usage) rewriteUsage(response, promptTokens, generated.length, cachedTokens);
           if (response.finishReason !== FinishReason.UNSPECIFIED) {
@@ -177,6 +183,9 @@ export class WorkerRouter implements Router, WorkerSink {
         this.options.log?.warn(`request ${request.requestId} lost worker ${worker.id} after ${generated.length} tokens; migrating (${migrations}/${this.migrationLimit})`, err);
       } finally {
         release();
+        // The decode never got going (the client left, the decode worker refused or died
+        // first): free the prefill worker's blocks now rather than at its transfer timeout.
+        if (heldBy) void releaseHeldKv(heldBy, attempt.requestId, this.options.log);
       }
     }
   }
@@ -303,6 +312,14 @@ function withUsage(response: GenerateResponse, promptTokens: number, completionT
     errorMessage: response.errorMessage,
     usage: { promptTokens, completionTokens, cachedTokens: cachedTokens ?? 0 },
   });
+}
+
+async function releaseHeldKv(worker: WorkerHandle, requestId: string, log: Logger | undefined): Promise<void> {
+  try {
+    await worker.client.cancel(create(CancelRequestSchema, { requestId }), { timeoutMs: 5000 });
+  } catch (err) {
+    log?.debug(`could not tell prefill worker ${worker.id} to free the KV of ${requestId}: ${(err as Error).message}`);
+  }
 }
 
 /** The prefill's token, passed on as the first message of a stream that goes on elsewhere. */

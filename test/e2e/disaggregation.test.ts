@@ -93,6 +93,18 @@ describe("disaggregated serving with the native engine", () => {
     await expect.poll(() => prefillWorker().engine.kvTransfer!.heldRequests().length, { timeout: 5000 }).toBe(0);
   });
 
+  it("frees the prefill worker's blocks at once when the decode worker refuses the request", async () => {
+    decodeWorker().state.draining = true;
+    try {
+      const err = await disaggClient.completions.create({ model: MODEL, prompt: PROMPTS[3], max_tokens: 8, temperature: 0 }).catch((e) => e);
+      expect(err.status).toBe(503);
+    } finally {
+      decodeWorker().state.draining = false;
+    }
+    // Well inside the 30 s transfer timeout: the router told the prefill worker to let go.
+    await expect.poll(() => prefillWorker().engine.kvTransfer!.heldRequests().length, { timeout: 3000 }).toBe(0);
+  });
+
   it("prefills a one-token request on the decode worker and still answers it", async () => {
     const body = { model: MODEL, prompt: PROMPTS[2], max_tokens: 1, temperature: 0 };
     const [a, d] = await Promise.all([aggClient.completions.create(body), disaggClient.completions.create(body)]);

@@ -16,6 +16,8 @@ import {
 import type { WorkerHandle } from "../worker_handle.ts";
 
 export interface PrefillResult {
+  /** The prefill worker, which holds the KV until a decode worker has read it. */
+  worker: WorkerHandle;
   /** The prefill's only message: the first token (and its logprobs), usage, finish reason. */
   response: GenerateResponse;
   /** Where the prompt's KV waits; absent when the request already finished (e.g. EOS). */
@@ -51,7 +53,7 @@ export function prefillRequest(request: GenerateRequest): GenerateRequest {
   });
 }
 
-export function decodeRequest(request: GenerateRequest, prefill: Required<PrefillResult>): GenerateRequest {
+export function decodeRequest(request: GenerateRequest, prefill: { response: GenerateResponse; kvTransfer: KvTransferParams }): GenerateRequest {
   return create(GenerateRequestSchema, {
     ...request,
     disaggregation: create(DisaggregationParamsSchema, {
@@ -80,9 +82,9 @@ export async function runRemotePrefill(worker: WorkerHandle, request: GenerateRe
   }
   // A stop (EOS, a stop token) ends the request here; only a length stop at the one-token cap
   // leaves work for a decode worker, and then the KV must be on offer.
-  if (last.finishReason !== FinishReason.LENGTH) return { response: last };
+  if (last.finishReason !== FinishReason.LENGTH) return { worker, response: last };
   if (!last.kvTransfer || last.kvTransfer.blockIds.length === 0) {
     throw new ConnectError(`prefill worker ${worker.id} kept no KV for a remote decode`, Code.Unimplemented);
   }
-  return { response: last, kvTransfer: last.kvTransfer };
+  return { worker, response: last, kvTransfer: last.kvTransfer };
 }
