@@ -111,4 +111,14 @@ describe("disaggregated serving with the native engine", () => {
     expect(d.choices[0].text).toBe(a.choices[0].text);
     expect(d.usage?.completion_tokens).toBe(1);
   });
+
+  // Last: it stops the prefill worker for good.
+  it("prefills on the decode worker when the prefill worker is gone, with the same answer", async () => {
+    const body = { model: MODEL, prompt: PROMPTS[4].slice(0, 90), max_tokens: 10, temperature: 0 };
+    const expected = await aggClient.completions.create(body);
+    await prefillWorker().close();
+    const answer = await disaggClient.completions.create(body);
+    expect(answer.choices[0].text).toBe(expected.choices[0].text);
+    expect(answer.usage?.completion_tokens).toBe(10);
+  });
 });
