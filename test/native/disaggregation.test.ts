@@ -280,6 +280,16 @@ describe("decode side: remote prefill", () => {
     await expectIdle(prefill.engine, decode.engine);
   });
 
+  it("continues a seeded random request exactly as one engine would", async () => {
+    const p = promptTokens(37, 613);
+    const seeded = sampling({ maxTokens: 12, temperature: 1.3, topP: 0.95, seed: 4242n });
+    const whole = await collect(agg, "seeded-agg", p, seeded);
+    const { decoded, firstTokenId } = await disagg("seeded", p, seeded);
+    expect(firstTokenId).toBe(whole.tokenIds[0]);
+    expect(decoded.tokenIds).toEqual(whole.tokenIds.slice(1));
+    await expectIdle(prefill.engine, decode.engine);
+  });
+
   it("takes leading blocks from its own prefix cache and fetches only the rest", async () => {
     const params = sampling({ maxTokens: 9, logprobs: 1 });
     const shared = promptTokens(40, 620);

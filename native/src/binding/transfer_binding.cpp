@@ -85,48 +85,52 @@ std::string to_bytes(Napi::Env env, Napi::Value v, const std::string& what) {
 // A block list {region, offsets, length}: offsets.length blocks of `length` bytes of one region,
 // the compact form of a KV read (a Float64Array, Uint32Array or BigUint64Array of offsets is
 // read in place, with no JavaScript object per block).
-std::vector<BlockDescriptor> block_list_descriptors(Napi::Env env, const Napi::Object& list, const std::string& what) {
-  const uint64_t region = to_u64(env, list.Get("region"), what + ".region");
-  const uint64_t length = to_u64(env, list.Get("length"), what + ".length");
+bool is_block_list(Napi::Value v) { return v.IsObject() && !v.IsArray() && v.As<Napi::Object>().Has("offsets"); }
+
+BlockList to_block_list(Napi::Env env, const Napi::Object& list, const std::string& what) {
+  BlockList out;
+  out.region_id = to_u64(env, list.Get("region"), what + ".region");
+  out.length = to_u64(env, list.Get("length"), what + ".length");
   Napi::Value offsets = list.Get("offsets");
-  std::vector<BlockDescriptor> out;
-  auto add = [&](uint64_t offset) {
-    BlockDescriptor& d = out.emplace_back();
-    d.region_id = region;
-    d.offset = offset;
-    d.length = length;
+  std::vector<uint64_t>& o = out.offsets;
+  auto bad_number = [&](size_t i) {
+    throw_js(env, "invalid", what + ".offsets[" + std::to_string(i) + "] must be a non-negative integer");
   };
-  auto add_number = [&](double x, size_t i) {
-    if (!(x >= 0) || x > 9007199254740991.0 || x != static_cast<double>(static_cast<uint64_t>(x))) {
-      throw_js(env, "invalid", what + ".offsets[" + std::to_string(i) + "] must be a non-negative integer");
-    }
-    add(static_cast<uint64_t>(x));
+  auto exact = [](double x) {
+    return x >= 0 && x <= 9007199254740991.0 && x == static_cast<double>(static_cast<uint64_t>(x));
   };
   if (offsets.IsTypedArray()) {
     auto typed = offsets.As<Napi::TypedArray>();
     const size_t n = typed.ElementLength();
-    out.reserve(n);
+    o.resize(n);
     const uint8_t* data = static_cast<const uint8_t*>(typed.ArrayBuffer().Data()) + typed.ByteOffset();
     switch (typed.TypedArrayType()) {
-      case napi_float64_array:
-        for (size_t i = 0; i < n; ++i) add_number(reinterpret_cast<const double*>(data)[i], i);
+      case napi_float64_array: {
+        const double* x = reinterpret_cast<const double*>(data);
+        for (size_t i = 0; i < n; ++i) {
+          if (!exact(x[i])) bad_number(i);
+          o[i] = static_cast<uint64_t>(x[i]);
+        }
         break;
+      }
       case napi_uint32_array:
-        for (size_t i = 0; i < n; ++i) add(reinterpret_cast<const uint32_t*>(data)[i]);
+        for (size_t i = 0; i < n; ++i) o[i] = reinterpret_cast<const uint32_t*>(data)[i];
         break;
       case napi_biguint64_array:
-        for (size_t i = 0; i < n; ++i) add(reinterpret_cast<const uint64_t*>(data)[i]);
+        std::memcpy(o.data(), data, n * sizeof(uint64_t));
         break;
       default:
         throw_js(env, "invalid", what + ".offsets must be a Float64Array, Uint32Array, BigUint64Array or array of numbers");
     }
   } else if (offsets.IsArray()) {
     auto a = offsets.As<Napi::Array>();
-    out.reserve(a.Length());
+    o.resize(a.Length());
     for (uint32_t i = 0; i < a.Length(); ++i) {
       Napi::Value x = a.Get(i);
       if (!x.IsNumber()) throw_js(env, "invalid", what + ".offsets[" + std::to_string(i) + "] must be a number");
-      add_number(x.As<Napi::Number>().DoubleValue(), i);
+      const double d = x.As<Napi::Number>().DoubleValue();
+      if (!exact(d)) bad_number(i);
+      o[i] = static_cast<uint64_t>(d);
     }
   } else {
     throw_js(env, "invalid", what + ".offsets must be a typed array or an array of byte offsets");
@@ -134,10 +138,18 @@ std::vector<BlockDescriptor> block_list_descriptors(Napi::Env env, const Napi::O
   return out;
 }
 
-std::vector<BlockDescriptor> to_descriptors(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (v.IsObject() && !v.IsArray() && v.As<Napi::Object>().Has("offsets")) {
-    return block_list_descriptors(env, v.As<Napi::Object>(), what);
+std::vector<BlockDescriptor> block_list_descriptors(const BlockList& list) {
+  std::vector<BlockDescriptor> out(list.offsets.size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i].region_id = list.region_id;
+    out[i].offset = list.offsets[i];
+    out[i].length = list.length;
   }
+  return out;
+}
+
+std::vector<BlockDescriptor> to_descriptors(Napi::Env env, Napi::Value v, const std::string& what) {
+  if (is_block_list(v)) return block_list_descriptors(to_block_list(env, v.As<Napi::Object>(), what));
   if (!v.IsArray()) throw_js(env, "invalid", what + " must be an array of descriptors or a block list {region, offsets, length}");
   auto a = v.As<Napi::Array>();
   std::vector<BlockDescriptor> out(a.Length());
@@ -232,7 +244,7 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
                        });
   }
 
-  // new TransferAgent(options, onEvent: (kind: "transfer" | "notification", id: number) => void)
+  // new TransferAgent(options, onEvent: (kind: "transfer" | "notification", id: number, doneBytes?: number) => void)
   TransferAgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TransferAgentWrap>(info) {
     Napi::Env env = info.Env();
     if (!info[0].IsObject() || !info[1].IsFunction()) {
@@ -285,13 +297,16 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
         // when Node tears the environment down arrives where JavaScript cannot run, and the C++
         // exception Call would throw there has no JavaScript caller to go to (std::terminate).
         // An exception the handler itself throws stays pending, and Node reports it as uncaught.
-        napi_value receiver, args[2], result;
+        // A transfer done passes its bytes (third argument), so the handler need not ask status().
+        const bool done = transfer && !e->failed;
+        napi_value receiver, args[3], result;
         if (napi_get_undefined(env, &receiver) != napi_ok ||
             napi_create_string_utf8(env, transfer ? "transfer" : "notification", NAPI_AUTO_LENGTH, &args[0]) != napi_ok ||
-            napi_create_double(env, static_cast<double>(e->transfer_id), &args[1]) != napi_ok) {
+            napi_create_double(env, static_cast<double>(e->transfer_id), &args[1]) != napi_ok ||
+            (done && napi_create_double(env, static_cast<double>(e->bytes), &args[2]) != napi_ok)) {
           return;
         }
-        napi_call_function(env, receiver, fn, 2, args, &result);
+        napi_call_function(env, receiver, fn, done ? 3 : 2, args, &result);
       });
       if (s != napi_ok) delete copy;
     });
@@ -436,15 +451,27 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
     TransferAgent& a = agent(env);
     if (!info[0].IsString()) throw_js(env, "invalid", "postRead needs the remote agent's name");
     std::string remote = info[0].As<Napi::String>().Utf8Value();
-    auto remote_descs = to_descriptors(env, info[1], "remoteDescs");
-    auto local_descs = to_descriptors(env, info[2], "localDescs");
+    // Two block lists stay lists (checked per list, copied by CUDA IPC as they are); anything
+    // else becomes one descriptor per block.
+    const bool lists = is_block_list(info[1]) && is_block_list(info[2]);
+    BlockList remote_list, local_list;
+    std::vector<BlockDescriptor> remote_descs, local_descs;
+    if (lists) {
+      remote_list = to_block_list(env, info[1].As<Napi::Object>(), "remoteDescs");
+      local_list = to_block_list(env, info[2].As<Napi::Object>(), "localDescs");
+    } else {
+      remote_descs = to_descriptors(env, info[1], "remoteDescs");
+      local_descs = to_descriptors(env, info[2], "localDescs");
+    }
     bool has_notification = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
     std::string notification = has_notification ? to_bytes(env, info[3], "notification") : std::string();
     uint32_t timeout_ms = info.Length() > 4 && !info[4].IsUndefined()
                               ? static_cast<uint32_t>(to_u64(env, info[4], "timeoutMs"))
                               : 0;
+    const std::string* note = has_notification ? &notification : nullptr;
     uint64_t id = guarded(env, [&] {
-      return a.post_read(remote, remote_descs, local_descs, has_notification ? &notification : nullptr, timeout_ms);
+      return lists ? a.post_read(remote, std::move(remote_list), std::move(local_list), note, timeout_ms)
+                   : a.post_read(remote, remote_descs, local_descs, note, timeout_ms);
     });
     js_->pending_reads++;
     js_->update_ref(env);

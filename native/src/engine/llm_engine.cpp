@@ -100,6 +100,9 @@ void LlmEngine::add_request(const std::string& id, std::vector<int32_t> prompt, 
 
 bool LlmEngine::accept_remote_first_token(Sequence* seq) {
   seq->append_token(seq->remote_first_token);
+  // The prefill worker drew once from this request's generator (same seed) to sample the first
+  // token; drawing once here too keeps a seeded request on the draws one engine would make.
+  if (!is_greedy(seq->sampling)) seq->rng.uniform();
   const char* reason = stop_reason(*seq);
   if (reason == nullptr) return false;
   // No token ids: the prefill worker delivered the first token; usage counts it.

@@ -665,7 +665,7 @@ class Qwen3Cuda final : public CudaModelRunner {
         host_rows.push_back(i);
         continue;
       }
-      if (p.temperature >= 1e-5f) random_rows.push_back(i);
+      if (!is_greedy(p)) random_rows.push_back(i);
       top_k = std::max(top_k, p.logprobs);
     }
     int32_t* ids_d = reinterpret_cast<int32_t*>(out_d_);

@@ -84,7 +84,7 @@ SampledToken sample_token(float* logits, int vocab, const SamplingParams& p, con
         if (t >= 0 && t < vocab) logits[t] = -INFINITY;
   }
 
-  if (p.temperature < 1e-5f) {
+  if (is_greedy(p)) {
     out.token = argmax(logits, vocab);
   } else {
     const float inv_t = 1.0f / p.temperature;

@@ -26,6 +26,9 @@ struct SamplingParams {
   int logprobs = -1;  // number of alternatives; -1: no logprobs
 };
 
+/** Greedy requests take the argmax and draw nothing from their generator. */
+inline bool is_greedy(const SamplingParams& p) { return p.temperature < 1e-5f; }
+
 /** xoshiro256** seeded through splitmix64. */
 class Rng {
  public:

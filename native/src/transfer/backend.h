@@ -31,10 +31,28 @@ struct ReadJob {
    *  peer's regions as its metadata described them; local blocks pin this agent's regions. */
   std::vector<ResolvedBlock> remote;
   std::vector<ResolvedBlock> local;
+  /** Instead of remote and local, only for a backend whose reads_block_lists() is true: both
+   *  sides given as block lists of as many blocks of one length (remote_list.region is set). */
+  ResolvedBlockList remote_list;
+  ResolvedBlockList local_list;
   uint64_t total_bytes = 0;
   uint32_t timeout_ms = 0;
   Clock::time_point deadline;
 };
+
+/** Turns a job's block lists into remote/local pairs, the form every backend reads. */
+inline void expand_block_lists(ReadJob& job) {
+  if (!job.remote_list.region) return;
+  const size_t n = job.remote_list.offsets.size();
+  job.remote.reserve(n);
+  job.local.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    job.remote.push_back(ResolvedBlock{job.remote_list.region, job.remote_list.offsets[i], job.remote_list.length});
+    job.local.push_back(ResolvedBlock{job.local_list.region, job.local_list.offsets[i], job.local_list.length});
+  }
+  job.remote_list = {};
+  job.local_list = {};
+}
 
 class BackendEvents {
  public:
@@ -68,6 +86,8 @@ class TransferBackend {
   virtual void send_notification_to(const std::shared_ptr<const AgentMetadata>& peer, std::string bytes) {
     throw TransferError(ErrorKind::Invalid, std::string("the ") + name() + " backend sends no notifications");
   }
+  /** Whether post_read takes a job in its block-list form (else the agent expands it first). */
+  virtual bool reads_block_lists() const { return false; }
   virtual void post_read(ReadJob job) = 0;
   /** Fails the transfer with ErrorKind::Canceled if it has not finished; no-op otherwise. */
   virtual void cancel(uint64_t transfer_id) = 0;

@@ -60,6 +60,35 @@ __global__ void __launch_bounds__(kThreads) gather_copy_kernel(const CopyPiece* 
   }
 }
 
+// Piece p is piece p % pieces_per_block of block p / pieces_per_block; streaming stores, as the
+// backend's piece-list launch (both sides' offsets are read before the previous piece's copy).
+__global__ void __launch_bounds__(kThreads)
+    gather_block_list_kernel(uint64_t src_base, uint64_t dst_base, const uint64_t* __restrict__ offsets,
+                             uint32_t count, uint64_t block_bytes, uint32_t pieces_per_block) {
+  const uint64_t total = static_cast<uint64_t>(count) * pieces_per_block;
+  uint64_t p = blockIdx.x;
+  if (p >= total) return;
+  auto piece_at = [&](uint64_t index) {
+    const uint32_t block = static_cast<uint32_t>(index / pieces_per_block);
+    const uint64_t start = (index - static_cast<uint64_t>(block) * pieces_per_block) * kCopyPieceBytes;
+    CopyPiece piece;
+    piece.src = src_base + offsets[block] + start;
+    piece.dst = dst_base + offsets[count + block] + start;
+    piece.bytes = block_bytes - start < kCopyPieceBytes ? block_bytes - start : kCopyPieceBytes;
+    return piece;
+  };
+  CopyPiece piece = piece_at(p);
+  for (;;) {
+    const uint64_t next = p + gridDim.x;
+    CopyPiece next_piece;
+    if (next < total) next_piece = piece_at(next);
+    copy_piece<true>(piece);
+    if (next >= total) break;
+    p = next;
+    piece = next_piece;
+  }
+}
+
 __device__ __forceinline__ uint32_t pattern_word(uint64_t index, uint32_t seed) {
   // A 32-bit finalizer (murmur3's) of the word index: neighbouring words and regions filled
   // with other seeds differ, so a misplaced block never matches by chance.
@@ -130,6 +159,18 @@ cudaError_t launch_gather_copy(const CopyPiece* pieces, uint32_t count, uint32_t
   } else {
     gather_copy_kernel<false><<<blocks, kThreads, 0, stream>>>(pieces, count);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gather_block_list(uint64_t src_base, uint64_t dst_base, const uint64_t* offsets, uint32_t count,
+                                     uint64_t block_bytes, uint32_t max_blocks, cudaStream_t stream) {
+  const uint64_t pieces = block_list_pieces(count, block_bytes);
+  if (pieces == 0) return cudaSuccess;
+  const uint64_t per_block = pieces / count;
+  if (per_block > UINT32_MAX) return cudaErrorInvalidValue;
+  const uint32_t blocks = static_cast<uint32_t>(std::min<uint64_t>(pieces, std::max(max_blocks, 1u)));
+  gather_block_list_kernel<<<blocks, kThreads, 0, stream>>>(src_base, dst_base, offsets, count, block_bytes,
+                                                           static_cast<uint32_t>(per_block));
   return cudaGetLastError();
 }
 

@@ -41,6 +41,22 @@ void plan_copy_pieces(uint64_t src, uint64_t dst, uint64_t bytes, std::vector<Co
 cudaError_t launch_gather_copy(const CopyPiece* pieces, uint32_t count, uint32_t max_blocks, cudaStream_t stream,
                                bool streaming_stores = false);
 
+/**
+ * Copies a read given as two block lists in one launch of at most `max_blocks` blocks, with no
+ * piece list: block i is [src_base + offsets[i], + block_bytes) into [dst_base + offsets[count +
+ * i], + block_bytes); each block is cut into pieces of kCopyPieceBytes, and the kernel computes
+ * a piece's addresses from its index. `offsets` (device memory) holds the 2 x count offsets;
+ * src_base, dst_base, block_bytes and every offset are multiples of 16; blocks do not overlap
+ * in the destination.
+ */
+cudaError_t launch_gather_block_list(uint64_t src_base, uint64_t dst_base, const uint64_t* offsets, uint32_t count,
+                                     uint64_t block_bytes, uint32_t max_blocks, cudaStream_t stream);
+
+/** The pieces launch_gather_block_list cuts `count` blocks of `block_bytes` into. */
+inline uint64_t block_list_pieces(uint64_t count, uint64_t block_bytes) {
+  return count * ((block_bytes + kCopyPieceBytes - 1) / kCopyPieceBytes);
+}
+
 /** Word i of [base, base + bytes) (bytes a multiple of 4) := pattern_word(i, seed). */
 cudaError_t launch_fill_pattern(void* base, uint64_t bytes, uint32_t seed, cudaStream_t stream);
 

@@ -18,7 +18,38 @@ void check(cudaError_t rc, const std::string& what) {
   }
 }
 
+/** Puts the calling thread's current device back: a posting thread (JavaScript's) may use CUDA itself. */
+class DeviceRestorer {
+ public:
+  DeviceRestorer() {
+    if (cudaGetDevice(&previous_) != cudaSuccess) {
+      cudaGetLastError();
+      previous_ = -1;
+    }
+  }
+  ~DeviceRestorer() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+};
+
+double us(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
+
+long long steady_ns(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
 }  // namespace
+
+CudaIpcBackend::Staging::~Staging() {
+  if (host) cudaFreeHost(host);
+  if (device_offsets) cudaFree(device_offsets);
+  if (done) cudaEventDestroy(done);
+  if (start) cudaEventDestroy(start);
+  if (stop) cudaEventDestroy(stop);
+}
 
 std::unique_ptr<CudaIpcBackend> CudaIpcBackend::create(std::string host_id, BackendEvents& events) {
   int devices = 0;
@@ -56,12 +87,87 @@ std::string CudaIpcBackend::export_region(const MemoryRegion& region) {
 }
 
 void CudaIpcBackend::post_read(ReadJob job) {
+  Work work;
+  work.posted = Clock::now();
   {
+    // Held while issuing, so a shutdown cannot slip between the check and the queue.
     std::lock_guard<std::mutex> lock(mu_);
     if (stopped_) throw TransferError(ErrorKind::Closed, "the CUDA IPC backend is closed");
-    queue_.push_back(std::move(job));
+    if (job.remote_list.region && !issue_block_list(job, work)) expand_block_lists(job);
+    work.job = std::move(job);
+    queue_.push_back(std::move(work));
   }
   wake_.notify_one();
+}
+
+bool CudaIpcBackend::issue_block_list(const ReadJob& job, Work& work) {
+#ifdef SWITCHYARD_TRANSFER_CUDA_KERNELS
+  const ResolvedBlockList& from = job.remote_list;
+  const ResolvedBlockList& to = job.local_list;
+  const size_t n = from.offsets.size();
+  if (method_ != CopyMethod::Kernel || to.region->kind != MemoryKind::Cuda || n > UINT32_MAX ||
+      ((to.region->base | from.length | from.offset_bits | to.offset_bits) & 15) != 0) {
+    return false;
+  }
+  std::lock_guard<std::mutex> cuda_lock(cuda_mu_);
+  DeviceRestorer restore;
+  const int device = to.region->device_id;
+  check(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+  DeviceState& state = device_state(device);
+  uint8_t* src_base = mapped(*job.peer, *from.region);
+  if ((reinterpret_cast<uint64_t>(src_base) & 15) != 0) return false;  // (a mapping starts at an allocation)
+  std::unique_ptr<Staging> staging = take_staging(device, state, 2 * n);
+  std::memcpy(staging->host, from.offsets.data(), n * sizeof(uint64_t));
+  std::memcpy(staging->host + n, to.offsets.data(), n * sizeof(uint64_t));
+  try {
+    if (trace_) check(cudaEventRecord(staging->start, state.stream), "cudaEventRecord");
+    check(cudaMemcpyAsync(staging->device_offsets, staging->host, 2 * n * sizeof(uint64_t), cudaMemcpyHostToDevice,
+                          state.stream),
+          "cudaMemcpyAsync of the block offsets");
+    // 4 blocks of 256 threads per SM, streaming stores: as the piece-list launch below.
+    check(launch_gather_block_list(reinterpret_cast<uint64_t>(src_base), to.region->base, staging->device_offsets,
+                                   static_cast<uint32_t>(n), from.length,
+                                   static_cast<uint32_t>(state.multiprocessors) * 4, state.stream),
+          "the block-list gather kernel");
+    if (trace_) check(cudaEventRecord(staging->stop, state.stream), "cudaEventRecord");
+    check(cudaEventRecord(staging->done, state.stream), "cudaEventRecord");
+  } catch (...) {
+    cudaStreamSynchronize(state.stream);  // nothing queued may still read the staging buffer when it is freed
+    cudaGetLastError();
+    throw;
+  }
+  work.staging = std::move(staging);
+  work.pieces = block_list_pieces(n, from.length);
+  work.issued = Clock::now();
+  return true;
+#else
+  return false;  // built without nvcc: the worker copies per merged run
+#endif
+}
+
+std::unique_ptr<CudaIpcBackend::Staging> CudaIpcBackend::take_staging(int device, DeviceState& state, size_t offsets) {
+  std::unique_ptr<Staging> staging;
+  if (!state.free_staging.empty()) {
+    staging = std::move(state.free_staging.back());
+    state.free_staging.pop_back();
+  } else {
+    staging = std::make_unique<Staging>();
+    staging->device = device;
+    check(cudaEventCreateWithFlags(&staging->done, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaEventCreate(&staging->start), "cudaEventCreate");
+    check(cudaEventCreate(&staging->stop), "cudaEventCreate");
+  }
+  if (staging->capacity < offsets) {
+    if (staging->host) cudaFreeHost(staging->host);
+    if (staging->device_offsets) cudaFree(staging->device_offsets);
+    staging->host = staging->device_offsets = nullptr;
+    staging->capacity = 0;
+    const size_t capacity = offsets + offsets / 2;
+    check(cudaMallocHost(&staging->host, capacity * sizeof(uint64_t)), "cudaMallocHost of block offsets");
+    check(cudaMalloc(&staging->device_offsets, capacity * sizeof(uint64_t)), "cudaMalloc of block offsets");
+    staging->capacity = capacity;
+  }
+  return staging;
 }
 
 void CudaIpcBackend::cancel(uint64_t transfer_id) {
@@ -80,19 +186,22 @@ void CudaIpcBackend::shutdown() {
 
 void CudaIpcBackend::run() {
   while (true) {
-    ReadJob job;
+    Work work;
     bool canceled = false;
     bool stopping = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return stopped_ || !queue_.empty(); });
       if (queue_.empty()) break;
-      job = std::move(queue_.front());
+      work = std::move(queue_.front());
       queue_.pop_front();
-      canceled = canceled_.erase(job.transfer_id) > 0;
+      canceled = !work.staging && canceled_.erase(work.job.transfer_id) > 0;
       stopping = stopped_;
     }
-    if (stopping) {
+    const ReadJob& job = work.job;
+    if (work.staging) {
+      finish_issued(work, stopping);
+    } else if (stopping) {
       TransferError e(ErrorKind::Closed, "the agent was closed");
       events_.transfer_finished(job.transfer_id, 0, &e);
     } else if (canceled) {
@@ -102,25 +211,61 @@ void CudaIpcBackend::run() {
       TransferError e(ErrorKind::Timeout, "the read timed out before the GPU copy started");
       events_.transfer_finished(job.transfer_id, 0, &e);
     } else {
+      std::string trace;
       try {
-        execute(job);
+        trace = execute(job);
         events_.transfer_finished(job.transfer_id, job.total_bytes, nullptr);
       } catch (const TransferError& e) {
         events_.transfer_finished(job.transfer_id, 0, &e);
       }
+      if (!trace.empty()) std::fputs(trace.c_str(), stderr);  // after the report: off the read's path
     }
   }
+  std::lock_guard<std::mutex> cuda_lock(cuda_mu_);
   for (auto& [key, mapping] : opened_) cudaIpcCloseMemHandle(mapping.pointer);
   opened_.clear();
   for (auto& [device, state] : devices_) {
     cudaSetDevice(device);
+    state.free_staging.clear();
     if (state.stream) cudaStreamDestroy(state.stream);
     if (state.start) cudaEventDestroy(state.start);
     if (state.stop) cudaEventDestroy(state.stop);
+    if (state.done) cudaEventDestroy(state.done);
     if (state.host_pieces) cudaFreeHost(state.host_pieces);
     if (state.device_pieces) cudaFree(state.device_pieces);
   }
   devices_.clear();
+}
+
+void CudaIpcBackend::finish_issued(Work& work, bool stopping) {
+  Staging& staging = *work.staging;
+  const ReadJob& job = work.job;
+  cudaSetDevice(staging.device);
+  const cudaError_t rc = cudaEventSynchronize(staging.done);
+  const auto finished = Clock::now();
+  if (rc != cudaSuccess) {
+    cudaGetLastError();
+    TransferError e(ErrorKind::System, std::string("the block-list gather copy: ") + cudaGetErrorString(rc));
+    events_.transfer_finished(job.transfer_id, 0, &e);
+  } else if (stopping) {
+    TransferError e(ErrorKind::Closed, "the agent was closed");
+    events_.transfer_finished(job.transfer_id, 0, &e);
+  } else {
+    events_.transfer_finished(job.transfer_id, job.total_bytes, nullptr);
+  }
+  if (trace_ && rc == cudaSuccess) {
+    float gpu_ms = 0;
+    cudaEventElapsedTime(&gpu_ms, staging.start, staging.stop);
+    const size_t n = job.remote_list.offsets.size();
+    std::fprintf(stderr,
+                 "cuda_ipc trace: read %llu: %zu descriptors, %zu runs, %llu copies, kernel, %llu bytes: "
+                 "issue %.1f us, gpu %.1f us, total %.1f us, block lists, done at %lld ns\n",
+                 static_cast<unsigned long long>(job.transfer_id), n, n, static_cast<unsigned long long>(work.pieces),
+                 static_cast<unsigned long long>(job.total_bytes), us(work.issued - work.posted), gpu_ms * 1000.0,
+                 us(finished - work.posted), steady_ns(finished));
+  }
+  std::lock_guard<std::mutex> cuda_lock(cuda_mu_);
+  devices_[staging.device].free_staging.push_back(std::move(work.staging));
 }
 
 CudaIpcBackend::DeviceState& CudaIpcBackend::device_state(int device) {
@@ -129,6 +274,7 @@ CudaIpcBackend::DeviceState& CudaIpcBackend::device_state(int device) {
     check(cudaStreamCreateWithFlags(&state.stream, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreate(&state.start), "cudaEventCreate");
     check(cudaEventCreate(&state.stop), "cudaEventCreate");
+    check(cudaEventCreateWithFlags(&state.done, cudaEventDisableTiming), "cudaEventCreate");
     check(cudaDeviceGetAttribute(&state.multiprocessors, cudaDevAttrMultiProcessorCount, device),
           "cudaDeviceGetAttribute");
   }
@@ -141,7 +287,11 @@ uint8_t* CudaIpcBackend::mapped(const AgentMetadata& peer, const MemoryRegion& r
   if (it != opened_.end()) {
     if (it->second.handle == remote.backend_blob) return static_cast<uint8_t*>(it->second.pointer);
     // A restarted peer (same name, same region id) exports another allocation: the old mapping
-    // points at memory that is gone, and no job in flight uses it (this thread runs them in turn).
+    // points at memory that is gone; once the copies already issued are through, none uses it.
+    for (auto& [device, state] : devices_) {
+      if (state.stream) cudaStreamSynchronize(state.stream);
+    }
+    cudaGetLastError();
     cudaIpcCloseMemHandle(it->second.pointer);
     opened_.erase(it);
   }
@@ -155,8 +305,9 @@ uint8_t* CudaIpcBackend::mapped(const AgentMetadata& peer, const MemoryRegion& r
   return static_cast<uint8_t*>(pointer);
 }
 
-void CudaIpcBackend::execute(const ReadJob& job) {
+std::string CudaIpcBackend::execute(const ReadJob& job) {
   const auto started = Clock::now();
+  std::unique_lock<std::mutex> cuda_lock(cuda_mu_);  // let go once the copies are issued
   // Copies are issued from the device of the local blocks (or the remote one for host
   // destinations); cudaMemcpyDefault routes memcpy by its pointers (unified addressing). The
   // kernel runs on the local device and reads the peer's memory through the IPC mapping.
@@ -226,7 +377,7 @@ void CudaIpcBackend::execute(const ReadJob& job) {
         check(cudaMalloc(&state.device_pieces, capacity * sizeof(CopyPiece)), "cudaMalloc of the piece list");
         state.piece_capacity = capacity;
       }
-      // The pinned buffer is reused only after the previous read's stream synchronize.
+      // The pinned buffer is reused only after the previous queued read finished (this thread waits for each).
       std::memcpy(state.host_pieces, plan.data(), plan.size() * sizeof(CopyPiece));
       mark_start();
       check(cudaMemcpyAsync(state.device_pieces, state.host_pieces, plan.size() * sizeof(CopyPiece),
@@ -270,20 +421,23 @@ void CudaIpcBackend::execute(const ReadJob& job) {
       break;
   }
   if (trace_) check(cudaEventRecord(state.stop, state.stream), "cudaEventRecord");
+  check(cudaEventRecord(state.done, state.stream), "cudaEventRecord");
   const auto issued = Clock::now();
-  check(cudaStreamSynchronize(state.stream), "cudaStreamSynchronize");
-  if (trace_) {
-    float gpu_ms = 0;
-    cudaEventElapsedTime(&gpu_ms, state.start, state.stop);
-    const auto us = [](Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
-    static const char* const kMethodNames[] = {"kernel", "batch", "memcpy"};
-    std::fprintf(stderr,
-                 "cuda_ipc trace: read %llu: %zu descriptors, %zu runs, %zu copies, %s, %llu bytes: "
-                 "issue %.1f us, gpu %.1f us, total %.1f us\n",
-                 static_cast<unsigned long long>(job.transfer_id), job.remote.size(), runs_.size(), pieces,
-                 kMethodNames[static_cast<int>(method)], static_cast<unsigned long long>(job.total_bytes),
-                 us(issued - started), gpu_ms * 1000.0, us(Clock::now() - started));
-  }
+  cuda_lock.unlock();
+  check(cudaEventSynchronize(state.done), "the copy (cudaEventSynchronize)");
+  const auto finished = Clock::now();
+  if (!trace_) return {};
+  float gpu_ms = 0;
+  cudaEventElapsedTime(&gpu_ms, state.start, state.stop);
+  static const char* const kMethodNames[] = {"kernel", "batch", "memcpy"};
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "cuda_ipc trace: read %llu: %zu descriptors, %zu runs, %zu copies, %s, %llu bytes: "
+                "issue %.1f us, gpu %.1f us, total %.1f us, pairs, done at %lld ns\n",
+                static_cast<unsigned long long>(job.transfer_id), job.remote.size(), runs_.size(), pieces,
+                kMethodNames[static_cast<int>(method)], static_cast<unsigned long long>(job.total_bytes),
+                us(issued - started), gpu_ms * 1000.0, us(finished - started), steady_ns(finished));
+  return line;
 }
 
 }  // namespace sy::transfer

@@ -49,6 +49,28 @@ struct ResolvedBlock {
   uint8_t* pointer() const { return reinterpret_cast<uint8_t*>(region->base + offset); }
 };
 
+/**
+ * The compact form of many blocks of one length in one region (a KV read: thousands of
+ * blocks): block i is [offsets[i], offsets[i] + length) of the region.
+ */
+struct BlockList {
+  uint64_t region_id = 0;
+  uint64_t length = 0;
+  std::vector<uint64_t> offsets;
+};
+
+/**
+ * A block list checked against its region, as a whole: max(offsets) + length <= region->length.
+ * offset_bits is the bitwise OR of every offset, so (region->base | length | offset_bits) % 16 == 0
+ * says every block starts and ends 16-byte aligned.
+ */
+struct ResolvedBlockList {
+  std::shared_ptr<const MemoryRegion> region;
+  uint64_t length = 0;
+  std::vector<uint64_t> offsets;
+  uint64_t offset_bits = 0;
+};
+
 /** `{region 3, offset 0, length 4096}`, for error messages. */
 std::string describe_block(const BlockDescriptor& desc);
 

@@ -172,14 +172,19 @@ std::shared_ptr<const AgentMetadata> TransferAgent::remote_metadata(const std::s
   return it == remotes_.end() ? nullptr : it->second;
 }
 
-uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<BlockDescriptor>& remote_descs,
-                                  const std::vector<BlockDescriptor>& local_descs, const std::string* notification,
-                                  uint32_t timeout_ms) {
+std::shared_ptr<const AgentMetadata> TransferAgent::peer_to_read(const std::string& remote) const {
   auto peer = remote_metadata(remote);
   if (!peer) {
     throw TransferError(ErrorKind::Invalid,
                         "no metadata loaded for agent '" + remote + "': load its metadata before reading from it");
   }
+  return peer;
+}
+
+uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<BlockDescriptor>& remote_descs,
+                                  const std::vector<BlockDescriptor>& local_descs, const std::string* notification,
+                                  uint32_t timeout_ms) {
+  auto peer = peer_to_read(remote);
   if (remote_descs.empty()) throw TransferError(ErrorKind::Invalid, "a read needs at least one descriptor");
   if (remote_descs.size() != local_descs.size()) {
     throw TransferError(ErrorKind::Invalid, "a read pairs remote and local descriptors one to one; got " +
@@ -232,21 +237,95 @@ uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<B
     for (size_t i = 0; !device_memory && i < job.remote.size(); ++i) {
       device_memory = job.remote[i].region->kind == MemoryKind::Cuda || job.local[i].region->kind == MemoryKind::Cuda;
     }
-    if (device_memory) {
-      // TCP moves host memory only: it does not stage device memory through the host.
-      const bool same_host = peer->host_id == host_id_;
-      throw TransferError(ErrorKind::Invalid,
-                          "agent '" + name() + "' cannot read these blocks of agent '" + remote + "'" +
-                              (same_host ? "" : " on another host") +
-                              ": they involve CUDA device memory, which " +
-                              (same_host ? "CUDA IPC moves only where both agents run it"
-                                         : "CUDA IPC moves only between processes of one host") +
-                              ", and TCP carries host memory only (a UCX built with CUDA can carry it, where both "
-                              "agents run UCX)");
-    }
-    throw TransferError(ErrorKind::Invalid, "no backend of agent '" + name() + "' reads these blocks of agent '" +
-                                                remote + "' (memory kinds or hosts differ from what its backends move)");
+    throw_no_backend(remote, *peer, device_memory);
   }
+  return submit(remote, *backend, std::move(job), notification, timeout_ms);
+}
+
+uint64_t TransferAgent::post_read(const std::string& remote, BlockList remote_list, BlockList local_list,
+                                  const std::string* notification, uint32_t timeout_ms) {
+  auto peer = peer_to_read(remote);
+  // Every offset is at most the largest, so the largest one's block inside its region puts every
+  // block inside it: one region lookup and one bounds check per list.
+  struct Checked {
+    std::shared_ptr<const MemoryRegion> region;
+    uint64_t offset_bits = 0;
+  };
+  auto check = [](const BlockList& list, const auto& find_region) {
+    uint64_t largest = 0, bits = 0;
+    for (uint64_t offset : list.offsets) {
+      largest = offset > largest ? offset : largest;
+      bits |= offset;
+    }
+    BlockDescriptor d;
+    d.region_id = list.region_id;
+    d.offset = largest;
+    d.length = list.length;
+    return Checked{find_region(d), bits};
+  };
+  Checked remote_blocks, local_blocks;
+  const size_t n = remote_list.offsets.size();
+  if (n > 0 && n == local_list.offsets.size() && remote_list.length > 0 && remote_list.length == local_list.length) {
+    try {
+      const std::string whose_remote = "agent '" + remote + "'";
+      remote_blocks = check(remote_list, [&](const BlockDescriptor& d) { return resolve_in(peer->regions, d, whose_remote).region; });
+      local_blocks = check(local_list, [&](const BlockDescriptor& d) { return regions_.resolve(d, "this agent").region; });
+    } catch (const TransferError&) {
+      remote_blocks.region = nullptr;  // checked pair by pair below, for the error that names the pair
+    }
+  }
+  if (!remote_blocks.region || !local_blocks.region) {
+    auto descriptors = [](const BlockList& list) {
+      std::vector<BlockDescriptor> out(list.offsets.size());
+      for (size_t i = 0; i < out.size(); ++i) {
+        out[i].region_id = list.region_id;
+        out[i].offset = list.offsets[i];
+        out[i].length = list.length;
+      }
+      return out;
+    };
+    return post_read(remote, descriptors(remote_list), descriptors(local_list), notification, timeout_ms);
+  }
+  TransferBackend* backend = nullptr;
+  for (TransferBackend* b : read_order_) {
+    if (b->can_read(*peer, *remote_blocks.region, *local_blocks.region)) {
+      backend = b;
+      break;
+    }
+  }
+  if (!backend) {
+    throw_no_backend(remote, *peer,
+                     remote_blocks.region->kind == MemoryKind::Cuda || local_blocks.region->kind == MemoryKind::Cuda);
+  }
+  ReadJob job;
+  job.peer = peer;
+  job.total_bytes = n * remote_list.length;
+  job.remote_list = ResolvedBlockList{remote_blocks.region, remote_list.length, std::move(remote_list.offsets),
+                                      remote_blocks.offset_bits};
+  job.local_list = ResolvedBlockList{local_blocks.region, local_list.length, std::move(local_list.offsets),
+                                     local_blocks.offset_bits};
+  if (!backend->reads_block_lists()) expand_block_lists(job);
+  return submit(remote, *backend, std::move(job), notification, timeout_ms);
+}
+
+void TransferAgent::throw_no_backend(const std::string& remote, const AgentMetadata& peer, bool device_memory) const {
+  if (device_memory) {
+    // TCP moves host memory only: it does not stage device memory through the host.
+    const bool same_host = peer.host_id == host_id_;
+    throw TransferError(ErrorKind::Invalid,
+                        "agent '" + name() + "' cannot read these blocks of agent '" + remote + "'" +
+                            (same_host ? "" : " on another host") + ": they involve CUDA device memory, which " +
+                            (same_host ? "CUDA IPC moves only where both agents run it"
+                                       : "CUDA IPC moves only between processes of one host") +
+                            ", and TCP carries host memory only (a UCX built with CUDA can carry it, where both "
+                            "agents run UCX)");
+  }
+  throw TransferError(ErrorKind::Invalid, "no backend of agent '" + name() + "' reads these blocks of agent '" + remote +
+                                              "' (memory kinds or hosts differ from what its backends move)");
+}
+
+uint64_t TransferAgent::submit(const std::string& remote, TransferBackend& backend, ReadJob job,
+                               const std::string* notification, uint32_t timeout_ms) {
   job.timeout_ms = timeout_ms ? timeout_ms : options_.timeout_ms;
   job.deadline = Clock::now() + std::chrono::milliseconds(job.timeout_ms);
   uint64_t id;
@@ -263,7 +342,7 @@ uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<B
   }
   job.transfer_id = id;
   try {
-    backend->post_read(std::move(job));
+    backend.post_read(std::move(job));
   } catch (...) {
     std::lock_guard<std::mutex> lock(mu_);
     transfers_.erase(id);
@@ -396,7 +475,7 @@ void TransferAgent::transfer_finished(uint64_t transfer_id, uint64_t bytes, cons
       }
     }
   }
-  emit({AgentEvent::Kind::TransferFinished, transfer_id});
+  emit({AgentEvent::Kind::TransferFinished, transfer_id, error != nullptr, bytes});
 }
 
 void TransferAgent::notification_received(const std::string& from_agent, std::string bytes) {

@@ -61,6 +61,9 @@ struct Notification {
 struct AgentEvent {
   enum class Kind { TransferFinished, Notification } kind;
   uint64_t transfer_id = 0;
+  /** A finished transfer's outcome, so that the hook need not ask status() when it is done. */
+  bool failed = false;
+  uint64_t bytes = 0;
 };
 
 class TransferAgent final : private BackendEvents {
@@ -100,6 +103,14 @@ class TransferAgent final : private BackendEvents {
   uint64_t post_read(const std::string& remote, const std::vector<BlockDescriptor>& remote_descs,
                      const std::vector<BlockDescriptor>& local_descs, const std::string* notification,
                      uint32_t timeout_ms);
+  /**
+   * The same read with both sides given as block lists of as many blocks of one length: each
+   * list is checked against its region once (its largest offset), not block by block, and a
+   * backend that reads block lists (CUDA IPC) gets them as they are. A list that fails the
+   * check is checked pair by pair, for the same error the descriptors would give.
+   */
+  uint64_t post_read(const std::string& remote, BlockList remote_list, BlockList local_list,
+                     const std::string* notification, uint32_t timeout_ms);
   TransferStatus status(uint64_t transfer_id) const;
   /** Cancels a pending transfer (it finishes with ErrorKind::Canceled). */
   void cancel(uint64_t transfer_id);
@@ -125,6 +136,12 @@ class TransferAgent final : private BackendEvents {
     bool released = false;
   };
 
+  std::shared_ptr<const AgentMetadata> peer_to_read(const std::string& remote) const;
+  /** The error of a read that no backend of this agent carries. */
+  [[noreturn]] void throw_no_backend(const std::string& remote, const AgentMetadata& peer, bool device_memory) const;
+  /** Records the transfer and hands `job` (checked, its backend chosen) to `backend`. */
+  uint64_t submit(const std::string& remote, TransferBackend& backend, ReadJob job, const std::string* notification,
+                  uint32_t timeout_ms);
   void transfer_finished(uint64_t transfer_id, uint64_t bytes, const TransferError* error) override;
   void notification_received(const std::string& from_agent, std::string bytes) override;
   void emit(const AgentEvent& event);
