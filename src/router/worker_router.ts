@@ -160,9 +160,10 @@ export class WorkerRouter implements Router, WorkerSink {
         throw new StreamBrokenError(worker.id);
       } catch (err) {
         if (signal.aborted) throw err;
-        if (generated.length === decodeStart && refusedBeforeStart(err) && !failedWorkers.has(worker.id)) {
-          // A draining or overloaded worker refused the request before doing any work: any
-          // other worker may take it, and that is no migration.
+        if (generated.length === decodeStart && failedBeforeOutput(err) && !failedWorkers.has(worker.id)) {
+          // The worker refused the request (draining, overloaded) or failed before it produced
+          // anything (its connection closed under it): the client has seen nothing of this
+          // attempt, so any other worker may take it, and that is no migration.
           failedWorkers.add(worker.id);
           if (this.hasOtherWorker(request.model, failedWorkers)) continue;
           throw err;
@@ -279,8 +280,9 @@ export class WorkerRouter implements Router, WorkerSink {
   }
 }
 
-function refusedBeforeStart(err: unknown): boolean {
-  return err instanceof ConnectError && (err.code === Code.Unavailable || err.code === Code.ResourceExhausted);
+function failedBeforeOutput(err: unknown): boolean {
+  if (err instanceof StreamBrokenError) return true;
+  return err instanceof ConnectError && (err.code === Code.ResourceExhausted || MIGRATABLE.has(err.code));
 }
 
 /** The request that carries on where a broken attempt stopped. */
