@@ -1,14 +1,12 @@
 import { describe, expect, it } from "vitest";
 import { blockHashes } from "../../src/engine/block_hash.ts";
-import type { KvEvent } from "../../src/engine/engine.ts";
 import { BlockPool, type KvBlock } from "../../src/engine/mocker/block_pool.ts";
 import { seededRandom } from "../../src/util/seeded_random.ts";
+import { range, replay } from "./mocker_helpers.ts";
 
 const BS = 4;
 
 const rng = seededRandom;
-
-const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
 
 /** Allocates and caches `tokens` the way a request admitted with a prefix hit would. */
 function admit(pool: BlockPool, tokens: number[]): KvBlock[] {
@@ -27,16 +25,6 @@ function admit(pool: BlockPool, tokens: number[]): KvBlock[] {
     );
   }
   return table;
-}
-
-/** Replays events into the set of hashes a router would believe cached. */
-function replay(events: KvEvent[], into = new Set<bigint>()): Set<bigint> {
-  for (const e of events) {
-    if (e.type === "cleared") into.clear();
-    else if (e.type === "stored") for (const h of e.blockHashes) into.add(h);
-    else for (const h of e.blockHashes) into.delete(h);
-  }
-  return into;
 }
 
 describe("BlockPool", () => {

@@ -1,51 +1,11 @@
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { blockHashes } from "../../src/engine/block_hash.ts";
-import type { EngineOutput, EngineRequest, KvEvent, KvReservation, RemotePrefill, SamplingParams } from "../../src/engine/engine.ts";
-import { MockerEngine, type MockerEngineOptions } from "../../src/engine/mocker/mocker_engine.ts";
+import type { KvEvent, KvReservation, RemotePrefill, SamplingParams } from "../../src/engine/engine.ts";
+import { MockerEngine } from "../../src/engine/mocker/mocker_engine.ts";
 import { seededRandom } from "../../src/util/seeded_random.ts";
+import { collect, mockers, range, replay, request, tokensOf } from "./mocker_helpers.ts";
 
-const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
-
-function sampling(overrides: Partial<SamplingParams> = {}): SamplingParams {
-  return {
-    temperature: 1, topP: 1, topK: 0, minP: 0, maxTokens: 8, minTokens: 0, stopTokenIds: [], ignoreEos: true,
-    presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, ...overrides,
-  };
-}
-
-const request = (requestId: string, promptTokenIds: number[], s: Partial<SamplingParams> = {}, extra: Partial<EngineRequest> = {}): EngineRequest => ({
-  requestId,
-  promptTokenIds,
-  sampling: sampling(s),
-  ...extra,
-});
-
-async function collect(stream: AsyncIterable<EngineOutput>): Promise<EngineOutput[]> {
-  const outputs: EngineOutput[] = [];
-  for await (const output of stream) outputs.push(output);
-  return outputs;
-}
-
-const tokensOf = (outputs: EngineOutput[]) => outputs.flatMap((o) => o.tokenIds);
-
-function replay(events: KvEvent[], into = new Set<bigint>()): Set<bigint> {
-  for (const e of events) {
-    if (e.type === "cleared") into.clear();
-    else if (e.type === "stored") for (const h of e.blockHashes) into.add(h);
-    else for (const h of e.blockHashes) into.delete(h);
-  }
-  return into;
-}
-
-const engines: MockerEngine[] = [];
-function mocker(options: MockerEngineOptions = {}): MockerEngine {
-  const engine = new MockerEngine({ speedupRatio: 0, blockSize: 4, numGpuBlocks: 64, ...options });
-  engines.push(engine);
-  return engine;
-}
-afterEach(async () => {
-  await Promise.all(engines.splice(0).map((e) => e.close()));
-});
+const mocker = mockers({ blockSize: 4, numGpuBlocks: 64 });
 
 function hostBytes(engine: MockerEngine): Uint8Array {
   const { memory } = engine.kvTransfer.layout();

@@ -1,53 +1,17 @@
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { blockHashes } from "../../src/engine/block_hash.ts";
 import { EngineError, type EngineOutput, type EngineRequest, type KvEvent, type SamplingParams } from "../../src/engine/engine.ts";
-import { MockerEngine, type MockerEngineOptions } from "../../src/engine/mocker/mocker_engine.ts";
 import { TimingModel } from "../../src/engine/mocker/timing.ts";
 import { seededRandom } from "../../src/util/seeded_random.ts";
+import { collect, mockers, range, replay, request as runToMaxTokens, tokensOf } from "./mocker_helpers.ts";
 
 const rng = seededRandom;
 
-const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
+/** Requests here stop at an eos id unless a case sets ignoreEos, as an API request does. */
+const request = (requestId: string, promptTokenIds: number[], s: Partial<SamplingParams> = {}): EngineRequest =>
+  runToMaxTokens(requestId, promptTokenIds, { ignoreEos: false, ...s });
 
-function sampling(overrides: Partial<SamplingParams> = {}): SamplingParams {
-  return {
-    temperature: 1, topP: 1, topK: 0, minP: 0, maxTokens: 8, minTokens: 0, stopTokenIds: [], ignoreEos: false,
-    presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, ...overrides,
-  };
-}
-
-const request = (requestId: string, promptTokenIds: number[], s: Partial<SamplingParams> = {}): EngineRequest => ({
-  requestId,
-  promptTokenIds,
-  sampling: sampling(s),
-});
-
-async function collect(stream: AsyncIterable<EngineOutput>): Promise<EngineOutput[]> {
-  const outputs: EngineOutput[] = [];
-  for await (const output of stream) outputs.push(output);
-  return outputs;
-}
-
-const tokensOf = (outputs: EngineOutput[]) => outputs.flatMap((o) => o.tokenIds);
-
-function replay(events: KvEvent[], into = new Set<bigint>()): Set<bigint> {
-  for (const e of events) {
-    if (e.type === "cleared") into.clear();
-    else if (e.type === "stored") for (const h of e.blockHashes) into.add(h);
-    else for (const h of e.blockHashes) into.delete(h);
-  }
-  return into;
-}
-
-const engines: MockerEngine[] = [];
-function mocker(options: MockerEngineOptions = {}): MockerEngine {
-  const engine = new MockerEngine({ speedupRatio: 0, ...options });
-  engines.push(engine);
-  return engine;
-}
-afterEach(async () => {
-  await Promise.all(engines.splice(0).map((e) => e.close()));
-});
+const mocker = mockers();
 
 async function errorOf(f: () => unknown): Promise<EngineError> {
   try {

@@ -3,38 +3,10 @@
  * outputs queued since its last read as one (tokens and logprobs concatenated, the latest usage
  * and finish), as vLLM's AsyncLLM merges them; a consumer that keeps up gets one per step.
  */
-import { afterEach, describe, expect, it } from "vitest";
-import type { EngineOutput, EngineRequest, SamplingParams } from "../../src/engine/engine.ts";
-import { MockerEngine } from "../../src/engine/mocker/mocker_engine.ts";
+import { describe, expect, it } from "vitest";
+import { collect, mockers, range, request } from "./mocker_helpers.ts";
 
-const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
-
-function request(requestId: string, promptTokenIds: number[], s: Partial<SamplingParams> = {}): EngineRequest {
-  return {
-    requestId,
-    promptTokenIds,
-    sampling: {
-      temperature: 1, topP: 1, topK: 0, minP: 0, maxTokens: 8, minTokens: 0, stopTokenIds: [], ignoreEos: true,
-      presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, ...s,
-    },
-  };
-}
-
-async function collect(stream: AsyncIterable<EngineOutput>): Promise<EngineOutput[]> {
-  const outputs: EngineOutput[] = [];
-  for await (const output of stream) outputs.push(output);
-  return outputs;
-}
-
-const engines: MockerEngine[] = [];
-function mocker(): MockerEngine {
-  const engine = new MockerEngine({ speedupRatio: 0, vocabSize: 1000 });
-  engines.push(engine);
-  return engine;
-}
-afterEach(async () => {
-  await Promise.all(engines.splice(0).map((e) => e.close()));
-});
+const mocker = mockers({ vocabSize: 1000 });
 
 describe("mocker output merging", () => {
   it("hands a consumer that read nothing while its request ran one output with every token, logprob and the finish", async () => {

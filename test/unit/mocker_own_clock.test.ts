@@ -4,22 +4,11 @@
  * merged into fewer outputs, with the same tokens in the same order; an idle engine that gets
  * a request has nothing to catch up on.
  */
-import { afterEach, describe, expect, it } from "vitest";
-import type { EngineOutput, EngineRequest, SamplingParams } from "../../src/engine/engine.ts";
-import { MockerEngine, type MockerEngineOptions } from "../../src/engine/mocker/mocker_engine.ts";
+import { describe, expect, it } from "vitest";
+import type { EngineOutput } from "../../src/engine/engine.ts";
+import { mockers, range, request } from "./mocker_helpers.ts";
 
-const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
-
-function request(requestId: string, promptTokenIds: number[], s: Partial<SamplingParams> = {}): EngineRequest {
-  return {
-    requestId,
-    promptTokenIds,
-    sampling: {
-      temperature: 1, topP: 1, topK: 0, minP: 0, maxTokens: 8, minTokens: 0, stopTokenIds: [], ignoreEos: true,
-      presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, ...s,
-    },
-  };
-}
+const mocker = mockers({ vocabSize: 1000 });
 
 /** Holds the thread as a busy consumer would (parsing, encoding, writing sockets). */
 function busyFor(ms: number): void {
@@ -35,16 +24,6 @@ async function collect(stream: AsyncIterable<EngineOutput>, workMsPerOutput = 0)
   }
   return outputs;
 }
-
-const engines: MockerEngine[] = [];
-function mocker(options: MockerEngineOptions = {}): MockerEngine {
-  const engine = new MockerEngine({ speedupRatio: 0, vocabSize: 1000, ...options });
-  engines.push(engine);
-  return engine;
-}
-afterEach(async () => {
-  await Promise.all(engines.splice(0).map((e) => e.close()));
-});
 
 describe("mocker ownClock", () => {
   it("merges the steps that ran while a busy consumer held the loop, keeping every token in order", async () => {
