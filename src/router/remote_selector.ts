@@ -14,6 +14,7 @@ import {
   MarkFinishedRequestSchema,
   RouterService,
 } from "../../gen/switchyard/router/v1/router_pb.ts";
+import { GuardedHttp2SessionManager } from "../runtime/guarded_session_manager.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { RouterError } from "./router.ts";
 import type { WorkerHandle } from "./worker_handle.ts";
@@ -31,7 +32,7 @@ export class RemoteSelector implements WorkerSelector {
     private readonly log: Logger,
     private readonly timeoutMs = 2000,
   ) {
-    this.client = createClient(RouterService, createGrpcTransport({ baseUrl: routerUrl }));
+    this.client = createClient(RouterService, createGrpcTransport({ baseUrl: routerUrl, sessionManager: new GuardedHttp2SessionManager(routerUrl) }));
   }
 
   async select(request: SelectionRequest, candidates: readonly WorkerHandle[]): Promise<Selection> {

@@ -4,6 +4,7 @@
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { GuardedHttp2SessionManager } from "../runtime/guarded_session_manager.ts";
 import { create } from "@bufbuild/protobuf";
 import {
   GetInfoRequestSchema,
@@ -26,12 +27,12 @@ export interface WorkerHandle {
 export function createWorkerClient(url: string): WorkerClient {
   // gRPC over HTTP/2 with one multiplexed connection per worker; idle pings keep it warm and
   // surface a dead peer quickly.
-  const transport = createGrpcTransport({
-    baseUrl: url,
+  const sessionManager = new GuardedHttp2SessionManager(url, {
     pingIntervalMs: 10_000,
     pingTimeoutMs: 5_000,
     idleConnectionTimeoutMs: 60_000,
   });
+  const transport = createGrpcTransport({ baseUrl: url, sessionManager });
   return createClient(WorkerService, transport);
 }
 
