@@ -105,7 +105,9 @@ describe("NativeEngine generation", () => {
       if (outputs.length === 2) controller.abort();
     }
     expect(outputs.at(-1)!.finishReason).toBe("cancelled");
-    expect(outputs.length).toBeLessThan(10);
+    // How many steps run before the abort lands depends on the machine's load (a step of this
+    // tiny model takes about a millisecond); "cancelled" says it landed before the request ended.
+    expect(outputs.flatMap((o) => o.tokenIds).length).toBeLessThan(200);
     await vi.waitFor(() => expect(engine.stats()).toMatchObject({ runningRequests: 0, waitingRequests: 0, kvBlocksUsed: 0 }));
   });
 
