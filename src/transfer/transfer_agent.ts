@@ -163,7 +163,8 @@ interface NativeAgent {
 interface TransferAddon {
   TransferAgent: new (
     options: TransferAgentOptions,
-    onEvent: (kind: "transfer" | "notification", id: number) => void,
+    /** doneBytes: a transfer that finished well, with its bytes; absent for a failed one (ask status). */
+    onEvent: (kind: "transfer" | "notification", id: number, doneBytes?: number) => void,
   ) => NativeAgent;
   builtBackends(): string[];
 }
@@ -292,7 +293,7 @@ export class TransferAgent {
 
   private constructor(options: TransferAgentOptions) {
     const { TransferAgent: Native } = loadTransferAddon();
-    this.#native = callNative(() => new Native(options, (kind, id) => this.#onEvent(kind, id)));
+    this.#native = callNative(() => new Native(options, (kind, id, doneBytes) => this.#onEvent(kind, id, doneBytes)));
     this.name = this.#native.name();
     this.address = this.#native.address();
     this.listenPort = this.#native.listenPort();
@@ -449,7 +450,7 @@ export class TransferAgent {
     if (!this.#closed) this.#native.cancel(id);
   }
 
-  #onEvent(kind: "transfer" | "notification", id: number): void {
+  #onEvent(kind: "transfer" | "notification", id: number, doneBytes: number | undefined): void {
     if (kind === "notification") {
       this.#drainNative();
       return;
@@ -457,7 +458,7 @@ export class TransferAgent {
     const transfer = this.#transfers.get(id);
     if (!transfer || this.#closed) return;
     this.#transfers.delete(id);
-    const status = this.#native.status(id);
+    const status: TransferStatus = doneBytes === undefined ? this.#native.status(id) : { state: "done", bytes: doneBytes };
     this.#native.release(id);
     transfer.settle(status);
   }

@@ -4,7 +4,8 @@
 // device memory and into host memory, compares every byte, times one large read, and sends
 // the read's notification back. Exit status 0 when everything matched.
 //
-// Odd blocks take the gather kernel's byte path and its 16-byte head/tail split.
+// Odd blocks take the gather kernel's byte path and its 16-byte head/tail split; block lists
+// take the block-list kernel where they can, and the queued pairs where they cannot.
 //
 //   nvcc -std=c++17 -O2 -arch=sm_90 -DSWITCHYARD_TRANSFER_CUDA_IPC=1 -DSWITCHYARD_TRANSFER_CUDA_KERNELS=1 \
 //     -Inative/src test/transfer/cuda_ipc_check.cpp native/src/transfer/cuda_copy_kernels.cu \
@@ -14,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -106,6 +108,46 @@ int decode(int metadata_fd) {
                 failures ? "MISMATCH" : "byte-exact");
   }
 
+  // Block lists (a KV read's form). Into device memory, 16-byte aligned, they are issued at
+  // posting (offsets uploaded, the kernel computes each piece); odd lengths or host memory go
+  // to the worker as pairs. Blocks of 48 KiB + 16 B end in a partial piece.
+  struct ListCase {
+    const char* what;
+    uint64_t length;
+    bool to_device;
+  };
+  for (const ListCase& c : {ListCase{"300 blocks of 48 KiB + 16 B into device memory", 48 * 1024 + 16, true},
+                            ListCase{"300 blocks of 4097 B into device memory", 4097, true},
+                            ListCase{"300 blocks of 48 KiB + 16 B into host memory", 48 * 1024 + 16, false}}) {
+    cudaMemset(device, 0, kRegionBytes);
+    std::fill(host.begin(), host.end(), 0);
+    constexpr uint64_t kStride = 100 * 1024;
+    BlockList from{remote_id, c.length, {}};
+    BlockList to{c.to_device ? dev_region->id : host_region->id, c.length, {}};
+    for (uint64_t i = 0; i < 300; ++i) {
+      from.offsets.push_back((i * 37 % 300) * kStride);
+      to.offsets.push_back((299 - i) * kStride + kStride / 2);
+    }
+    std::vector<uint64_t> expect_from = from.offsets, expect_to = to.offsets;
+    TransferStatus s = wait_done(agent, agent.post_read(peer, std::move(from), std::move(to), nullptr, 10'000));
+    if (s.state != TransferState::Done) {
+      std::printf("decode: block-list read, %s, failed: %s\n", c.what, s.message.c_str());
+      return 1;
+    }
+    if (c.to_device) cudaMemcpy(host.data(), device, kRegionBytes, cudaMemcpyDeviceToHost);
+    bool exact = true;
+    for (size_t b = 0; exact && b < expect_from.size(); ++b) {
+      for (uint64_t k = 0; k < c.length; ++k) {
+        if (host[expect_to[b] + k] != pattern(expect_from[b] + k)) {
+          exact = false;
+          break;
+        }
+      }
+    }
+    if (!exact) failures++;
+    std::printf("decode: block-list read, %s: %s\n", c.what, exact ? "byte-exact" : "MISMATCH");
+  }
+
   // Bandwidth: 256 blocks of 1 MiB, device to device, with the notification.
   std::vector<BlockDescriptor> big_remote, big_local;
   for (uint64_t i = 0; i < 256; ++i) {
@@ -119,10 +161,26 @@ int decode(int metadata_fd) {
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   std::printf("decode: 256 x 1 MiB device->device READ: %s, %.3f ms, %.1f GB/s\n",
               s.state == TransferState::Done ? "done" : s.message.c_str(), ms, 256.0 * kMiB / ms / 1e6);
+  auto lists = [&] {
+    BlockList from{remote_id, kMiB, {}}, to{dev_region->id, kMiB, {}};
+    for (uint64_t i = 0; i < 256; ++i) {
+      from.offsets.push_back(i * kMiB);
+      to.offsets.push_back((255 - i) * kMiB);
+    }
+    return std::make_pair(std::move(from), std::move(to));
+  };
+  auto [warm_from, warm_to] = lists();
+  wait_done(agent, agent.post_read(peer, std::move(warm_from), std::move(warm_to), nullptr, 10'000));
+  auto [list_from, list_to] = lists();
+  t0 = std::chrono::steady_clock::now();
+  TransferStatus listed = wait_done(agent, agent.post_read(peer, std::move(list_from), std::move(list_to), nullptr, 10'000));
+  ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("decode: the same as block lists: %s, %.3f ms, %.1f GB/s\n",
+              listed.state == TransferState::Done ? "done" : listed.message.c_str(), ms, 256.0 * kMiB / ms / 1e6);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the notification leave
   agent.close();
   cudaFree(device);
-  return failures || s.state != TransferState::Done ? 1 : 0;
+  return failures || s.state != TransferState::Done || listed.state != TransferState::Done ? 1 : 0;
 }
 
 int prefill(int metadata_fd, pid_t child) {

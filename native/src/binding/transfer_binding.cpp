@@ -87,8 +87,8 @@ std::string to_bytes(Napi::Env env, Napi::Value v, const std::string& what) {
 // read in place, with no JavaScript object per block).
 bool is_block_list(Napi::Value v) { return v.IsObject() && !v.IsArray() && v.As<Napi::Object>().Has("offsets"); }
 
-BlockList to_block_list(Napi::Env env, const Napi::Object& list, const std::string& what) {
-  BlockList out;
+// Into `out`, whose offsets' storage is reused: a fresh 100 KiB vector per read costs page faults.
+void to_block_list(Napi::Env env, const Napi::Object& list, const std::string& what, BlockList& out) {
   out.region_id = to_u64(env, list.Get("region"), what + ".region");
   out.length = to_u64(env, list.Get("length"), what + ".length");
   Napi::Value offsets = list.Get("offsets");
@@ -135,7 +135,6 @@ BlockList to_block_list(Napi::Env env, const Napi::Object& list, const std::stri
   } else {
     throw_js(env, "invalid", what + ".offsets must be a typed array or an array of byte offsets");
   }
-  return out;
 }
 
 std::vector<BlockDescriptor> block_list_descriptors(const BlockList& list) {
@@ -149,7 +148,11 @@ std::vector<BlockDescriptor> block_list_descriptors(const BlockList& list) {
 }
 
 std::vector<BlockDescriptor> to_descriptors(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (is_block_list(v)) return block_list_descriptors(to_block_list(env, v.As<Napi::Object>(), what));
+  if (is_block_list(v)) {
+    BlockList list;
+    to_block_list(env, v.As<Napi::Object>(), what, list);
+    return block_list_descriptors(list);
+  }
   if (!v.IsArray()) throw_js(env, "invalid", what + " must be an array of descriptors or a block list {region, offsets, length}");
   auto a = v.As<Napi::Array>();
   std::vector<BlockDescriptor> out(a.Length());
@@ -454,11 +457,10 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
     // Two block lists stay lists (checked per list, copied by CUDA IPC as they are); anything
     // else becomes one descriptor per block.
     const bool lists = is_block_list(info[1]) && is_block_list(info[2]);
-    BlockList remote_list, local_list;
     std::vector<BlockDescriptor> remote_descs, local_descs;
     if (lists) {
-      remote_list = to_block_list(env, info[1].As<Napi::Object>(), "remoteDescs");
-      local_list = to_block_list(env, info[2].As<Napi::Object>(), "localDescs");
+      to_block_list(env, info[1].As<Napi::Object>(), "remoteDescs", remote_scratch_);
+      to_block_list(env, info[2].As<Napi::Object>(), "localDescs", local_scratch_);
     } else {
       remote_descs = to_descriptors(env, info[1], "remoteDescs");
       local_descs = to_descriptors(env, info[2], "localDescs");
@@ -470,7 +472,7 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
                               : 0;
     const std::string* note = has_notification ? &notification : nullptr;
     uint64_t id = guarded(env, [&] {
-      return lists ? a.post_read(remote, std::move(remote_list), std::move(local_list), note, timeout_ms)
+      return lists ? a.post_read(remote, remote_scratch_, local_scratch_, note, timeout_ms)
                    : a.post_read(remote, remote_descs, local_descs, note, timeout_ms);
     });
     js_->pending_reads++;
@@ -559,6 +561,9 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
   std::shared_ptr<JsSide> js_;
   std::map<uint64_t, HeldMemory> held_;
   std::vector<HeldMemory> retired_;
+  // A block-list read's offsets, converted from JavaScript; the agent reads them during post_read only.
+  BlockList remote_scratch_;
+  BlockList local_scratch_;
   bool closed_ = false;
 };
 

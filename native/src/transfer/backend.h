@@ -32,7 +32,8 @@ struct ReadJob {
   std::vector<ResolvedBlock> remote;
   std::vector<ResolvedBlock> local;
   /** Instead of remote and local, only for a backend whose reads_block_lists() is true: both
-   *  sides given as block lists of as many blocks of one length (remote_list.region is set). */
+   *  sides given as block lists of as many blocks of one length (remote_list.region is set).
+   *  Their offsets are the caller's, valid only inside post_read (ResolvedBlockList). */
   ResolvedBlockList remote_list;
   ResolvedBlockList local_list;
   uint64_t total_bytes = 0;
@@ -40,10 +41,10 @@ struct ReadJob {
   Clock::time_point deadline;
 };
 
-/** Turns a job's block lists into remote/local pairs, the form every backend reads. */
+/** Turns a job's block lists into remote/local pairs, the form every backend reads and may keep. */
 inline void expand_block_lists(ReadJob& job) {
   if (!job.remote_list.region) return;
-  const size_t n = job.remote_list.offsets.size();
+  const size_t n = job.remote_list.count;
   job.remote.reserve(n);
   job.local.reserve(n);
   for (size_t i = 0; i < n; ++i) {

@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(kThreads) gather_copy_kernel(const CopyPiece* 
 }
 
 // Piece p is piece p % pieces_per_block of block p / pieces_per_block; streaming stores, as the
-// backend's piece-list launch (both sides' offsets are read before the previous piece's copy).
+// backend's piece-list launch. The backend launches a block per piece; a smaller grid loops over
+// pieces gridDim apart, reading the next piece's offsets before this piece's copy.
 __global__ void __launch_bounds__(kThreads)
     gather_block_list_kernel(uint64_t src_base, uint64_t dst_base, const uint64_t* __restrict__ offsets,
                              uint32_t count, uint64_t block_bytes, uint32_t pieces_per_block) {
@@ -73,7 +74,7 @@ __global__ void __launch_bounds__(kThreads)
     const uint64_t start = (index - static_cast<uint64_t>(block) * pieces_per_block) * kCopyPieceBytes;
     CopyPiece piece;
     piece.src = src_base + offsets[block] + start;
-    piece.dst = dst_base + offsets[count + block] + start;
+    piece.dst = dst_base + offsets[static_cast<uint64_t>(count) + block] + start;
     piece.bytes = block_bytes - start < kCopyPieceBytes ? block_bytes - start : kCopyPieceBytes;
     return piece;
   };

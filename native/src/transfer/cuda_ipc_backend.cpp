@@ -94,6 +94,7 @@ void CudaIpcBackend::post_read(ReadJob job) {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopped_) throw TransferError(ErrorKind::Closed, "the CUDA IPC backend is closed");
     if (job.remote_list.region && !issue_block_list(job, work)) expand_block_lists(job);
+    job.remote_list.offsets = job.local_list.offsets = nullptr;  // the caller's: copied by now
     work.job = std::move(job);
     queue_.push_back(std::move(work));
   }
@@ -104,7 +105,7 @@ bool CudaIpcBackend::issue_block_list(const ReadJob& job, Work& work) {
 #ifdef SWITCHYARD_TRANSFER_CUDA_KERNELS
   const ResolvedBlockList& from = job.remote_list;
   const ResolvedBlockList& to = job.local_list;
-  const size_t n = from.offsets.size();
+  const size_t n = from.count;
   if (method_ != CopyMethod::Kernel || to.region->kind != MemoryKind::Cuda || n > UINT32_MAX ||
       ((to.region->base | from.length | from.offset_bits | to.offset_bits) & 15) != 0) {
     return false;
@@ -117,17 +118,18 @@ bool CudaIpcBackend::issue_block_list(const ReadJob& job, Work& work) {
   uint8_t* src_base = mapped(*job.peer, *from.region);
   if ((reinterpret_cast<uint64_t>(src_base) & 15) != 0) return false;  // (a mapping starts at an allocation)
   std::unique_ptr<Staging> staging = take_staging(device, state, 2 * n);
-  std::memcpy(staging->host, from.offsets.data(), n * sizeof(uint64_t));
-  std::memcpy(staging->host + n, to.offsets.data(), n * sizeof(uint64_t));
+  std::memcpy(staging->host, from.offsets, n * sizeof(uint64_t));
+  std::memcpy(staging->host + n, to.offsets, n * sizeof(uint64_t));
   try {
     if (trace_) check(cudaEventRecord(staging->start, state.stream), "cudaEventRecord");
     check(cudaMemcpyAsync(staging->device_offsets, staging->host, 2 * n * sizeof(uint64_t), cudaMemcpyHostToDevice,
                           state.stream),
           "cudaMemcpyAsync of the block offsets");
-    // 4 blocks of 256 threads per SM, streaming stores: as the piece-list launch below.
+    // A block of 256 threads per piece (streaming stores): the piece-list kernel was as fast that
+    // way as with 4 blocks per SM on random KV blocks and 4-6% faster on runs of them
+    // (bench/transfer_cuda.ts, "Gather kernel alone").
     check(launch_gather_block_list(reinterpret_cast<uint64_t>(src_base), to.region->base, staging->device_offsets,
-                                   static_cast<uint32_t>(n), from.length,
-                                   static_cast<uint32_t>(state.multiprocessors) * 4, state.stream),
+                                   static_cast<uint32_t>(n), from.length, INT32_MAX, state.stream),
           "the block-list gather kernel");
     if (trace_) check(cudaEventRecord(staging->stop, state.stream), "cudaEventRecord");
     check(cudaEventRecord(staging->done, state.stream), "cudaEventRecord");
@@ -137,6 +139,7 @@ bool CudaIpcBackend::issue_block_list(const ReadJob& job, Work& work) {
     throw;
   }
   work.staging = std::move(staging);
+  work.blocks = n;
   work.pieces = block_list_pieces(n, from.length);
   work.issued = Clock::now();
   return true;
@@ -238,11 +241,18 @@ void CudaIpcBackend::run() {
 }
 
 void CudaIpcBackend::finish_issued(Work& work, bool stopping) {
-  Staging& staging = *work.staging;
   const ReadJob& job = work.job;
-  cudaSetDevice(staging.device);
-  const cudaError_t rc = cudaEventSynchronize(staging.done);
+  const int device = work.staging->device;
+  cudaSetDevice(device);
+  const cudaError_t rc = cudaEventSynchronize(work.staging->done);
   const auto finished = Clock::now();
+  float gpu_ms = 0;
+  if (trace_ && rc == cudaSuccess) cudaEventElapsedTime(&gpu_ms, work.staging->start, work.staging->stop);
+  {
+    // Free again before the read is reported, so the caller's next read finds it.
+    std::lock_guard<std::mutex> cuda_lock(cuda_mu_);
+    devices_[device].free_staging.push_back(std::move(work.staging));
+  }
   if (rc != cudaSuccess) {
     cudaGetLastError();
     TransferError e(ErrorKind::System, std::string("the block-list gather copy: ") + cudaGetErrorString(rc));
@@ -254,9 +264,7 @@ void CudaIpcBackend::finish_issued(Work& work, bool stopping) {
     events_.transfer_finished(job.transfer_id, job.total_bytes, nullptr);
   }
   if (trace_ && rc == cudaSuccess) {
-    float gpu_ms = 0;
-    cudaEventElapsedTime(&gpu_ms, staging.start, staging.stop);
-    const size_t n = job.remote_list.offsets.size();
+    const size_t n = work.blocks;
     std::fprintf(stderr,
                  "cuda_ipc trace: read %llu: %zu descriptors, %zu runs, %llu copies, kernel, %llu bytes: "
                  "issue %.1f us, gpu %.1f us, total %.1f us, block lists, done at %lld ns\n",
@@ -264,8 +272,6 @@ void CudaIpcBackend::finish_issued(Work& work, bool stopping) {
                  static_cast<unsigned long long>(job.total_bytes), us(work.issued - work.posted), gpu_ms * 1000.0,
                  us(finished - work.posted), steady_ns(finished));
   }
-  std::lock_guard<std::mutex> cuda_lock(cuda_mu_);
-  devices_[staging.device].free_staging.push_back(std::move(work.staging));
 }
 
 CudaIpcBackend::DeviceState& CudaIpcBackend::device_state(int device) {

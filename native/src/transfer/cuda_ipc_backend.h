@@ -89,6 +89,7 @@ class CudaIpcBackend final : public TransferBackend {
   struct Work {
     ReadJob job;
     std::unique_ptr<Staging> staging;
+    size_t blocks = 0;
     uint64_t pieces = 0;
     Clock::time_point posted;
     Clock::time_point issued;

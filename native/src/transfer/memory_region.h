@@ -62,12 +62,14 @@ struct BlockList {
 /**
  * A block list checked against its region, as a whole: max(offsets) + length <= region->length.
  * offset_bits is the bitwise OR of every offset, so (region->base | length | offset_bits) % 16 == 0
- * says every block starts and ends 16-byte aligned.
+ * says every block starts and ends 16-byte aligned. `offsets` points into the caller's list and
+ * is valid only while the read is being posted: what keeps a read past that copies them first.
  */
 struct ResolvedBlockList {
   std::shared_ptr<const MemoryRegion> region;
   uint64_t length = 0;
-  std::vector<uint64_t> offsets;
+  const uint64_t* offsets = nullptr;
+  size_t count = 0;
   uint64_t offset_bits = 0;
 };
 

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #ifdef SWITCHYARD_TRANSFER_CUDA_IPC
 #include "transfer/cuda_ipc_backend.h"
 #endif
@@ -242,7 +244,7 @@ uint64_t TransferAgent::post_read(const std::string& remote, const std::vector<B
   return submit(remote, *backend, std::move(job), notification, timeout_ms);
 }
 
-uint64_t TransferAgent::post_read(const std::string& remote, BlockList remote_list, BlockList local_list,
+uint64_t TransferAgent::post_read(const std::string& remote, const BlockList& remote_list, const BlockList& local_list,
                                   const std::string* notification, uint32_t timeout_ms) {
   auto peer = peer_to_read(remote);
   // Every offset is at most the largest, so the largest one's block inside its region puts every
@@ -252,16 +254,27 @@ uint64_t TransferAgent::post_read(const std::string& remote, BlockList remote_li
     uint64_t offset_bits = 0;
   };
   auto check = [](const BlockList& list, const auto& find_region) {
-    uint64_t largest = 0, bits = 0;
-    for (uint64_t offset : list.offsets) {
-      largest = offset > largest ? offset : largest;
-      bits |= offset;
+    // Four independent lanes: one lane's max is a chain of dependent compares.
+    uint64_t largest[4] = {0, 0, 0, 0}, bits[4] = {0, 0, 0, 0};
+    const uint64_t* offsets = list.offsets.data();
+    const size_t n = list.offsets.size();
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      for (int k = 0; k < 4; ++k) {
+        largest[k] = offsets[i + k] > largest[k] ? offsets[i + k] : largest[k];
+        bits[k] |= offsets[i + k];
+      }
+    }
+    for (; i < n; ++i) {
+      largest[0] = offsets[i] > largest[0] ? offsets[i] : largest[0];
+      bits[0] |= offsets[i];
     }
     BlockDescriptor d;
     d.region_id = list.region_id;
-    d.offset = largest;
+    d.offset = std::max(std::max(largest[0], largest[1]), std::max(largest[2], largest[3]));
+    const uint64_t all_bits = bits[0] | bits[1] | bits[2] | bits[3];
     d.length = list.length;
-    return Checked{find_region(d), bits};
+    return Checked{find_region(d), all_bits};
   };
   Checked remote_blocks, local_blocks;
   const size_t n = remote_list.offsets.size();
@@ -300,9 +313,9 @@ uint64_t TransferAgent::post_read(const std::string& remote, BlockList remote_li
   ReadJob job;
   job.peer = peer;
   job.total_bytes = n * remote_list.length;
-  job.remote_list = ResolvedBlockList{remote_blocks.region, remote_list.length, std::move(remote_list.offsets),
+  job.remote_list = ResolvedBlockList{remote_blocks.region, remote_list.length, remote_list.offsets.data(), n,
                                       remote_blocks.offset_bits};
-  job.local_list = ResolvedBlockList{local_blocks.region, local_list.length, std::move(local_list.offsets),
+  job.local_list = ResolvedBlockList{local_blocks.region, local_list.length, local_list.offsets.data(), n,
                                      local_blocks.offset_bits};
   if (!backend->reads_block_lists()) expand_block_lists(job);
   return submit(remote, *backend, std::move(job), notification, timeout_ms);

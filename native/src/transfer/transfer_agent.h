@@ -106,10 +106,11 @@ class TransferAgent final : private BackendEvents {
   /**
    * The same read with both sides given as block lists of as many blocks of one length: each
    * list is checked against its region once (its largest offset), not block by block, and a
-   * backend that reads block lists (CUDA IPC) gets them as they are. A list that fails the
-   * check is checked pair by pair, for the same error the descriptors would give.
+   * backend that reads block lists (CUDA IPC) gets them as they are (read during the call; the
+   * caller may reuse the lists once it returns). A list that fails the check is checked pair by
+   * pair, for the same error the descriptors would give.
    */
-  uint64_t post_read(const std::string& remote, BlockList remote_list, BlockList local_list,
+  uint64_t post_read(const std::string& remote, const BlockList& remote_list, const BlockList& local_list,
                      const std::string* notification, uint32_t timeout_ms);
   TransferStatus status(uint64_t transfer_id) const;
   /** Cancels a pending transfer (it finishes with ErrorKind::Canceled). */
