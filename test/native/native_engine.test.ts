@@ -12,7 +12,7 @@ const tmp = mkdtempSync(join(tmpdir(), "sy-native-"));
 let engine: NativeEngine;
 
 beforeAll(async () => {
-  engine = await NativeEngine.load({ model: testLlamaDir(), kvCacheMemoryBytes: 4 << 20, maxModelLen: 256 });
+  engine = await NativeEngine.load({ model: testLlamaDir(), device: "cpu", kvCacheMemoryBytes: 4 << 20, maxModelLen: 256 });
 });
 afterAll(async () => {
   await engine.close();
@@ -62,7 +62,7 @@ describe("NativeEngine generation", () => {
     const dir = modelVariant("eos", () => {}, {
       "generation_config.json": JSON.stringify({ eos_token_id: [free.tokenIds[1]] }),
     });
-    const e = await NativeEngine.load({ model: dir, kvCacheMemoryBytes: 1 << 20 });
+    const e = await NativeEngine.load({ model: dir, device: "cpu", kvCacheMemoryBytes: 1 << 20 });
     try {
       expect(e.info.eosTokenIds).toContain(free.tokenIds[1]);
       const stopped = await collect(e, "eos", prompt, sampling({ maxTokens: 4, ignoreEos: false }));
@@ -199,7 +199,7 @@ describe("NativeEngine.load errors", () => {
       join(dir, "model.safetensors.index.json"),
       JSON.stringify({ weight_map: Object.fromEntries(names.map((n) => [n, "model-00001-of-00001.safetensors"])) }),
     );
-    const e = await NativeEngine.load({ model: dir, kvCacheMemoryBytes: 1 << 20 });
+    const e = await NativeEngine.load({ model: dir, device: "cpu", kvCacheMemoryBytes: 1 << 20 });
     try {
       const a = await collect(e, "s", promptTokens(9, 10), sampling({ maxTokens: 4 }));
       const b = await collect(engine, "s", promptTokens(9, 10), sampling({ maxTokens: 4 }));

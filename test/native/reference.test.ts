@@ -33,7 +33,7 @@ afterAll(async () => {
 });
 
 async function load(dir: string, referenceKernels = false): Promise<NativeEngine> {
-  const engine = await NativeEngine.load({ model: dir, kvCacheMemoryBytes: 8 << 20, referenceKernels });
+  const engine = await NativeEngine.load({ model: dir, device: "cpu", kvCacheMemoryBytes: 8 << 20, referenceKernels });
   engines.push(engine);
   return engine;
 }

@@ -6,7 +6,7 @@ import { promptTokens, testLlamaDir } from "./models.ts";
 
 let engine: NativeEngine;
 beforeAll(async () => {
-  engine = await NativeEngine.load({ model: testLlamaDir(), kvCacheMemoryBytes: 8 << 20 });
+  engine = await NativeEngine.load({ model: testLlamaDir(), device: "cpu", kvCacheMemoryBytes: 8 << 20 });
 });
 afterAll(async () => {
   await engine.close();

@@ -16,7 +16,7 @@ afterAll(async () => {
   await Promise.all(engines.map((e) => e.close()));
 });
 async function load(options: Partial<NativeEngineOptions> = {}): Promise<NativeEngine> {
-  const e = await NativeEngine.load({ model: testLlamaDir(), kvCacheMemoryBytes: 8 << 20, ...options });
+  const e = await NativeEngine.load({ model: testLlamaDir(), device: "cpu", kvCacheMemoryBytes: 8 << 20, ...options });
   engines.push(e);
   return e;
 }
