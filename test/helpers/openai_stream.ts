@@ -7,11 +7,15 @@ export interface StreamResult {
   status: number;
 }
 
+const STREAM_TIMEOUT_MS = 40_000;
+
 /** `onFirstText` runs once, when the first content arrives. */
 export async function streamCompletion(baseUrl: string, body: Record<string, unknown>, onFirstText?: () => void): Promise<StreamResult> {
   let res: Response;
   try {
     res = await fetch(`${baseUrl}/v1/completions`, {
+      // A stream that stalls ends as an error naming it, well before the test's own timeout.
+      signal: AbortSignal.timeout(STREAM_TIMEOUT_MS),
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),

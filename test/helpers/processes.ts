@@ -20,6 +20,8 @@ export interface Proc {
   exited: Promise<number | string>;
 }
 
+const STARTUP_TIMEOUT_MS = 30_000;
+
 /** Starts `switchyard <args>` and waits for the URL it prints once it serves. */
 export async function startSwitchyard(args: string[], env: Record<string, string> = {}): Promise<Proc> {
   const child = spawn(process.execPath, [join(root, "bin", "switchyard.mjs"), ...args], {
@@ -31,15 +33,21 @@ export async function startSwitchyard(args: string[], env: Record<string, string
   child.stderr!.on("data", (d) => (log += d));
   const exited = new Promise<number | string>((resolve) => child.once("exit", (code, signal) => resolve(code ?? signal ?? -1)));
   let out = "";
-  for await (const chunk of child.stdout!) {
-    out += chunk;
-    const match = out.match(/^(https?:\/\/\S+)$/m);
-    if (match) {
-      child.stdout!.resume();
-      return { child, url: match[1].replace(/\/v1$/, ""), output: () => log, exited };
+  // A process that neither serves nor exits fails the test with what it logged, not a timeout.
+  const startup = setTimeout(() => child.kill("SIGKILL"), STARTUP_TIMEOUT_MS);
+  try {
+    for await (const chunk of child.stdout!) {
+      out += chunk;
+      const match = out.match(/^(https?:\/\/\S+)$/m);
+      if (match) {
+        child.stdout!.resume();
+        return { child, url: match[1].replace(/\/v1$/, ""), output: () => log, exited };
+      }
     }
+  } finally {
+    clearTimeout(startup);
   }
-  throw new Error(`switchyard ${args.join(" ")} exited before serving:\n${log}`);
+  throw new Error(`switchyard ${args.join(" ")} exited (or was killed after ${STARTUP_TIMEOUT_MS / 1000} s) before serving:\n${log}`);
 }
 
 export async function stop(proc: Proc | undefined, signal: NodeJS.Signals = "SIGTERM"): Promise<number | string | undefined> {
