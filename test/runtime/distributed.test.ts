@@ -100,9 +100,9 @@ describe("distributed runtime over NATS", () => {
   });
 
   it("loses no request when a worker gets SIGTERM under load", async () => {
-    const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url]);
+    const frontend = await spawnSwitchyard(["frontend", "--port", "0", "--nats", nats.url], { SWITCHYARD_LOG_LEVEL: "debug" });
     const a = await worker("term-a");
-    await worker("term-b");
+    const b = await worker("term-b");
     await expect.poll(() => workerCount(frontend.url), { timeout: 15_000 }).toBe(2);
     await warmUp(frontend.url, 2);
     const running = load(frontend.url, 30, 150);
@@ -110,7 +110,10 @@ describe("distributed runtime over NATS", () => {
     a.child.kill("SIGTERM");
     const late = load(frontend.url, 10, 20);
     const results = [...(await running), ...(await late)];
-    expect(results.filter((r) => r.error)).toEqual([]);
+    const failed = results.flatMap((r, i) => (r.error ? [{ index: i, ...r }] : []));
+    // A failure here has been rare and unexplained: keep what the processes said with it.
+    const logs = () => [frontend, a, b].map((p) => p.output().split("\n").slice(-40).join("\n")).join("\n-----\n");
+    expect(failed, failed.length > 0 ? logs() : "").toEqual([]);
     expect(results.every((r) => r.finishReason === "length")).toBe(true);
     expect(await a.exited).toBe(0);
   });
