@@ -137,21 +137,11 @@ void to_block_list(Napi::Env env, const Napi::Object& list, const std::string& w
   }
 }
 
-std::vector<BlockDescriptor> block_list_descriptors(const BlockList& list) {
-  std::vector<BlockDescriptor> out(list.offsets.size());
-  for (size_t i = 0; i < out.size(); ++i) {
-    out[i].region_id = list.region_id;
-    out[i].offset = list.offsets[i];
-    out[i].length = list.length;
-  }
-  return out;
-}
-
 std::vector<BlockDescriptor> to_descriptors(Napi::Env env, Napi::Value v, const std::string& what) {
   if (is_block_list(v)) {
     BlockList list;
     to_block_list(env, v.As<Napi::Object>(), what, list);
-    return block_list_descriptors(list);
+    return list.descriptors();
   }
   if (!v.IsArray()) throw_js(env, "invalid", what + " must be an array of descriptors or a block list {region, offsets, length}");
   auto a = v.As<Napi::Array>();

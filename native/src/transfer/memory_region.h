@@ -57,6 +57,17 @@ struct BlockList {
   uint64_t region_id = 0;
   uint64_t length = 0;
   std::vector<uint64_t> offsets;
+
+  /** The same blocks as one descriptor each, for the paths that take descriptor pairs. */
+  std::vector<BlockDescriptor> descriptors() const {
+    std::vector<BlockDescriptor> out(offsets.size());
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i].region_id = region_id;
+      out[i].offset = offsets[i];
+      out[i].length = length;
+    }
+    return out;
+  }
 };
 
 /**

@@ -288,16 +288,7 @@ uint64_t TransferAgent::post_read(const std::string& remote, const BlockList& re
     }
   }
   if (!remote_blocks.region || !local_blocks.region) {
-    auto descriptors = [](const BlockList& list) {
-      std::vector<BlockDescriptor> out(list.offsets.size());
-      for (size_t i = 0; i < out.size(); ++i) {
-        out[i].region_id = list.region_id;
-        out[i].offset = list.offsets[i];
-        out[i].length = list.length;
-      }
-      return out;
-    };
-    return post_read(remote, descriptors(remote_list), descriptors(local_list), notification, timeout_ms);
+    return post_read(remote, remote_list.descriptors(), local_list.descriptors(), notification, timeout_ms);
   }
   TransferBackend* backend = nullptr;
   for (TransferBackend* b : read_order_) {
