@@ -71,7 +71,11 @@ export async function frontendCommand(argv: string[]): Promise<void> {
   const selector = flags["router-url"] ? new RemoteSelector(flags["router-url"], log) : selectorFromFlags(flags, cards[0]?.blockSize, registry, log, nc);
   const router = new WorkerRouter(cards, selector, workerRouterOptions(flags, log));
   const discoveries: { close(): Promise<void> }[] = [];
-  if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, router, log));
+  if (flags.worker.length > 0) {
+    const workers = new StaticWorkers(flags.worker, router, log);
+    discoveries.push(workers);
+    await workers.firstContact();
+  }
   if (nc) discoveries.push(new NatsWorkers(nc, router, log, DEFAULT_REGISTRATION_TIMING.ttlMs));
   const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry });
   log.info(`OpenAI API at ${frontend.url}/v1${natsUrl ? `, discovering workers over NATS at ${natsUrl}` : ""}`);

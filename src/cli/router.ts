@@ -53,7 +53,11 @@ export async function routerCommand(argv: string[]): Promise<void> {
   const nc = natsUrl ? await connectNats(natsUrl, "switchyard-router", log) : undefined;
   const shared = new SharedRouter(kvSelectorFromFlags(flags, flags["block-size"], registry, log, nc));
   const discoveries: { close(): Promise<void> }[] = [];
-  if (flags.worker.length > 0) discoveries.push(new StaticWorkers(flags.worker, shared, log));
+  if (flags.worker.length > 0) {
+    const workers = new StaticWorkers(flags.worker, shared, log);
+    discoveries.push(workers);
+    await workers.firstContact();
+  }
   if (nc) discoveries.push(new NatsWorkers(nc, shared, log, DEFAULT_REGISTRATION_TIMING.ttlMs));
   const server = await startConnectServer({
     host: flags.host,

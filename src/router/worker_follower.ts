@@ -13,6 +13,8 @@ import { sleep } from "../util/sleep.ts";
 export interface FollowOptions {
   pollIntervalMs?: number;
   timeoutMs?: number;
+  /** Called once, after the first attempt to reach the worker, whether or not it answered. */
+  onFirstAttempt?: () => void;
 }
 
 /** Runs until `signal` aborts; the worker is removed from the router on the way out. */
@@ -21,6 +23,7 @@ export async function followWorker(url: string, router: WorkerSink, log: Logger,
   const timeoutMs = options.timeoutMs ?? 5000;
   let worker: WorkerHandle | undefined;
   let warned = false;
+  let firstAttempt = options.onFirstAttempt;
   while (!signal.aborted) {
     try {
       if (!worker) {
@@ -51,7 +54,10 @@ export async function followWorker(url: string, router: WorkerSink, log: Logger,
         warned = true;
       }
     }
+    firstAttempt?.();
+    firstAttempt = undefined;
     await sleep(pollMs, signal);
   }
+  firstAttempt?.();
   if (worker) router.removeWorker(worker.id);
 }

@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -65,22 +65,6 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-async function waitForPort(port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = net.connect(port, "127.0.0.1", () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.on("error", () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`nothing listens on port ${port} after ${timeoutMs} ms`);
-}
-
 export interface NatsServer {
   url: string;
   port: number;
@@ -89,15 +73,63 @@ export interface NatsServer {
   restart(): Promise<void>;
 }
 
+/**
+ * A free port below the kernel's ephemeral range. A server restarted on the same port (NATS in
+ * the restart test) must find it free again; a port from the ephemeral range can meanwhile
+ * become the local end of any outgoing connection on the machine, and the restart then fails.
+ */
+async function freeFixedPort(): Promise<number> {
+  let ephemeralStart = 32768;
+  try {
+    ephemeralStart = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]) || ephemeralStart;
+  } catch {
+    // Not Linux: keep the usual default.
+  }
+  const low = Math.min(20_000, ephemeralStart - 2000);
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = low + Math.floor(Math.random() * (ephemeralStart - low));
+    const server = net.createServer();
+    const bound = await new Promise<boolean>((resolve) => {
+      server.once("error", () => resolve(false));
+      server.listen(port, "127.0.0.1", () => resolve(true));
+    });
+    if (bound) {
+      await new Promise((resolve) => server.close(resolve));
+      return port;
+    }
+  }
+  return freePort();
+}
+
 export async function startNatsServer(): Promise<NatsServer> {
-  const port = await freePort();
+  const port = await freeFixedPort();
   let child: ChildProcess | undefined;
   let storeDir: string | undefined;
+  // Ready when nats-server says so; failing to start (say, the port taken) fails with its log.
   const launch = async () => {
     storeDir = mkdtempSync(join(tmpdir(), "switchyard-nats-"));
-    child = spawn("nats-server", ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir], { stdio: "ignore" });
-    child.once("error", () => {});
-    await waitForPort(port, 10_000);
+    const proc = spawn("nats-server", ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir], { stdio: ["ignore", "ignore", "pipe"] });
+    child = proc;
+    let log = "";
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`nats-server on port ${port} not ready after 10 s:\n${log}`)), 10_000);
+      proc.once("error", (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      proc.once("exit", (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`nats-server on port ${port} exited (${code ?? signal}) before it was ready:\n${log}`));
+      });
+      proc.stderr!.on("data", (d) => {
+        if (log.includes("Server is ready")) return;
+        log += d;
+        if (log.includes("Server is ready")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
   };
   const halt = async () => {
     if (child && child.exitCode === null) {
