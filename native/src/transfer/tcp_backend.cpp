@@ -46,63 +46,30 @@ TcpBackend::TcpBackend(std::string agent_name, TcpOptions options, const RegionT
       self_("agent '" + agent_name_ + "'"),
       options_(options),
       regions_(regions),
-      events_(events) {
+      events_(events),
+      commands_(agent_name_) {
   if (options_.chunk_bytes == 0) throw TransferError(ErrorKind::Invalid, "chunkBytes must be positive");
   if (options_.max_inflight_bytes == 0) throw TransferError(ErrorKind::Invalid, "maxInflightBytes must be positive");
   Listener listener = listen_tcp(options_.listen_host, options_.listen_port);
   listen_fd_ = listener.fd;
   port_ = listener.port;
-  int fds[2];
-  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
-    int err = errno;
-    close(listen_fd_);
-    throw TransferError(ErrorKind::System, system_message("cannot create the I/O thread's wake pipe", err));
-  }
-  wake_read_fd_ = fds[0];
-  wake_write_fd_ = fds[1];
   io_thread_ = std::thread([this] { run(); });
 }
 
 TcpBackend::~TcpBackend() {
   shutdown();
   if (listen_fd_ >= 0) close(listen_fd_);
-  if (wake_read_fd_ >= 0) close(wake_read_fd_);
-  if (wake_write_fd_ >= 0) close(wake_write_fd_);
 }
 
 bool TcpBackend::can_read(const AgentMetadata& peer, const MemoryRegion& remote, const MemoryRegion& local) const {
   return peer.has_backend("tcp") && remote.kind == MemoryKind::Host && local.kind == MemoryKind::Host;
 }
 
-void TcpBackend::wake() {
-  char byte = 1;
-  // A full pipe already holds a wakeup; nothing is lost when this write fails.
-  [[maybe_unused]] ssize_t n = write(wake_write_fd_, &byte, 1);
-}
-
-void TcpBackend::enqueue(Command command) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopped_) throw TransferError(ErrorKind::Closed, "agent '" + agent_name_ + "' is closed");
-    commands_.push_back(std::move(command));
-  }
-  wake();
-}
-
-void TcpBackend::post_read(ReadJob job) {
-  Command c;
-  c.kind = Command::Kind::Read;
-  c.transfer_id = job.transfer_id;
-  c.job = std::move(job);
-  enqueue(std::move(c));
-}
+void TcpBackend::post_read(ReadJob job) { commands_.push(BackendCommand::read(std::move(job))); }
 
 void TcpBackend::cancel(uint64_t transfer_id) {
-  Command c;
-  c.kind = Command::Kind::Cancel;
-  c.transfer_id = transfer_id;
   try {
-    enqueue(std::move(c));
+    commands_.push(BackendCommand::cancel(transfer_id));
   } catch (const TransferError&) {
     // Closed: shutdown fails every transfer anyway.
   }
@@ -110,32 +77,19 @@ void TcpBackend::cancel(uint64_t transfer_id) {
 
 void TcpBackend::send_notification(const std::string& peer, std::shared_ptr<const AgentMetadata> address,
                                    std::string bytes) {
-  if (bytes.size() > wire::kMaxNotificationBytes) {
-    throw TransferError(ErrorKind::Invalid, "a notification holds at most " +
-                                                std::to_string(wire::kMaxNotificationBytes) + " bytes, not " +
-                                                std::to_string(bytes.size()));
-  }
+  BackendCommand c = BackendCommand::notify(peer, std::move(address), std::move(bytes));
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!address && !greeted_peers_.count(peer)) {
+    if (!c.address && !greeted_peers_.count(peer)) {
       throw TransferError(ErrorKind::Invalid, "cannot notify agent '" + peer +
                                                   "': no connection with it and no metadata loaded for it");
     }
   }
-  Command c;
-  c.kind = Command::Kind::Notify;
-  c.peer = peer;
-  c.address = std::move(address);
-  c.bytes = std::move(bytes);
-  enqueue(std::move(c));
+  commands_.push(std::move(c));
 }
 
 void TcpBackend::shutdown() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopped_ = true;
-  }
-  wake();
+  commands_.close();
   if (io_thread_.joinable() && io_thread_.get_id() != std::this_thread::get_id()) io_thread_.join();
 }
 
@@ -153,16 +107,11 @@ std::string TcpBackend::describe_peer(const Connection& c) const {
 
 void TcpBackend::run() {
   std::vector<pollfd> fds;
-  std::vector<uint64_t> fd_connection;  // connection id of fds[i], 0 for the pipe and listener
+  std::vector<uint64_t> fd_connection;  // connection id of fds[i], 0 for the command queue and listener
   while (true) {
-    std::deque<Command> commands;
     bool stopping;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      commands.swap(commands_);
-      stopping = stopped_;
-    }
-    for (Command& c : commands) handle_command(c);
+    std::deque<BackendCommand> commands = commands_.take(stopping);
+    for (BackendCommand& c : commands) handle_command(c);
     if (stopping) break;
     check_deadlines();
     for (auto it = connections_.begin(); it != connections_.end();) {
@@ -171,7 +120,7 @@ void TcpBackend::run() {
 
     fds.clear();
     fd_connection.clear();
-    fds.push_back({wake_read_fd_, POLLIN, 0});
+    fds.push_back({commands_.fd(), POLLIN, 0});
     fds.push_back({listen_fd_, POLLIN, 0});
     fd_connection.assign(2, 0);
     for (auto& [id, c] : connections_) {
@@ -187,11 +136,7 @@ void TcpBackend::run() {
       fail_all(ErrorKind::System, system_message("poll failed in agent '" + agent_name_ + "'", errno));
       break;
     }
-    if (fds[0].revents & POLLIN) {
-      char buf[256];
-      while (read(wake_read_fd_, buf, sizeof buf) > 0) {
-      }
-    }
+    if (fds[0].revents & POLLIN) commands_.clear_wakeup();
     if (fds[1].revents & POLLIN) {
       for (int fd; (fd = accept_connection(listen_fd_)) >= 0;) add_connection(fd, false, "", "");
     }
@@ -225,9 +170,9 @@ int TcpBackend::poll_timeout_ms() const {
   return static_cast<int>(std::min<int64_t>(ms, kIdlePollMs));
 }
 
-void TcpBackend::handle_command(Command& command) {
+void TcpBackend::handle_command(BackendCommand& command) {
   switch (command.kind) {
-    case Command::Kind::Read: {
+    case BackendCommand::Kind::Read: {
       std::string error;
       Connection* c = connection_to(command.job.peer, error);
       if (!c) {
@@ -244,12 +189,12 @@ void TcpBackend::handle_command(Command& command) {
       request_chunks(*c);
       return;
     }
-    case Command::Kind::Cancel: {
+    case BackendCommand::Kind::Cancel: {
       TransferError e(ErrorKind::Canceled, "the read was canceled");
       finish_read(command.transfer_id, &e);
       return;
     }
-    case Command::Kind::Notify: {
+    case BackendCommand::Kind::Notify: {
       Connection* c = find_connection(command.peer, true);
       if (!c) c = find_connection(command.peer, false);
       std::string error;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "transfer/backend.h"
+#include "transfer/command_queue.h"
 #include "transfer/tcp_wire.h"
 
 namespace sy::transfer {
@@ -122,22 +123,11 @@ class TcpBackend final : public TransferBackend {
     bool all_requested = false;
   };
 
-  struct Command {
-    enum class Kind { Read, Cancel, Notify } kind = Kind::Read;
-    ReadJob job;
-    uint64_t transfer_id = 0;
-    std::string peer;
-    std::shared_ptr<const AgentMetadata> address;
-    std::string bytes;
-  };
-
   void run();
-  void enqueue(Command command);
-  void handle_command(Command& command);
+  void handle_command(BackendCommand& command);
   Connection* find_connection(const std::string& peer, bool outbound);
   Connection* connection_to(const std::shared_ptr<const AgentMetadata>& peer, std::string& error);
   Connection* add_connection(int fd, bool outbound, const std::string& peer, const std::string& address);
-  void wake();
   void request_chunks(Connection& c);
   void on_readable(Connection& c);
   void absorb(Connection& c, const uint8_t* data, size_t length);
@@ -160,14 +150,11 @@ class TcpBackend final : public TransferBackend {
   BackendEvents& events_;
   int listen_fd_ = -1;
   uint16_t port_ = 0;
-  int wake_read_fd_ = -1;
-  int wake_write_fd_ = -1;
+  CommandQueue commands_;
 
-  mutable std::mutex mu_;  // guards commands_, greeted_peers_, stats_, stopped_
-  std::deque<Command> commands_;
+  mutable std::mutex mu_;  // guards greeted_peers_, stats_
   std::set<std::string> greeted_peers_;  // peers with an open connection, for send_notification
   ServeStats stats_;
-  bool stopped_ = false;
   std::thread io_thread_;
 
   // Owned by the I/O thread.

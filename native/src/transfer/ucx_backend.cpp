@@ -1,7 +1,6 @@
 #include "transfer/ucx_backend.h"
 
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,7 +8,6 @@
 #include <cstring>
 
 #include "transfer/byte_io.h"
-#include "transfer/tcp_wire.h"
 
 namespace sy::transfer {
 namespace {
@@ -91,7 +89,7 @@ SectionHeader read_header(ByteReader& r, const AgentMetadata& peer) {
 }  // namespace
 
 UcxBackend::UcxBackend(std::string agent_name, UcxOptions options, BackendEvents& events)
-    : agent_name_(std::move(agent_name)), options_(std::move(options)), events_(events) {
+    : agent_name_(std::move(agent_name)), options_(std::move(options)), events_(events), commands_(agent_name_) {
   if (options_.chunk_bytes == 0) throw TransferError(ErrorKind::Invalid, "chunkBytes must be positive");
   if (options_.max_inflight_bytes == 0) throw TransferError(ErrorKind::Invalid, "maxInflightBytes must be positive");
   const std::string transports = options_.transports.empty() ? "UCX's default transports" : "transports '" + options_.transports + "'";
@@ -147,9 +145,6 @@ UcxBackend::UcxBackend(std::string agent_name, UcxOptions options, BackendEvents
     am.arg = this;
     s = ucp_worker_set_am_recv_handler(worker_, &am);
     if (s != UCS_OK) throw TransferError(ErrorKind::System, ucx_message("ucp_worker_set_am_recv_handler", s));
-
-    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (wake_fd_ < 0) throw TransferError(ErrorKind::System, std::string("eventfd: ") + std::strerror(errno));
   } catch (...) {
     if (worker_) ucp_worker_destroy(worker_);
     ucp_cleanup(context_);
@@ -165,7 +160,6 @@ UcxBackend::~UcxBackend() {
     for (auto& [id, m] : mapped_) ucp_mem_unmap(context_, m.memh);
     mapped_.clear();
   }
-  if (wake_fd_ >= 0) close(wake_fd_);
   ucp_cleanup(context_);
 }
 
@@ -229,59 +223,22 @@ std::string UcxBackend::metadata_section() const {
 
 // ---- caller's thread ----
 
-void UcxBackend::wake() {
-  uint64_t one = 1;
-  // A full counter already holds a wakeup; nothing is lost when this write fails.
-  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof one);
-}
-
-void UcxBackend::enqueue(Command command) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopped_) throw TransferError(ErrorKind::Closed, "agent '" + agent_name_ + "' is closed");
-    commands_.push_back(std::move(command));
-  }
-  wake();
-}
-
-void UcxBackend::post_read(ReadJob job) {
-  Command c;
-  c.kind = Command::Kind::Read;
-  c.transfer_id = job.transfer_id;
-  c.job = std::move(job);
-  enqueue(std::move(c));
-}
+void UcxBackend::post_read(ReadJob job) { commands_.push(BackendCommand::read(std::move(job))); }
 
 void UcxBackend::cancel(uint64_t transfer_id) {
-  Command c;
-  c.kind = Command::Kind::Cancel;
-  c.transfer_id = transfer_id;
   try {
-    enqueue(std::move(c));
+    commands_.push(BackendCommand::cancel(transfer_id));
   } catch (const TransferError&) {
     // Closed: shutdown fails every read anyway.
   }
 }
 
 void UcxBackend::send_notification_to(const std::shared_ptr<const AgentMetadata>& peer, std::string bytes) {
-  if (bytes.size() > wire::kMaxNotificationBytes) {
-    throw TransferError(ErrorKind::Invalid, "a notification holds at most " +
-                                                std::to_string(wire::kMaxNotificationBytes) + " bytes, not " +
-                                                std::to_string(bytes.size()));
-  }
-  Command c;
-  c.kind = Command::Kind::Notify;
-  c.peer = peer;
-  c.bytes = std::move(bytes);
-  enqueue(std::move(c));
+  commands_.push(BackendCommand::notify(peer->name, peer, std::move(bytes)));
 }
 
 void UcxBackend::shutdown() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopped_ = true;
-  }
-  wake();
+  commands_.close();
   if (progress_thread_.joinable() && progress_thread_.get_id() != std::this_thread::get_id()) progress_thread_.join();
 }
 
@@ -318,15 +275,10 @@ ucs_status_t UcxBackend::on_notification(void* arg, const void*, size_t, void* d
 
 void UcxBackend::run() {
   while (true) {
-    std::deque<Command> commands;
     bool stopping;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      commands.swap(commands_);
-      stopping = stopped_;
-    }
+    std::deque<BackendCommand> commands = commands_.take(stopping);
     stopping_ = stopping;
-    for (Command& c : commands) handle_command(c);
+    for (BackendCommand& c : commands) handle_command(c);
     if (stopping) break;
     bool busy = !commands.empty();
     for (int i = 0; i < kProgressBatch && ucp_worker_progress(worker_) > 0; ++i) busy = true;
@@ -337,12 +289,9 @@ void UcxBackend::run() {
     ucs_status_t armed = ucp_worker_arm(worker_);
     if (armed == UCS_ERR_BUSY) continue;
     int timeout_ms = armed == UCS_OK ? wait_timeout_ms() : std::min(wait_timeout_ms(), 1);
-    pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    pollfd fds[2] = {{worker_fd_, POLLIN, 0}, {commands_.fd(), POLLIN, 0}};
     poll(fds, 2, timeout_ms);
-    if (fds[1].revents & POLLIN) {
-      uint64_t count;
-      [[maybe_unused]] ssize_t n = read(wake_fd_, &count, sizeof count);
-    }
+    if (fds[1].revents & POLLIN) commands_.clear_wakeup();
   }
 
   // Notifications already queued get a moment to leave; then every endpoint is force-closed,
@@ -385,9 +334,9 @@ void UcxBackend::run() {
   endpoints_.clear();
 }
 
-void UcxBackend::handle_command(Command& command) {
+void UcxBackend::handle_command(BackendCommand& command) {
   switch (command.kind) {
-    case Command::Kind::Read:
+    case BackendCommand::Kind::Read:
       if (stopping_) {
         TransferError e(ErrorKind::Closed, "agent '" + agent_name_ + "' was closed");
         events_.transfer_finished(command.transfer_id, 0, &e);
@@ -395,13 +344,13 @@ void UcxBackend::handle_command(Command& command) {
         start_read(std::move(command.job));
       }
       return;
-    case Command::Kind::Cancel: {
+    case BackendCommand::Kind::Cancel: {
       auto it = reads_.find(command.transfer_id);
       if (it != reads_.end()) fail_read(it->second, ErrorKind::Canceled, "the read was canceled");
       return;
     }
-    case Command::Kind::Notify:
-      send_notification_now(command.peer, std::move(command.bytes));
+    case BackendCommand::Kind::Notify:
+      send_notification_now(command.address, std::move(command.bytes));
       return;
   }
 }

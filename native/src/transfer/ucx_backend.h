@@ -48,6 +48,7 @@
 #include <ucp/api/ucp.h>
 
 #include "transfer/backend.h"
+#include "transfer/command_queue.h"
 
 namespace sy::transfer {
 
@@ -135,14 +136,6 @@ class UcxBackend final : public TransferBackend {
     bool reported = false;  // after a close that never purged its gets: kept until they complete
   };
 
-  struct Command {
-    enum class Kind { Read, Cancel, Notify } kind = Kind::Read;
-    ReadJob job;
-    uint64_t transfer_id = 0;
-    std::shared_ptr<const AgentMetadata> peer;
-    std::string bytes;
-  };
-
   struct MappedRegion {
     ucp_mem_h memh = nullptr;
     std::string packed_rkey;
@@ -154,9 +147,7 @@ class UcxBackend final : public TransferBackend {
                                       size_t length, const ucp_am_recv_param_t* param);
 
   void run();
-  void enqueue(Command command);
-  void wake();
-  void handle_command(Command& command);
+  void handle_command(BackendCommand& command);
   void start_read(ReadJob job);
   void send_notification_now(const std::shared_ptr<const AgentMetadata>& peer, std::string bytes);
   /** The current endpoint to `peer`, opened from its metadata when there is none; null (and `error` set) when UCX cannot. */
@@ -183,14 +174,11 @@ class UcxBackend final : public TransferBackend {
   std::string worker_address_;
   uint32_t memory_kinds_ = 0;  // bit per MemoryKind this context maps
   int worker_fd_ = -1;
-  int wake_fd_ = -1;
 
   mutable std::mutex regions_mu_;  // guards mapped_
   std::map<uint64_t, MappedRegion> mapped_;
 
-  std::mutex mu_;  // guards commands_, stopped_
-  std::deque<Command> commands_;
-  bool stopped_ = false;
+  CommandQueue commands_;
   std::thread progress_thread_;
 
   // Progress thread only.
