@@ -15,7 +15,7 @@ import type { DisaggregationMode } from "../worker/worker_service.ts";
 import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError } from "./args.ts";
 import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags, workerRouterOptions } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
-import { engineConfig } from "./worker.ts";
+import { engineConfig, requireKvTransfer } from "./worker.ts";
 
 export const SERVE_USAGE = `switchyard serve [options]
   --host H             HTTP address (default 127.0.0.1)
@@ -58,10 +58,7 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
   try {
     for (const role of roles) {
       const engine = await createEngine(config);
-      if (role.mode !== "agg" && !engine.kvTransfer) {
-        await engine.close();
-        throw new UsageError(`--num-prefill-workers needs an engine that can move KV blocks (the mocker or the native engine); this ${flags.engine} engine cannot`);
-      }
+      if (role.mode !== "agg") await requireKvTransfer(engine, flags.engine, "--num-prefill-workers");
       if (role.mode !== "agg" && engine.kvTransfer?.layout().memory.kind === "cuda") {
         // CUDA IPC maps another process's allocation; within one process it cannot, so every
         // read would fail and each decode worker would recompute every prompt.

@@ -3,6 +3,7 @@ import { resolve } from "node:path";
 import { Registry } from "prom-client";
 import { z } from "zod";
 import { createEngine, type EngineConfig } from "../engine/create_engine.ts";
+import type { Engine } from "../engine/engine.ts";
 import { InstanceRegistration } from "../runtime/discovery/instance_registration.ts";
 import { connectNats } from "../runtime/discovery/nats_client.ts";
 import { createLogger } from "../runtime/logger.ts";
@@ -48,6 +49,13 @@ const WorkerFlagsSchema = EngineFlagsSchema.extend({
   "metrics-port": intFlag(0, 65535).optional(),
 });
 
+/** Closes the engine and refuses the flag when the engine cannot move KV blocks to a peer. */
+export async function requireKvTransfer(engine: Engine, engineName: string, flag: string): Promise<void> {
+  if (engine.kvTransfer) return;
+  await engine.close();
+  throw new UsageError(`${flag} needs an engine that can move KV blocks (the mocker or the native engine); this ${engineName} engine cannot`);
+}
+
 export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConfig {
   checkEngineFlags(flags);
   return {
@@ -80,10 +88,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
   const model = resolveModel(flags.model, flags["served-model-name"], log);
   const engine = await createEngine(engineConfig(flags, model));
   const mode = flags["disaggregation-mode"];
-  if (mode !== "agg" && !engine.kvTransfer) {
-    await engine.close();
-    throw new UsageError(`--disaggregation-mode ${mode} needs an engine that can move KV blocks (the mocker or the native engine); this ${flags.engine} engine cannot`);
-  }
+  if (mode !== "agg") await requireKvTransfer(engine, flags.engine, `--disaggregation-mode ${mode}`);
   const worker = await startWorker({
     engine,
     engineName: flags.engine,
