@@ -5,8 +5,8 @@
 import { create } from "@bufbuild/protobuf";
 import { GenerateRequestSchema } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import { renderChatPrompt } from "./chat_template.ts";
-import { GenerationRun, type GenerationStep, type GenerationUsage, type OpenAIFinishReason } from "./generation.ts";
-import { ChunkFrame, openAIUsage, sendGeneration, type Outcome, type ResponseFormat } from "./generation_response.ts";
+import { choiceRequest, GenerationRun, type GenerationStep, type OpenAIFinishReason } from "./generation.ts";
+import { ChunkFrame, sendGeneration, type ChoiceFormat, type Outcome } from "./generation_response.ts";
 import { chatLogprobs, TokenRenderer, type ChatTokenLogprob } from "./logprobs.ts";
 import { findModel } from "./models.ts";
 import { ChatCompletionRequestSchema, parseBody } from "./openai_schemas.ts";
@@ -32,37 +32,38 @@ export async function handleChatCompletions(ctx: RequestContext, raw: unknown): 
     logprobs: topLogprobs,
   });
   const request = create(GenerateRequestSchema, { requestId: ctx.requestId, tokenIds: promptIds, sampling, model: card.name });
-  const run = new GenerationRun(
-    ctx.router,
-    { tokenizer, request, stop: stopStringList(body.stop), skipSpecialTokens: body.skip_special_tokens ?? true },
-    ctx.clientSignal,
-    ctx.observe(card.name),
-  );
   const renderer = topLogprobs === undefined ? undefined : new TokenRenderer(tokenizer, body.return_tokens_as_token_ids ?? false);
   const stream = body.stream ?? false;
   const includeUsage = stream && (body.stream_options?.include_usage ?? false);
-  const format = new ChatFormat(`chatcmpl-${ctx.requestId}`, body.model, includeUsage, renderer, topLogprobs ?? 0);
-  return sendGeneration(ctx.res, run, format, stream, includeUsage);
+  const frame = new ChunkFrame(`chatcmpl-${ctx.requestId}`, "chat.completion.chunk", body.model, includeUsage);
+  const observer = ctx.observe(card.name);
+  const n = body.n ?? 1;
+  const choices = Array.from({ length: n }, (_, index) => ({
+    run: new GenerationRun(
+      ctx.router,
+      { tokenizer, request: choiceRequest(request, index, n), stop: stopStringList(body.stop), skipSpecialTokens: body.skip_special_tokens ?? true, choiceIndex: index },
+      ctx.clientSignal,
+      observer,
+    ),
+    format: new ChatChoiceFormat(frame, index, renderer, topLogprobs ?? 0),
+  }));
+  return sendGeneration(ctx.res, choices, { frame, bodyObject: "chat.completion", includeUsage }, stream);
 }
 
-/** Chat chunks and bodies. */
-class ChatFormat implements ResponseFormat {
-  private readonly frame: ChunkFrame;
+/** One chat choice's chunks and body entry. */
+class ChatChoiceFormat implements ChoiceFormat {
   private readonly texts: string[] = [];
   private readonly collected: ChatTokenLogprob[] = [];
 
   constructor(
-    id: string,
-    model: string,
-    includeUsage: boolean,
+    private readonly frame: ChunkFrame,
+    private readonly index: number,
     private readonly renderer: TokenRenderer | undefined,
     private readonly topLogprobs: number,
-  ) {
-    this.frame = new ChunkFrame(id, "chat.completion.chunk", model, includeUsage);
-  }
+  ) {}
 
   openingChunks(): string[] {
-    return [this.frame.choice(`"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null`)];
+    return [this.frame.choice(this.index, `"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null`)];
   }
 
   chunk(step: GenerationStep): string | null {
@@ -71,11 +72,7 @@ class ChatFormat implements ResponseFormat {
     let logprobs = "null";
     if (this.renderer) logprobs = JSON.stringify({ content: chatLogprobs(this.renderer, step.logprobs ?? [], this.topLogprobs) });
     const finish = step.finishReason === null ? "null" : `"${step.finishReason}"`;
-    return this.frame.choice(`"delta":${delta},"logprobs":${logprobs},"finish_reason":${finish}`);
-  }
-
-  usageChunk(usage: GenerationUsage): string {
-    return this.frame.usage(usage);
+    return this.frame.choice(this.index, `"delta":${delta},"logprobs":${logprobs},"finish_reason":${finish}`);
   }
 
   collect(step: GenerationStep): void {
@@ -83,22 +80,12 @@ class ChatFormat implements ResponseFormat {
     if (this.renderer && step.logprobs) this.collected.push(...chatLogprobs(this.renderer, step.logprobs, this.topLogprobs));
   }
 
-  body(finishReason: OpenAIFinishReason, usage: GenerationUsage): string {
-    const { id, created, model } = this.frame;
-    return JSON.stringify({
-      id,
-      object: "chat.completion",
-      created,
-      model,
-      choices: [
-        {
-          index: 0,
-          message: { role: "assistant", content: this.texts.join(""), refusal: null },
-          logprobs: this.renderer ? { content: this.collected } : null,
-          finish_reason: finishReason,
-        },
-      ],
-      usage: openAIUsage(usage),
-    });
+  choice(finishReason: OpenAIFinishReason): Record<string, unknown> {
+    return {
+      index: this.index,
+      message: { role: "assistant", content: this.texts.join(""), refusal: null },
+      logprobs: this.renderer ? { content: this.collected } : null,
+      finish_reason: finishReason,
+    };
   }
 }

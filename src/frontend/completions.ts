@@ -2,8 +2,8 @@
 import { create } from "@bufbuild/protobuf";
 import { GenerateRequestSchema } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import { ApiError } from "./errors.ts";
-import { GenerationRun, type GenerationStep, type GenerationUsage, type OpenAIFinishReason } from "./generation.ts";
-import { ChunkFrame, openAIUsage, sendGeneration, type Outcome, type ResponseFormat } from "./generation_response.ts";
+import { choiceRequest, GenerationRun, type GenerationStep, type OpenAIFinishReason } from "./generation.ts";
+import { ChunkFrame, sendGeneration, type ChoiceFormat, type Outcome } from "./generation_response.ts";
 import { CompletionLogprobsBuilder, emptyCompletionLogprobs, TokenRenderer, type CompletionLogprobs } from "./logprobs.ts";
 import { findModel } from "./models.ts";
 import { CompletionRequestSchema, parseBody } from "./openai_schemas.ts";
@@ -28,37 +28,36 @@ export async function handleCompletions(ctx: RequestContext, raw: unknown): Prom
   });
   const request = create(GenerateRequestSchema, { requestId: ctx.requestId, tokenIds: promptIds, sampling, model: card.name });
   const skipSpecialTokens = body.skip_special_tokens ?? true;
-  const run = new GenerationRun(
-    ctx.router,
-    { tokenizer, request, stop: stopStringList(body.stop), skipSpecialTokens },
-    ctx.clientSignal,
-    ctx.observe(card.name),
-  );
   const echo = body.echo ? { text: typeof body.prompt === "string" ? body.prompt : tokenizer.decode(promptIds, skipSpecialTokens), ids: promptIds } : undefined;
-  const logprobs =
-    body.logprobs == null
-      ? undefined
-      : new CompletionLogprobsBuilder(new TokenRenderer(tokenizer, body.return_tokens_as_token_ids ?? false), body.logprobs);
   const stream = body.stream ?? false;
   const includeUsage = stream && (body.stream_options?.include_usage ?? false);
-  const format = new CompletionFormat(`cmpl-${ctx.requestId}`, body.model, includeUsage, echo, logprobs);
-  return sendGeneration(ctx.res, run, format, stream, includeUsage);
+  const frame = new ChunkFrame(`cmpl-${ctx.requestId}`, "text_completion", body.model, includeUsage);
+  const renderer = body.logprobs == null ? undefined : new TokenRenderer(tokenizer, body.return_tokens_as_token_ids ?? false);
+  const observer = ctx.observe(card.name);
+  const n = body.n ?? 1;
+  const choices = Array.from({ length: n }, (_, index) => ({
+    run: new GenerationRun(
+      ctx.router,
+      { tokenizer, request: choiceRequest(request, index, n), stop: stopStringList(body.stop), skipSpecialTokens, choiceIndex: index },
+      ctx.clientSignal,
+      observer,
+    ),
+    format: new CompletionChoiceFormat(frame, index, echo, renderer && new CompletionLogprobsBuilder(renderer, body.logprobs!)),
+  }));
+  return sendGeneration(ctx.res, choices, { frame, bodyObject: "text_completion", includeUsage }, stream);
 }
 
-/** Completion chunks and bodies. */
-class CompletionFormat implements ResponseFormat {
-  private readonly frame: ChunkFrame;
+/** One completion choice's chunks and body entry. */
+class CompletionChoiceFormat implements ChoiceFormat {
   private readonly texts: string[] = [];
   private readonly collected: CompletionLogprobs | undefined;
 
   constructor(
-    id: string,
-    model: string,
-    includeUsage: boolean,
+    private readonly frame: ChunkFrame,
+    private readonly index: number,
     private readonly echo: { text: string; ids: number[] } | undefined,
     private readonly logprobs: CompletionLogprobsBuilder | undefined,
   ) {
-    this.frame = new ChunkFrame(id, "text_completion", model, includeUsage);
     if (logprobs) this.collected = emptyCompletionLogprobs();
     if (echo) {
       this.texts.push(echo.text);
@@ -69,7 +68,7 @@ class CompletionFormat implements ResponseFormat {
   openingChunks(): string[] {
     if (!this.echo) return [];
     const logprobs = this.collected ? JSON.stringify(this.collected) : "null";
-    return [this.frame.choice(`"text":${JSON.stringify(this.echo.text)},"logprobs":${logprobs},"finish_reason":null`)];
+    return [this.frame.choice(this.index, `"text":${JSON.stringify(this.echo.text)},"logprobs":${logprobs},"finish_reason":null`)];
   }
 
   chunk(step: GenerationStep): string | null {
@@ -81,11 +80,7 @@ class CompletionFormat implements ResponseFormat {
       logprobs = JSON.stringify(part);
     }
     const finish = step.finishReason === null ? "null" : `"${step.finishReason}"`;
-    return this.frame.choice(`"text":${JSON.stringify(step.text)},"logprobs":${logprobs},"finish_reason":${finish}`);
-  }
-
-  usageChunk(usage: GenerationUsage): string {
-    return this.frame.usage(usage);
+    return this.frame.choice(this.index, `"text":${JSON.stringify(step.text)},"logprobs":${logprobs},"finish_reason":${finish}`);
   }
 
   collect(step: GenerationStep): void {
@@ -93,15 +88,7 @@ class CompletionFormat implements ResponseFormat {
     if (this.logprobs && step.logprobs) this.logprobs.add(this.collected!, step.logprobs);
   }
 
-  body(finishReason: OpenAIFinishReason, usage: GenerationUsage): string {
-    const { id, created, model } = this.frame;
-    return JSON.stringify({
-      id,
-      object: "text_completion",
-      created,
-      model,
-      choices: [{ index: 0, text: this.texts.join(""), logprobs: this.collected ?? null, finish_reason: finishReason }],
-      usage: openAIUsage(usage),
-    });
+  choice(finishReason: OpenAIFinishReason): Record<string, unknown> {
+    return { index: this.index, text: this.texts.join(""), logprobs: this.collected ?? null, finish_reason: finishReason };
   }
 }

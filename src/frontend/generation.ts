@@ -4,7 +4,8 @@
  * incremental detokenization and stop strings, and counting tokens for usage. A stop string
  * cancels the request on the worker; so does the client going away (the caller's signal).
  */
-import { FinishReason, type GenerateRequest, type GenerateResponse, type TokenLogprobs } from "../../gen/switchyard/worker/v1/worker_pb.ts";
+import { create } from "@bufbuild/protobuf";
+import { FinishReason, GenerateRequestSchema, SamplingParamsSchema, type GenerateRequest, type GenerateResponse, type TokenLogprobs } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import type { Router } from "../router/router.ts";
 import { createDetokenizer, type Detokenizer } from "./detokenizer.ts";
 import { ApiError } from "./errors.ts";
@@ -32,11 +33,28 @@ export interface GenerationSpec {
   request: GenerateRequest;
   stop: readonly string[];
   skipSpecialTokens: boolean;
+  /** Which of the request's `n` choices this run is (0 when n is 1). */
+  choiceIndex?: number;
 }
 
 /** Timing hooks, so the caller owns metrics; called at most once per worker message. */
 export interface GenerationObserver {
-  onTokens(count: number, nowMs: number): void;
+  onTokens(count: number, nowMs: number, choiceIndex: number): void;
+}
+
+/**
+ * The worker request of choice `index` of `n`: a request id of its own and, for a seeded
+ * request, the seed plus the index, so that the choices differ from each other while each stays
+ * reproducible (choice 0 is what the same request with n = 1 gives).
+ */
+export function choiceRequest(request: GenerateRequest, index: number, n: number): GenerateRequest {
+  if (n === 1) return request;
+  const sampling = request.sampling;
+  return create(GenerateRequestSchema, {
+    ...request,
+    requestId: `${request.requestId}-${index}`,
+    sampling: sampling && create(SamplingParamsSchema, { ...sampling, seed: sampling.seed === undefined ? undefined : sampling.seed + BigInt(index) }),
+  });
 }
 
 export class GenerationRun {
@@ -157,7 +175,7 @@ export class GenerationRun {
       }
     }
     this.completionTokens += consumed;
-    if (consumed > 0) this.observer?.onTokens(consumed, performance.now());
+    if (consumed > 0) this.observer?.onTokens(consumed, performance.now(), this.spec.choiceIndex ?? 0);
 
     let finishReason: OpenAIFinishReason | null = workerFinish;
     if (stopped) {

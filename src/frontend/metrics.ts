@@ -73,13 +73,20 @@ export class FrontendMetrics {
 export function requestObserver(metrics: FrontendMetrics, model: string, startedAtMs: number): GenerationObserver {
   const ttft = metrics.timeToFirstToken.labels(model);
   const itl = metrics.interTokenLatency.labels(model);
-  let lastMs = -1;
+  // The request's first token (of any choice) is its TTFT; gaps are measured within a choice.
+  let firstSeen = false;
+  const lastMs: number[] = [];
   return {
-    onTokens(count, nowMs) {
-      if (lastMs < 0) ttft.observe((nowMs - startedAtMs) / 1000);
-      // Several tokens in one worker message share the gap.
-      else itl.observe((nowMs - lastMs) / 1000 / count);
-      lastMs = nowMs;
+    onTokens(count, nowMs, choiceIndex) {
+      const last = lastMs[choiceIndex];
+      if (!firstSeen) {
+        firstSeen = true;
+        ttft.observe((nowMs - startedAtMs) / 1000);
+      } else if (last !== undefined) {
+        // Several tokens in one worker message share the gap.
+        itl.observe((nowMs - last) / 1000 / count);
+      }
+      lastMs[choiceIndex] = nowMs;
     },
   };
 }

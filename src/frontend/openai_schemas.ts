@@ -1,7 +1,7 @@
 /**
  * The request bodies of /v1/chat/completions and /v1/completions as OpenAI (and vLLM's
  * extensions) define them. Unknown fields are dropped, as OpenAI does; what we parse but
- * cannot serve (n > 1, batched prompts, suffix) is refused with a message naming the field.
+ * cannot serve (batched prompts, suffix, best_of > 1) is refused with a message naming the field.
  */
 import { z } from "zod";
 import { ApiError } from "./errors.ts";
@@ -15,6 +15,9 @@ const unsupportedAbove = (max: number, what: string) =>
     .min(1)
     .refine((v) => v <= max, { message: `${what} is not supported: only ${max} choice per request` });
 
+/** Choices per request: each is a request of its own on the workers, so a few, not thousands. */
+export const MAX_CHOICES = 128;
+
 /** Fields shared by both endpoints: sampling, stopping and vLLM's extras. */
 const generationFields = {
   model: z.string().min(1),
@@ -25,7 +28,7 @@ const generationFields = {
   temperature: z.number().min(0).max(2).nullish(),
   top_p: z.number().gt(0).max(1).nullish(),
   seed: z.number().int().nullish(),
-  n: unsupportedAbove(1, "n > 1").nullish(),
+  n: z.number().int().min(1).max(MAX_CHOICES).nullish(),
   presence_penalty: z.number().min(-2).max(2).nullish(),
   frequency_penalty: z.number().min(-2).max(2).nullish(),
   // vLLM's extra sampling parameters.

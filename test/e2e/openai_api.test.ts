@@ -67,6 +67,17 @@ describe("OpenAI API through switchyard serve", () => {
     expect(whole.usage?.completion_tokens).toBe(20);
   });
 
+  it("answers n choices, choice k being what n = 1 gives for seed + k", async () => {
+    const body = { model: MODEL, messages: [{ role: "user" as const, content: "Tell me three things" }], max_tokens: 8, temperature: 1 };
+    const many = await client.chat.completions.create({ ...body, n: 3, seed: 100 });
+    expect(many.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+    expect(many.usage?.completion_tokens).toBe(24);
+    const alone = await Promise.all([100, 101, 102].map((seed) => client.chat.completions.create({ ...body, seed })));
+    expect(many.choices.map((c) => c.message.content)).toEqual(alone.map((r) => r.choices[0].message.content));
+    expect(new Set(many.choices.map((c) => c.message.content)).size).toBe(3);
+    expect(many.usage?.prompt_tokens).toBe(alone[0].usage?.prompt_tokens);
+  });
+
   it("cuts the text before a stop string and never shows it", async () => {
     const body = { model: MODEL, prompt: "Count with me", max_tokens: 30, seed: 3 };
     const full = (await client.completions.create(body)).choices[0].text;

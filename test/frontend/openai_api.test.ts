@@ -11,7 +11,7 @@ import { startFrontend, type RunningFrontend } from "../../src/frontend/server.t
 import { tokenizerFor } from "../../src/frontend/tokenizer.ts";
 import { RouterError } from "../../src/router/router.ts";
 import { singleByteTokens } from "./byte_tokens.ts";
-import { FakeRouter, MODEL, QWEN3_DIR, replyThenHang, replyThenThrow, replyTokens } from "./fake_router.ts";
+import { FakeRouter, MODEL, QWEN3_DIR, replyThenHang, replyThenThrow, replyTokens, type Script } from "./fake_router.ts";
 
 const tokenizer = tokenizerFor(QWEN3_DIR);
 const IM_END = tokenizer.tokenId("<|im_end|>")!;
@@ -265,6 +265,63 @@ describe("OpenAI frontend", () => {
     await expect((async () => { for await (const _ of stream); })()).rejects.toThrow(/engine exploded/);
   });
 
+  describe("n choices", () => {
+    // Each choice's worker request answers with text naming its seed, so the choices differ.
+    const bySeed: Script = (request, signal) => replyTokens(encode(` seed ${request.sampling?.seed}.`), { finish: FinishReason.LENGTH })(request, signal);
+
+    it("sends one worker request per choice, each with its own id and seed + index, and counts the prompt once", async () => {
+      router.script = bySeed;
+      const before = router.requests.length;
+      const reply = await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "Hi" }], n: 3, seed: 40, max_tokens: 5 });
+
+      const sent = router.requests.slice(before);
+      expect(sent.map((r) => r.sampling?.seed)).toEqual([40n, 41n, 42n]);
+      expect(sent.map((r) => r.requestId)).toEqual([0, 1, 2].map((i) => `${sent[0].requestId.slice(0, -2)}-${i}`));
+      expect(new Set(sent.map((r) => r.tokenIds.join(","))).size).toBe(1);
+      expect(reply.choices.map((c) => [c.index, c.message.content, c.finish_reason])).toEqual([
+        [0, " seed 40.", "length"],
+        [1, " seed 41.", "length"],
+        [2, " seed 42.", "length"],
+      ]);
+      const perChoice = encode(" seed 40.").length;
+      expect(reply.usage).toMatchObject({ prompt_tokens: sent[0].tokenIds.length, completion_tokens: 3 * perChoice, total_tokens: sent[0].tokenIds.length + 3 * perChoice });
+    });
+
+    it("streams every choice's chunks under its index, each to its finish, then one usage", async () => {
+      router.script = bySeed;
+      const stream = await client.completions.create({ model: MODEL, prompt: "Hi", n: 2, seed: 7, max_tokens: 5, stream: true, stream_options: { include_usage: true } });
+      const texts = ["", ""];
+      const finishes: (string | null)[] = [null, null];
+      let usage;
+      for await (const chunk of stream) {
+        if (chunk.usage) usage = chunk.usage;
+        for (const c of chunk.choices) {
+          texts[c.index] += c.text;
+          finishes[c.index] = c.finish_reason ?? finishes[c.index];
+        }
+      }
+      expect(texts).toEqual([" seed 7.", " seed 8."]);
+      expect(finishes).toEqual(["length", "length"]);
+      expect(usage?.completion_tokens).toBe(2 * encode(" seed 7.").length);
+    });
+
+    it("ends the whole stream with an error event when one choice fails, and cancels the others", async () => {
+      const failure = new ConnectError("worker lost", Code.Internal);
+      router.script = (request, signal) => (request.sampling?.seed === 1n ? replyThenThrow(encode("a"), failure) : replyThenHang(encode("b")))(request, signal);
+      const before = router.requests.length;
+      const res = await fetch(`${frontend.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: MODEL, prompt: "Hi", n: 2, seed: 0, max_tokens: 5, stream: true }),
+      });
+      expect(res.status).toBe(200);
+      const text = await res.text();
+      expect(text).toMatch(/data: \{"error":/);
+      expect(text).not.toContain("[DONE]");
+      await router.aborted(router.requests[before].requestId);
+    });
+  });
+
   describe("errors", () => {
     it("answers a body that is not JSON with 400 in OpenAI's error shape", async () => {
       const res = await post("/v1/chat/completions", "{not json");
@@ -283,10 +340,12 @@ describe("OpenAI frontend", () => {
       expect(res.json.error.param).toBe("temperature");
     });
 
-    it("refuses n > 1 and batched prompts with a clear 400", async () => {
-      const n = await post("/v1/chat/completions", JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "x" }], n: 2 }));
-      expect(n.status).toBe(400);
-      expect(n.json.error.message).toMatch(/^n: n > 1 is not supported/);
+    it("refuses n outside 1..128 and batched prompts with a clear 400", async () => {
+      for (const n of [0, 129]) {
+        const res = await post("/v1/chat/completions", JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "x" }], n }));
+        expect(res.status).toBe(400);
+        expect(res.json.error.param).toBe("n");
+      }
 
       const batch = await post("/v1/completions", JSON.stringify({ model: MODEL, prompt: ["a", "b"] }));
       expect(batch.status).toBe(400);
