@@ -41,13 +41,13 @@ export async function handleChatCompletions(ctx: RequestContext, raw: unknown): 
   const choices = Array.from({ length: n }, (_, index) => ({
     run: new GenerationRun(
       ctx.router,
-      { tokenizer, request: choiceRequest(request, index, n), stop: stopStringList(body.stop), skipSpecialTokens: body.skip_special_tokens ?? true, choiceIndex: index },
+      { tokenizer, request: n === 1 ? request : choiceRequest(request, `${ctx.requestId}-${index}`, index), stop: stopStringList(body.stop), skipSpecialTokens: body.skip_special_tokens ?? true, choiceIndex: index },
       ctx.clientSignal,
       observer,
     ),
     format: new ChatChoiceFormat(frame, index, renderer, topLogprobs ?? 0),
   }));
-  return sendGeneration(ctx.res, choices, { frame, bodyObject: "chat.completion", includeUsage }, stream);
+  return sendGeneration(ctx.res, choices, { requestId: ctx.requestId, frame, bodyObject: "chat.completion", includeUsage }, stream);
 }
 
 /** One chat choice's chunks and body entry. */

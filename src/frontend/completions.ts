@@ -1,9 +1,12 @@
-/** `POST /v1/completions`: a prompt (text or token ids) in, text out, streamed or whole. */
+/**
+ * `POST /v1/completions`: a prompt (text or token ids), or a batch of them, in; text out,
+ * streamed or whole, `n` choices a prompt.
+ */
 import { create } from "@bufbuild/protobuf";
 import { GenerateRequestSchema } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import { ApiError } from "./errors.ts";
 import { choiceRequest, GenerationRun, type GenerationStep, type OpenAIFinishReason } from "./generation.ts";
-import { ChunkFrame, sendGeneration, type ChoiceFormat, type Outcome } from "./generation_response.ts";
+import { ChunkFrame, sendGeneration, type Choice, type ChoiceFormat, type Outcome } from "./generation_response.ts";
 import { CompletionLogprobsBuilder, emptyCompletionLogprobs, TokenRenderer, type CompletionLogprobs } from "./logprobs.ts";
 import { findModel } from "./models.ts";
 import { CompletionRequestSchema, parseBody } from "./openai_schemas.ts";
@@ -17,34 +20,43 @@ export async function handleCompletions(ctx: RequestContext, raw: unknown): Prom
   ctx.model = body.model;
   const card = findModel(ctx.router, body.model);
   const tokenizer = tokenizerFor(card.path);
-  const promptIds = typeof body.prompt === "string" ? tokenizer.encode(body.prompt, true) : body.prompt;
-  if (promptIds.length === 0) throw ApiError.badRequest("prompt: the prompt is empty", "prompt");
-  const sampling = buildSamplingParams(body, {
-    promptTokens: promptIds.length,
-    maxModelLen: card.maxModelLen,
-    eosTokenIds: tokenizer.eosTokenIds,
-    maxTokens: body.max_tokens ?? undefined,
-    logprobs: body.logprobs ?? undefined,
-  });
-  const request = create(GenerateRequestSchema, { requestId: ctx.requestId, tokenIds: promptIds, sampling, model: card.name });
   const skipSpecialTokens = body.skip_special_tokens ?? true;
-  const echo = body.echo ? { text: typeof body.prompt === "string" ? body.prompt : tokenizer.decode(promptIds, skipSpecialTokens), ids: promptIds } : undefined;
+  const batched = body.prompt.length > 1;
+  // Every prompt is checked before any is sent.
+  const prompts = body.prompt.map((prompt, p) => {
+    const ids = typeof prompt === "string" ? tokenizer.encode(prompt, true) : prompt;
+    if (ids.length === 0) throw ApiError.badRequest(`${batched ? `prompt[${p}]` : "prompt"}: the prompt is empty`, "prompt");
+    const sampling = buildSamplingParams(body, {
+      promptTokens: ids.length,
+      maxModelLen: card.maxModelLen,
+      eosTokenIds: tokenizer.eosTokenIds,
+      maxTokens: body.max_tokens ?? undefined,
+      logprobs: body.logprobs ?? undefined,
+    });
+    const request = create(GenerateRequestSchema, { requestId: ctx.requestId, tokenIds: ids, sampling, model: card.name });
+    const echo = body.echo ? { text: typeof prompt === "string" ? prompt : tokenizer.decode(ids, skipSpecialTokens), ids } : undefined;
+    return { request, echo };
+  });
   const stream = body.stream ?? false;
   const includeUsage = stream && (body.stream_options?.include_usage ?? false);
   const frame = new ChunkFrame(`cmpl-${ctx.requestId}`, "text_completion", body.model, includeUsage);
   const renderer = body.logprobs == null ? undefined : new TokenRenderer(tokenizer, body.return_tokens_as_token_ids ?? false);
   const observer = ctx.observe(card.name);
+  const stop = stopStringList(body.stop);
   const n = body.n ?? 1;
-  const choices = Array.from({ length: n }, (_, index) => ({
-    run: new GenerationRun(
-      ctx.router,
-      { tokenizer, request: choiceRequest(request, index, n), stop: stopStringList(body.stop), skipSpecialTokens, choiceIndex: index },
-      ctx.clientSignal,
-      observer,
-    ),
-    format: new CompletionChoiceFormat(frame, index, echo, renderer && new CompletionLogprobsBuilder(renderer, body.logprobs!)),
-  }));
-  return sendGeneration(ctx.res, choices, { frame, bodyObject: "text_completion", includeUsage }, stream);
+  // Choices as OpenAI numbers them: prompt p's j-th choice is p * n + j.
+  const choices: Choice[] = prompts.flatMap(({ request, echo }, p) =>
+    Array.from({ length: n }, (_, j) => {
+      const index = p * n + j;
+      const choice = prompts.length * n === 1 ? request : choiceRequest(request, `${ctx.requestId}-${index}`, j);
+      return {
+        run: new GenerationRun(ctx.router, { tokenizer, request: choice, stop, skipSpecialTokens, choiceIndex: index }, ctx.clientSignal, observer),
+        format: new CompletionChoiceFormat(frame, index, echo, renderer && new CompletionLogprobsBuilder(renderer, body.logprobs!)),
+        countsPrompt: j === 0,
+      };
+    }),
+  );
+  return sendGeneration(ctx.res, choices, { requestId: ctx.requestId, frame, bodyObject: "text_completion", includeUsage }, stream);
 }
 
 /** One completion choice's chunks and body entry. */

@@ -43,17 +43,17 @@ export interface GenerationObserver {
 }
 
 /**
- * The worker request of choice `index` of `n`: a request id of its own and, for a seeded
- * request, the seed plus the index, so that the choices differ from each other while each stays
- * reproducible (choice 0 is what the same request with n = 1 gives).
+ * The worker request of one choice of a request that has several (`n` > 1, or a batch of
+ * prompts): a request id of its own and, for a seeded request, the seed plus the choice's index
+ * among its prompt's n, so that a prompt's choices differ from each other while each stays
+ * reproducible (choice 0 is what the same prompt with n = 1 gives).
  */
-export function choiceRequest(request: GenerateRequest, index: number, n: number): GenerateRequest {
-  if (n === 1) return request;
+export function choiceRequest(request: GenerateRequest, requestId: string, seedOffset: number): GenerateRequest {
   const sampling = request.sampling;
   return create(GenerateRequestSchema, {
     ...request,
-    requestId: `${request.requestId}-${index}`,
-    sampling: sampling && create(SamplingParamsSchema, { ...sampling, seed: sampling.seed === undefined ? undefined : sampling.seed + BigInt(index) }),
+    requestId,
+    sampling: sampling && create(SamplingParamsSchema, { ...sampling, seed: sampling.seed === undefined ? undefined : sampling.seed + BigInt(seedOffset) }),
   });
 }
 

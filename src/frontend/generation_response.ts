@@ -25,10 +25,13 @@ export interface ChoiceFormat {
 export interface Choice {
   run: GenerationRun;
   format: ChoiceFormat;
+  /** The first choice of its prompt, whose prompt counts in usage (default: choice 0 alone). */
+  countsPrompt?: boolean;
 }
 
-/** The response as a whole: its frame, and the `object` a non-streamed body is. */
+/** The response as a whole: its id, its frame, and the `object` a non-streamed body is. */
 export interface ResponseEnvelope {
+  requestId: string;
   frame: ChunkFrame;
   bodyObject: string;
   includeUsage: boolean;
@@ -51,12 +54,19 @@ export async function sendGeneration(res: ServerResponse, choices: Choice[], env
   }
 }
 
-/** The prompt counts once; every choice's tokens count. */
+/** Each prompt counts once, with its first choice's cache hits; every choice's tokens count. */
 function totalUsage(choices: Choice[]): GenerationUsage {
-  const first = choices[0].run.usage();
-  let completionTokens = first.completionTokens;
-  for (let i = 1; i < choices.length; i++) completionTokens += choices[i].run.usage().completionTokens;
-  return { ...first, completionTokens };
+  if (choices.length === 1) return choices[0].run.usage();
+  const total: GenerationUsage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
+  choices.forEach((choice, i) => {
+    const usage = choice.run.usage();
+    total.completionTokens += usage.completionTokens;
+    if (choice.countsPrompt ?? i === 0) {
+      total.promptTokens += usage.promptTokens;
+      total.cachedTokens += usage.cachedTokens;
+    }
+  });
+  return total;
 }
 
 type Pulled = { index: number; step: GenerationStep | null } | { index: number; error: unknown };
@@ -101,7 +111,7 @@ class StepMerger {
 
 async function streamSteps(res: ServerResponse, choices: Choice[], envelope: ResponseEnvelope): Promise<Outcome> {
   const sse = new SseWriter(res);
-  sse.open(choices[0].run.requestId);
+  sse.open(envelope.requestId);
   let ready = true;
   for (const { format } of choices) for (const chunk of format.openingChunks()) ready = sse.send(chunk);
   const merger = new StepMerger(choices);
@@ -149,7 +159,7 @@ async function collectSteps(res: ServerResponse, choices: Choice[], envelope: Re
     choices: choices.map(({ format }, i) => format.choice(finishReasons[i])),
     usage: openAIUsage(usage),
   });
-  res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body), "x-request-id": choices[0].run.requestId });
+  res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body), "x-request-id": envelope.requestId });
   res.end(body);
   return { status: 200, usage };
 }

@@ -1,7 +1,7 @@
 /**
  * The request bodies of /v1/chat/completions and /v1/completions as OpenAI (and vLLM's
  * extensions) define them. Unknown fields are dropped, as OpenAI does; what we parse but
- * cannot serve (batched prompts, suffix, best_of > 1) is refused with a message naming the field.
+ * cannot serve (suffix, best_of > 1) is refused with a message naming the field.
  */
 import { z } from "zod";
 import { ApiError } from "./errors.ts";
@@ -76,40 +76,40 @@ export const ChatCompletionRequestSchema = z
     path: ["top_logprobs"],
   });
 
-/** `prompt`: one text or one token-id sequence, in any of the shapes OpenAI accepts for one. */
+/**
+ * `prompt`: one text or token-id sequence, or a batch of them, in any of the shapes OpenAI
+ * accepts; always a list of prompts after parsing.
+ */
 const PromptSchema = z
   .union([z.string(), z.array(z.string()), z.array(nonNegativeInt), z.array(z.array(nonNegativeInt))])
-  .transform((prompt, ctx): string | number[] => {
-    if (typeof prompt === "string") return prompt;
+  .transform((prompt, ctx): (string | number[])[] => {
+    if (typeof prompt === "string") return [prompt];
     if (prompt.length === 0) {
       ctx.issues.push({ code: "custom", message: "prompt must not be empty", input: prompt });
       return z.NEVER;
     }
-    if (typeof prompt[0] === "number") return prompt as number[];
-    if (prompt.length > 1) {
-      ctx.issues.push({
-        code: "custom",
-        message: `batched prompts (${prompt.length} prompts in one request) are not supported; send one prompt per request`,
-        input: prompt,
-      });
-      return z.NEVER;
-    }
-    const only = prompt[0] as string | number[];
-    if (typeof only !== "string" && only.length === 0) {
+    if (typeof prompt[0] === "number") return [prompt as number[]];
+    const prompts = prompt as (string | number[])[];
+    if (prompts.some((p) => typeof p !== "string" && p.length === 0)) {
       ctx.issues.push({ code: "custom", message: "prompt must not be empty", input: prompt });
       return z.NEVER;
     }
-    return only;
+    return prompts;
   });
 
-export const CompletionRequestSchema = z.object({
-  ...generationFields,
-  prompt: PromptSchema,
-  echo: z.boolean().nullish(),
-  logprobs: z.number().int().min(0).max(20).nullish(),
-  best_of: unsupportedAbove(1, "best_of > 1").nullish(),
-  suffix: z.null({ error: "suffix is not supported" }).optional(),
-});
+export const CompletionRequestSchema = z
+  .object({
+    ...generationFields,
+    prompt: PromptSchema,
+    echo: z.boolean().nullish(),
+    logprobs: z.number().int().min(0).max(20).nullish(),
+    best_of: unsupportedAbove(1, "best_of > 1").nullish(),
+    suffix: z.null({ error: "suffix is not supported" }).optional(),
+  })
+  .refine((body) => body.prompt.length * (body.n ?? 1) <= MAX_CHOICES, {
+    message: `at most ${MAX_CHOICES} choices per request (prompts times n)`,
+    path: ["prompt"],
+  });
 
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>;
 export type ChatMessage = ChatCompletionRequest["messages"][number];

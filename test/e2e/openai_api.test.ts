@@ -78,6 +78,16 @@ describe("OpenAI API through switchyard serve", () => {
     expect(many.usage?.prompt_tokens).toBe(alone[0].usage?.prompt_tokens);
   });
 
+  it("answers a batch of prompts as it answers each prompt alone", async () => {
+    const prompts = ["The first of two", "And the second"];
+    const body = { model: MODEL, max_tokens: 6, seed: 9, temperature: 1 };
+    const batch = await client.completions.create({ ...body, prompt: prompts });
+    const alone = await Promise.all(prompts.map((prompt) => client.completions.create({ ...body, prompt })));
+    expect(batch.choices.map((c) => c.text)).toEqual(alone.map((r) => r.choices[0].text));
+    expect(batch.usage?.prompt_tokens).toBe(alone[0].usage!.prompt_tokens + alone[1].usage!.prompt_tokens);
+    expect(batch.usage?.completion_tokens).toBe(12);
+  });
+
   it("cuts the text before a stop string and never shows it", async () => {
     const body = { model: MODEL, prompt: "Count with me", max_tokens: 30, seed: 3 };
     const full = (await client.completions.create(body)).choices[0].text;

@@ -305,6 +305,27 @@ describe("OpenAI frontend", () => {
       expect(usage?.completion_tokens).toBe(2 * encode(" seed 7.").length);
     });
 
+    it("answers a batch of prompts with n choices each, numbered prompt by prompt, each prompt counted once", async () => {
+      router.script = bySeed;
+      const before = router.requests.length;
+      const reply = await client.completions.create({ model: MODEL, prompt: ["first prompt", "the second prompt"], n: 2, seed: 5, max_tokens: 5 });
+      const sent = router.requests.slice(before);
+      expect(sent.map((r) => [tokenizer.decode(r.tokenIds, false), r.sampling?.seed])).toEqual([
+        ["first prompt", 5n],
+        ["first prompt", 6n],
+        ["the second prompt", 5n],
+        ["the second prompt", 6n],
+      ]);
+      expect(reply.choices.map((c) => [c.index, c.text])).toEqual([
+        [0, " seed 5."],
+        [1, " seed 6."],
+        [2, " seed 5."],
+        [3, " seed 6."],
+      ]);
+      expect(reply.usage?.prompt_tokens).toBe(sent[0].tokenIds.length + sent[2].tokenIds.length);
+      expect(reply.usage?.completion_tokens).toBe(4 * encode(" seed 5.").length);
+    });
+
     it("ends the whole stream with an error event when one choice fails, and cancels the others", async () => {
       const failure = new ConnectError("worker lost", Code.Internal);
       router.script = (request, signal) => (request.sampling?.seed === 1n ? replyThenThrow(encode("a"), failure) : replyThenHang(encode("b")))(request, signal);
@@ -340,16 +361,18 @@ describe("OpenAI frontend", () => {
       expect(res.json.error.param).toBe("temperature");
     });
 
-    it("refuses n outside 1..128 and batched prompts with a clear 400", async () => {
+    it("refuses n outside 1..128, and more than 128 choices in all, with a clear 400", async () => {
       for (const n of [0, 129]) {
         const res = await post("/v1/chat/completions", JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "x" }], n }));
         expect(res.status).toBe(400);
         expect(res.json.error.param).toBe("n");
       }
-
-      const batch = await post("/v1/completions", JSON.stringify({ model: MODEL, prompt: ["a", "b"] }));
-      expect(batch.status).toBe(400);
-      expect(batch.json.error.message).toContain("batched prompts");
+      const many = await post("/v1/completions", JSON.stringify({ model: MODEL, prompt: Array(65).fill("a"), n: 2 }));
+      expect(many.status).toBe(400);
+      expect(many.json.error.message).toContain("at most 128 choices");
+      const empty = await post("/v1/completions", JSON.stringify({ model: MODEL, prompt: ["a", []] }));
+      expect(empty.status).toBe(400);
+      expect(empty.json.error.param).toBe("prompt");
     });
 
     it("answers an unknown model with 404", async () => {
