@@ -9,7 +9,9 @@
  *  (4) prefill throughput on 2048-token prompts, as a share of the matmul peak, with 2048- and
  *      8192-token steps.
  *
- *   npx tsx bench/native_cuda.ts MODEL_DIR CEILINGS.json HF_GENERATE.json [--out table.md]
+ *   npx tsx bench/native_cuda.ts MODEL_DIR CEILINGS.json HF_GENERATE.json [--out table.md] [--decode-only]
+ *
+ * --decode-only stops after (2), for comparing decode kernels (e.g. SWITCHYARD_CUDA_GEMV=rows|warps).
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { NativeEngine } from "../src/engine/native/native_engine.ts";
@@ -19,6 +21,7 @@ import { promptTokens } from "../test/native/models.ts";
 const [modelDir, ceilingsPath, hfPath] = process.argv.slice(2);
 const outIndex = process.argv.indexOf("--out");
 const eager = process.argv.includes("--enforce-eager");
+const decodeOnly = process.argv.includes("--decode-only");
 const ceilings = JSON.parse(readFileSync(ceilingsPath, "utf8")) as { copy_bytes_per_s: number; matmul_bf16_tflops: number; device: string };
 const hf = existsSync(hfPath) ? (JSON.parse(readFileSync(hfPath, "utf8")) as { requests: number; useful_tokens_per_s: number }) : undefined;
 const config = JSON.parse(readFileSync(`${modelDir}/config.json`, "utf8"));
@@ -75,6 +78,10 @@ for (const batch of [1, 8, 64, 256]) {
   const rooflineS = bytes / ceilings.copy_bytes_per_s;
   decodeRows.push(`| ${batch} | ${(stepS * 1000).toFixed(3)} | ${(batch / stepS).toFixed(0)} | ${(bytes / 2 ** 20).toFixed(0)} | ${(rooflineS * 1000).toFixed(3)} | ${((100 * rooflineS) / stepS).toFixed(0)}% |`);
   console.log(decodeRows.at(-1));
+}
+if (decodeOnly) {
+  await engine.close();
+  process.exit(0);
 }
 
 // (3) Throughput: the mix bench/native_cuda_hf.py generate also uses.
