@@ -15,7 +15,7 @@ import { DEFAULT_REGISTRATION_TIMING } from "../runtime/discovery/instance_regis
 import { createLogger } from "../runtime/logger.ts";
 import { exitOnSignals } from "../runtime/shutdown.ts";
 import { HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError } from "./args.ts";
-import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags, workerRouterOptions } from "./frontend_options.ts";
+import { OPENAI_OPTIONS, OPENAI_USAGE, OpenAIFlagsSchema, ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags, workerRouterOptions } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
 
 export const FRONTEND_USAGE = `switchyard frontend (--worker URL ... | --nats URL) [options]
@@ -28,9 +28,10 @@ export const FRONTEND_USAGE = `switchyard frontend (--worker URL ... | --nats UR
   --served-model-name N the name workers serve the model under (default: --model as given)
   --router-url URL      route with a standalone 'switchyard router' instead of in-process
   --max-model-len N     context length (default: config.json's max_position_embeddings)
+${OPENAI_USAGE}
 ${ROUTER_USAGE}`;
 
-const FrontendFlagsSchema = RouterFlagsSchema.extend({
+const FrontendFlagsSchema = RouterFlagsSchema.extend(OpenAIFlagsSchema.shape).extend({
   host: z.string().default("127.0.0.1"),
   port: intFlag(0, 65535).default(8000),
   worker: z.array(z.string().url()).default([]),
@@ -48,6 +49,7 @@ export async function frontendCommand(argv: string[]): Promise<void> {
     {
       ...HOST_PORT_OPTIONS,
       ...ROUTER_OPTIONS,
+      ...OPENAI_OPTIONS,
       worker: { type: "string", multiple: true },
       nats: { type: "string" },
       "router-url": { type: "string" },
@@ -77,7 +79,7 @@ export async function frontendCommand(argv: string[]): Promise<void> {
     await workers.firstContact();
   }
   if (nc) discoveries.push(new NatsWorkers(nc, router, log, DEFAULT_REGISTRATION_TIMING.ttlMs));
-  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry });
+  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry, toolCallParser: flags["tool-call-parser"] });
   log.info(`OpenAI API at ${frontend.url}/v1${natsUrl ? `, discovering workers over NATS at ${natsUrl}` : ""}`);
   console.log(`${frontend.url}/v1`);
   exitOnSignals(async (grace) => {

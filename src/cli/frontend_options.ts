@@ -10,6 +10,19 @@ import type { SyncWorkerSelector, WorkerSelector } from "../router/worker_select
 import type { WorkerRouterOptions } from "../router/worker_router.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { intFlag, UsageError } from "./args.ts";
+import { TOOL_CALL_PARSERS } from "../frontend/tool_calls.ts";
+
+/** Flags of the OpenAI frontend itself, shared by `switchyard frontend` and `serve`. */
+export const OPENAI_OPTIONS = {
+  "tool-call-parser": { type: "string" },
+} as const;
+
+export const OpenAIFlagsSchema = z.object({
+  "tool-call-parser": z.enum(TOOL_CALL_PARSERS).optional(),
+});
+
+export const OPENAI_USAGE = `  --tool-call-parser P  read tool calls out of chat output, so tools with tool_choice "auto" work:
+                        hermes (Qwen2.5, Qwen3, Hermes models); default: none (such requests get a 400)`;
 
 export const ROUTER_OPTIONS = {
   "router-mode": { type: "string" },

@@ -13,7 +13,7 @@ import { exitOnSignals } from "../runtime/shutdown.ts";
 import { startWorker, type RunningWorker } from "../worker/worker_server.ts";
 import type { DisaggregationMode } from "../worker/worker_service.ts";
 import { ENGINE_OPTIONS, EngineFlagsSchema, HOST_PORT_OPTIONS, intFlag, parseCommand, UsageError } from "./args.ts";
-import { ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags, workerRouterOptions } from "./frontend_options.ts";
+import { OPENAI_OPTIONS, OPENAI_USAGE, OpenAIFlagsSchema, ROUTER_OPTIONS, ROUTER_USAGE, RouterFlagsSchema, selectorFromFlags, workerRouterOptions } from "./frontend_options.ts";
 import { resolveModel } from "./model_source.ts";
 import { engineConfig, requireKvTransfer } from "./worker.ts";
 
@@ -26,10 +26,11 @@ export const SERVE_USAGE = `switchyard serve [options]
                        (disaggregated serving; default 0)
   --kv-transfer-timeout S  with prefill workers: seconds a KV read may take, and held KV waits
                        for its decode worker (default 30)
+${OPENAI_USAGE}
 ${ROUTER_USAGE}
   engine options       see 'switchyard --help'`;
 
-const ServeFlagsSchema = EngineFlagsSchema.extend(RouterFlagsSchema.shape).extend({
+const ServeFlagsSchema = EngineFlagsSchema.extend(RouterFlagsSchema.shape).extend(OpenAIFlagsSchema.shape).extend({
   host: z.string().default("127.0.0.1"),
   port: intFlag(0, 65535).default(8000),
   "num-workers": intFlag(1, 64).default(1),
@@ -45,7 +46,7 @@ export interface ServeHandle {
 
 /** Starts everything; used by the CLI and by tests that want a whole server in-process. */
 export async function serve(argv: string[]): Promise<ServeHandle> {
-  const flags = parseCommand(argv, { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, ...ROUTER_OPTIONS, "num-workers": { type: "string" }, "num-prefill-workers": { type: "string" }, "kv-transfer-timeout": { type: "string" } }, ServeFlagsSchema);
+  const flags = parseCommand(argv, { ...HOST_PORT_OPTIONS, ...ENGINE_OPTIONS, ...ROUTER_OPTIONS, ...OPENAI_OPTIONS, "num-workers": { type: "string" }, "num-prefill-workers": { type: "string" }, "kv-transfer-timeout": { type: "string" } }, ServeFlagsSchema);
   const log = createLogger("serve");
   const model = resolveModel(flags.model, flags["served-model-name"], log);
   const config = engineConfig(flags, model);
@@ -89,7 +90,7 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
     workerRouterOptions(flags, log),
   );
   for (const worker of workers) router.addWorker(await connectWorker(worker.url));
-  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry });
+  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry, toolCallParser: flags["tool-call-parser"] });
   log.info(`${workers.length} ${flags.engine} worker(s): ${workers.map((w, i) => `${roles[i].id} (${roles[i].mode}) ${w.url}`).join(", ")}`);
   log.info(`OpenAI API at ${frontend.url}/v1 serving '${model.servedName}'`);
   return {

@@ -5,22 +5,26 @@
 import { create } from "@bufbuild/protobuf";
 import { GenerateRequestSchema } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import { renderChatPrompt } from "./chat_template.ts";
+import { ApiError } from "./errors.ts";
 import { choiceRequest, GenerationRun, type GenerationStep, type OpenAIFinishReason } from "./generation.ts";
 import { ChunkFrame, sendGeneration, type ChoiceFormat, type Outcome } from "./generation_response.ts";
 import { chatLogprobs, TokenRenderer, type ChatTokenLogprob } from "./logprobs.ts";
 import { findModel } from "./models.ts";
-import { ChatCompletionRequestSchema, parseBody } from "./openai_schemas.ts";
+import { ChatCompletionRequestSchema, parseBody, type ChatCompletionRequest } from "./openai_schemas.ts";
 import type { RequestContext } from "./request_context.ts";
 import { buildSamplingParams } from "./sampling_params.ts";
 import { stopStringList } from "./stop_strings.ts";
 import { tokenizerFor } from "./tokenizer.ts";
+import { HermesToolCallParser, parseHermesToolCalls, type ToolCall } from "./tool_calls.ts";
 
 export async function handleChatCompletions(ctx: RequestContext, raw: unknown): Promise<Outcome> {
   const body = parseBody(ChatCompletionRequestSchema, raw);
   ctx.model = body.model;
   const card = findModel(ctx.router, body.model);
   const tokenizer = tokenizerFor(card.path);
-  const prompt = renderChatPrompt(tokenizer, card.name, body.messages, body.chat_template_kwargs ?? {});
+  const tools = body.tools ?? [];
+  const parseToolCalls = toolCallsWanted(body.tool_choice, tools.length, ctx);
+  const prompt = renderChatPrompt(tokenizer, card.name, body.messages, body.chat_template_kwargs ?? {}, tools);
   // The template already wrote the special tokens the model expects.
   const promptIds = tokenizer.encode(prompt, false);
   const topLogprobs = body.logprobs ? (body.top_logprobs ?? 0) : undefined;
@@ -45,9 +49,32 @@ export async function handleChatCompletions(ctx: RequestContext, raw: unknown): 
       ctx.clientSignal,
       observer,
     ),
-    format: new ChatChoiceFormat(frame, index, renderer, topLogprobs ?? 0),
+    format: new ChatChoiceFormat(frame, index, renderer, topLogprobs ?? 0, parseToolCalls ? { parallel: body.parallel_tool_calls ?? true } : undefined),
   }));
   return sendGeneration(ctx.res, choices, { requestId: ctx.requestId, frame, bodyObject: "chat.completion", includeUsage }, stream);
+}
+
+/**
+ * Whether this request's output is read for tool calls: tool_choice "auto" (the default when
+ * tools are given) with a parser configured. What cannot be honoured is refused, not ignored.
+ */
+function toolCallsWanted(toolChoice: ChatCompletionRequest["tool_choice"], toolCount: number, ctx: RequestContext): boolean {
+  const choice = toolChoice ?? (toolCount > 0 ? "auto" : "none");
+  if (choice === "none") return false;
+  if (toolCount === 0) throw ApiError.badRequest("tool_choice: a tool_choice other than 'none' needs tools", "tool_choice");
+  if (choice !== "auto") {
+    throw ApiError.badRequest(
+      "tool_choice: only 'auto' and 'none' are supported; forcing a call ('required' or a named function) needs guided decoding, which Switchyard does not do yet",
+      "tool_choice",
+    );
+  }
+  if (!ctx.toolCallParser) {
+    throw ApiError.badRequest(
+      "tool_choice: 'auto' needs the server started with --tool-call-parser (hermes, for Qwen and Hermes models); or send tool_choice 'none'",
+      "tool_choice",
+    );
+  }
+  return true;
 }
 
 /** One chat choice's chunks and body entry. */
@@ -55,24 +82,44 @@ class ChatChoiceFormat implements ChoiceFormat {
   private readonly texts: string[] = [];
   private readonly collected: ChatTokenLogprob[] = [];
 
+  /** Streamed: reads tool calls out of the text as it comes. */
+  private readonly toolParser: HermesToolCallParser | undefined;
+
   constructor(
     private readonly frame: ChunkFrame,
     private readonly index: number,
     private readonly renderer: TokenRenderer | undefined,
     private readonly topLogprobs: number,
-  ) {}
+    private readonly tools: { parallel: boolean } | undefined,
+  ) {
+    if (tools) this.toolParser = new HermesToolCallParser();
+  }
 
   openingChunks(): string[] {
     return [this.frame.choice(this.index, `"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null`)];
   }
 
   chunk(step: GenerationStep): string | null {
-    if (step.text === "" && step.finishReason === null && step.logprobs === undefined) return null;
-    const delta = step.text === "" ? "{}" : `{"content":${JSON.stringify(step.text)}}`;
+    let text = step.text;
+    let calls: ToolCall[] = [];
+    let finishReason: string | null = step.finishReason;
+    if (this.toolParser) {
+      const parsed = this.toolParser.push(text);
+      if (finishReason !== null) parsed.content += this.toolParser.flush().content;
+      text = parsed.content;
+      calls = this.kept(parsed.calls);
+      if (finishReason !== null && this.toolParser.calls.length > 0) finishReason = "tool_calls";
+    }
+    if (text === "" && calls.length === 0 && finishReason === null && step.logprobs === undefined) return null;
+    const delta: Record<string, unknown> = {};
+    if (text !== "") delta.content = text;
+    if (calls.length > 0) {
+      delta.tool_calls = calls.map((c) => ({ index: c.index, id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
+    }
     let logprobs = "null";
     if (this.renderer) logprobs = JSON.stringify({ content: chatLogprobs(this.renderer, step.logprobs ?? [], this.topLogprobs) });
-    const finish = step.finishReason === null ? "null" : `"${step.finishReason}"`;
-    return this.frame.choice(this.index, `"delta":${delta},"logprobs":${logprobs},"finish_reason":${finish}`);
+    const finish = finishReason === null ? "null" : `"${finishReason}"`;
+    return this.frame.choice(this.index, `"delta":${JSON.stringify(delta)},"logprobs":${logprobs},"finish_reason":${finish}`);
   }
 
   collect(step: GenerationStep): void {
@@ -81,11 +128,21 @@ class ChatChoiceFormat implements ChoiceFormat {
   }
 
   choice(finishReason: OpenAIFinishReason): Record<string, unknown> {
-    return {
-      index: this.index,
-      message: { role: "assistant", content: this.texts.join(""), refusal: null },
-      logprobs: this.renderer ? { content: this.collected } : null,
-      finish_reason: finishReason,
-    };
+    const text = this.texts.join("");
+    const logprobs = this.renderer ? { content: this.collected } : null;
+    if (this.tools) {
+      const { content, calls } = parseHermesToolCalls(text);
+      const kept = this.kept(calls);
+      if (kept.length > 0) {
+        const toolCalls = kept.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
+        return { index: this.index, message: { role: "assistant", content, refusal: null, tool_calls: toolCalls }, logprobs, finish_reason: "tool_calls" };
+      }
+    }
+    return { index: this.index, message: { role: "assistant", content: text, refusal: null }, logprobs, finish_reason: finishReason };
+  }
+
+  /** With parallel_tool_calls false, the first call alone (the model cannot be held to one). */
+  private kept(calls: readonly ToolCall[]): ToolCall[] {
+    return this.tools?.parallel === false ? calls.filter((c) => c.index === 0) : [...calls];
   }
 }

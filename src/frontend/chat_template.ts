@@ -1,8 +1,8 @@
 /**
  * Renders a chat into the prompt text the model was trained on, with the Jinja template from
  * the model's tokenizer_config.json (or chat_template.jinja), as transformers'
- * apply_chat_template does: messages, add_generation_prompt, the special tokens, plus the
- * request's chat_template_kwargs.
+ * apply_chat_template does: messages, tools, add_generation_prompt, the special tokens, plus
+ * the request's chat_template_kwargs.
  */
 import { Template } from "@huggingface/jinja";
 import { ApiError } from "./errors.ts";
@@ -50,11 +50,14 @@ export function renderChatPrompt(
   model: string,
   messages: ChatMessage[],
   templateKwargs: Record<string, unknown> = {},
+  tools: readonly unknown[] = [],
 ): string {
   const template = templateOf(tokenizer, model);
   try {
     return template.render({
       ...templateKwargs,
+      // Templates test `if tools`: an empty list must not read as tools offered.
+      ...(tools.length > 0 ? { tools } : {}),
       messages: toTemplateMessages(messages),
       add_generation_prompt: true,
       bos_token: tokenizer.bosToken ?? "",

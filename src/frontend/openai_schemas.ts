@@ -61,6 +61,17 @@ const MessageSchema = z.object({
   path: ["content"],
 });
 
+/** A function the model may call, as OpenAI describes one (`parameters` is a JSON Schema). */
+const ToolSchema = z.object({
+  type: z.literal("function", { error: "only function tools are supported" }),
+  function: z.object({
+    name: z.string().min(1),
+    description: z.string().nullish(),
+    parameters: z.record(z.string(), z.unknown()).nullish(),
+    strict: z.boolean().nullish(),
+  }),
+});
+
 export const ChatCompletionRequestSchema = z
   .object({
     ...generationFields,
@@ -70,6 +81,11 @@ export const ChatCompletionRequestSchema = z
     top_logprobs: z.number().int().min(0).max(20).nullish(),
     // vLLM: extra variables for the chat template, e.g. {"enable_thinking": false} for Qwen3.
     chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+    tools: z.array(ToolSchema).nullish(),
+    tool_choice: z
+      .union([z.enum(["none", "auto", "required"]), z.object({ type: z.literal("function"), function: z.object({ name: z.string().min(1) }) })])
+      .nullish(),
+    parallel_tool_calls: z.boolean().nullish(),
   })
   .refine((body) => body.top_logprobs == null || body.logprobs === true, {
     message: "top_logprobs requires logprobs to be true",

@@ -2,6 +2,7 @@
 import type { ServerResponse } from "node:http";
 import type { Router } from "../router/router.ts";
 import type { GenerationObserver } from "./generation.ts";
+import type { ToolCallParserName } from "./tool_calls.ts";
 
 export interface RequestContext {
   router: Router;
@@ -12,6 +13,8 @@ export interface RequestContext {
   clientSignal: AbortSignal;
   /** Timing hooks for a model's metrics, from the request's arrival. */
   observe(model: string): GenerationObserver;
+  /** How tool calls are read from chat output (--tool-call-parser); none: tool_choice auto is refused. */
+  toolCallParser?: ToolCallParserName;
   /** Set by the handler as soon as it knows the model, for the request's metric labels. */
   model?: string;
 }

@@ -17,6 +17,7 @@ import { FrontendMetrics, requestObserver, type Endpoint } from "./metrics.ts";
 import { modelJson, modelListJson } from "./models.ts";
 import type { RequestContext } from "./request_context.ts";
 import { tokenizerFor } from "./tokenizer.ts";
+import type { ToolCallParserName } from "./tool_calls.ts";
 
 export const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
 
@@ -31,6 +32,8 @@ export interface FrontendOptions {
   metricsRegistry?: Registry;
   /** Larger request bodies are refused with 413 (default 4 MiB). */
   maxBodyBytes?: number;
+  /** Reads tool calls out of chat output, which tool_choice "auto" needs (default: none). */
+  toolCallParser?: ToolCallParserName;
 }
 
 export interface RunningFrontend {
@@ -79,6 +82,7 @@ export async function startFrontend(options: FrontendOptions): Promise<RunningFr
       requestId: randomUUID(),
       clientSignal: abort.signal,
       observe: (model) => requestObserver(metrics, model, startedAtMs),
+      toolCallParser: options.toolCallParser,
     };
     const inflight = metrics.inflight.labels(endpoint);
     inflight.inc();
