@@ -12,7 +12,7 @@ const MODEL = "switchyard-tiny-qwen3";
 const WRONG_VALUES: unknown[] = [null, true, -1, 1e308, -1e308, 3.5, "", "x".repeat(3000), [], [[]], {}, { a: 1 }, [1, "a"], "NaN", -0.0001];
 // Fields each endpoint reads; like OpenAI, an endpoint ignores fields it does not know.
 const COMMON_FIELDS = ["model", "max_tokens", "temperature", "top_p", "n", "stop", "stream", "seed", "logprobs", "stream_options", "top_k", "min_p", "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens"];
-const CHAT_FIELDS = [...COMMON_FIELDS, "messages", "top_logprobs", "max_completion_tokens"];
+const CHAT_FIELDS = [...COMMON_FIELDS, "messages", "top_logprobs", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls"];
 const COMPLETION_FIELDS = [...COMMON_FIELDS, "prompt", "echo"];
 
 function hostileBody(random: () => number): { path: string; body: string; contentType?: string } {
@@ -60,13 +60,13 @@ function hostileBody(random: () => number): { path: string; body: string; conten
       };
     default:
       // Impossible sampling or lengths.
-      return { path, body: JSON.stringify({ ...valid, ...pick([{ max_tokens: 0 }, { max_tokens: 10_000_000 }, { n: 5 }, { temperature: -2 }, { top_p: 0 }, { top_p: 2 }, { stop: ["a", "b", "c", "d", "e"] }, { top_logprobs: 500, logprobs: true }, { min_tokens: 10, max_tokens: 2 }]) }) };
+      return { path, body: JSON.stringify({ ...valid, ...pick([{ max_tokens: 0 }, { max_tokens: 10_000_000 }, { n: 500 }, { temperature: -2 }, { top_p: 0 }, { top_p: 2 }, { stop: ["a", "b", "c", "d", "e"] }, { top_logprobs: 500, logprobs: true }, { min_tokens: 10, max_tokens: 2 }]) }) };
   }
 }
 
 /** Values that the API accepts for a field, so they make no hostile body. */
 function isStillValid(field: string, value: unknown, chat: boolean): boolean {
-  const booleanField = ["stream", "echo", "logprobs"].includes(field) && typeof value === "boolean";
+  const booleanField = ["stream", "echo", "logprobs", "parallel_tool_calls"].includes(field) && typeof value === "boolean";
   if (booleanField && !(field === "logprobs" && !chat)) return true;
   if (value === null && !["model", "messages", "prompt"].includes(field)) return true;
   if (field === "stop" && (value === "" || (typeof value === "string" && value.length > 0) || (Array.isArray(value) && value.length === 0))) return true;
@@ -81,7 +81,7 @@ function isStillValid(field: string, value: unknown, chat: boolean): boolean {
   }
   if (["seed"].includes(field) && Number.isInteger(value)) return (value as number) >= -(2 ** 63) && (value as number) < 2 ** 63;
   if (["top_k"].includes(field) && value === -1) return true;
-  if (["stop_token_ids"].includes(field) && Array.isArray(value) && value.length === 0) return true;
+  if (["stop_token_ids", "tools"].includes(field) && Array.isArray(value) && value.length === 0) return true;
   // Unknown keys inside stream_options are ignored, as OpenAI does.
   if (["stream_options"].includes(field) && typeof value === "object" && value !== null && !Array.isArray(value)) return true;
   if (field === "logprobs" && !chat && Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 5) return true;
