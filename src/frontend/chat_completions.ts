@@ -100,26 +100,30 @@ class ChatChoiceFormat implements ChoiceFormat {
   }
 
   chunk(step: GenerationStep): string | null {
-    let text = step.text;
-    let calls: ToolCall[] = [];
-    let finishReason: string | null = step.finishReason;
-    if (this.toolParser) {
-      const parsed = this.toolParser.push(text);
-      if (finishReason !== null) parsed.content += this.toolParser.flush().content;
-      text = parsed.content;
-      calls = this.kept(parsed.calls);
-      if (finishReason !== null && this.toolParser.calls.length > 0) finishReason = "tool_calls";
-    }
-    if (text === "" && calls.length === 0 && finishReason === null && step.logprobs === undefined) return null;
+    if (this.toolParser) return this.toolChunk(step);
+    if (step.text === "" && step.finishReason === null && step.logprobs === undefined) return null;
+    const delta = step.text === "" ? "{}" : `{"content":${JSON.stringify(step.text)}}`;
+    return this.frame.choice(this.index, `"delta":${delta},"logprobs":${this.logprobsJson(step)},"finish_reason":${finishJson(step.finishReason)}`);
+  }
+
+  /** A chunk of a request whose output is read for tool calls: content and finished calls. */
+  private toolChunk(step: GenerationStep): string | null {
+    const parser = this.toolParser!;
+    const parsed = parser.push(step.text);
+    if (step.finishReason !== null) parsed.content += parser.flush().content;
+    const calls = this.kept(parsed.calls);
+    const finishReason = step.finishReason !== null && parser.calls.length > 0 ? "tool_calls" : step.finishReason;
+    if (parsed.content === "" && calls.length === 0 && finishReason === null && step.logprobs === undefined) return null;
     const delta: Record<string, unknown> = {};
-    if (text !== "") delta.content = text;
+    if (parsed.content !== "") delta.content = parsed.content;
     if (calls.length > 0) {
       delta.tool_calls = calls.map((c) => ({ index: c.index, id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
     }
-    let logprobs = "null";
-    if (this.renderer) logprobs = JSON.stringify({ content: chatLogprobs(this.renderer, step.logprobs ?? [], this.topLogprobs) });
-    const finish = finishReason === null ? "null" : `"${finishReason}"`;
-    return this.frame.choice(this.index, `"delta":${JSON.stringify(delta)},"logprobs":${logprobs},"finish_reason":${finish}`);
+    return this.frame.choice(this.index, `"delta":${JSON.stringify(delta)},"logprobs":${this.logprobsJson(step)},"finish_reason":${finishJson(finishReason)}`);
+  }
+
+  private logprobsJson(step: GenerationStep): string {
+    return this.renderer ? JSON.stringify({ content: chatLogprobs(this.renderer, step.logprobs ?? [], this.topLogprobs) }) : "null";
   }
 
   collect(step: GenerationStep): void {
@@ -145,4 +149,8 @@ class ChatChoiceFormat implements ChoiceFormat {
   private kept(calls: readonly ToolCall[]): ToolCall[] {
     return this.tools?.parallel === false ? calls.filter((c) => c.index === 0) : [...calls];
   }
+}
+
+function finishJson(reason: string | null): string {
+  return reason === null ? "null" : `"${reason}"`;
 }
