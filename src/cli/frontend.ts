@@ -79,7 +79,7 @@ export async function frontendCommand(argv: string[]): Promise<void> {
     await workers.firstContact();
   }
   if (nc) discoveries.push(new NatsWorkers(nc, router, log, DEFAULT_REGISTRATION_TIMING.ttlMs));
-  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry, toolCallParser: flags["tool-call-parser"] });
+  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry, toolCallParser: flags["tool-call-parser"], reasoningParser: flags["reasoning-parser"] });
   log.info(`OpenAI API at ${frontend.url}/v1${natsUrl ? `, discovering workers over NATS at ${natsUrl}` : ""}`);
   console.log(`${frontend.url}/v1`);
   exitOnSignals(async (grace) => {

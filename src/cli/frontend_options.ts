@@ -10,19 +10,24 @@ import type { SyncWorkerSelector, WorkerSelector } from "../router/worker_select
 import type { WorkerRouterOptions } from "../router/worker_router.ts";
 import type { Logger } from "../runtime/logger.ts";
 import { intFlag, UsageError } from "./args.ts";
+import { REASONING_PARSERS } from "../frontend/reasoning.ts";
 import { TOOL_CALL_PARSERS } from "../frontend/tool_calls.ts";
 
 /** Flags of the OpenAI frontend itself, shared by `switchyard frontend` and `serve`. */
 export const OPENAI_OPTIONS = {
   "tool-call-parser": { type: "string" },
+  "reasoning-parser": { type: "string" },
 } as const;
 
 export const OpenAIFlagsSchema = z.object({
   "tool-call-parser": z.enum(TOOL_CALL_PARSERS).optional(),
+  "reasoning-parser": z.enum(REASONING_PARSERS).optional(),
 });
 
 export const OPENAI_USAGE = `  --tool-call-parser P  read tool calls out of chat output, so tools with tool_choice "auto" work:
-                        hermes (Qwen2.5, Qwen3, Hermes models); default: none (such requests get a 400)`;
+                        hermes (Qwen2.5, Qwen3, Hermes models); default: none (such requests get a 400)
+  --reasoning-parser P  give a thinking model's reasoning as reasoning_content, apart from the
+                        answer: qwen3 (<think>...</think>); default: none (it stays in the content)`;
 
 export const ROUTER_OPTIONS = {
   "router-mode": { type: "string" },

@@ -90,7 +90,7 @@ export async function serve(argv: string[]): Promise<ServeHandle> {
     workerRouterOptions(flags, log),
   );
   for (const worker of workers) router.addWorker(await connectWorker(worker.url));
-  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry, toolCallParser: flags["tool-call-parser"] });
+  const frontend = await startFrontend({ host: flags.host, port: flags.port, router, metricsRegistry: registry, toolCallParser: flags["tool-call-parser"], reasoningParser: flags["reasoning-parser"] });
   log.info(`${workers.length} ${flags.engine} worker(s): ${workers.map((w, i) => `${roles[i].id} (${roles[i].mode}) ${w.url}`).join(", ")}`);
   log.info(`OpenAI API at ${frontend.url}/v1 serving '${model.servedName}'`);
   return {

@@ -15,6 +15,7 @@ import type { RequestContext } from "./request_context.ts";
 import { buildSamplingParams } from "./sampling_params.ts";
 import { stopStringList } from "./stop_strings.ts";
 import { tokenizerFor } from "./tokenizer.ts";
+import { ReasoningSplitter, splitReasoning } from "./reasoning.ts";
 import { HermesToolCallParser, parseHermesToolCalls, type ToolCall } from "./tool_calls.ts";
 
 export async function handleChatCompletions(ctx: RequestContext, raw: unknown): Promise<Outcome> {
@@ -49,7 +50,7 @@ export async function handleChatCompletions(ctx: RequestContext, raw: unknown): 
       ctx.clientSignal,
       observer,
     ),
-    format: new ChatChoiceFormat(frame, index, renderer, topLogprobs ?? 0, parseToolCalls ? { parallel: body.parallel_tool_calls ?? true } : undefined),
+    format: new ChatChoiceFormat(frame, index, renderer, topLogprobs ?? 0, parseToolCalls ? { parallel: body.parallel_tool_calls ?? true } : undefined, ctx.reasoningParser !== undefined),
   }));
   return sendGeneration(ctx.res, choices, { requestId: ctx.requestId, frame, bodyObject: "chat.completion", includeUsage }, stream);
 }
@@ -84,6 +85,8 @@ class ChatChoiceFormat implements ChoiceFormat {
 
   /** Streamed: reads tool calls out of the text as it comes. */
   private readonly toolParser: HermesToolCallParser | undefined;
+  /** Streamed: splits the reasoning off the answer as it comes. */
+  private readonly reasoning: ReasoningSplitter | undefined;
 
   constructor(
     private readonly frame: ChunkFrame,
@@ -91,8 +94,10 @@ class ChatChoiceFormat implements ChoiceFormat {
     private readonly renderer: TokenRenderer | undefined,
     private readonly topLogprobs: number,
     private readonly tools: { parallel: boolean } | undefined,
+    private readonly splitsReasoning: boolean,
   ) {
     if (tools) this.toolParser = new HermesToolCallParser();
+    if (splitsReasoning) this.reasoning = new ReasoningSplitter();
   }
 
   openingChunks(): string[] {
@@ -100,22 +105,39 @@ class ChatChoiceFormat implements ChoiceFormat {
   }
 
   chunk(step: GenerationStep): string | null {
-    if (this.toolParser) return this.toolChunk(step);
+    if (this.toolParser || this.reasoning) return this.parsedChunk(step);
     if (step.text === "" && step.finishReason === null && step.logprobs === undefined) return null;
     const delta = step.text === "" ? "{}" : `{"content":${JSON.stringify(step.text)}}`;
     return this.frame.choice(this.index, `"delta":${delta},"logprobs":${this.logprobsJson(step)},"finish_reason":${finishJson(step.finishReason)}`);
   }
 
-  /** A chunk of a request whose output is read for tool calls: content and finished calls. */
-  private toolChunk(step: GenerationStep): string | null {
-    const parser = this.toolParser!;
-    const parsed = parser.push(step.text);
-    if (step.finishReason !== null) parsed.content += parser.flush().content;
-    const calls = this.kept(parsed.calls);
-    const finishReason = step.finishReason !== null && parser.calls.length > 0 ? "tool_calls" : step.finishReason;
-    if (parsed.content === "" && calls.length === 0 && finishReason === null && step.logprobs === undefined) return null;
+  /** A chunk of a request whose output is split: reasoning, content, and finished tool calls. */
+  private parsedChunk(step: GenerationStep): string | null {
+    const finished = step.finishReason !== null;
+    let reasoning = "";
+    let content = step.text;
+    if (this.reasoning) {
+      const split = this.reasoning.push(content);
+      if (finished) {
+        const rest = this.reasoning.flush();
+        split.reasoning += rest.reasoning;
+        split.content += rest.content;
+      }
+      reasoning = split.reasoning;
+      content = split.content;
+    }
+    let calls: ToolCall[] = [];
+    if (this.toolParser) {
+      const parsed = this.toolParser.push(content);
+      if (finished) parsed.content += this.toolParser.flush().content;
+      content = parsed.content;
+      calls = this.kept(parsed.calls);
+    }
+    const finishReason = finished && (this.toolParser?.calls.length ?? 0) > 0 ? "tool_calls" : step.finishReason;
+    if (reasoning === "" && content === "" && calls.length === 0 && finishReason === null && step.logprobs === undefined) return null;
     const delta: Record<string, unknown> = {};
-    if (parsed.content !== "") delta.content = parsed.content;
+    if (reasoning !== "") delta.reasoning_content = reasoning;
+    if (content !== "") delta.content = content;
     if (calls.length > 0) {
       delta.tool_calls = calls.map((c) => ({ index: c.index, id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
     }
@@ -132,17 +154,26 @@ class ChatChoiceFormat implements ChoiceFormat {
   }
 
   choice(finishReason: OpenAIFinishReason): Record<string, unknown> {
-    const text = this.texts.join("");
+    let text = this.texts.join("");
     const logprobs = this.renderer ? { content: this.collected } : null;
+    const message: Record<string, unknown> = { role: "assistant", content: text, refusal: null };
+    let finish: string = finishReason;
+    if (this.splitsReasoning) {
+      const split = splitReasoning(text);
+      text = split.content;
+      message.content = text;
+      if (split.reasoning !== null) message.reasoning_content = split.reasoning;
+    }
     if (this.tools) {
       const { content, calls } = parseHermesToolCalls(text);
       const kept = this.kept(calls);
       if (kept.length > 0) {
-        const toolCalls = kept.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
-        return { index: this.index, message: { role: "assistant", content, refusal: null, tool_calls: toolCalls }, logprobs, finish_reason: "tool_calls" };
+        message.content = content;
+        message.tool_calls = kept.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
+        finish = "tool_calls";
       }
     }
-    return { index: this.index, message: { role: "assistant", content: text, refusal: null }, logprobs, finish_reason: finishReason };
+    return { index: this.index, message, logprobs, finish_reason: finish };
   }
 
   /** With parallel_tool_calls false, the first call alone (the model cannot be held to one). */

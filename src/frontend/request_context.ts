@@ -2,6 +2,7 @@
 import type { ServerResponse } from "node:http";
 import type { Router } from "../router/router.ts";
 import type { GenerationObserver } from "./generation.ts";
+import type { ReasoningParserName } from "./reasoning.ts";
 import type { ToolCallParserName } from "./tool_calls.ts";
 
 export interface RequestContext {
@@ -15,6 +16,8 @@ export interface RequestContext {
   observe(model: string): GenerationObserver;
   /** How tool calls are read from chat output (--tool-call-parser); none: tool_choice auto is refused. */
   toolCallParser?: ToolCallParserName;
+  /** Splits a thinking model's reasoning off its answer (--reasoning-parser). */
+  reasoningParser?: ReasoningParserName;
   /** Set by the handler as soon as it knows the model, for the request's metric labels. */
   model?: string;
 }

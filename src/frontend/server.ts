@@ -17,6 +17,7 @@ import { FrontendMetrics, requestObserver, type Endpoint } from "./metrics.ts";
 import { modelJson, modelListJson } from "./models.ts";
 import type { RequestContext } from "./request_context.ts";
 import { tokenizerFor } from "./tokenizer.ts";
+import type { ReasoningParserName } from "./reasoning.ts";
 import type { ToolCallParserName } from "./tool_calls.ts";
 
 export const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
@@ -34,6 +35,8 @@ export interface FrontendOptions {
   maxBodyBytes?: number;
   /** Reads tool calls out of chat output, which tool_choice "auto" needs (default: none). */
   toolCallParser?: ToolCallParserName;
+  /** Splits a thinking model's reasoning into `reasoning_content` (default: left in the content). */
+  reasoningParser?: ReasoningParserName;
 }
 
 export interface RunningFrontend {
@@ -83,6 +86,7 @@ export async function startFrontend(options: FrontendOptions): Promise<RunningFr
       clientSignal: abort.signal,
       observe: (model) => requestObserver(metrics, model, startedAtMs),
       toolCallParser: options.toolCallParser,
+      reasoningParser: options.reasoningParser,
     };
     const inflight = metrics.inflight.labels(endpoint);
     inflight.inc();

@@ -11,6 +11,7 @@
  * held back until it is known; a block whose JSON is not a call is shown as the text it was.
  */
 import { randomUUID } from "node:crypto";
+import { partialTagLength } from "./partial_tag.ts";
 
 export const TOOL_CALL_PARSERS = ["hermes"] as const;
 export type ToolCallParserName = (typeof TOOL_CALL_PARSERS)[number];
@@ -53,7 +54,7 @@ export class HermesToolCallParser {
         const open = this.buffer.indexOf(OPEN);
         if (open < 0) {
           // Keep back the end that may be the start of a tag still arriving.
-          const keep = partialSuffix(this.buffer, OPEN);
+          const keep = partialTagLength(this.buffer, OPEN);
           delta.content += this.shown(this.buffer.slice(0, this.buffer.length - keep));
           this.buffer = this.buffer.slice(this.buffer.length - keep);
           return delta;
@@ -122,12 +123,4 @@ function parseCall(body: string, index: number): ToolCall | undefined {
   if (typeof name !== "string" || name === "") return undefined;
   const argumentsText = typeof args === "string" ? args : JSON.stringify(args ?? {});
   return { index, id: `call_${randomUUID().replaceAll("-", "").slice(0, 24)}`, name, arguments: argumentsText };
-}
-
-/** Length of the longest end of `text` that is a proper start of `tag`. */
-function partialSuffix(text: string, tag: string): number {
-  for (let n = Math.min(tag.length - 1, text.length); n > 0; n--) {
-    if (text.endsWith(tag.slice(0, n))) return n;
-  }
-  return 0;
 }

@@ -1,7 +1,8 @@
 /**
- * Tool calling through the OpenAI SDK: tools rendered into the prompt by the model's chat
- * template, calls read out of the output (Hermes format) as `tool_calls`, whole and streamed,
- * and the tool_choice values the frontend cannot honour refused.
+ * Tool calling and reasoning through the OpenAI SDK: tools rendered into the prompt by the
+ * model's chat template, calls read out of the output (Hermes format) as `tool_calls`, a thinking
+ * model's reasoning as `reasoning_content`, whole and streamed, and the tool_choice values the
+ * frontend cannot honour refused.
  */
 import OpenAI, { APIError } from "openai";
 import { Registry } from "prom-client";
@@ -26,8 +27,10 @@ describe("tool calling", () => {
   const router = new FakeRouter();
   let plain: RunningFrontend;
   let hermes: RunningFrontend;
+  let thinking: RunningFrontend;
   let plainClient: OpenAI;
   let client: OpenAI;
+  let thinkingClient: OpenAI;
 
   beforeAll(async () => {
     router.cards = [{ name: MODEL, path: QWEN3_DIR, maxModelLen: 4096, blockSize: 16 }];
@@ -35,10 +38,13 @@ describe("tool calling", () => {
     hermes = await startFrontend({ port: 0, router, metricsRegistry: new Registry(), toolCallParser: "hermes" });
     plainClient = new OpenAI({ baseURL: `${plain.url}/v1`, apiKey: "unused", maxRetries: 0 });
     client = new OpenAI({ baseURL: `${hermes.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    thinking = await startFrontend({ port: 0, router, metricsRegistry: new Registry(), toolCallParser: "hermes", reasoningParser: "qwen3" });
+    thinkingClient = new OpenAI({ baseURL: `${thinking.url}/v1`, apiKey: "unused", maxRetries: 0 });
   });
   afterAll(async () => {
     await plain.close();
     await hermes.close();
+    await thinking.close();
   });
 
   it("renders the tools into the prompt with the chat template", async () => {
@@ -142,5 +148,46 @@ describe("tool calling", () => {
     expect(none.choices[0].message.tool_calls).toBeUndefined();
     expect(none.choices[0].message.content).toContain("<tool_call>");
     expect(tokenizer.decode(router.lastRequest.tokenIds, false)).toContain("# Tools");
+  });
+
+  describe("with --reasoning-parser qwen3", () => {
+    const thought = `<think>\nThe user wants Paris.\n</think>\n\n`;
+
+    it("gives the reasoning as reasoning_content and the rest as the answer", async () => {
+      router.script = reply(`${thought}It is sunny.`);
+      const res = await thinkingClient.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "x" }] });
+      const message = res.choices[0].message as { content: string | null; reasoning_content?: string };
+      expect(message.reasoning_content).toBe("The user wants Paris.");
+      expect(message.content).toBe("It is sunny.");
+      expect(res.choices[0].finish_reason).toBe("stop");
+    });
+
+    it("streams reasoning, then a tool call read from the answer alone", async () => {
+      router.script = reply(`${thought}${callText("get_weather", { city: "Paris" })}`);
+      const stream = await thinkingClient.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "x" }], tools: [weatherTool], stream: true });
+      let reasoning = "";
+      let content = "";
+      const names: string[] = [];
+      let finish: string | null = null;
+      for await (const chunk of stream) {
+        const choice = chunk.choices[0];
+        if (!choice) continue;
+        reasoning += (choice.delta as { reasoning_content?: string }).reasoning_content ?? "";
+        content += choice.delta.content ?? "";
+        for (const tc of choice.delta.tool_calls ?? []) if (tc.function?.name) names.push(tc.function.name);
+        finish = choice.finish_reason ?? finish;
+      }
+      expect(reasoning).toBe("The user wants Paris.");
+      expect(content).toBe("");
+      expect(names).toEqual(["get_weather"]);
+      expect(finish).toBe("tool_calls");
+    });
+
+    it("leaves the thinking in the content when no reasoning parser is set", async () => {
+      router.script = reply(`${thought}It is sunny.`);
+      const res = await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "x" }] });
+      expect(res.choices[0].message.content).toBe(`${thought}It is sunny.`);
+      expect((res.choices[0].message as { reasoning_content?: string }).reasoning_content).toBeUndefined();
+    });
   });
 });
