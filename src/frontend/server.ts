@@ -16,6 +16,7 @@ import { CLIENT_CLOSED_STATUS, type Outcome } from "./generation_response.ts";
 import { FrontendMetrics, requestObserver, type Endpoint } from "./metrics.ts";
 import { modelJson, modelListJson } from "./models.ts";
 import type { RequestContext } from "./request_context.ts";
+import { detokenizeJson, tokenizeJson } from "./tokenize.ts";
 import { tokenizerFor } from "./tokenizer.ts";
 import type { ReasoningParserName } from "./reasoning.ts";
 import type { ToolCallParserName } from "./tool_calls.ts";
@@ -139,6 +140,12 @@ export async function startFrontend(options: FrontendOptions): Promise<RunningFr
         const status = healthy ? { status: "healthy" } : { status: "unhealthy", message: "no worker is serving any model" };
         return sendJson(res, healthy ? 200 : 503, JSON.stringify({ ...status, models, instances }));
       }
+      case "/tokenize":
+        requireMethod(req, "POST");
+        return sendJson(res, 200, tokenizeJson(router, await readJsonBody(req, maxBodyBytes)));
+      case "/detokenize":
+        requireMethod(req, "POST");
+        return sendJson(res, 200, detokenizeJson(router, await readJsonBody(req, maxBodyBytes)));
       case "/live":
         requireMethod(req, "GET");
         return sendJson(res, 200, '{"status":"live"}');

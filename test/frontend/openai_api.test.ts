@@ -442,6 +442,29 @@ describe("OpenAI frontend", () => {
       expect((await fetch(`${frontend.url}/live`)).status).toBe(200);
     });
 
+    it("tokenizes a prompt or a chat exactly as generation does, and detokenizes ids", async () => {
+      const text = await post("/tokenize", JSON.stringify({ model: MODEL, prompt: "Hello world", return_token_strs: true }));
+      expect(text.status).toBe(200);
+      expect(text.json).toEqual({ count: 2, max_model_len: 256, tokens: encode("Hello world"), token_strs: ["Hello", "Ġworld"] });
+
+      router.script = replyTokens([IM_END], { finish: FinishReason.STOP });
+      const messages = [{ role: "user", content: "Hi" }];
+      await client.chat.completions.create({ model: MODEL, messages: messages as never });
+      const chat = await post("/tokenize", JSON.stringify({ model: MODEL, messages }));
+      expect(chat.json.tokens).toEqual(router.lastRequest.tokenIds);
+
+      const back = await post("/detokenize", JSON.stringify({ model: MODEL, tokens: chat.json.tokens }));
+      expect(back.json).toEqual({ prompt: "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n" });
+
+      const neither = await post("/tokenize", JSON.stringify({ model: MODEL }));
+      expect(neither.status).toBe(400);
+      expect(neither.json.error.message).toContain("either prompt");
+      const outside = await post("/detokenize", JSON.stringify({ model: MODEL, tokens: [1, 10_000_000] }));
+      expect(outside.status).toBe(400);
+      expect(outside.json.error.param).toBe("tokens");
+      expect((await post("/tokenize", JSON.stringify({ model: "nope", prompt: "x" }))).status).toBe(404);
+    });
+
     it("exposes request, token and latency metrics", async () => {
       router.script = replyTokens(encode("a b c"));
       await client.completions.create({ model: MODEL, prompt: "x" });
