@@ -41,6 +41,18 @@ const generationFields = {
   skip_special_tokens: z.boolean().nullish(),
   return_tokens_as_token_ids: z.boolean().nullish(),
   user: z.string().nullish(),
+  // Parsed to be refused rather than dropped: ignoring them would answer something else than
+  // what was asked (free text for a JSON mode, unbiased sampling for a bias).
+  response_format: z
+    .object({ type: z.string() })
+    .refine((format) => format.type === "text", {
+      message: "only response_format {\"type\": \"text\"} is supported: JSON modes need guided decoding, which Switchyard does not do yet",
+    })
+    .nullish(),
+  logit_bias: z
+    .record(z.string(), z.number())
+    .refine((bias) => Object.keys(bias).length === 0, { message: "logit_bias is not supported yet (an empty object is accepted)" })
+    .nullish(),
 };
 
 const TextPartSchema = z.object({

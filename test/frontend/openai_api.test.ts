@@ -375,6 +375,20 @@ describe("OpenAI frontend", () => {
       expect(empty.json.error.param).toBe("prompt");
     });
 
+    it("refuses a JSON response_format and a non-empty logit_bias instead of ignoring them", async () => {
+      router.script = replyTokens(encode("ok"));
+      const messages = [{ role: "user", content: "x" }];
+      const json = await post("/v1/chat/completions", JSON.stringify({ model: MODEL, messages, response_format: { type: "json_object" } }));
+      expect(json.status).toBe(400);
+      expect(json.json.error.param).toBe("response_format");
+      expect(json.json.error.message).toContain("guided decoding");
+      const bias = await post("/v1/completions", JSON.stringify({ model: MODEL, prompt: "x", logit_bias: { "50256": -100 } }));
+      expect(bias.status).toBe(400);
+      expect(bias.json.error.param).toBe("logit_bias");
+      const fine = await post("/v1/chat/completions", JSON.stringify({ model: MODEL, messages, response_format: { type: "text" }, logit_bias: {} }));
+      expect(fine.status).toBe(200);
+    });
+
     it("answers an unknown model with 404", async () => {
       const err = await client.chat.completions.create({ model: "no-such-model", messages: [{ role: "user", content: "x" }] }).catch((e) => e);
       expect(err).toBeInstanceOf(APIError);

@@ -11,7 +11,7 @@ const MODEL = "switchyard-tiny-qwen3";
 
 const WRONG_VALUES: unknown[] = [null, true, -1, 1e308, -1e308, 3.5, "", "x".repeat(3000), [], [[]], {}, { a: 1 }, [1, "a"], "NaN", -0.0001];
 // Fields each endpoint reads; like OpenAI, an endpoint ignores fields it does not know.
-const COMMON_FIELDS = ["model", "max_tokens", "temperature", "top_p", "n", "stop", "stream", "seed", "logprobs", "stream_options", "top_k", "min_p", "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens"];
+const COMMON_FIELDS = ["model", "max_tokens", "temperature", "top_p", "n", "stop", "stream", "seed", "logprobs", "stream_options", "top_k", "min_p", "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "response_format", "logit_bias"];
 const CHAT_FIELDS = [...COMMON_FIELDS, "messages", "top_logprobs", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls"];
 const COMPLETION_FIELDS = [...COMMON_FIELDS, "prompt", "echo"];
 
@@ -82,6 +82,7 @@ function isStillValid(field: string, value: unknown, chat: boolean): boolean {
   if (["seed"].includes(field) && Number.isInteger(value)) return (value as number) >= -(2 ** 63) && (value as number) < 2 ** 63;
   if (["top_k"].includes(field) && value === -1) return true;
   if (["stop_token_ids", "tools"].includes(field) && Array.isArray(value) && value.length === 0) return true;
+  if (field === "logit_bias" && typeof value === "object" && value !== null && !Array.isArray(value) && Object.keys(value).length === 0) return true;
   // Unknown keys inside stream_options are ignored, as OpenAI does.
   if (["stream_options"].includes(field) && typeof value === "object" && value !== null && !Array.isArray(value)) return true;
   if (field === "logprobs" && !chat && Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 5) return true;
