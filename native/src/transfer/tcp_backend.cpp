@@ -257,28 +257,17 @@ void TcpBackend::request_chunks(Connection& c) {
     auto it = reads_.find(id);
     if (it == reads_.end()) continue;  // finished (failed or canceled) before all was requested
     ActiveRead& r = it->second;
-    const ResolvedBlock& remote = r.job.remote[r.next_block];
-    const ResolvedBlock& local = r.job.local[r.next_block];
-    uint64_t length = std::min(options_.chunk_bytes, remote.length - r.next_offset);
+    const Chunk chunk = r.cursor.next(r.job, options_.chunk_bytes);
     uint64_t request_id = c.next_request_id++;
     ByteWriter w;
-    w.u64(remote.region->id);
-    w.u64(remote.offset + r.next_offset);
-    w.u64(length);
+    w.u64(chunk.remote.region->id);
+    w.u64(chunk.remote.offset + chunk.offset);
+    w.u64(chunk.length);
     queue_frame(c, FrameType::ReadRequest, request_id, std::move(w.str()));
-    c.pending[request_id] = PendingChunk{id, local.pointer() + r.next_offset, length};
-    c.pending_bytes += length;
+    c.pending[request_id] = PendingChunk{id, chunk.local.pointer() + chunk.offset, chunk.length};
+    c.pending_bytes += chunk.length;
     r.outstanding++;
-    r.next_offset += length;
-    if (r.next_offset == remote.length) {
-      r.next_block++;
-      r.next_offset = 0;
-    }
-    if (r.next_block == r.job.remote.size()) {
-      r.all_requested = true;
-    } else {
-      c.reads_waiting.push_back(id);
-    }
+    if (!r.cursor.done(r.job)) c.reads_waiting.push_back(id);
   }
 }
 
@@ -481,7 +470,7 @@ void TcpBackend::handle_frame(Connection& c) {
             finish_read(chunk.transfer_id, &e);
           } else {
             r->second.received += chunk.length;
-            if (--r->second.outstanding == 0 && r->second.all_requested) finish_read(chunk.transfer_id, nullptr);
+            if (--r->second.outstanding == 0 && r->second.cursor.done(r->second.job)) finish_read(chunk.transfer_id, nullptr);
           }
         }
         request_chunks(c);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "transfer/backend.h"
+#include "transfer/chunk_cursor.h"
 #include "transfer/command_queue.h"
 #include "transfer/tcp_wire.h"
 
@@ -116,11 +117,9 @@ class TcpBackend final : public TransferBackend {
   struct ActiveRead {
     ReadJob job;
     uint64_t connection_id = 0;
-    size_t next_block = 0;
-    uint64_t next_offset = 0;  // within job.remote[next_block]
+    ChunkCursor cursor;  // the chunks not yet requested
     uint64_t received = 0;
     uint32_t outstanding = 0;  // chunks requested, not yet answered
-    bool all_requested = false;
   };
 
   void run();

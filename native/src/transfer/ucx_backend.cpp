@@ -471,40 +471,29 @@ bool UcxBackend::pump(Endpoint& e) {
     auto it = reads_.find(id);
     if (it == reads_.end() || it->second.failed) continue;
     ActiveRead& r = it->second;
-    const ResolvedBlock& remote = r.job.remote[r.next_block];
-    const ResolvedBlock& local = r.job.local[r.next_block];
-    const uint64_t length = std::min(options_.chunk_bytes, remote.length - r.next_offset);
+    const Chunk chunk = r.cursor.next(r.job, options_.chunk_bytes);
     auto* op = new Operation;
     op->backend = this;
     op->transfer_id = id;
     op->endpoint_id = e.id;
-    op->length = length;
+    op->length = chunk.length;
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.send = &UcxBackend::on_operation_done;
     p.user_data = op;
-    if (local.region->kind == MemoryKind::Cuda) {
+    if (chunk.local.region->kind == MemoryKind::Cuda) {
       p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
       p.memory_type = UCS_MEMORY_TYPE_CUDA;
     }
     if (e.outstanding == 0) e.last_progress = Clock::now();
     e.outstanding++;
-    e.inflight_bytes += length;
+    e.inflight_bytes += chunk.length;
     r.outstanding++;
-    uint8_t* destination = local.pointer() + r.next_offset;
-    const uint64_t source = remote.region->base + remote.offset + r.next_offset;
-    r.next_offset += length;
-    if (r.next_offset == remote.length) {
-      r.next_block++;
-      r.next_offset = 0;
-    }
-    if (r.next_block == r.job.remote.size()) {
-      r.all_posted = true;
-    } else {
-      e.reads_waiting.push_back(id);
-    }
+    uint8_t* destination = chunk.local.pointer() + chunk.offset;
+    const uint64_t source = chunk.remote.region->base + chunk.remote.offset + chunk.offset;
+    if (!r.cursor.done(r.job)) e.reads_waiting.push_back(id);
     posted = true;
-    ucs_status_ptr_t s = ucp_get_nbx(e.ep, destination, length, source, e.rkeys.at(remote.region->id), &p);
+    ucs_status_ptr_t s = ucp_get_nbx(e.ep, destination, chunk.length, source, e.rkeys.at(chunk.remote.region->id), &p);
     if (s == nullptr) {
       operation_done(op, UCS_OK);
     } else if (UCS_PTR_IS_ERR(s)) {
@@ -635,7 +624,7 @@ bool UcxBackend::settle() {
   for (auto it = reads_.begin(); it != reads_.end();) {
     ActiveRead& r = it->second;
     if (!r.reported) {
-      bool finished = r.outstanding == 0 && (r.failed || r.all_posted);
+      bool finished = r.outstanding == 0 && (r.failed || r.cursor.done(r.job));
       if (!finished && r.failed) {
         // UCX did not purge the gets of a closed endpoint in time: report anyway; the job keeps
         // the memory pinned until they complete.

@@ -48,6 +48,7 @@
 #include <ucp/api/ucp.h>
 
 #include "transfer/backend.h"
+#include "transfer/chunk_cursor.h"
 #include "transfer/command_queue.h"
 
 namespace sy::transfer {
@@ -123,11 +124,9 @@ class UcxBackend final : public TransferBackend {
   struct ActiveRead {
     ReadJob job;
     uint64_t endpoint_id = 0;
-    size_t next_block = 0;
-    uint64_t next_offset = 0;  // within job.remote[next_block]
+    ChunkCursor cursor;  // the chunks not yet posted
     uint64_t received = 0;
     uint32_t outstanding = 0;
-    bool all_posted = false;
     /** The outcome is decided (error, cancel, timeout); reported once `outstanding` is 0. */
     bool failed = false;
     ErrorKind error_kind = ErrorKind::System;
