@@ -19,23 +19,20 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kUnroll = 4;  // 16-byte weight loads in flight per warp per round
 
+int current_device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  SY_CUDA_CHECK(cudaGetDevice(&device));
+  SY_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
 int num_sms() {
-  static int sms = [] {
-    int device = 0, v = 0;
-    SY_CUDA_CHECK(cudaGetDevice(&device));
-    SY_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-    return v;
-  }();
+  static const int sms = current_device_attribute(cudaDevAttrMultiProcessorCount);
   return sms;
 }
 
 int max_smem() {
-  static int bytes = [] {
-    int device = 0, v = 0;
-    SY_CUDA_CHECK(cudaGetDevice(&device));
-    SY_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return v;
-  }();
+  static const int bytes = current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   return bytes;
 }
 
