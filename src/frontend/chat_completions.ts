@@ -4,7 +4,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { GenerateRequestSchema } from "../../gen/switchyard/worker/v1/worker_pb.ts";
-import { renderChatPrompt } from "./chat_template.ts";
+import { encodeChatPrompt } from "./chat_template.ts";
 import { ApiError } from "./errors.ts";
 import { choiceRequest, GenerationRun, type GenerationStep, type OpenAIFinishReason } from "./generation.ts";
 import { ChunkFrame, sendGeneration, type ChoiceFormat, type Outcome } from "./generation_response.ts";
@@ -25,9 +25,7 @@ export async function handleChatCompletions(ctx: RequestContext, raw: unknown): 
   const tokenizer = tokenizerFor(card.path);
   const tools = body.tools ?? [];
   const parseToolCalls = toolCallsWanted(body.tool_choice, tools.length, ctx);
-  const prompt = renderChatPrompt(tokenizer, card.name, body.messages, body.chat_template_kwargs ?? {}, tools);
-  // The template already wrote the special tokens the model expects.
-  const promptIds = tokenizer.encode(prompt, false);
+  const promptIds = encodeChatPrompt(tokenizer, card.name, body.messages, body.chat_template_kwargs ?? {}, tools);
   const topLogprobs = body.logprobs ? (body.top_logprobs ?? 0) : undefined;
   const sampling = buildSamplingParams(body, {
     promptTokens: promptIds.length,
@@ -43,10 +41,12 @@ export async function handleChatCompletions(ctx: RequestContext, raw: unknown): 
   const frame = new ChunkFrame(`chatcmpl-${ctx.requestId}`, "chat.completion.chunk", body.model, includeUsage);
   const observer = ctx.observe(card.name);
   const n = body.n ?? 1;
+  const stop = stopStringList(body.stop);
+  const skipSpecialTokens = body.skip_special_tokens ?? true;
   const choices = Array.from({ length: n }, (_, index) => ({
     run: new GenerationRun(
       ctx.router,
-      { tokenizer, request: n === 1 ? request : choiceRequest(request, `${ctx.requestId}-${index}`, index), stop: stopStringList(body.stop), skipSpecialTokens: body.skip_special_tokens ?? true, choiceIndex: index },
+      { tokenizer, request: n === 1 ? request : choiceRequest(request, `${ctx.requestId}-${index}`, index), stop, skipSpecialTokens, choiceIndex: index },
       ctx.clientSignal,
       observer,
     ),

@@ -68,3 +68,19 @@ export function renderChatPrompt(
     throw ApiError.badRequest(`cannot format these messages with the model's chat template: ${(err as Error).message}`, "messages");
   }
 }
+
+/**
+ * The token ids a chat is sent to the model as: the rendered prompt, encoded without adding
+ * special tokens, since the template already wrote those the model expects. The chat endpoint
+ * and /tokenize both use it, so the two cannot disagree.
+ */
+export function encodeChatPrompt(
+  tokenizer: ModelTokenizer,
+  model: string,
+  messages: ChatMessage[],
+  templateKwargs: Record<string, unknown> = {},
+  tools: readonly unknown[] = [],
+  addSpecialTokens = false,
+): number[] {
+  return tokenizer.encode(renderChatPrompt(tokenizer, model, messages, templateKwargs, tools), addSpecialTokens);
+}

@@ -3,7 +3,7 @@
  * service, so that a client can count or inspect tokens exactly as a generation request would.
  */
 import { z } from "zod";
-import { renderChatPrompt } from "./chat_template.ts";
+import { encodeChatPrompt } from "./chat_template.ts";
 import { ApiError } from "./errors.ts";
 import { findModel } from "./models.ts";
 import { ChatCompletionRequestSchema, parseBody } from "./openai_schemas.ts";
@@ -41,9 +41,7 @@ export function tokenizeJson(router: Router, raw: unknown): string {
   if (body.prompt != null) {
     tokens = tokenizer.encode(body.prompt, body.add_special_tokens ?? true);
   } else {
-    // As the chat endpoint does: the template already writes the special tokens.
-    const prompt = renderChatPrompt(tokenizer, card.name, body.messages!, body.chat_template_kwargs ?? {}, body.tools ?? []);
-    tokens = tokenizer.encode(prompt, body.add_special_tokens ?? false);
+    tokens = encodeChatPrompt(tokenizer, card.name, body.messages!, body.chat_template_kwargs ?? {}, body.tools ?? [], body.add_special_tokens ?? false);
   }
   const out: Record<string, unknown> = { count: tokens.length, max_model_len: card.maxModelLen, tokens };
   if (body.return_token_strs) out.token_strs = tokens.map((id) => tokenizer.vocabEntry(id) ?? "");
