@@ -11,7 +11,7 @@
  *
  *   npx tsx bench/native_cuda.ts MODEL_DIR CEILINGS.json HF_GENERATE.json [--out table.md] [--decode-only]
  *
- * --decode-only stops after (2), for comparing decode kernels (e.g. SWITCHYARD_CUDA_GEMV=rows|warps).
+ * --decode-only stops after (2), for comparing decode kernels (e.g. SWITCHYARD_CUDA_DECODE_FUSION=off).
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { NativeEngine } from "../src/engine/native/native_engine.ts";

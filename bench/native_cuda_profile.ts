@@ -5,13 +5,17 @@
  * JavaScript. With SWITCHYARD_CUDA_PROFILE_STEP=k under `ncu --profile-from-start off`, the
  * k-th graph decode step's kernels are profiled one by one.
  *
- *   node --import tsx bench/native_cuda_profile.ts MODEL_DIR [BATCH... | prefill]
+ *   node --import tsx bench/native_cuda_profile.ts MODEL_DIR [BATCH... | prefill] [--gpu-memory-utilization=F]
+ *
+ * A small F (e.g. 0.05) keeps ncu's kernel replay quick: it saves and restores device memory.
  */
 import { NativeEngine } from "../src/engine/native/native_engine.ts";
 import type { SamplingParams } from "../src/engine/engine.ts";
 import { promptTokens } from "../test/native/models.ts";
 
-const [modelDir, ...batchArgs] = process.argv.slice(2);
+const memoryFlag = process.argv.find((a) => a.startsWith("--gpu-memory-utilization="));
+const gpuMemoryUtilization = memoryFlag ? Number(memoryFlag.split("=")[1]) : undefined;
+const [modelDir, ...batchArgs] = process.argv.slice(2).filter((a) => a !== memoryFlag);
 const prefillMode = batchArgs[0] === "prefill";
 const batches = prefillMode ? [] : batchArgs.length ? batchArgs.map(Number) : [1];
 const greedy = (maxTokens: number): SamplingParams => ({
@@ -20,7 +24,7 @@ const greedy = (maxTokens: number): SamplingParams => ({
 });
 const engine = await NativeEngine.load({
   model: modelDir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 256, maxNumBatchedTokens: prefillMode ? 8192 : 2048,
-  enablePrefixCaching: false,
+  enablePrefixCaching: false, gpuMemoryUtilization,
 });
 // "prefill": two steps of four 2048-token prompts (8192 tokens); with
 // SWITCHYARD_CUDA_PROFILE_PREFILL_STEP=1 the second is the one ncu profiles.

@@ -206,6 +206,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     gemm_ = std::make_unique<cuda::Gemm>(stream_);
     prof_.init();
     split_ = SplitGemmInputs::from_env();
+    // SWITCHYARD_CUDA_DECODE_FUSION=off keeps the separate q/k norm + RoPE + KV store pass in
+    // decode steps too (same results; for measuring what the fusion gives).
+    const char* fusion = std::getenv("SWITCHYARD_CUDA_DECODE_FUSION");
+    fuse_decode_ = !(fusion && std::strcmp(fusion, "off") == 0);
     hd_ = c_.head_dim;
     qdim_ = c_.num_heads * hd_;
     kvdim_ = c_.num_kv_heads * hd_;
@@ -294,8 +298,9 @@ class Qwen3Cuda final : public CudaModelRunner {
       const int used = last_pos / opt_.block_size + 1;
       std::copy(batch.block_tables[s], batch.block_tables[s] + used, tables + static_cast<int64_t>(s) * table_stride_);
       if (count[s] == 1) {
-        decode_rows[2 * num_decode] = first[s];
-        decode_rows[2 * num_decode + 1] = s;
+        decode_rows[3 * num_decode] = first[s];
+        decode_rows[3 * num_decode + 1] = s;
+        decode_rows[3 * num_decode + 2] = batch.positions[first[s]] + 1;
         ++num_decode;
       } else {
         for (int t = 0; t < count[s]; t += tile_tokens) {
@@ -312,8 +317,9 @@ class Qwen3Cuda final : public CudaModelRunner {
       positions[i] = 0;
       slots[i] = scratch_block_ * opt_.block_size;
       logit_rows[i] = i;
-      decode_rows[2 * i] = i;
-      decode_rows[2 * i + 1] = i;
+      decode_rows[3 * i] = i;
+      decode_rows[3 * i + 1] = i;
+      decode_rows[3 * i + 2] = 1;
       tables[static_cast<int64_t>(i) * table_stride_] = scratch_block_;
     }
     const int seqs_in_meta = use_graph ? padded : num_seqs;
@@ -500,7 +506,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     off_positions_ = meta.take(N * 4);
     off_slots_ = meta.take(N * 4);
     off_logit_rows_ = meta.take(M * 4);
-    off_decode_ = meta.take(M * 8);
+    off_decode_ = meta.take(M * 12);
     off_tiles_ = meta.take((N + M) * 12);
     off_tables_ = meta.take(M * table_stride_ * 4);
     meta_d_ = DeviceMemory(meta.size());
@@ -564,6 +570,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     const cuda::QkvLayout qkv_layout{c_.num_heads, c_.num_kv_heads, hd_, eps, opt_.block_size};
     cuda::embed<T>(embed_, tokens, n, h, x_, stream_);
     const bool small = n <= 8 && gemv_ok_;
+    // A pure decode step: the attention kernel makes q and stores k, v itself (one launch less a layer).
+    const bool fuse_decode = num_decode == n && num_tiles == 0 && fuse_decode_;
     float* xa = x_;   // the residual stream before this layer's adds
     float* xb = x2_;  // small steps: where the fused prologue writes it after an add
     using GI = cuda::GemvInput;
@@ -578,11 +586,16 @@ class Qwen3Cuda final : public CudaModelRunner {
         cuda::add_rmsnorm<T>(x_, d_in, L.input_norm, n, h, eps, hn_, lo, stream_);
         gemm(hn_, lo, n, L.qkv, qkvdim_, h, qkv_);
       }
-      cuda::qkv_norm_rope_store<T>(qkv_, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout, q_, k_cache(l),
-                                   v_cache(l), stream_);
+      cuda::DecodeFusion<T> fuse;
+      if (fuse_decode) {
+        fuse = {qkv_, slots, inv_freq_, L.q_norm, L.k_norm, eps, k_cache(l), v_cache(l)};
+      } else {
+        cuda::qkv_norm_rope_store<T>(qkv_, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout, q_,
+                                     k_cache(l), v_cache(l), stream_);
+      }
       const cuda::PagedKv<T> kv{k_cache(l), v_cache(l), tables, table_stride_, opt_.block_size, c_.num_kv_heads, hd_};
-      cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, positions, kv, c_.num_heads, splits, partials_,
-                                      counters_, attn_f_, stream_);
+      cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, kv, c_.num_heads, splits, partials_,
+                                      counters_, attn_f_, fuse, stream_);
       cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_f_, stream_);
       if (small) {
         GI o_in{GI::kF32, attn_f_};
@@ -759,6 +772,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   float *x_ = nullptr, *delta_ = nullptr, *qkv_ = nullptr, *gu_ = nullptr, *logits_ = nullptr, *partials_ = nullptr;
   T *hn_ = nullptr, *q_ = nullptr, *attn_ = nullptr, *act_ = nullptr, *last_ = nullptr;
   SplitGemmInputs split_;
+  bool fuse_decode_ = true;
   T *hn_lo_ = nullptr, *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;

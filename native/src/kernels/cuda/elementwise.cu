@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/head_norm_rope.cuh"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
 
@@ -53,9 +54,7 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* 
   }
 }
 
-// One warp per (token, head) of q, k and v. Lane l holds elements l, l+32, ... of the head; the
-// RoPE partner of element i (i < d/2) is i + d/2, which the same lane holds when d/2 % 32 == 0;
-// otherwise the pair goes through shared memory.
+// One warp per (token, head) of q, k and v.
 template <typename T>
 __global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* positions, const int32_t* slots,
                                            const float* inv_freq, const float* q_norm, const float* k_norm,
@@ -66,8 +65,7 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* posi
   const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
   const int t = static_cast<int>(item / heads_total), h = static_cast<int>(item % heads_total);
   if (t >= n) return;  // the whole warp leaves together
-  const int hd = L.head_dim, half = hd / 2;
-  float* buf = head_buf + warp * hd;
+  const int hd = L.head_dim;
   const float* src = qkv + (static_cast<int64_t>(t) * heads_total + h) * hd;
   const bool is_q = h < L.num_heads, is_k = !is_q && h < L.num_heads + L.num_kv_heads;
   const int64_t slot = slots[t];
@@ -77,28 +75,10 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* posi
     for (int i = lane; i < hd; i += 32) dst[i] = from_f32<T>(src[i]);
     return;
   }
-  const float* norm = is_q ? q_norm : k_norm;
-  float ss = 0;
-  for (int i = lane; i < hd; i += 32) {
-    const float v = src[i];
-    buf[i] = v;
-    ss += v * v;
-  }
-  ss = warp_sum(ss);
-  const float inv = norm ? rsqrtf(ss / static_cast<float>(hd) + L.eps) : 1.0f;
-  for (int i = lane; i < hd; i += 32) buf[i] = norm ? norm[i] * (buf[i] * inv) : buf[i];
-  __syncwarp();
-  const float pos = static_cast<float>(positions[t]);
   T* dst = is_q ? q_out + (static_cast<int64_t>(t) * L.num_heads + h) * hd
                 : k_cache + (slot * L.num_kv_heads + (h - L.num_heads)) * hd;
-  for (int i = lane; i < half; i += 32) {
-    // Hugging Face's angle: fp32 product of position and inv_freq, then cos/sin.
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);
-    const float a = buf[i], b = buf[i + half];
-    dst[i] = from_f32<T>(a * c - b * s);
-    dst[i + half] = from_f32<T>(b * c + a * s);
-  }
+  norm_rope_head<T>(src, hd, static_cast<float>(positions[t]), inv_freq, is_q ? q_norm : k_norm, L.eps,
+                    head_buf + warp * hd, [dst](int i, T v) { dst[i] = v; });
 }
 
 template <typename T>

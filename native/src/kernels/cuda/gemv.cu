@@ -48,6 +48,121 @@ __device__ __forceinline__ float round16(float v, bool split) {
   return split ? hi + to_f32(from_f32<T>(v - hi)) : hi;  // hi + lo is exact in fp32
 }
 
+// Input elements a thread of the prologue holds in registers: rows of up to kStaged * kThreads
+// (3072) elements are staged with every load of a pass issued before any is used, so a pass costs
+// one L2 round trip instead of one per element a thread takes (the looped form below, whose
+// loads the compiler keeps in order around the shared-memory stores). Thread tid takes elements
+// tid, tid + kThreads, ... in both forms, so the sums (the norm's ss) add in the same order as
+// add_rmsnorm's, and the staged form's results are the looped form's bit for bit.
+constexpr int kStaged = 12;
+
+template <typename T>
+__device__ __forceinline__ void stage_input_row(const GemvInput& x, int t, int in, float* dst, float* scratch) {
+  const int tid = threadIdx.x;
+  if (x.mode == GemvInput::kNorm) {
+    const int64_t src = (x.rows ? x.rows[t] : t) * static_cast<int64_t>(in);
+    const float* __restrict__ xr = x.x + src;
+    const float* __restrict__ dr = x.delta ? x.delta + src : nullptr;
+    const float* __restrict__ wr = x.weight;
+    float v[kStaged], d[kStaged];
+#pragma unroll
+    for (int j = 0; j < kStaged; ++j) {
+      const int i = tid + j * kThreads;
+      if (i < in) {
+        v[j] = xr[i];
+        d[j] = dr ? dr[i] : 0.0f;
+      }
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kStaged; ++j) {
+      const int i = tid + j * kThreads;
+      if (i < in) {
+        if (dr) v[j] += d[j];
+        ss += v[j] * v[j];
+      }
+    }
+    if (x.x_out && blockIdx.x == 0) {
+#pragma unroll
+      for (int j = 0; j < kStaged; ++j)
+        if (tid + j * kThreads < in) x.x_out[src + tid + j * kThreads] = v[j];
+    }
+    // The norm weight after the reduction, all loads at once: a second round trip, but holding
+    // it across the reduction costs the main loop registers (spills at 2-8 input rows).
+    float w[kStaged];
+#pragma unroll
+    for (int j = 0; j < kStaged; ++j) {
+      const int i = tid + j * kThreads;
+      if (i < in) w[j] = wr[i];
+    }
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / static_cast<float>(in) + x.eps);
+#pragma unroll
+    for (int j = 0; j < kStaged; ++j) {
+      const int i = tid + j * kThreads;
+      if (i < in) dst[i] = round16<T>(w[j] * (v[j] * inv), x.split);
+    }
+  } else if (x.mode == GemvInput::kSilu) {
+    const float* __restrict__ g = x.x + static_cast<int64_t>(t) * 2 * in;
+    float a[kStaged], u[kStaged];
+#pragma unroll
+    for (int j = 0; j < kStaged; ++j) {
+      const int i = tid + j * kThreads;
+      if (i < in) {
+        a[j] = g[i];
+        u[j] = g[in + i];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kStaged; ++j) {
+      const int i = tid + j * kThreads;
+      if (i < in) dst[i] = round16<T>(a[j] / (1.0f + expf(-a[j])) * u[j], x.split);
+    }
+  } else {
+    const float* __restrict__ src = x.x + static_cast<int64_t>(t) * in;
+    float v[kStaged];
+#pragma unroll
+    for (int j = 0; j < kStaged; ++j) {
+      const int i = tid + j * kThreads;
+      if (i < in) v[j] = src[i];
+    }
+#pragma unroll
+    for (int j = 0; j < kStaged; ++j) {
+      const int i = tid + j * kThreads;
+      if (i < in) dst[i] = round16<T>(v[j], x.split);
+    }
+  }
+}
+
+// The same prologue for rows longer than kStaged * kThreads, one element a thread at a time.
+template <typename T>
+__device__ __forceinline__ void stage_input_row_looped(const GemvInput& x, int t, int in, float* dst, float* scratch) {
+  const int tid = threadIdx.x;
+  if (x.mode == GemvInput::kNorm) {
+    const int64_t src = (x.rows ? x.rows[t] : t) * static_cast<int64_t>(in);
+    float ss = 0.0f;
+    for (int i = tid; i < in; i += kThreads) {
+      float v = x.x[src + i];
+      if (x.delta) v += x.delta[src + i];
+      if (x.x_out && blockIdx.x == 0) x.x_out[src + i] = v;
+      dst[i] = v;
+      ss += v * v;
+    }
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / static_cast<float>(in) + x.eps);
+    for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(x.weight[i] * (dst[i] * inv), x.split);
+  } else if (x.mode == GemvInput::kSilu) {
+    const float* g = x.x + static_cast<int64_t>(t) * 2 * in;
+    for (int i = tid; i < in; i += kThreads) {
+      const float a = g[i];
+      dst[i] = round16<T>(a / (1.0f + expf(-a)) * g[in + i], x.split);
+    }
+  } else {
+    const float* src = x.x + static_cast<int64_t>(t) * in;
+    for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(src[i], x.split);
+  }
+}
+
 template <int NT>
 constexpr int rows_per_warp() {
   return NT <= 2 ? 1 : 4;
@@ -61,29 +176,12 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
   const int tid = threadIdx.x;
   // Prologue: the NT fp32 input rows into shared memory.
   for (int t = 0; t < NT; ++t) {
-    float* dst = xs + t * in;
-    if (x.mode == GemvInput::kNorm) {
-      const int64_t src = (x.rows ? x.rows[t] : t) * static_cast<int64_t>(in);
-      float ss = 0.0f;
-      for (int i = tid; i < in; i += kThreads) {
-        float v = x.x[src + i];
-        if (x.delta) v += x.delta[src + i];
-        if (x.x_out && blockIdx.x == 0) x.x_out[src + i] = v;
-        dst[i] = v;
-        ss += v * v;
-      }
-      ss = block_sum(ss, scratch);
-      const float inv = rsqrtf(ss / static_cast<float>(in) + x.eps);
-      for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(x.weight[i] * (dst[i] * inv), x.split);
-    } else if (x.mode == GemvInput::kSilu) {
-      const float* g = x.x + static_cast<int64_t>(t) * 2 * in;
-      for (int i = tid; i < in; i += kThreads) {
-        const float a = g[i];
-        dst[i] = round16<T>(a / (1.0f + expf(-a)) * g[in + i], x.split);
-      }
+    // Staged only for one row, where the prologue dominates: from two rows on the main loop needs
+    // the registers (ptxas then spills it).
+    if (NT == 1 && in <= kStaged * kThreads) {
+      stage_input_row<T>(x, t, in, xs + t * in, scratch);
     } else {
-      const float* src = x.x + static_cast<int64_t>(t) * in;
-      for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(src[i], x.split);
+      stage_input_row_looped<T>(x, t, in, xs + t * in, scratch);
     }
   }
   __syncthreads();

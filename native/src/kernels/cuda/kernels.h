@@ -66,16 +66,34 @@ struct PagedKv {
 };
 
 /**
- * Decode attention, split over the context: row r is token rows[2r] of sequence rows[2r+1], at
- * position positions[token]; it attends to cache positions 0..pos. `splits` blocks share each
+ * What the decode attention kernel does itself in a pure decode step (every token of the step is
+ * a decode row), instead of a qkv_norm_rope_store pass before it: `qkv` not null means q is made
+ * from the projection (per-head norm and RoPE, bit for bit as qkv_norm_rope_store makes it) and
+ * each row's new k and v are written to their cache slots. All null: q is read from `q`.
+ */
+template <typename T>
+struct DecodeFusion {
+  const float* qkv = nullptr;  // [n, (heads + 2 kv_heads) * head_dim], fp32
+  const int32_t* slots = nullptr;
+  const float* inv_freq = nullptr;
+  const float* q_norm = nullptr;  // may be null
+  const float* k_norm = nullptr;  // may be null
+  float eps = 0.0f;
+  T* k_cache = nullptr;
+  T* v_cache = nullptr;
+};
+
+/**
+ * Decode attention, split over the context: row r is token rows[3r] of sequence rows[3r+1], whose
+ * context is rows[3r+2] keys (its position + 1); it attends to cache positions 0..pos. Up to `splits` blocks share each
  * (row, kv head) and write partial softmax states to `partials`; the last of them merges. `partials`
  * holds rows * heads * splits * (head_dim + 2) floats; `counters` rows * kv_heads ints, zero before
  * the first launch (each launch leaves them zero). `out` [tokens, heads * head_dim] in fp32.
  */
 template <typename T>
-void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const int32_t* positions, const PagedKv<T>& kv,
+void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, float* out,
-                            cudaStream_t stream);
+                            const DecodeFusion<T>& fuse, cudaStream_t stream);
 
 /**
  * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores (prefill_attention.cu). Each tile is

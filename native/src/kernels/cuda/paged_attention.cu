@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/head_norm_rope.cuh"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
 
@@ -70,40 +71,97 @@ __device__ __forceinline__ void to_f32_vec(const void* raw, float* out) {
   for (int e = 0; e < N; ++e) out[e] = to_f32(h[e]);
 }
 
+// The step's q, k and v heads of a kv group, normalized, rotated and stored by the decode kernel
+// itself (pure decode steps: `fuse.qkv` not null). Warps take items: the group's q heads into
+// `qs`, then, in the block whose chunk ends at the new key, the kv head's k and v into the cache
+// and into `new_k`/`new_v`, from where this block's own tile reads them (the cache stores may not
+// be visible to its loads yet).
 template <typename T, int HD>
-__global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const T* q, const int32_t* rows,
-                                                                const int32_t* positions, PagedKv<T> kv,
+__device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, int token, int num_heads, int num_kv_heads,
+                                                   int g, int group, float pos, bool owns_new, float scale,
+                                                   float (*qs)[HD], T* new_k, T* new_v, float* warp_buf) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int heads_total = num_heads + 2 * num_kv_heads;
+  const float* row = fuse.qkv + static_cast<int64_t>(token) * heads_total * HD;
+  const int64_t slot = fuse.slots[token];
+  const int items = group + (owns_new ? 2 : 0);
+  for (int item = warp; item < items; item += kDecodeThreads / 32) {
+    if (item < group) {
+      float* dst = qs[item];
+      norm_rope_head<T>(row + (g * group + item) * HD, HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps, warp_buf,
+                        [dst, scale](int i, T v) { dst[i] = to_f32(v) * scale; });
+    } else if (item == group) {
+      T* cache = fuse.k_cache + (slot * num_kv_heads + g) * HD;
+      norm_rope_head<T>(row + (num_heads + g) * HD, HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps, warp_buf,
+                        [cache, new_k](int i, T v) {
+                          cache[i] = v;
+                          new_k[i] = v;
+                        });
+    } else {
+      const float* src = row + (num_heads + num_kv_heads + g) * HD;
+      T* cache = fuse.v_cache + (slot * num_kv_heads + g) * HD;
+      for (int i = lane; i < HD; i += 32) {
+        const T v = from_f32<T>(src[i]);
+        cache[i] = v;
+        new_v[i] = v;
+      }
+    }
+  }
+}
+
+// Decode: block (r, g, z) takes keys [z * chunk, (z + 1) * chunk) of row r's context for the GQA
+// group of kv head g, chunk = ceil(ctx / splits), in 64-key tiles. Every load of a tile is
+// issued before its arithmetic (16-byte K and V loads together, slots staged in shared memory),
+// so a block costs a few memory latencies. The softmax state (m, l, acc) stays in registers
+// across tiles. Only the `active` = ceil(ctx / chunk) blocks with keys take part: the others
+// leave at once, a context of one chunk is written by its block directly, and otherwise the last
+// active block to finish (a per-(row, kv head) counter) merges the partial states, so no second
+// kernel is launched.
+template <typename T, int HD, bool FUSED>
+__global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const T* q, const int32_t* rows, PagedKv<T> kv,
                                                                 int num_heads, int splits, float* partials,
-                                                                int* counters, float* out) {
+                                                                int* counters, float* out, DecodeFusion<T> fuse) {
   using S = DecodeShape<HD>;
   constexpr int WARPS = kDecodeThreads / 32;
+  // K and V of a tile in flight together, where the registers allow (not at head_dim 256).
+  constexpr bool kVWithK = S::QK_PASSES + S::PV_PASSES <= 16;
   __shared__ float qs[kMaxGroup][HD];
   __shared__ float sc[kMaxGroup][kKeyTile];
   __shared__ int64_t slot_s[kKeyTile];
   __shared__ float m_run[kMaxGroup], l_run[kMaxGroup], rescale[kMaxGroup];
-  __shared__ float red[kDecodeThreads * 8];  // PV partial sums of one group row, [key group][HD]
+  __shared__ __align__(16) float red[kDecodeThreads * 8];  // PV partial sums of one group row, [key group][HD]
+  __shared__ __align__(16) T new_k[FUSED ? HD : 8], new_v[FUSED ? HD : 8];
   __shared__ bool last_block;
 
   const int r = blockIdx.x, g = blockIdx.y, z = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = num_heads / kv.num_kv_heads;
-  const int token = rows[2 * r], seq = rows[2 * r + 1];
-  const int ctx = positions[token] + 1;
+  // The row's context length comes with it: one round trip before the block table, not two.
+  const int token = rows[3 * r], seq = rows[3 * r + 1], ctx = rows[3 * r + 2];
   // Whole 64-key tiles per split: a context of one tile is one block's work whatever `splits` is,
   // so short contexts give the same bits at any batch size.
   const int chunk = ((ctx + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
-  const int k_begin = min(ctx, z * chunk), k_end = min(ctx, k_begin + chunk);
+  const int active = (ctx + chunk - 1) / chunk;
+  if (z >= active) return;  // no keys here; the counter counts active blocks only
+  const int k_begin = z * chunk, k_end = min(ctx, k_begin + chunk);
+  const bool owns_new = FUSED && k_end == ctx;  // this block's last key is the step's own
   const int32_t* table = kv.block_tables + static_cast<int64_t>(seq) * kv.table_stride;
   const int64_t kv_row = static_cast<int64_t>(kv.num_kv_heads) * HD;
   const float scale = rsqrtf(static_cast<float>(HD));
 
-  for (int i = tid; i < group * HD; i += kDecodeThreads) {
-    qs[i / HD][i % HD] = to_f32(q[(static_cast<int64_t>(token) * num_heads + g * group) * HD + i]) * scale;
+  if constexpr (FUSED) {
+    fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, static_cast<float>(ctx - 1), owns_new,
+                              scale, qs, new_k, new_v, red + warp * HD);
+  } else {
+    for (int i = tid; i < group * HD; i += kDecodeThreads) {
+      qs[i / HD][i % HD] = to_f32(q[(static_cast<int64_t>(token) * num_heads + g * group) * HD + i]) * scale;
+    }
   }
   if (tid < kMaxGroup) {
     m_run[tid] = -INFINITY;
     l_run[tid] = 0.0f;
   }
+  const int new_key = owns_new ? ctx - 1 : -1;
   const int pv_key = tid / S::TPK, pv_d = (tid % S::TPK) * 8;
   float acc[kMaxGroup][8];
 #pragma unroll
@@ -114,16 +172,31 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const T* q, cons
   for (int base = k_begin; base < k_end; base += kKeyTile) {
     const int tile_keys = min(kKeyTile, k_end - base);
     if (tid < tile_keys) slot_s[tid] = slot_of(table, base + tid, kv.block_size) * kv_row + g * HD;
-    __syncthreads();  // slots (and, the first time, q and the running state) are in place
-    // QK: all loads first, then the dots.
+    __syncthreads();  // slots (and, the first time, q, the new key and the running state) are in place
+    // QK: all loads first (and V's with them), then the dots.
     const int qk_key0 = warp * (32 / S::LPK) + lane / S::LPK, off = (lane % S::LPK) * S::EPL;
     using Raw = typename std::conditional<S::EPL == 8, uint4, uint2>::type;
     Raw kraw[S::QK_PASSES];
 #pragma unroll
     for (int p = 0; p < S::QK_PASSES; ++p) {
       const int kk = qk_key0 + p * S::KPP;
-      if (kk < tile_keys) kraw[p] = *reinterpret_cast<const Raw*>(kv.k + slot_s[kk] + off);
+      if (kk < tile_keys) {
+        const T* src = base + kk == new_key ? new_k + off : kv.k + slot_s[kk] + off;
+        kraw[p] = *reinterpret_cast<const Raw*>(src);
+      }
     }
+    uint4 vraw[S::PV_PASSES];
+    auto load_v = [&]() {
+#pragma unroll
+      for (int p = 0; p < S::PV_PASSES; ++p) {
+        const int kk = pv_key + p * S::KG;
+        if (kk < tile_keys) {
+          const T* src = base + kk == new_key ? new_v + pv_d : kv.v + slot_s[kk] + pv_d;
+          vraw[p] = *reinterpret_cast<const uint4*>(src);
+        }
+      }
+    };
+    if constexpr (kVWithK) load_v();
 #pragma unroll
     for (int p = 0; p < S::QK_PASSES; ++p) {
       const int kk = qk_key0 + p * S::KPP;
@@ -158,13 +231,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const T* q, cons
       }
     }
     __syncthreads();
-    // PV: each thread 8 dims of its keys; all V loads first.
-    uint4 vraw[S::PV_PASSES];
-#pragma unroll
-    for (int p = 0; p < S::PV_PASSES; ++p) {
-      const int kk = pv_key + p * S::KG;
-      if (kk < tile_keys) vraw[p] = *reinterpret_cast<const uint4*>(kv.v + slot_s[kk] + pv_d);
-    }
+    // PV: each thread 8 dims of its keys.
+    if constexpr (!kVWithK) load_v();
 #pragma unroll
     for (int gg = 0; gg < kMaxGroup; ++gg) {
       if (gg < group) {
@@ -212,13 +280,13 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const T* q, cons
       __syncthreads();
     }
   }
-  if (splits == 1) {
+  if (active == 1) {
     for (int gg = 0; gg < group; ++gg)
 #pragma unroll
       for (int j = 0; j < DPT; ++j) {
         const int d = tid + j * kDecodeThreads;
-        // Same arithmetic as the merge below with one non-empty split.
-        if (d < HD) out[(static_cast<int64_t>(token) * num_heads + g * group + gg) * HD + d] = mine[gg][j] * (1.0f / l_run[gg]);
+        // Same arithmetic as the merge below with one split.
+        if (d < HD) out[(static_cast<int64_t>(token) * num_heads + g * group + gg) * HD + d] = mine[gg][j] / l_run[gg];
       }
     return;
   }
@@ -234,51 +302,48 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const T* q, cons
       if (d < HD) part[2 + d] = mine[gg][j];
     }
   }
-  // The last block of this (row, kv head) merges: out = Σ_z acc_z e^(m_z - M) / Σ_z l_z e^(m_z - M).
+  // The last active block of this (row, kv head) merges:
+  // out = Σ_z acc_z e^(m_z - M) / Σ_z l_z e^(m_z - M).
   __threadfence();
   __syncthreads();
   if (tid == 0) {
     int* counter = counters + static_cast<int64_t>(r) * kv.num_kv_heads + g;
-    last_block = atomicAdd(counter, 1) == splits - 1;
+    last_block = atomicAdd(counter, 1) == active - 1;
     if (last_block) *counter = 0;  // ready for the next launch (kernel boundaries order it)
   }
   __syncthreads();
   if (!last_block) return;
   __threadfence();
-  // Split weights e^(m_z - M) / Σ_z l_z e^(m_z - M) first (one load per split, in parallel), then
-  // each thread's dims, eight splits' loads in flight at a time.
-  float* wz = red;  // [group][splits], free now
-  for (int gg = 0; gg < group; ++gg) {
-    const float* part = partials + (static_cast<int64_t>(r) * num_heads + g * group + gg) * splits * (HD + 2);
-    for (int zz = tid; zz < splits; zz += kDecodeThreads) {
-      wz[gg * splits + zz] = __ldcg(part + zz * (HD + 2));
-      sc[gg][zz] = __ldcg(part + zz * (HD + 2) + 1);
-    }
-  }
-  __syncthreads();
-  if (tid < group) {
-    float M = -INFINITY, den = 0.0f;
-    for (int zz = 0; zz < splits; ++zz) M = fmaxf(M, wz[tid * splits + zz]);
-    for (int zz = 0; zz < splits; ++zz) {
-      const float m = wz[tid * splits + zz];
-      const float w = m == -INFINITY ? 0.0f : __expf(m - M);
-      wz[tid * splits + zz] = w;
-      den += sc[tid][zz] * w;
-    }
-    rescale[tid] = 1.0f / den;
-  }
-  __syncthreads();
+  // Each thread merges its dims: the splits' m, l (the same for every thread: broadcast loads) and
+  // its acc values, eight splits' loads issued together, folded in online.
   for (int gg = 0; gg < group; ++gg) {
     const int h = g * group + gg;
     const float* part = partials + (static_cast<int64_t>(r) * num_heads + h) * splits * (HD + 2);
     for (int d = tid; d < HD; d += kDecodeThreads) {
-      float num = 0.0f;
-#pragma unroll 8
-      for (int zz = 0; zz < splits; ++zz) {
-        const float w = wz[gg * splits + zz];
-        if (w != 0.0f) num += __ldcg(part + zz * (HD + 2) + 2 + d) * w;
+      float M = -INFINITY, den = 0.0f, num = 0.0f;
+      for (int z0 = 0; z0 < active; z0 += 8) {
+        float mz[8], lz[8], az[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (z0 + k < active) {
+            const float* pz = part + (z0 + k) * (HD + 2);
+            mz[k] = __ldcg(pz);
+            lz[k] = __ldcg(pz + 1);
+            az[k] = __ldcg(pz + 2 + d);
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (z0 + k < active) {  // every active split has a finite m
+            const float m_new = fmaxf(M, mz[k]);
+            const float f = __expf(M - m_new), w = __expf(mz[k] - m_new);
+            den = den * f + lz[k] * w;
+            num = num * f + az[k] * w;
+            M = m_new;
+          }
+        }
       }
-      out[(static_cast<int64_t>(token) * num_heads + h) * HD + d] = num * rescale[gg];
+      out[(static_cast<int64_t>(token) * num_heads + h) * HD + d] = num / den;
     }
   }
 }
@@ -424,11 +489,17 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_kernel(const T* q, co
 }
 
 template <typename T, int HD>
-void launch_decode(const T* q, const int32_t* rows, int num_rows, const int32_t* positions, const PagedKv<T>& kv,
-                   int num_heads, int splits, float* partials, int* counters, float* out, cudaStream_t stream) {
+void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
+                   int num_heads, int splits, float* partials, int* counters, float* out, const DecodeFusion<T>& fuse,
+                   cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
-  decode_kernel<T, HD><<<grid, kDecodeThreads, 0, stream>>>(q, rows, positions, kv, num_heads, splits, partials,
-                                                            counters, out);
+  if (fuse.qkv) {
+    decode_kernel<T, HD, true><<<grid, kDecodeThreads, 0, stream>>>(q, rows, kv, num_heads, splits,
+                                                                    partials, counters, out, fuse);
+  } else {
+    decode_kernel<T, HD, false><<<grid, kDecodeThreads, 0, stream>>>(q, rows, kv, num_heads, splits,
+                                                                     partials, counters, out, fuse);
+  }
   SY_CUDA_CHECK_LAUNCH(decode_kernel);
 }
 
@@ -454,17 +525,22 @@ void launch_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32
 }  // namespace
 
 template <typename T>
-void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const int32_t* positions, const PagedKv<T>& kv,
+void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, float* out,
-                            cudaStream_t stream) {
+                            const DecodeFusion<T>& fuse, cudaStream_t stream) {
   if (num_rows == 0) return;
   if (num_heads / kv.num_kv_heads > kMaxGroup) throw CudaError("GQA groups larger than 8 are not supported on CUDA");
   switch (kv.head_dim) {
-    case 16: return launch_decode<T, 16>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
-    case 32: return launch_decode<T, 32>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
-    case 64: return launch_decode<T, 64>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
-    case 128: return launch_decode<T, 128>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
-    case 256: return launch_decode<T, 256>(q, rows, num_rows, positions, kv, num_heads, splits, partials, counters, out, stream);
+#define SY_DECODE_CASE(HD)                                                                                      \
+  case HD:                                                                                                      \
+    return launch_decode<T, HD>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse,            \
+                                stream);
+    SY_DECODE_CASE(16)
+    SY_DECODE_CASE(32)
+    SY_DECODE_CASE(64)
+    SY_DECODE_CASE(128)
+    SY_DECODE_CASE(256)
+#undef SY_DECODE_CASE
     default: unsupported_head_dim(kv.head_dim);
   }
 }
@@ -484,8 +560,8 @@ void paged_attention_prefill_wmma(const T* q, const int32_t* tiles, int num_tile
 }
 
 #define SY_INSTANTIATE(T)                                                                                          \
-  template void paged_attention_decode<T>(const T*, const int32_t*, int, const int32_t*, const PagedKv<T>&, int,  \
-                                          int, float*, int*, float*, cudaStream_t);                               \
+  template void paged_attention_decode<T>(const T*, const int32_t*, int, const PagedKv<T>&, int,                  \
+                                          int, float*, int*, float*, const DecodeFusion<T>&, cudaStream_t);       \
   template void paged_attention_prefill_wmma<T>(const T*, const int32_t*, int, const int32_t*, const PagedKv<T>&,  \
                                                 int, float*, cudaStream_t);
 SY_INSTANTIATE(__nv_bfloat16)
