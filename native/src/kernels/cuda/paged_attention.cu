@@ -24,7 +24,9 @@ namespace sy::cuda {
 namespace {
 
 constexpr int kKeyTile = 64;
-constexpr int kDecodeThreads = 128;
+// 256 threads: at batch 1 a decode block's time is its warps' serial instruction chains (ncu:
+// 1 warp per scheduler, ~11 cycles an instruction), so more warps per tile shorten it.
+constexpr int kDecodeThreads = 256;
 constexpr int kMaxGroup = 8;
 
 template <typename T, int N>
@@ -116,19 +118,20 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
 // across tiles. Only the `active` = ceil(ctx / chunk) blocks with keys take part: the others
 // leave at once, a context of one chunk is written by its block directly, and otherwise the last
 // active block to finish (a per-(row, kv head) counter) merges the partial states, so no second
-// kernel is launched.
-template <typename T, int HD, bool FUSED>
-__global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const T* q, const int32_t* rows, PagedKv<T> kv,
+// kernel is launched. G: the GQA group size rounded up to 2, 4 or 8 (registers and shared
+// memory per group row are sized by it).
+template <typename T, int HD, int G, bool FUSED>
+__global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, const int32_t* rows, PagedKv<T> kv,
                                                                 int num_heads, int splits, float* partials,
                                                                 int* counters, float* out, DecodeFusion<T> fuse) {
   using S = DecodeShape<HD>;
   constexpr int WARPS = kDecodeThreads / 32;
   // K and V of a tile in flight together, where the registers allow (not at head_dim 256).
   constexpr bool kVWithK = S::QK_PASSES + S::PV_PASSES <= 16;
-  __shared__ float qs[kMaxGroup][HD];
-  __shared__ float sc[kMaxGroup][kKeyTile];
+  __shared__ float qs[G][HD];
+  __shared__ float sc[G][kKeyTile];
   __shared__ int64_t slot_s[kKeyTile];
-  __shared__ float m_run[kMaxGroup], l_run[kMaxGroup], rescale[kMaxGroup];
+  __shared__ float m_run[G], l_run[G], rescale[G];
   __shared__ __align__(16) float red[kDecodeThreads * 8];  // PV partial sums of one group row, [key group][HD]
   __shared__ __align__(16) T new_k[FUSED ? HD : 8], new_v[FUSED ? HD : 8];
   __shared__ bool last_block;
@@ -157,15 +160,15 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const T* q, c
       qs[i / HD][i % HD] = to_f32(q[(static_cast<int64_t>(token) * num_heads + g * group) * HD + i]) * scale;
     }
   }
-  if (tid < kMaxGroup) {
+  if (tid < G) {
     m_run[tid] = -INFINITY;
     l_run[tid] = 0.0f;
   }
   const int new_key = owns_new ? ctx - 1 : -1;
   const int pv_key = tid / S::TPK, pv_d = (tid % S::TPK) * 8;
-  float acc[kMaxGroup][8];
+  float acc[G][8];
 #pragma unroll
-  for (int gg = 0; gg < kMaxGroup; ++gg)
+  for (int gg = 0; gg < G; ++gg)
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[gg][e] = 0.0f;
 
@@ -203,7 +206,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const T* q, c
       float kf[S::EPL];
       to_f32_vec<T, S::EPL>(&kraw[p], kf);
 #pragma unroll
-      for (int gg = 0; gg < kMaxGroup; ++gg) {
+      for (int gg = 0; gg < G; ++gg) {
         if (gg < group) {
           float dot = 0.0f;
 #pragma unroll
@@ -234,7 +237,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const T* q, c
     // PV: each thread 8 dims of its keys.
     if constexpr (!kVWithK) load_v();
 #pragma unroll
-    for (int gg = 0; gg < kMaxGroup; ++gg) {
+    for (int gg = 0; gg < G; ++gg) {
       if (gg < group) {
         const float f = rescale[gg];
 #pragma unroll
@@ -248,7 +251,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const T* q, c
         float vf[8];
         to_f32_vec<T, 8>(&vraw[p], vf);
 #pragma unroll
-        for (int gg = 0; gg < kMaxGroup; ++gg) {
+        for (int gg = 0; gg < G; ++gg) {
           if (gg < group) {
             const float pr = sc[gg][kk];
 #pragma unroll
@@ -262,9 +265,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_kernel(const T* q, c
 
   // Sum the key groups' accumulators, one group row at a time; thread t holds dims t, t + 128, ...
   constexpr int DPT = (HD + kDecodeThreads - 1) / kDecodeThreads;
-  float mine[kMaxGroup][DPT];
+  float mine[G][DPT];
 #pragma unroll
-  for (int gg = 0; gg < kMaxGroup; ++gg) {
+  for (int gg = 0; gg < G; ++gg) {
     if (gg < group) {
 #pragma unroll
       for (int e = 0; e < 8; ++e) red[pv_key * HD + pv_d + e] = acc[gg][e];
@@ -488,19 +491,27 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_kernel(const T* q, co
   }
 }
 
-template <typename T, int HD>
-void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
-                   int num_heads, int splits, float* partials, int* counters, float* out, const DecodeFusion<T>& fuse,
-                   cudaStream_t stream) {
+template <typename T, int HD, int G>
+void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
+                         float* partials, int* counters, float* out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
   if (fuse.qkv) {
-    decode_kernel<T, HD, true><<<grid, kDecodeThreads, 0, stream>>>(q, rows, kv, num_heads, splits,
-                                                                    partials, counters, out, fuse);
+    decode_kernel<T, HD, G, true><<<grid, kDecodeThreads, 0, stream>>>(q, rows, kv, num_heads, splits, partials,
+                                                                       counters, out, fuse);
   } else {
-    decode_kernel<T, HD, false><<<grid, kDecodeThreads, 0, stream>>>(q, rows, kv, num_heads, splits,
-                                                                     partials, counters, out, fuse);
+    decode_kernel<T, HD, G, false><<<grid, kDecodeThreads, 0, stream>>>(q, rows, kv, num_heads, splits, partials,
+                                                                        counters, out, fuse);
   }
   SY_CUDA_CHECK_LAUNCH(decode_kernel);
+}
+
+template <typename T, int HD>
+void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
+                   float* partials, int* counters, float* out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
+  const int group = num_heads / kv.num_kv_heads;
+  if (group <= 2) return launch_decode_group<T, HD, 2>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, stream);
+  if (group <= 4) return launch_decode_group<T, HD, 4>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, stream);
+  return launch_decode_group<T, HD, 8>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, stream);
 }
 
 template <typename T, int HD>
