@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/head_norm_rope.cuh"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
@@ -15,6 +16,7 @@ constexpr int kRowThreads = 256;
 
 template <typename T>
 __global__ void embed_kernel(const T* table, const int32_t* tokens, int dim, float* out) {
+  allow_dependent_launch();  // the first layer's gemv may start loading its weights
   const int t = blockIdx.x;
   const T* row = table + static_cast<int64_t>(tokens[t]) * dim;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) out[static_cast<int64_t>(t) * dim + i] = to_f32(row[i]);

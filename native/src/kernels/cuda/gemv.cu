@@ -10,6 +10,7 @@
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
 
@@ -187,6 +188,28 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
   __shared__ float scratch[32];
   __shared__ float partial[kWarps][R * NT];
   const int tid = threadIdx.x;
+  const int warp = tid >> 5, lane = tid & 31;
+  const int rows_per_block = kWarps / ws * R, sub = warp % ws;
+  constexpr int KU = kUnroll / R;  // k steps per round; KU * R weight loads in flight per lane
+  const int step = 256 * ws;
+  // One round of weight loads: rows row..row+R-1, k = k0 + u * step.
+  auto load_round = [&](int row, int k0, uint4 (&wv)[KU][R]) {
+#pragma unroll
+    for (int u = 0; u < KU; ++u) {
+      const int k = k0 + u * step;
+#pragma unroll
+      for (int q = 0; q < R; ++q)
+        if (k < in && row + q < out)
+          wv[u][q] = __ldcs(reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row + q) * in + k));  // streamed once
+    }
+  };
+  // Launched as a programmatic dependent (dependent_launch.cuh): the next kernel may start now,
+  // and this one's first round of weights (which no kernel writes) is loaded while the previous
+  // kernel finishes; its input is read only after the wait.
+  allow_dependent_launch();
+  uint4 first[KU][R];
+  load_round(blockIdx.x * rows_per_block + warp / ws * R, (sub * 32 + lane) * 8, first);
+  wait_for_prior_kernels();
   // Prologue: the NT fp32 input rows into shared memory.
   for (int t = 0; t < NT; ++t) {
     // Staged only for one row, where the prologue dominates: from two rows on the main loop needs
@@ -201,9 +224,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
 
   // Each warp takes R output rows at once, so one shared-memory read of x serves R weight loads
   // (with 8 input rows, x reads rather than HBM would bound a warp that takes one row).
-  const int warp = tid >> 5, lane = tid & 31;
-  const int rows_per_block = kWarps / ws * R, sub = warp % ws;
-  constexpr int KU = kUnroll / R;  // k steps per round; KU * R weight loads in flight per lane
+  bool first_round = true;
   for (int row0 = blockIdx.x * rows_per_block; row0 < out; row0 += gridDim.x * rows_per_block) {
     const int row = row0 + warp / ws * R;  // this warp's first row
     float acc[R][NT];
@@ -211,16 +232,16 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
     for (int q = 0; q < R; ++q)
 #pragma unroll
       for (int t = 0; t < NT; ++t) acc[q][t] = 0.0f;
-    const int step = 256 * ws;
     for (int k0 = (sub * 32 + lane) * 8; k0 < in; k0 += KU * step) {
       uint4 wv[KU][R];
+      if (first_round) {
 #pragma unroll
-      for (int u = 0; u < KU; ++u) {
-        const int k = k0 + u * step;
+        for (int u = 0; u < KU; ++u)
 #pragma unroll
-        for (int q = 0; q < R; ++q)
-          if (k < in && row + q < out)
-            wv[u][q] = __ldcs(reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row + q) * in + k));  // streamed once
+          for (int q = 0; q < R; ++q) wv[u][q] = first[u][q];
+        first_round = false;
+      } else {
+        load_round(row, k0, wv);
       }
 #pragma unroll
       for (int u = 0; u < KU; ++u) {
@@ -308,7 +329,7 @@ void launch(const GemvInput& x, const T* w, int out, int in, float* y, cudaStrea
   while (ws < kWarps && (out * ws) / kWarps < target && in / (256 * ws) >= 2) ws *= 2;
   const int rows_per_block = kWarps / ws * R;
   const int blocks = std::min((out + rows_per_block - 1) / rows_per_block, target);
-  gemv_kernel<T, NT><<<blocks, kThreads, smem, stream>>>(x, w, out, in, ws, y);
+  launch_dependent(gemv_kernel<T, NT>, dim3(blocks), dim3(kThreads), smem, stream, x, w, out, in, ws, y);
   SY_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 

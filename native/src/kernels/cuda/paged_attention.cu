@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/head_norm_rope.cuh"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
@@ -136,6 +137,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
   __shared__ __align__(16) T new_k[FUSED ? HD : 8], new_v[FUSED ? HD : 8];
   __shared__ bool last_block;
 
+  allow_dependent_launch();  // dependent_launch.cuh: the next kernel may start launching
   const int r = blockIdx.x, g = blockIdx.y, z = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = num_heads / kv.num_kv_heads;
@@ -152,6 +154,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
   const int64_t kv_row = static_cast<int64_t>(kv.num_kv_heads) * HD;
   const float scale = rsqrtf(static_cast<float>(HD));
 
+  // Rows and block tables are the step's metadata; q (or qkv) comes from the previous kernel.
+  wait_for_prior_kernels();
   if constexpr (FUSED) {
     fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, static_cast<float>(ctx - 1), owns_new,
                               scale, qs, new_k, new_v, red + warp * HD);
@@ -496,11 +500,11 @@ void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const Pa
                          float* partials, int* counters, float* out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
   if (fuse.qkv) {
-    decode_kernel<T, HD, G, true><<<grid, kDecodeThreads, 0, stream>>>(q, rows, kv, num_heads, splits, partials,
-                                                                       counters, out, fuse);
+    launch_dependent(decode_kernel<T, HD, G, true>, grid, dim3(kDecodeThreads), 0, stream, q, rows, kv, num_heads,
+                     splits, partials, counters, out, fuse);
   } else {
-    decode_kernel<T, HD, G, false><<<grid, kDecodeThreads, 0, stream>>>(q, rows, kv, num_heads, splits, partials,
-                                                                        counters, out, fuse);
+    launch_dependent(decode_kernel<T, HD, G, false>, grid, dim3(kDecodeThreads), 0, stream, q, rows, kv, num_heads,
+                     splits, partials, counters, out, fuse);
   }
   SY_CUDA_CHECK_LAUNCH(decode_kernel);
 }
