@@ -6,10 +6,13 @@
 // Per layer: add+RMSNorm -> QKV GEMM -> q/k norm + RoPE + KV store -> paged attention (split-K
 // decode rows, tensor-core prefill tiles) -> O GEMM -> add+RMSNorm -> gate/up GEMM -> SiLU*up ->
 // down GEMM. The residual stream, attention output and GEMM outputs are fp32; the cache and q are
-// 16-bit, and GEMM inputs are 16-bit hi + lo pairs (SplitGemmInputs). Steps of at most 8 tokens (decode at small batch) run the GEMMs
-// as gemv kernels with the RMSNorm (and residual add) or SiLU*up fused in as their prologue (the
-// residual then alternates between two buffers); larger steps use cuBLAS after separate norm /
-// SiLU kernels. The final norm + lm_head use gemv whenever at most 8 rows need logits.
+// 16-bit, and GEMM inputs are 16-bit hi + lo pairs (SplitGemmInputs). Steps of at most
+// gemv_max_rows_ tokens (decode at batch 1-2) run the GEMMs as gemv kernels with the RMSNorm (and
+// residual add) or SiLU*up fused in as their prologue (the residual then alternates between two
+// buffers); larger steps use cuBLAS after separate norm / SiLU kernels. The final norm + lm_head
+// use gemv whenever at most that many rows need logits. In a pure decode step the attention
+// kernel does the q/k norm + RoPE + KV store itself, and the decode kernels are launched as
+// programmatic dependents (kernels/cuda/dependent_launch.cuh).
 #include "model/qwen3_cuda.h"
 
 #include <cuda_profiler_api.h>
@@ -210,6 +213,11 @@ class Qwen3Cuda final : public CudaModelRunner {
     // decode steps too (same results; for measuring what the fusion gives).
     const char* fusion = std::getenv("SWITCHYARD_CUDA_DECODE_FUSION");
     fuse_decode_ = !(fusion && std::strcmp(fusion, "off") == 0);
+    // SWITCHYARD_CUDA_GEMV_MAX_ROWS (0-8, default 2): steps of up to that many tokens use gemv,
+    // larger ones cuBLAS. On the H200 a batch-8 decode step took 3.34 ms with gemv (its 4-rows-a-
+    // warp form) and 2.27 ms with cuBLAS; batches 3-7 were not measured apart.
+    const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
+    if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
     hd_ = c_.head_dim;
     qdim_ = c_.num_heads * hd_;
     kvdim_ = c_.num_kv_heads * hd_;
@@ -569,7 +577,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     const int32_t* tables = meta_d_.as<int32_t>(off_tables_);
     const cuda::QkvLayout qkv_layout{c_.num_heads, c_.num_kv_heads, hd_, eps, opt_.block_size};
     cuda::embed<T>(embed_, tokens, n, h, x_, stream_);
-    const bool small = n <= 8 && gemv_ok_;
+    const bool small = n <= gemv_max_rows_ && gemv_ok_;
     // A pure decode step: the attention kernel makes q and stores k, v itself (one launch less a layer).
     const bool fuse_decode = num_decode == n && num_tiles == 0 && fuse_decode_;
     float* xa = x_;   // the residual stream before this layer's adds
@@ -619,7 +627,7 @@ class Qwen3Cuda final : public CudaModelRunner {
       }
     }
     if (m == 0) return;
-    if (m <= 8 && gemv_ok_) {
+    if (m <= gemv_max_rows_ && gemv_ok_) {
       gemv(GI{GI::kNorm, xa, delta_, logit_rows, final_norm_, eps, nullptr, split_.lm_head}, m, lm_head_, c_.vocab_size,
            h, logits_);
     } else {
@@ -773,6 +781,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   T *hn_ = nullptr, *q_ = nullptr, *attn_ = nullptr, *act_ = nullptr, *last_ = nullptr;
   SplitGemmInputs split_;
   bool fuse_decode_ = true;
+  int gemv_max_rows_ = 2;
   T *hn_lo_ = nullptr, *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;

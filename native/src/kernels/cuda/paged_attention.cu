@@ -149,15 +149,64 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
   const int active = (ctx + chunk - 1) / chunk;
   if (z >= active) return;  // no keys here; the counter counts active blocks only
   const int k_begin = z * chunk, k_end = min(ctx, k_begin + chunk);
-  const bool owns_new = FUSED && k_end == ctx;  // this block's last key is the step's own
+  const bool owns_new = FUSED && k_end == ctx;  // this block makes the step's own key
   const int32_t* table = kv.block_tables + static_cast<int64_t>(seq) * kv.table_stride;
   const int64_t kv_row = static_cast<int64_t>(kv.num_kv_heads) * HD;
   const float scale = rsqrtf(static_cast<float>(HD));
 
-  // Rows and block tables are the step's metadata; q (or qkv) comes from the previous kernel.
+  // One tile's slots, then its K and V loads, all but the step's own key (position ctx - 1): the
+  // other keys were written by earlier steps, so the first tile's loads are issued before the
+  // wait for the previous kernel (dependent_launch.cuh) and overlap its tail. The own key is
+  // filled in after it (`load_own_key`): from this block's shared memory when it made it, else
+  // from the cache, where the previous kernel wrote it.
+  const int own_key = ctx - 1;
+  const int qk_key0 = warp * (32 / S::LPK) + lane / S::LPK, off = (lane % S::LPK) * S::EPL;
+  const int pv_key = tid / S::TPK, pv_d = (tid % S::TPK) * 8;
+  using Raw = typename std::conditional<S::EPL == 8, uint4, uint2>::type;
+  Raw kraw[S::QK_PASSES];
+  uint4 vraw[S::PV_PASSES];
+  int base = k_begin, tile_keys = min(kKeyTile, k_end - base);
+  auto stage_slots = [&]() {
+    if (tid < tile_keys) slot_s[tid] = slot_of(table, base + tid, kv.block_size) * kv_row + g * HD;
+  };
+  auto load_k = [&]() {
+#pragma unroll
+    for (int p = 0; p < S::QK_PASSES; ++p) {
+      const int kk = qk_key0 + p * S::KPP;
+      if (kk < tile_keys && base + kk != own_key) kraw[p] = *reinterpret_cast<const Raw*>(kv.k + slot_s[kk] + off);
+    }
+  };
+  auto load_v = [&]() {
+#pragma unroll
+    for (int p = 0; p < S::PV_PASSES; ++p) {
+      const int kk = pv_key + p * S::KG;
+      if (kk < tile_keys && base + kk != own_key) vraw[p] = *reinterpret_cast<const uint4*>(kv.v + slot_s[kk] + pv_d);
+    }
+  };
+  // The own key's K (and V, when `v_too`), if it is in this tile.
+  auto load_own_key = [&](bool v_too) {
+    if (own_key < base || own_key - base >= tile_keys) return;
+#pragma unroll
+    for (int p = 0; p < S::QK_PASSES; ++p) {
+      const int kk = qk_key0 + p * S::KPP;
+      if (base + kk == own_key) kraw[p] = *reinterpret_cast<const Raw*>(FUSED ? new_k + off : kv.k + slot_s[kk] + off);
+    }
+    if (!v_too) return;
+#pragma unroll
+    for (int p = 0; p < S::PV_PASSES; ++p) {
+      const int kk = pv_key + p * S::KG;
+      if (base + kk == own_key) vraw[p] = *reinterpret_cast<const uint4*>(FUSED ? new_v + pv_d : kv.v + slot_s[kk] + pv_d);
+    }
+  };
+  stage_slots();
+  __syncthreads();
+  load_k();
+  if constexpr (kVWithK) load_v();
+
+  // q (or qkv) comes from the previous kernel.
   wait_for_prior_kernels();
   if constexpr (FUSED) {
-    fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, static_cast<float>(ctx - 1), owns_new,
+    fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, static_cast<float>(own_key), owns_new,
                               scale, qs, new_k, new_v, red + warp * HD);
   } else {
     for (int i = tid; i < group * HD; i += kDecodeThreads) {
@@ -168,42 +217,16 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
     m_run[tid] = -INFINITY;
     l_run[tid] = 0.0f;
   }
-  const int new_key = owns_new ? ctx - 1 : -1;
-  const int pv_key = tid / S::TPK, pv_d = (tid % S::TPK) * 8;
   float acc[G][8];
 #pragma unroll
   for (int gg = 0; gg < G; ++gg)
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[gg][e] = 0.0f;
 
-  for (int base = k_begin; base < k_end; base += kKeyTile) {
-    const int tile_keys = min(kKeyTile, k_end - base);
-    if (tid < tile_keys) slot_s[tid] = slot_of(table, base + tid, kv.block_size) * kv_row + g * HD;
-    __syncthreads();  // slots (and, the first time, q, the new key and the running state) are in place
-    // QK: all loads first (and V's with them), then the dots.
-    const int qk_key0 = warp * (32 / S::LPK) + lane / S::LPK, off = (lane % S::LPK) * S::EPL;
-    using Raw = typename std::conditional<S::EPL == 8, uint4, uint2>::type;
-    Raw kraw[S::QK_PASSES];
-#pragma unroll
-    for (int p = 0; p < S::QK_PASSES; ++p) {
-      const int kk = qk_key0 + p * S::KPP;
-      if (kk < tile_keys) {
-        const T* src = base + kk == new_key ? new_k + off : kv.k + slot_s[kk] + off;
-        kraw[p] = *reinterpret_cast<const Raw*>(src);
-      }
-    }
-    uint4 vraw[S::PV_PASSES];
-    auto load_v = [&]() {
-#pragma unroll
-      for (int p = 0; p < S::PV_PASSES; ++p) {
-        const int kk = pv_key + p * S::KG;
-        if (kk < tile_keys) {
-          const T* src = base + kk == new_key ? new_v + pv_d : kv.v + slot_s[kk] + pv_d;
-          vraw[p] = *reinterpret_cast<const uint4*>(src);
-        }
-      }
-    };
-    if constexpr (kVWithK) load_v();
+  while (true) {
+    __syncthreads();  // q, the own key and the running state (first tile), the slots (later ones) are in place
+    load_own_key(kVWithK);
+    // QK: the loads were issued before, the dots here.
 #pragma unroll
     for (int p = 0; p < S::QK_PASSES; ++p) {
       const int kk = qk_key0 + p * S::KPP;
@@ -239,7 +262,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
     }
     __syncthreads();
     // PV: each thread 8 dims of its keys.
-    if constexpr (!kVWithK) load_v();
+    if constexpr (!kVWithK) {
+      load_v();
+      load_own_key(true);  // K again: the same value, from the same place
+    }
 #pragma unroll
     for (int gg = 0; gg < G; ++gg) {
       if (gg < group) {
@@ -264,7 +290,14 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
         }
       }
     }
-    __syncthreads();  // sc and slot_s are rewritten by the next tile
+    base += kKeyTile;
+    if (base >= k_end) break;
+    __syncthreads();  // sc and slot_s are rewritten for the next tile
+    tile_keys = min(kKeyTile, k_end - base);
+    stage_slots();
+    __syncthreads();
+    load_k();
+    if constexpr (kVWithK) load_v();
   }
 
   // Sum the key groups' accumulators, one group row at a time; thread t holds dims t, t + 128, ...
