@@ -7,7 +7,7 @@
 // decode rows, tensor-core prefill tiles) -> O GEMM -> add+RMSNorm -> gate/up GEMM -> SiLU*up ->
 // down GEMM. The residual stream, attention output and GEMM outputs are fp32; the cache and q are
 // 16-bit, and GEMM inputs are 16-bit hi + lo pairs (SplitGemmInputs). Steps of at most
-// gemv_max_rows_ tokens (decode at batch 1-2) run the GEMMs as gemv kernels with the RMSNorm (and
+// gemv_max_rows_ tokens (decode at batch 1-4) run the GEMMs as gemv kernels with the RMSNorm (and
 // residual add) or SiLU*up fused in as their prologue (the residual then alternates between two
 // buffers); larger steps use cuBLAS after separate norm / SiLU kernels. The final norm + lm_head
 // use gemv whenever at most that many rows need logits. In a pure decode step the attention
@@ -213,9 +213,9 @@ class Qwen3Cuda final : public CudaModelRunner {
     // decode steps too (same results; for measuring what the fusion gives).
     const char* fusion = std::getenv("SWITCHYARD_CUDA_DECODE_FUSION");
     fuse_decode_ = !(fusion && std::strcmp(fusion, "off") == 0);
-    // SWITCHYARD_CUDA_GEMV_MAX_ROWS (0-8, default 2): steps of up to that many tokens use gemv,
-    // larger ones cuBLAS. On the H200 a batch-8 decode step took 3.34 ms with gemv (its 4-rows-a-
-    // warp form) and 2.27 ms with cuBLAS; batches 3-7 were not measured apart.
+    // SWITCHYARD_CUDA_GEMV_MAX_ROWS (0-8, default 4): steps of up to that many tokens use gemv,
+    // larger ones cuBLAS. H200 decode steps, gemv vs cuBLAS: batch 3 1.96 vs 2.25 ms, batch 4 1.99
+    // vs 2.29, batch 8 3.34 vs 2.27 (batches 5-7 not measured).
     const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
     if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
     hd_ = c_.head_dim;
@@ -781,7 +781,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   T *hn_ = nullptr, *q_ = nullptr, *attn_ = nullptr, *act_ = nullptr, *last_ = nullptr;
   SplitGemmInputs split_;
   bool fuse_decode_ = true;
-  int gemv_max_rows_ = 2;
+  int gemv_max_rows_ = 4;
   T *hn_lo_ = nullptr, *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;
