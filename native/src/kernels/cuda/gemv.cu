@@ -68,7 +68,7 @@ __device__ __forceinline__ float round16(float v, bool split) {
 // one L2 round trip instead of one per element a thread takes (the looped form below, whose
 // loads the compiler keeps in order around the shared-memory stores). Thread tid takes elements
 // tid, tid + kThreads, ... in both forms, so the sums (the norm's ss) add in the same order as
-// add_rmsnorm's, and the staged form's results are the looped form's bit for bit.
+// add_rmsnorm's.
 constexpr int kStaged = 12;
 
 template <typename T>

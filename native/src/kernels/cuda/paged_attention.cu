@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
     if constexpr (kVWithK) load_v();
   }
 
-  // Sum the key groups' accumulators, one group row at a time; thread t holds dims t, t + 128, ...
+  // Sum the key groups' accumulators, one group row at a time; thread t holds dims t, t + 256, ...
   constexpr int DPT = (HD + kDecodeThreads - 1) / kDecodeThreads;
   float mine[G][DPT];
 #pragma unroll
