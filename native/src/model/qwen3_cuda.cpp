@@ -214,8 +214,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     const char* fusion = std::getenv("SWITCHYARD_CUDA_DECODE_FUSION");
     fuse_decode_ = !(fusion && std::strcmp(fusion, "off") == 0);
     // SWITCHYARD_CUDA_GEMV_MAX_ROWS (0-8, default 4): steps of up to that many tokens use gemv,
-    // larger ones cuBLAS. H200 decode steps, gemv vs cuBLAS: batch 3 1.96 vs 2.25 ms, batch 4 1.99
-    // vs 2.29, batch 8 3.34 vs 2.27 (batches 5-7 not measured).
+    // larger ones cuBLAS. H200 decode steps, gemv vs cuBLAS: batch 3 1.56 vs 2.25 ms, batch 4
+    // 1.58 vs 2.29, batch 6 2.24 vs 2.21, batch 8 2.40 vs 2.35.
     const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
     if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
     hd_ = c_.head_dim;

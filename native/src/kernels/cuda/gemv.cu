@@ -63,19 +63,19 @@ __device__ __forceinline__ float round16(float v, bool split) {
   return split ? hi + to_f32(from_f32<T>(v - hi)) : hi;  // hi + lo is exact in fp32
 }
 
-// Input elements a thread of the prologue holds in registers: rows of up to kStaged * kThreads
-// (3072) elements are staged with every load of a pass issued before any is used, so a pass costs
-// one L2 round trip instead of one per element a thread takes (the looped form below, whose
+// Input elements a thread of the prologue holds in registers: one row of up to kStaged * kThreads
+// (3072) elements is staged with every load of a pass issued before any is used, so a pass costs
+// one L2 round trip instead of one per element a thread takes (stage_input_rows below, whose
 // loads the compiler keeps in order around the shared-memory stores). Thread tid takes elements
-// tid, tid + kThreads, ... in both forms, so the sums (the norm's ss) add in the same order as
+// tid, tid + kThreads, ... in both, so the sums (the norm's ss) add in the same order as
 // add_rmsnorm's.
 constexpr int kStaged = 12;
 
 template <typename T>
-__device__ __forceinline__ void stage_input_row(const GemvInput& x, int t, int in, float* dst, float* scratch) {
+__device__ __forceinline__ void stage_input_row(const GemvInput& x, int in, float* dst, float* scratch) {
   const int tid = threadIdx.x;
   if (x.mode == GemvInput::kNorm) {
-    const int64_t src = (x.rows ? x.rows[t] : t) * static_cast<int64_t>(in);
+    const int64_t src = (x.rows ? x.rows[0] : 0) * static_cast<int64_t>(in);
     const float* __restrict__ xr = x.x + src;
     const float* __restrict__ dr = x.delta ? x.delta + src : nullptr;
     const float* __restrict__ wr = x.weight;
@@ -118,7 +118,7 @@ __device__ __forceinline__ void stage_input_row(const GemvInput& x, int t, int i
       if (i < in) dst[i] = round16<T>(w[j] * (v[j] * inv), x.split);
     }
   } else if (x.mode == GemvInput::kSilu) {
-    const float* __restrict__ g = x.x + static_cast<int64_t>(t) * 2 * in;
+    const float* __restrict__ g = x.x;
     float a[kStaged], u[kStaged];
 #pragma unroll
     for (int j = 0; j < kStaged; ++j) {
@@ -134,7 +134,7 @@ __device__ __forceinline__ void stage_input_row(const GemvInput& x, int t, int i
       if (i < in) dst[i] = round16<T>(a[j] / (1.0f + expf(-a[j])) * u[j], x.split);
     }
   } else {
-    const float* __restrict__ src = x.x + static_cast<int64_t>(t) * in;
+    const float* __restrict__ src = x.x;
     float v[kStaged];
 #pragma unroll
     for (int j = 0; j < kStaged; ++j) {
@@ -149,32 +149,69 @@ __device__ __forceinline__ void stage_input_row(const GemvInput& x, int t, int i
   }
 }
 
-// The same prologue for rows longer than kStaged * kThreads, one element a thread at a time.
-template <typename T>
-__device__ __forceinline__ void stage_input_row_looped(const GemvInput& x, int t, int in, float* dst, float* scratch) {
+// The prologue for NT rows at once (and for one row longer than kStaged * kThreads): thread tid
+// takes elements tid, tid + kThreads, ... of every row, the rows' loads of an element issued
+// together, and the NT norms reduced with one barrier pair. Taking the rows one after another
+// instead costs NT rounds of loads and reductions, which at 8 rows made the gemv slower than
+// cuBLAS.
+template <typename T, int NT>
+__device__ __forceinline__ void stage_input_rows(const GemvInput& x, int in, float* xs, float* scratch) {
   const int tid = threadIdx.x;
   if (x.mode == GemvInput::kNorm) {
-    const int64_t src = (x.rows ? x.rows[t] : t) * static_cast<int64_t>(in);
-    float ss = 0.0f;
-    for (int i = tid; i < in; i += kThreads) {
-      float v = x.x[src + i];
-      if (x.delta) v += x.delta[src + i];
-      if (x.x_out && blockIdx.x == 0) x.x_out[src + i] = v;
-      dst[i] = v;
-      ss += v * v;
+    int64_t src[NT];
+    float ss[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      src[t] = (x.rows ? x.rows[t] : t) * static_cast<int64_t>(in);
+      ss[t] = 0.0f;
     }
-    ss = block_sum(ss, scratch);
-    const float inv = rsqrtf(ss / static_cast<float>(in) + x.eps);
-    for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(x.weight[i] * (dst[i] * inv), x.split);
-  } else if (x.mode == GemvInput::kSilu) {
-    const float* g = x.x + static_cast<int64_t>(t) * 2 * in;
     for (int i = tid; i < in; i += kThreads) {
-      const float a = g[i];
-      dst[i] = round16<T>(a / (1.0f + expf(-a)) * g[in + i], x.split);
+      float v[NT];
+#pragma unroll
+      for (int t = 0; t < NT; ++t) v[t] = x.x[src[t] + i];
+      if (x.delta) {
+        float d[NT];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) d[t] = x.delta[src[t] + i];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) v[t] += d[t];
+      }
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        if (x.x_out && blockIdx.x == 0) x.x_out[src[t] + i] = v[t];
+        xs[t * in + i] = v[t];
+        ss[t] += v[t] * v[t];
+      }
+    }
+    block_sum_n<NT>(ss, scratch);
+    float inv[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) inv[t] = rsqrtf(ss[t] / static_cast<float>(in) + x.eps);
+    for (int i = tid; i < in; i += kThreads) {
+      const float w = x.weight[i];
+#pragma unroll
+      for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(w * (xs[t * in + i] * inv[t]), x.split);
+    }
+  } else if (x.mode == GemvInput::kSilu) {
+    for (int i = tid; i < in; i += kThreads) {
+      float a[NT], u[NT];
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const float* g = x.x + static_cast<int64_t>(t) * 2 * in;
+        a[t] = g[i];
+        u[t] = g[in + i];
+      }
+#pragma unroll
+      for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(a[t] / (1.0f + expf(-a[t])) * u[t], x.split);
     }
   } else {
-    const float* src = x.x + static_cast<int64_t>(t) * in;
-    for (int i = tid; i < in; i += kThreads) dst[i] = round16<T>(src[i], x.split);
+    for (int i = tid; i < in; i += kThreads) {
+      float v[NT];
+#pragma unroll
+      for (int t = 0; t < NT; ++t) v[t] = x.x[static_cast<int64_t>(t) * in + i];
+#pragma unroll
+      for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(v[t], x.split);
+    }
   }
 }
 
@@ -186,7 +223,7 @@ constexpr int rows_per_warp() {
 template <typename T, int NT, int R = rows_per_warp<NT>()>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w, int out, int in, int ws, float* y) {
   extern __shared__ __align__(16) float xs[];  // [NT][in]
-  __shared__ float scratch[32];
+  __shared__ float scratch[32 * NT];
   __shared__ float partial[kWarps][R * NT];
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31;
@@ -211,15 +248,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
   uint4 first[KU][R];
   load_round(blockIdx.x * rows_per_block + warp / ws * R, (sub * 32 + lane) * 8, first);
   wait_for_prior_kernels();
-  // Prologue: the NT fp32 input rows into shared memory.
-  for (int t = 0; t < NT; ++t) {
-    // Staged only for one row, where the prologue dominates: from two rows on the main loop needs
-    // the registers (ptxas then spills it).
-    if (NT == 1 && in <= kStaged * kThreads) {
-      stage_input_row<T>(x, t, in, xs + t * in, scratch);
-    } else {
-      stage_input_row_looped<T>(x, t, in, xs + t * in, scratch);
-    }
+  // Prologue: the NT fp32 input rows into shared memory. Staged in registers only for one row,
+  // where the prologue dominates: from two rows on the main loop needs the registers (ptxas then
+  // spills it).
+  if (NT == 1 && in <= kStaged * kThreads) {
+    stage_input_row<T>(x, in, xs, scratch);
+  } else {
+    stage_input_rows<T, NT>(x, in, xs, scratch);
   }
   __syncthreads();
 

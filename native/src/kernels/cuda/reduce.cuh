@@ -28,6 +28,23 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return warp_sum(v);
 }
 
+/** block_sum of N values at once (one barrier pair for all); each gets block_sum's arithmetic.
+ *  `scratch` holds 32 * N floats. */
+template <int N>
+__device__ __forceinline__ void block_sum_n(float (&v)[N], float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+  for (int t = 0; t < N; ++t) v[t] = warp_sum(v[t]);
+  __syncthreads();
+  if (lane == 0) {
+#pragma unroll
+    for (int t = 0; t < N; ++t) scratch[t * 32 + warp] = v[t];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int t = 0; t < N; ++t) v[t] = warp_sum(lane < warps ? scratch[t * 32 + lane] : 0.0f);
+}
+
 __device__ __forceinline__ float block_max(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   v = warp_max(v);
