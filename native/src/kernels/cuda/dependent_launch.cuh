@@ -28,7 +28,7 @@ __device__ __forceinline__ void wait_for_prior_kernels() {
 #endif
 }
 
-/** SWITCHYARD_CUDA_PDL=off launches the decode kernels plainly (for measuring what PDL gives). */
+/** False before Hopper, or with SWITCHYARD_CUDA_PDL=off (for measuring what PDL gives): plain launches. */
 bool dependent_launch_enabled();
 
 /** kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent of the stream's previous kernel. */
