@@ -3,6 +3,7 @@
 // multiply. Same functions as kernels/cpu/elementwise.cpp; fp32 arithmetic throughout.
 #include <algorithm>
 
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/head_norm_rope.cuh"
@@ -88,10 +89,6 @@ __global__ void to_half_kernel(const float* in, int64_t count, T* out, T* out_lo
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     store_split(in[i], out, out_lo, i);
-}
-
-__device__ __forceinline__ float silu_times(float gate, float up) {
-  return gate / (1.0f + expf(-gate)) * up;  // the expression gemv's kSilu prologue computes
 }
 
 // V elements per thread (16-byte loads of gate and up when V == 4: inter % 4 == 0).

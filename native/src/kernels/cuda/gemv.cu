@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/kernels.h"
@@ -131,7 +132,7 @@ __device__ __forceinline__ void stage_input_row(const GemvInput& x, int in, floa
 #pragma unroll
     for (int j = 0; j < kStaged; ++j) {
       const int i = tid + j * kThreads;
-      if (i < in) dst[i] = round16<T>(a[j] / (1.0f + expf(-a[j])) * u[j], x.split);
+      if (i < in) dst[i] = round16<T>(silu_times(a[j], u[j]), x.split);
     }
   } else {
     const float* __restrict__ src = x.x;
@@ -202,7 +203,7 @@ __device__ __forceinline__ void stage_input_rows(const GemvInput& x, int in, flo
         u[t] = g[in + i];
       }
 #pragma unroll
-      for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(a[t] / (1.0f + expf(-a[t])) * u[t], x.split);
+      for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(silu_times(a[t], u[t]), x.split);
     }
   } else {
     for (int i = tid; i < in; i += kThreads) {

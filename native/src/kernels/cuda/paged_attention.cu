@@ -355,16 +355,17 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
   if (!last_block) return;
   __threadfence();
   // Each thread merges its dims: the splits' m, l (the same for every thread: broadcast loads) and
-  // its acc values, eight splits' loads issued together, folded in online.
+  // its acc values, sixteen splits' loads issued together (one round trip up to 16 splits), folded
+  // in online.
   for (int gg = 0; gg < group; ++gg) {
     const int h = g * group + gg;
     const float* part = partials + (static_cast<int64_t>(r) * num_heads + h) * splits * (HD + 2);
     for (int d = tid; d < HD; d += kDecodeThreads) {
       float M = -INFINITY, den = 0.0f, num = 0.0f;
-      for (int z0 = 0; z0 < active; z0 += 8) {
-        float mz[8], lz[8], az[8];
+      for (int z0 = 0; z0 < active; z0 += 16) {
+        float mz[16], lz[16], az[16];
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
+        for (int k = 0; k < 16; ++k) {
           if (z0 + k < active) {
             const float* pz = part + (z0 + k) * (HD + 2);
             mz[k] = __ldcg(pz);
@@ -373,7 +374,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
           }
         }
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
+        for (int k = 0; k < 16; ++k) {
           if (z0 + k < active) {  // every active split has a finite m
             const float m_new = fmaxf(M, mz[k]);
             const float f = __expf(M - m_new), w = __expf(mz[k] - m_new);
