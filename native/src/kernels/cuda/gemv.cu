@@ -4,7 +4,8 @@
 // to the model's 16-bit type like the cuBLAS path's (see round16). Each block stages its fp32 input rows in
 // shared memory once, then loops over its share of the output rows; `ws` warps share one output
 // row (split over `in`) so that the 1024-row projections still put enough loads in flight.
-// fp32 accumulation throughout.
+// Launched as a programmatic dependent, a block loads its first weights before waiting for the
+// kernel that makes its input. fp32 accumulation throughout.
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -103,8 +104,9 @@ __device__ __forceinline__ void stage_input_row(const GemvInput& x, int in, floa
       for (int j = 0; j < kStaged; ++j)
         if (tid + j * kThreads < in) x.x_out[src + tid + j * kThreads] = v[j];
     }
-    // The norm weight after the reduction, all loads at once: a second round trip, but holding
-    // it across the reduction costs the main loop registers (spills at 2-8 input rows).
+    // The norm weight after the reduction, all loads at once (a second round trip): loaded with
+    // x and delta it would stay live across the reduction, in registers the preloaded first
+    // weights need too (not measured the other way).
     float w[kStaged];
 #pragma unroll
     for (int j = 0; j < kStaged; ++j) {
