@@ -87,9 +87,9 @@ struct DecodeFusion {
  * Decode attention, split over the context: row r is token rows[3r] of sequence rows[3r+1], whose
  * context is rows[3r+2] keys (its position + 1); it attends to cache positions 0..pos. Up to
  * `splits` blocks share each (row, kv head) and write partial softmax states to `partials`; the
- * last of them merges. `partials`
- * holds rows * heads * splits * (head_dim + 2) floats; `counters` rows * kv_heads ints, zero before
- * the first launch (each launch leaves them zero). `out` [tokens, heads * head_dim] in fp32.
+ * last of them merges. `partials` holds rows * heads * splits * (head_dim + 2) floats; `counters`
+ * rows * kv_heads ints, zero before the first launch (each launch leaves them zero). `out`
+ * [tokens, heads * head_dim] in fp32.
  */
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
