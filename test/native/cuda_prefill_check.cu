@@ -9,7 +9,7 @@
 // key it attends to). Exit status 0 when every case passed.
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90 -Inative/src test/native/cuda_prefill_check.cu \
-//     native/src/kernels/cuda/{prefill_attention.cu,paged_attention.cu,cuda_check.cpp} -o prefill_check
+//     native/src/kernels/cuda/{prefill_attention.cu,prefill_attention_wmma.cu,cuda_check.cpp} -o prefill_check
 //
 // -DSY_PREFILL_WARPS=4 builds the new kernel with 4 warps (64 rows) a block instead of 8.
 #include <cuda_bf16.h>

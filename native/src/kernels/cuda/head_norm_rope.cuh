@@ -1,6 +1,6 @@
 // Per-head RMSNorm and RoPE of one q or k head, done by one warp. Two kernels compute it: the
 // q/k norm + RoPE + KV store pass (elementwise.cu) and the decode attention kernel that does the
-// same work itself in pure decode steps (paged_attention.cu). Both call this function, and its
+// same work itself in pure decode steps (decode_attention.cu). Both call this function, and its
 // roundings are spelled out (no contraction left to the compiler), so a token's q and k have the
 // same bits whichever kernel made them: seeded sampling does not depend on whether the step
 // was a pure decode step.

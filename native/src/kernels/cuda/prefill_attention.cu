@@ -1,5 +1,5 @@
 // Prefill attention on tensor cores with the output in registers (v4; the first version, WMMA
-// with O in shared memory, is paged_attention_prefill_wmma in paged_attention.cu and still
+// with O in shared memory, is paged_attention_prefill_wmma in prefill_attention_wmma.cu and still
 // serves head_dim 256).
 //
 // A block takes one prefill tile (consecutive query tokens of one sequence, times the GQA
@@ -29,6 +29,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/paged_kv.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -126,10 +127,6 @@ __device__ __forceinline__ float quad_max(float v) {
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
-__device__ __forceinline__ int64_t slot_of(const int32_t* table, int j, int block_size) {
-  return static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
 }
 
 template <typename T, int HD>
@@ -356,8 +353,7 @@ void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, co
     case 32: return launch_prefill_mma<T, 32>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
     case 64: return launch_prefill_mma<T, 64>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
     case 128: return launch_prefill_mma<T, 128>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
-    default: throw CudaError("the CUDA attention kernels support head_dim 16, 32, 64, 128 or 256, not " +
-                             std::to_string(kv.head_dim));
+    default: throw_unsupported_head_dim(kv.head_dim);
   }
 }
 
