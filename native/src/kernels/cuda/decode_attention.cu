@@ -151,13 +151,15 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
       if (kk < tile_keys && base + kk != own_key) vraw[p] = *reinterpret_cast<const uint4*>(kv.v + slot_s[kk] + pv_d);
     }
   };
-  // The own key's K (and V, when `v_too`), if it is in this tile.
-  auto load_own_key = [&](bool v_too) {
+  // The own key's K and/or V, if it is in this tile.
+  auto load_own_key = [&](bool k_too, bool v_too) {
     if (own_key < base || own_key - base >= tile_keys) return;
+    if (k_too) {
 #pragma unroll
-    for (int p = 0; p < S::QK_PASSES; ++p) {
-      const int kk = qk_key0 + p * S::KPP;
-      if (base + kk == own_key) kraw[p] = *reinterpret_cast<const Raw*>(FUSED ? new_k + off : kv.k + slot_s[kk] + off);
+      for (int p = 0; p < S::QK_PASSES; ++p) {
+        const int kk = qk_key0 + p * S::KPP;
+        if (base + kk == own_key) kraw[p] = *reinterpret_cast<const Raw*>(FUSED ? new_k + off : kv.k + slot_s[kk] + off);
+      }
     }
     if (!v_too) return;
 #pragma unroll
@@ -193,7 +195,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
 
   while (true) {
     __syncthreads();  // q, the own key and the running state (first tile), the slots (later ones) are in place
-    load_own_key(kVWithK);
+    load_own_key(true, kVWithK);
     // QK: the loads were issued before, the dots here.
 #pragma unroll
     for (int p = 0; p < S::QK_PASSES; ++p) {
@@ -232,7 +234,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(const T* q, c
     // PV: each thread 8 dims of its keys.
     if constexpr (!kVWithK) {
       load_v();
-      load_own_key(true);  // K again: the same value, from the same place
+      load_own_key(false, true);
     }
 #pragma unroll
     for (int gg = 0; gg < G; ++gg) {
