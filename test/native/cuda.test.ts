@@ -122,6 +122,43 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     for (let i = 0; i < prompts.length; i++) expectSameGreedy(batch[i], eagerBatch[i], `graphs vs eager, request ${i}`);
   });
 
+  it.each(models)(
+    "runs a batch-1 decode step as one persistent kernel, with the same bits as kernel per op: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      // Contexts of one 64-key tile (written by one block) and of several splits (merged), and a
+      // seeded random draw; one request at a time, so every decode step is batch 1.
+      const requests: [number[], SamplingParams][] = [
+        [promptTokens(5, 61), sampling({ maxTokens: 24, logprobs: 5 })],
+        [promptTokens(700, 62), sampling({ maxTokens: 24, logprobs: 5 })],
+        [promptTokens(40, 63), sampling({ temperature: 0.9, topP: 0.95, seed: 7n, maxTokens: 24, logprobs: 5 })],
+      ];
+      const run = async (engine: NativeEngine, tag: string): Promise<Collected[]> => {
+        const outs: Collected[] = [];
+        for (const [i, [prompt, params]] of requests.entries()) outs.push(await collect(engine, `${tag}${i}`, prompt, params));
+        return outs;
+      };
+      const persistent = await gpuEngine(dir);
+      expect(persistent.info.backendDetail).toMatch(/one persistent kernel/);
+      const a = await run(persistent, "p");
+      await persistent.close();
+      process.env.SWITCHYARD_CUDA_PERSISTENT = "off";
+      let b: Collected[];
+      try {
+        const perOp = await gpuEngine(dir);
+        expect(perOp.info.backendDetail).toMatch(/kernel per op \(SWITCHYARD_CUDA_PERSISTENT=off\)/);
+        b = await run(perOp, "k");
+      } finally {
+        delete process.env.SWITCHYARD_CUDA_PERSISTENT;
+      }
+      for (let i = 0; i < requests.length; i++) {
+        expect(a[i].errorMessage ?? "", `request ${i}`).toBe("");
+        expect(a[i].tokenIds, `request ${i}: tokens`).toEqual(b[i].tokenIds);
+        expect(a[i].logprobs, `request ${i}: logprobs`).toEqual(b[i].logprobs);
+      }
+    },
+  );
+
   it("gives the same output with a prefix-cache hit and with chunked prefill", async () => {
     const dir = testQwen3Dir();
     const prompt = promptTokens(300, 5);

@@ -394,6 +394,7 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     o.Set("eosTokenIds", to_js_ints(env, c.eos_token_ids));
     o.Set("weightBytesPerStep", Napi::Number::New(env, static_cast<double>(e.weight_bytes_per_step())));
     o.Set("backend", e.backend_name());
+    o.Set("backendDetail", e.backend_detail());
     return o;
   }
 

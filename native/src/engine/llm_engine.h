@@ -111,6 +111,7 @@ class LlmEngine {
   int num_kv_blocks() const { return pool_->num_blocks(); }
   int64_t weight_bytes_per_step() const { return model_->weight_bytes_per_step(); }
   const char* backend_name() const { return cuda_ ? cuda_->name() : backend_->name(); }
+  std::string backend_detail() const { return cuda_ ? cuda_->detail() : std::string(); }
 
   /** Throws RequestError for a request this engine can never serve. Thread-safe (reads config only). */
   void validate(const std::vector<int32_t>& prompt, const SamplingParams& params,

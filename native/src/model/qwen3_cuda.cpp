@@ -12,7 +12,9 @@
 // buffers); larger steps use cuBLAS after separate norm / SiLU kernels. The final norm + lm_head
 // use gemv whenever at most that many rows need logits. In a pure decode step the attention
 // kernel does the q/k norm + RoPE + KV store itself, and the decode kernels are launched as
-// programmatic dependents (kernels/cuda/dependent_launch.cuh).
+// programmatic dependents (kernels/cuda/dependent_launch.cuh). A batch-1 decode step runs all
+// of that as one persistent kernel (kernels/cuda/decode_step.cu), with the same bits, where the
+// GPU and shape allow.
 #include "model/qwen3_cuda.h"
 
 #include <cuda_profiler_api.h>
@@ -218,6 +220,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     // 1.58 vs 2.29, batch 6 2.24 vs 2.21, batch 8 2.40 vs 2.35.
     const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
     if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
+    // SWITCHYARD_CUDA_PERSISTENT=off runs batch-1 decode steps kernel per op (same bits; for
+    // measuring what the persistent step gives, and for the test that compares the two).
+    const char* persistent = std::getenv("SWITCHYARD_CUDA_PERSISTENT");
+    persistent_wanted_ = !(persistent && std::strcmp(persistent, "off") == 0);
     hd_ = c_.head_dim;
     qdim_ = c_.num_heads * hd_;
     kvdim_ = c_.num_kv_heads * hd_;
@@ -229,6 +235,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     cuda::gemv_prepare<T>();
     const int widest = static_cast<int>(std::max({c_.hidden_size, c_.intermediate_size, static_cast<int>(qdim_)}));
     gemv_ok_ = cuda::gemv_fits(8, widest) && c_.hidden_size % 8 == 0 && qdim_ % 8 == 0 && c_.intermediate_size % 8 == 0;
+    prepare_persistent_step();
   }
 
   ~Qwen3Cuda() override {
@@ -242,6 +249,10 @@ class Qwen3Cuda final : public CudaModelRunner {
   }
 
   const char* name() const override { return "cuda"; }
+  std::string detail() const override {
+    return persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
+                          : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")";
+  }
   int num_kv_blocks() const override { return num_blocks_; }
 
   CudaKvCacheMemory kv_cache_memory() const override {
@@ -474,6 +485,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     const size_t x = lay.take(N * h * 4), x2 = lay.take(8 * h * 4), delta = lay.take(N * h * 4), hn = lay.take(N * h * e);
     const size_t qkv = lay.take(N * qkvdim_ * 4), q = lay.take(N * qdim_ * e), attn = lay.take(N * qdim_ * e);
     const size_t attn_f = lay.take(N * qdim_ * 4), counters = lay.take(M * c_.num_kv_heads * 4);
+    const size_t barrier = lay.take(cuda::decode_step_barrier_words() * 4);
     const size_t argmax_scratch = lay.take(cuda::argmax_scratch_bytes(static_cast<int>(M)));
     const size_t gu = lay.take(N * 2 * inter * 4), act = lay.take(N * inter * e), last = lay.take(M * h * e);
     const size_t hn_lo = lay.take(split_.qkv || split_.gate_up ? N * h * e : 0);
@@ -489,6 +501,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     counters_ = act_mem_.as<int>(counters);
     argmax_scratch_ = act_mem_.as<void>(argmax_scratch);
     SY_CUDA_CHECK(cudaMemset(counters_, 0, M * c_.num_kv_heads * 4));
+    barrier_ = act_mem_.as<unsigned>(barrier);
+    SY_CUDA_CHECK(cudaMemset(barrier_, 0, cuda::decode_step_barrier_words() * 4));
     delta_ = act_mem_.as<float>(delta);
     hn_ = act_mem_.as<T>(hn);
     qkv_ = act_mem_.as<float>(qkv);
@@ -564,6 +578,62 @@ class Qwen3Cuda final : public CudaModelRunner {
     cuda::gemv<T>(x, n, w, static_cast<int>(out), static_cast<int>(in), y, stream_);
   }
 
+  /** The persistent batch-1 decode step's arguments (kernels.h, DecodeStep). */
+  cuda::DecodeStep<T> persistent_step(const int32_t* decode_rows, const int32_t* slots, const int32_t* tables,
+                                      int splits) const {
+    cuda::DecodeStep<T> s{};
+    s.layers = decode_layers_.as<cuda::DecodeLayer<T>>();
+    s.num_layers = c_.num_layers;
+    s.hidden = c_.hidden_size;
+    s.inter = c_.intermediate_size;
+    s.num_heads = c_.num_heads;
+    s.num_kv_heads = c_.num_kv_heads;
+    s.head_dim = hd_;
+    s.eps = static_cast<float>(c_.rms_norm_eps);
+    s.split = {split_.qkv, split_.o, split_.gate_up, split_.down};
+    s.rows = decode_rows;
+    s.slots = slots;
+    s.inv_freq = inv_freq_;
+    s.block_tables = tables;
+    s.table_stride = table_stride_;
+    s.block_size = opt_.block_size;
+    s.splits = splits;
+    s.x = x_;
+    s.x2 = x2_;
+    s.delta = delta_;
+    s.qkv = qkv_;
+    s.attn = attn_f_;
+    s.gate_up = gu_;
+    s.partials = partials_;
+    s.counters = counters_;
+    s.barrier = barrier_;
+    return s;
+  }
+
+  // The persistent batch-1 decode step, where this GPU and shape allow it (decode_step_prepare);
+  // otherwise batch 1 runs kernel per op, as larger batches do, and the engine's info says why.
+  void prepare_persistent_step() {
+    persistent_ok_ = false;
+    if (!persistent_wanted_) {
+      persistent_why_not_ = "SWITCHYARD_CUDA_PERSISTENT=off";
+      return;
+    }
+    if (!fuse_decode_ || !gemv_ok_ || gemv_max_rows_ < 1) {
+      persistent_why_not_ = "it needs the decode fusion and gemv at batch 1";
+      return;
+    }
+    std::vector<cuda::DecodeLayer<T>> layers;
+    for (int l = 0; l < c_.num_layers; ++l) {
+      const LayerWeights& L = layers_[l];
+      layers.push_back({L.qkv, L.o, L.gate_up, L.down, L.input_norm, L.post_norm, L.q_norm, L.k_norm, k_cache(l),
+                        v_cache(l)});
+    }
+    decode_layers_ = DeviceMemory(layers.size() * sizeof(cuda::DecodeLayer<T>));
+    SY_CUDA_CHECK(cudaMemcpy(decode_layers_.as<void>(), layers.data(), layers.size() * sizeof(cuda::DecodeLayer<T>),
+                             cudaMemcpyHostToDevice));
+    persistent_ok_ = cuda::decode_step_prepare<T>(persistent_step(nullptr, nullptr, nullptr, 1), &persistent_why_not_);
+  }
+
   // Launches only (no host synchronization), so that a decode step can be captured in a graph.
   void forward(int n, int m, int num_decode, int num_tiles, int splits) {
     const int h = c_.hidden_size, inter = c_.intermediate_size;
@@ -583,7 +653,13 @@ class Qwen3Cuda final : public CudaModelRunner {
     float* xa = x_;   // the residual stream before this layer's adds
     float* xb = x2_;  // small steps: where the fused prologue writes it after an add
     using GI = cuda::GemvInput;
-    for (int l = 0; l < c_.num_layers; ++l) {
+    // Batch 1: every layer in one persistent kernel, which leaves the stream in x_ as the loop
+    // below does (two swaps a layer).
+    const bool persistent = n == 1 && small && fuse_decode && persistent_ok_;
+    if (persistent) {
+      cuda::decode_step<T>(persistent_step(decode_rows, slots, tables, splits), stream_);
+    }
+    for (int l = 0; l < c_.num_layers && !persistent; ++l) {
       const LayerWeights& L = layers_[l];
       const float* d_in = l == 0 ? nullptr : delta_;
       if (small) {
@@ -782,6 +858,10 @@ class Qwen3Cuda final : public CudaModelRunner {
   SplitGemmInputs split_;
   bool fuse_decode_ = true;
   int gemv_max_rows_ = 4;
+  bool persistent_wanted_ = true, persistent_ok_ = false;
+  std::string persistent_why_not_;
+  DeviceMemory decode_layers_;  // the persistent step's per-layer pointers (cuda::DecodeLayer)
+  unsigned* barrier_ = nullptr;  // its grid barrier's counters
   T *hn_lo_ = nullptr, *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;

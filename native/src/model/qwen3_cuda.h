@@ -80,6 +80,8 @@ class CudaModelRunner {
    * may still be running.
    */
   virtual void synchronize() = 0;
+  /** How decode steps run on this GPU, for the engine's info (e.g. whether batch 1 is one persistent kernel). */
+  virtual std::string detail() const { return ""; }
 };
 
 }  // namespace sy

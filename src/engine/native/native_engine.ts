@@ -95,6 +95,8 @@ export interface NativeEngineInfo {
   /** Bytes of weights one decode step reads (the memory-bandwidth roofline's numerator). */
   weightBytesPerStep: number;
   backend: string;
+  /** How the backend runs decode steps, where it says (CUDA: whether batch 1 is one persistent kernel, or why not). */
+  backendDetail: string;
 }
 
 interface NativeOutput {

@@ -10,17 +10,17 @@
 #include <cstdlib>
 #include <string>
 
-#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/gemv_prologue.cuh"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
 
 namespace sy::cuda {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
+constexpr int kThreads = kGemvThreads;
+constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;  // 16-byte weight loads in flight per warp per round
 
 int current_device_attribute(cudaDeviceAttr attribute) {
@@ -51,171 +51,6 @@ int blocks_per_sm() {
 int max_smem() {
   static const int bytes = current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   return bytes;
-}
-
-// The input rounded to the model's 16-bit type (or to hi + lo, where that GEMM's input is
-// split), exactly as the cuBLAS path's inputs are (add_rmsnorm, silu_mul, to_half compute the
-// same expressions): a decode row then gets the same
-// logits up to summation order whether its step runs here or through cuBLAS (a step mixed with
-// prefill tokens), so seeded sampling does not depend on what shares the batch. Keeping the
-// input in fp32 passed the tiny-Qwen3 comparison but broke that test (bench/CUDA_NOTES.md).
-template <typename T>
-__device__ __forceinline__ float round16(float v, bool split) {
-  const float hi = to_f32(from_f32<T>(v));
-  return split ? hi + to_f32(from_f32<T>(v - hi)) : hi;  // hi + lo is exact in fp32
-}
-
-// Input elements a thread of the prologue holds in registers: one row of up to kStaged * kThreads
-// (3072) elements is staged with every load of a pass issued before any is used, so a pass costs
-// one L2 round trip instead of one per element a thread takes (stage_input_rows below, whose
-// loads the compiler keeps in order around the shared-memory stores). Thread tid takes elements
-// tid, tid + kThreads, ... in both, so the sums (the norm's ss) add in the same order as
-// add_rmsnorm's.
-constexpr int kStaged = 12;
-
-template <typename T>
-__device__ __forceinline__ void stage_input_row(const GemvInput& x, int in, float* dst, float* scratch) {
-  const int tid = threadIdx.x;
-  if (x.mode == GemvInput::kNorm) {
-    const int64_t src = (x.rows ? x.rows[0] : 0) * static_cast<int64_t>(in);
-    const float* __restrict__ xr = x.x + src;
-    const float* __restrict__ dr = x.delta ? x.delta + src : nullptr;
-    const float* __restrict__ wr = x.weight;
-    float v[kStaged], d[kStaged];
-#pragma unroll
-    for (int j = 0; j < kStaged; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < in) {
-        v[j] = xr[i];
-        d[j] = dr ? dr[i] : 0.0f;
-      }
-    }
-    float ss = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kStaged; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < in) {
-        if (dr) v[j] += d[j];
-        ss += v[j] * v[j];
-      }
-    }
-    if (x.x_out && blockIdx.x == 0) {
-#pragma unroll
-      for (int j = 0; j < kStaged; ++j)
-        if (tid + j * kThreads < in) x.x_out[src + tid + j * kThreads] = v[j];
-    }
-    // The norm weight after the reduction, all loads at once (a second round trip): loaded with
-    // x and delta it would stay live across the reduction, in registers the preloaded first
-    // weights need too (not measured the other way).
-    float w[kStaged];
-#pragma unroll
-    for (int j = 0; j < kStaged; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < in) w[j] = wr[i];
-    }
-    ss = block_sum(ss, scratch);
-    const float inv = rsqrtf(ss / static_cast<float>(in) + x.eps);
-#pragma unroll
-    for (int j = 0; j < kStaged; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < in) dst[i] = round16<T>(w[j] * (v[j] * inv), x.split);
-    }
-  } else if (x.mode == GemvInput::kSilu) {
-    const float* __restrict__ g = x.x;
-    float a[kStaged], u[kStaged];
-#pragma unroll
-    for (int j = 0; j < kStaged; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < in) {
-        a[j] = g[i];
-        u[j] = g[in + i];
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kStaged; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < in) dst[i] = round16<T>(silu_times(a[j], u[j]), x.split);
-    }
-  } else {
-    const float* __restrict__ src = x.x;
-    float v[kStaged];
-#pragma unroll
-    for (int j = 0; j < kStaged; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < in) v[j] = src[i];
-    }
-#pragma unroll
-    for (int j = 0; j < kStaged; ++j) {
-      const int i = tid + j * kThreads;
-      if (i < in) dst[i] = round16<T>(v[j], x.split);
-    }
-  }
-}
-
-// The prologue for NT rows at once (and for one row longer than kStaged * kThreads): thread tid
-// takes elements tid, tid + kThreads, ... of every row, the rows' loads of an element issued
-// together, and the NT norms reduced with one barrier pair. Taking the rows one after another
-// instead costs NT rounds of loads and reductions, which at 8 rows made the gemv slower than
-// cuBLAS.
-template <typename T, int NT>
-__device__ __forceinline__ void stage_input_rows(const GemvInput& x, int in, float* xs, float* scratch) {
-  const int tid = threadIdx.x;
-  if (x.mode == GemvInput::kNorm) {
-    int64_t src[NT];
-    float ss[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      src[t] = (x.rows ? x.rows[t] : t) * static_cast<int64_t>(in);
-      ss[t] = 0.0f;
-    }
-    for (int i = tid; i < in; i += kThreads) {
-      float v[NT];
-#pragma unroll
-      for (int t = 0; t < NT; ++t) v[t] = x.x[src[t] + i];
-      if (x.delta) {
-        float d[NT];
-#pragma unroll
-        for (int t = 0; t < NT; ++t) d[t] = x.delta[src[t] + i];
-#pragma unroll
-        for (int t = 0; t < NT; ++t) v[t] += d[t];
-      }
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        if (x.x_out && blockIdx.x == 0) x.x_out[src[t] + i] = v[t];
-        xs[t * in + i] = v[t];
-        ss[t] += v[t] * v[t];
-      }
-    }
-    block_sum_n<NT>(ss, scratch);
-    float inv[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) inv[t] = rsqrtf(ss[t] / static_cast<float>(in) + x.eps);
-    for (int i = tid; i < in; i += kThreads) {
-      const float w = x.weight[i];
-#pragma unroll
-      for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(w * (xs[t * in + i] * inv[t]), x.split);
-    }
-  } else if (x.mode == GemvInput::kSilu) {
-    for (int i = tid; i < in; i += kThreads) {
-      float a[NT], u[NT];
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const float* g = x.x + static_cast<int64_t>(t) * 2 * in;
-        a[t] = g[i];
-        u[t] = g[in + i];
-      }
-#pragma unroll
-      for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(silu_times(a[t], u[t]), x.split);
-    }
-  } else {
-    for (int i = tid; i < in; i += kThreads) {
-      float v[NT];
-#pragma unroll
-      for (int t = 0; t < NT; ++t) v[t] = x.x[static_cast<int64_t>(t) * in + i];
-#pragma unroll
-      for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(v[t], x.split);
-    }
-  }
 }
 
 template <int NT>
@@ -251,15 +86,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
   uint4 first[KU][R];
   load_round(blockIdx.x * rows_per_block + warp / ws * R, (sub * 32 + lane) * 8, first);
   wait_for_prior_kernels();
-  // Prologue: the NT fp32 input rows into shared memory. Staged in registers only for one row,
-  // where the prologue dominates: from two rows on the main loop needs the registers (ptxas then
-  // spills it).
-  if (NT == 1 && in <= kStaged * kThreads) {
-    stage_input_row<T>(x, in, xs, scratch);
-  } else {
-    stage_input_rows<T, NT>(x, in, xs, scratch);
-  }
-  __syncthreads();
+  stage_gemv_input<T, NT>(x, in, xs, scratch);
 
   // Each warp takes R output rows at once, so one shared-memory read of x serves R weight loads
   // (with 8 input rows, x reads rather than HBM would bound a warp that takes one row).
@@ -360,12 +187,9 @@ template <typename T, int NT>
 void launch(const GemvInput& x, const T* w, int out, int in, float* y, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(NT) * in * sizeof(float);
   allow_smem<T, NT>();
-  // Enough blocks for a few per SM, at most one row per warp; fewer rows than that: split `in`.
   const int target = blocks_per_sm() * num_sms();
   constexpr int R = rows_per_warp<NT>();
-  // ws depends on the shape alone, not on NT: a row's sum has the same order at any batch size.
-  int ws = 1;
-  while (ws < kWarps && (out * ws) / kWarps < target && in / (256 * ws) >= 2) ws *= 2;
+  const int ws = gemv_warps_per_row(out, in);
   const int rows_per_block = kWarps / ws * R;
   const int blocks = std::min((out + rows_per_block - 1) / rows_per_block, target);
   launch_dependent(gemv_kernel<T, NT>, dim3(blocks), dim3(kThreads), smem, stream, x, w, out, in, ws, y);
@@ -373,6 +197,16 @@ void launch(const GemvInput& x, const T* w, int out, int in, float* y, cudaStrea
 }
 
 }  // namespace
+
+int gemv_warps_per_row(int out, int in) {
+  // Enough blocks for a few per SM, at most one row per warp; fewer rows than that: split `in`.
+  // It depends on the shape alone, not on the number of input rows: a row's sum has the same
+  // order at any batch size.
+  const int target = blocks_per_sm() * num_sms();
+  int ws = 1;
+  while (ws < kWarps && (out * ws) / kWarps < target && in / (256 * ws) >= 2) ws *= 2;
+  return ws;
+}
 
 bool gemv_fits(int n, int in) {
   return n >= 1 && n <= 8 && in % 8 == 0 &&

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace sy::cuda {
 
@@ -140,10 +141,80 @@ struct GemvInput {
  * CUDA-graph capture) lets the kernels take the shared memory they need.
  */
 bool gemv_fits(int n, int in);
+/**
+ * How many partial sums (warps, in gemv) a gemv output row of this shape is summed as, each over
+ * every (256 * ws)-th group of 8 inputs, then added in order: fixes the row's summation order,
+ * which the persistent decode step (decode_step.cu) follows too.
+ */
+int gemv_warps_per_row(int out, int in);
 template <typename T>
 void gemv_prepare();
 template <typename T>
 void gemv(const GemvInput& input, int n, const T* w, int out, int in, float* y, cudaStream_t stream);
+
+/** One layer as the persistent decode step reads it. */
+template <typename T>
+struct DecodeLayer {
+  const T* qkv;      // [(heads + 2 kv_heads) * head_dim, hidden]
+  const T* o;        // [hidden, heads * head_dim]
+  const T* gate_up;  // [2 inter, hidden]: gate rows, then up rows
+  const T* down;     // [hidden, inter]
+  const float* input_norm;
+  const float* post_norm;
+  const float* q_norm;  // may be null (no q/k norm)
+  const float* k_norm;
+  T* k_cache;
+  T* v_cache;
+};
+
+/** Which GEMM inputs of the persistent decode step are split into hi + lo (GemvInput::split). */
+struct DecodeStepSplit {
+  bool qkv = false, o = false, gate_up = false, down = false;
+};
+
+/**
+ * A whole batch-1 decode step but the embedding and the lm_head, as one persistent kernel
+ * (decode_step.cu): every layer's qkv, attention, o, gate_up and down phases with grid-wide
+ * barriers between them instead of kernel boundaries, each block's share of the next phase's
+ * weights copied into its shared memory while the current phase runs. It computes what the
+ * kernel-per-op path computes (gemv with fused prologues, decode attention with fused q/k norm,
+ * RoPE and KV store) with the same arithmetic in the same order, so the same bits.
+ */
+template <typename T>
+struct DecodeStep {
+  const DecodeLayer<T>* layers;  // device array of num_layers
+  int num_layers, hidden, inter, num_heads, num_kv_heads, head_dim;
+  float eps;
+  DecodeStepSplit split;
+  const int32_t* rows;  // the one decode row: (token, seq, ctx), as paged_attention_decode's
+  const int32_t* slots;
+  const float* inv_freq;
+  const int32_t* block_tables;
+  int table_stride, block_size, splits;
+  /** The residual stream: x holds the embedding on entry and the stream (less the last delta) on exit; x2 is scratch. */
+  float* x;
+  float* x2;
+  float* delta;    // [hidden]: the last down projection's output on exit
+  float* qkv;      // [(heads + 2 kv_heads) * head_dim]
+  float* attn;     // [heads * head_dim]
+  float* gate_up;  // [2 inter]
+  float* partials;
+  int* counters;   // paged_attention_decode's, zero
+  unsigned* barrier;  // decode_step_barrier_words() words, zero before the first launch; each launch leaves them zero
+};
+constexpr int decode_step_barrier_words() { return 2; }
+
+/**
+ * Whether the persistent decode step runs this shape on the current GPU (Hopper or newer, head_dim
+ * 16, 64 or 128, GQA group up to 8, every block's share of a projection's weights in shared
+ * memory, all blocks resident at once), and if so lets its kernel take the shared memory it
+ * needs: call before any CUDA-graph capture. `why_not` gets the reason when it does not.
+ */
+template <typename T>
+bool decode_step_prepare(const DecodeStep<T>& shape, std::string* why_not);
+/** Launches the step (cooperatively: one block per SM). decode_step_prepare must have said yes. */
+template <typename T>
+void decode_step(const DecodeStep<T>& step, cudaStream_t stream);
 
 /** Per row: argmax (lowest id on ties) and its raw logprob; `scratch` holds argmax_scratch_bytes(rows). */
 size_t argmax_scratch_bytes(int rows);

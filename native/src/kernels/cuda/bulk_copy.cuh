@@ -1,0 +1,56 @@
+// Hopper's bulk copy engine (cp.async.bulk, sm_90) from global into shared memory, completing on
+// an mbarrier. One thread issues a copy and its expected byte count; every thread that reads the
+// destination waits on the barrier's phase first. A barrier counts one arrival a phase (the
+// issuing thread's), so its k-th use completes phase k and is waited for with parity k & 1.
+#pragma once
+#include <cstdint>
+
+namespace sy::cuda {
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+/** One thread, before any use; a __syncthreads must follow before others wait on it. */
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_address(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+
+/**
+ * One thread: copies `bytes` (a multiple of 16, both addresses 16-byte aligned; 0 completes the
+ * phase at once; under 1 MiB, a phase's transaction limit) from global `src` to shared `dst`, completing the barrier's current phase. The
+ * block's earlier reads of `dst` must be done (a __syncthreads before the call).
+ */
+__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const uint32_t b = smem_address(bar);
+  // Earlier generic-proxy reads of dst before the copy engine's writes.
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
+  if (bytes == 0) return;
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_address(dst)),
+               "l"(src), "r"(bytes), "r"(b)
+               : "memory");
+#endif
+}
+
+/** Every reading thread: returns once the barrier's phase of this parity has completed. */
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const uint32_t b = smem_address(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(b), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+
+}  // namespace sy::cuda

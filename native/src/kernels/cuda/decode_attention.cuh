@@ -1,0 +1,378 @@
+// The decode attention of one (row, kv head, split) block, shared by the decode attention kernel
+// (decode_attention.cu) and the persistent decode step (decode_step.cu). See decode_attention.cu
+// for the algorithm; what differs between the two callers is what a block waits for before it
+// reads q (or the QKV projection): `wait_for_inputs` is the previous kernel there, a grid-wide
+// barrier here. Everything issued before it reads only what earlier steps wrote. Blocks of
+// kDecodeThreads threads; returns early (without calling wait_for_inputs) when the block's split
+// holds no keys.
+#pragma once
+#include <type_traits>
+
+#include "kernels/cuda/head_norm_rope.cuh"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/reduce.cuh"
+
+namespace sy::cuda {
+
+/** What a decode attention block reads and writes (paged_attention_decode's parameters). */
+template <typename T>
+struct DecodeAttentionArgs {
+  const T* q;
+  const int32_t* rows;
+  PagedKv<T> kv;
+  int num_heads;
+  int splits;
+  float* partials;
+  int* counters;
+  float* out;
+  DecodeFusion<T> fuse;
+};
+
+constexpr int kKeyTile = 64;
+// 256 threads: at batch 1 a decode block's time is its warps' serial instruction chains (ncu:
+// 1 warp per scheduler, ~11 cycles an instruction), so more warps per tile shorten it.
+constexpr int kDecodeThreads = 256;
+constexpr int kMaxGroup = 8;
+
+template <int HD>
+struct DecodeShape {
+  static constexpr int EPL = HD >= 64 ? 8 : 4;         // elements per lane: one 16- or 8-byte load
+  static constexpr int LPK = HD / EPL;                 // lanes per key in QK
+  static constexpr int KPP = (kDecodeThreads / 32) * (32 / LPK);  // keys per pass in QK
+  static constexpr int QK_PASSES = kKeyTile / KPP;
+  static constexpr int TPK = HD / 8;                   // threads per key in PV (8 dims each)
+  static constexpr int KG = kDecodeThreads / TPK;      // keys per pass in PV
+  static constexpr int PV_PASSES = (kKeyTile + KG - 1) / KG;
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void to_f32_vec(const void* raw, float* out) {
+  const T* h = reinterpret_cast<const T*>(raw);
+#pragma unroll
+  for (int e = 0; e < N; ++e) out[e] = to_f32(h[e]);
+}
+
+// The step's q, k and v heads of a kv group, normalized, rotated and stored by the decode kernel
+// itself (pure decode steps: `fuse.qkv` not null). Warps take items: the group's q heads into
+// `qs`, then, in the block whose chunk ends at the new key, the kv head's k and v into the cache
+// and into `new_k`/`new_v`, from where this block's own tile reads them (the cache stores may not
+// be visible to its loads yet).
+template <typename T, int HD>
+__device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, int token, int num_heads, int num_kv_heads,
+                                                   int g, int group, float pos, bool owns_new, float scale,
+                                                   float (*qs)[HD], T* new_k, T* new_v, float* warp_buf) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int heads_total = num_heads + 2 * num_kv_heads;
+  const float* row = fuse.qkv + static_cast<int64_t>(token) * heads_total * HD;
+  const int64_t slot = fuse.slots[token];
+  const int items = group + (owns_new ? 2 : 0);
+  for (int item = warp; item < items; item += kDecodeThreads / 32) {
+    if (item < group) {
+      float* dst = qs[item];
+      norm_rope_head<T>(row + (g * group + item) * HD, HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps, warp_buf,
+                        [dst, scale](int i, T v) { dst[i] = to_f32(v) * scale; });
+    } else if (item == group) {
+      T* cache = fuse.k_cache + (slot * num_kv_heads + g) * HD;
+      norm_rope_head<T>(row + (num_heads + g) * HD, HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps, warp_buf,
+                        [cache, new_k](int i, T v) {
+                          cache[i] = v;
+                          new_k[i] = v;
+                        });
+    } else {
+      const float* src = row + (num_heads + num_kv_heads + g) * HD;
+      T* cache = fuse.v_cache + (slot * num_kv_heads + g) * HD;
+      for (int i = lane; i < HD; i += 32) {
+        const T v = from_f32<T>(src[i]);
+        cache[i] = v;
+        new_v[i] = v;
+      }
+    }
+  }
+}
+
+// Decode: block (r, g, z) takes keys [z * chunk, (z + 1) * chunk) of row r's context for the GQA
+// group of kv head g, chunk = ceil(ctx / splits), in 64-key tiles. Every load of a tile is
+// issued before its arithmetic (16-byte K and V loads together, slots staged in shared memory),
+// so a block costs a few memory latencies. The softmax state (m, l, acc) stays in registers
+// across tiles. Only the `active` = ceil(ctx / chunk) blocks with keys take part: the others
+// leave at once, a context of one chunk is written by its block directly, and otherwise the last
+// active block to finish (a per-(row, kv head) counter) merges the partial states, so no second
+// kernel is launched. G: the GQA group size rounded up to 2, 4 or 8 (registers and shared
+// memory per group row are sized by it).
+template <typename T, int HD, int G, bool FUSED, typename WaitForInputs>
+__device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs<T>& a, int r, int g, int z,
+                                                       WaitForInputs wait_for_inputs) {
+  const T* q = a.q;
+  const int32_t* rows = a.rows;
+  const PagedKv<T>& kv = a.kv;
+  const int num_heads = a.num_heads, splits = a.splits;
+  float* partials = a.partials;
+  int* counters = a.counters;
+  float* out = a.out;
+  const DecodeFusion<T>& fuse = a.fuse;
+  using S = DecodeShape<HD>;
+  constexpr int WARPS = kDecodeThreads / 32;
+  // K and V of a tile in flight together, where the registers allow (not at head_dim 256).
+  constexpr bool kVWithK = S::QK_PASSES + S::PV_PASSES <= 16;
+  __shared__ float qs[G][HD];
+  __shared__ float sc[G][kKeyTile];
+  __shared__ int64_t slot_s[kKeyTile];
+  __shared__ float m_run[G], l_run[G], rescale[G];
+  __shared__ __align__(16) float red[kDecodeThreads * 8];  // PV partial sums of one group row, [key group][HD]
+  __shared__ __align__(16) T new_k[FUSED ? HD : 8], new_v[FUSED ? HD : 8];
+  __shared__ bool last_block;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int group = num_heads / kv.num_kv_heads;
+  // The row's context length comes with it: one round trip before the block table, not two.
+  const int token = rows[3 * r], seq = rows[3 * r + 1], ctx = rows[3 * r + 2];
+  // Whole 64-key tiles per split: a context of one tile is one block's work whatever `splits` is,
+  // so short contexts give the same bits at any batch size.
+  const int chunk = ((ctx + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+  const int active = (ctx + chunk - 1) / chunk;
+  if (z >= active) return;  // no keys here; the counter counts active blocks only
+  const int k_begin = z * chunk, k_end = min(ctx, k_begin + chunk);
+  const bool owns_new = FUSED && k_end == ctx;  // this block makes the step's own key
+  const int32_t* table = kv.block_tables + static_cast<int64_t>(seq) * kv.table_stride;
+  const int64_t kv_row = static_cast<int64_t>(kv.num_kv_heads) * HD;
+  const float scale = rsqrtf(static_cast<float>(HD));
+
+  // One tile's slots, then its K and V loads, all but the step's own key (position ctx - 1): the
+  // other keys were written by earlier steps, so the first tile's loads are issued before the
+  // wait for the previous kernel (dependent_launch.cuh) and overlap its tail. The own key is
+  // filled in after it (`load_own_key`): from this block's shared memory when it made it, else
+  // from the cache, where the previous kernel wrote it.
+  const int own_key = ctx - 1;
+  const int qk_key0 = warp * (32 / S::LPK) + lane / S::LPK, off = (lane % S::LPK) * S::EPL;
+  const int pv_key = tid / S::TPK, pv_d = (tid % S::TPK) * 8;
+  using Raw = typename std::conditional<S::EPL == 8, uint4, uint2>::type;
+  Raw kraw[S::QK_PASSES];
+  uint4 vraw[S::PV_PASSES];
+  int base = k_begin, tile_keys = min(kKeyTile, k_end - base);
+  auto stage_slots = [&]() {
+    if (tid < tile_keys) slot_s[tid] = slot_of(table, base + tid, kv.block_size) * kv_row + g * HD;
+  };
+  auto load_k = [&]() {
+#pragma unroll
+    for (int p = 0; p < S::QK_PASSES; ++p) {
+      const int kk = qk_key0 + p * S::KPP;
+      if (kk < tile_keys && base + kk != own_key) kraw[p] = *reinterpret_cast<const Raw*>(kv.k + slot_s[kk] + off);
+    }
+  };
+  auto load_v = [&]() {
+#pragma unroll
+    for (int p = 0; p < S::PV_PASSES; ++p) {
+      const int kk = pv_key + p * S::KG;
+      if (kk < tile_keys && base + kk != own_key) vraw[p] = *reinterpret_cast<const uint4*>(kv.v + slot_s[kk] + pv_d);
+    }
+  };
+  // The own key's K and/or V, if it is in this tile.
+  auto load_own_key = [&](bool k_too, bool v_too) {
+    if (own_key < base || own_key - base >= tile_keys) return;
+    if (k_too) {
+#pragma unroll
+      for (int p = 0; p < S::QK_PASSES; ++p) {
+        const int kk = qk_key0 + p * S::KPP;
+        if (base + kk == own_key) kraw[p] = *reinterpret_cast<const Raw*>(FUSED ? new_k + off : kv.k + slot_s[kk] + off);
+      }
+    }
+    if (!v_too) return;
+#pragma unroll
+    for (int p = 0; p < S::PV_PASSES; ++p) {
+      const int kk = pv_key + p * S::KG;
+      if (base + kk == own_key) vraw[p] = *reinterpret_cast<const uint4*>(FUSED ? new_v + pv_d : kv.v + slot_s[kk] + pv_d);
+    }
+  };
+  stage_slots();
+  __syncthreads();
+  load_k();
+  if constexpr (kVWithK) load_v();
+
+  // q (or qkv) comes from the previous kernel (or phase).
+  wait_for_inputs();
+  if constexpr (FUSED) {
+    fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, static_cast<float>(own_key), owns_new,
+                              scale, qs, new_k, new_v, red + warp * HD);
+  } else {
+    for (int i = tid; i < group * HD; i += kDecodeThreads) {
+      qs[i / HD][i % HD] = to_f32(q[(static_cast<int64_t>(token) * num_heads + g * group) * HD + i]) * scale;
+    }
+  }
+  if (tid < G) {
+    m_run[tid] = -INFINITY;
+    l_run[tid] = 0.0f;
+  }
+  float acc[G][8];
+#pragma unroll
+  for (int gg = 0; gg < G; ++gg)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[gg][e] = 0.0f;
+
+  while (true) {
+    __syncthreads();  // q, the own key and the running state (first tile), the slots (later ones) are in place
+    load_own_key(true, kVWithK);
+    // QK: the loads were issued before, the dots here.
+#pragma unroll
+    for (int p = 0; p < S::QK_PASSES; ++p) {
+      const int kk = qk_key0 + p * S::KPP;
+      float kf[S::EPL];
+      to_f32_vec<T, S::EPL>(&kraw[p], kf);
+#pragma unroll
+      for (int gg = 0; gg < G; ++gg) {
+        if (gg < group) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int e = 0; e < S::EPL; ++e) dot += qs[gg][off + e] * kf[e];
+#pragma unroll
+          for (int o = S::LPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+          if (lane % S::LPK == 0) sc[gg][kk] = kk < tile_keys ? dot : -INFINITY;
+        }
+      }
+    }
+    __syncthreads();
+    for (int gg = warp; gg < group; gg += WARPS) {
+      const float s0 = sc[gg][lane], s1 = sc[gg][lane + 32];
+      const float m_old = m_run[gg];
+      const float m_new = fmaxf(m_old, warp_max(fmaxf(s0, s1)));  // finite: key `base` < ctx
+      const float p0 = __expf(s0 - m_new), p1 = __expf(s1 - m_new);
+      sc[gg][lane] = p0;
+      sc[gg][lane + 32] = p1;
+      const float sum = warp_sum(p0 + p1);
+      if (lane == 0) {
+        const float f = __expf(m_old - m_new);
+        m_run[gg] = m_new;
+        l_run[gg] = l_run[gg] * f + sum;
+        rescale[gg] = f;
+      }
+    }
+    __syncthreads();
+    // PV: each thread 8 dims of its keys.
+    if constexpr (!kVWithK) {
+      load_v();
+      load_own_key(false, true);
+    }
+#pragma unroll
+    for (int gg = 0; gg < G; ++gg) {
+      if (gg < group) {
+        const float f = rescale[gg];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[gg][e] *= f;
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < S::PV_PASSES; ++p) {
+      const int kk = pv_key + p * S::KG;
+      if (kk < tile_keys) {
+        float vf[8];
+        to_f32_vec<T, 8>(&vraw[p], vf);
+#pragma unroll
+        for (int gg = 0; gg < G; ++gg) {
+          if (gg < group) {
+            const float pr = sc[gg][kk];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[gg][e] += pr * vf[e];
+          }
+        }
+      }
+    }
+    base += kKeyTile;
+    if (base >= k_end) break;
+    __syncthreads();  // sc and slot_s are rewritten for the next tile
+    tile_keys = min(kKeyTile, k_end - base);
+    stage_slots();
+    __syncthreads();
+    load_k();
+    if constexpr (kVWithK) load_v();
+  }
+
+  // Sum the key groups' accumulators, one group row at a time; thread t holds dims t, t + 256, ...
+  constexpr int DPT = (HD + kDecodeThreads - 1) / kDecodeThreads;
+  float mine[G][DPT];
+#pragma unroll
+  for (int gg = 0; gg < G; ++gg) {
+    if (gg < group) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) red[pv_key * HD + pv_d + e] = acc[gg][e];
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < DPT; ++j) {
+        const int d = tid + j * kDecodeThreads;
+        float s = 0.0f;
+        if (d < HD)
+          for (int k = 0; k < S::KG; ++k) s += red[k * HD + d];
+        mine[gg][j] = s;
+      }
+      __syncthreads();
+    }
+  }
+  if (active == 1) {
+    for (int gg = 0; gg < group; ++gg)
+#pragma unroll
+      for (int j = 0; j < DPT; ++j) {
+        const int d = tid + j * kDecodeThreads;
+        // Same arithmetic as the merge below with one split.
+        if (d < HD) out[(static_cast<int64_t>(token) * num_heads + g * group + gg) * HD + d] = mine[gg][j] / l_run[gg];
+      }
+    return;
+  }
+  for (int gg = 0; gg < group; ++gg) {
+    float* part = partials + ((static_cast<int64_t>(r) * num_heads + g * group + gg) * splits + z) * (HD + 2);
+    if (tid == 0) {
+      part[0] = m_run[gg];
+      part[1] = l_run[gg];
+    }
+#pragma unroll
+    for (int j = 0; j < DPT; ++j) {
+      const int d = tid + j * kDecodeThreads;
+      if (d < HD) part[2 + d] = mine[gg][j];
+    }
+  }
+  // The last active block of this (row, kv head) merges:
+  // out = Σ_z acc_z e^(m_z - M) / Σ_z l_z e^(m_z - M).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int* counter = counters + static_cast<int64_t>(r) * kv.num_kv_heads + g;
+    last_block = atomicAdd(counter, 1) == active - 1;
+    if (last_block) *counter = 0;  // ready for the next launch (kernel boundaries order it)
+  }
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  // Each thread merges its dims: the splits' m, l (the same for every thread: broadcast loads) and
+  // its acc values, sixteen splits' loads issued together (one round trip up to 16 splits), folded
+  // in online.
+  for (int gg = 0; gg < group; ++gg) {
+    const int h = g * group + gg;
+    const float* part = partials + (static_cast<int64_t>(r) * num_heads + h) * splits * (HD + 2);
+    for (int d = tid; d < HD; d += kDecodeThreads) {
+      float M = -INFINITY, den = 0.0f, num = 0.0f;
+      for (int z0 = 0; z0 < active; z0 += 16) {
+        float mz[16], lz[16], az[16];
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+          if (z0 + k < active) {
+            const float* pz = part + (z0 + k) * (HD + 2);
+            mz[k] = __ldcg(pz);
+            lz[k] = __ldcg(pz + 1);
+            az[k] = __ldcg(pz + 2 + d);
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+          if (z0 + k < active) {  // every active split has a finite m
+            const float m_new = fmaxf(M, mz[k]);
+            const float f = __expf(M - m_new), w = __expf(mz[k] - m_new);
+            den = den * f + lz[k] * w;
+            num = num * f + az[k] * w;
+            M = m_new;
+          }
+        }
+      }
+      out[(static_cast<int64_t>(token) * num_heads + h) * HD + d] = num / den;
+    }
+  }
+}
+
+}  // namespace sy::cuda

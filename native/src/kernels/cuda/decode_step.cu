@@ -1,0 +1,367 @@
+// A batch-1 decode step as one persistent kernel: one block per SM runs every layer's five phases
+// (qkv with the RMSNorm prologue; attention with q/k norm, RoPE and the KV store; o; gate_up with
+// the RMSNorm prologue; down with the SiLU·up prologue), separated by grid-wide barriers
+// (grid_barrier.cuh) instead of kernel boundaries. Kernel per op, a batch-1 step was ~140
+// kernels of ~6 µs each against ~1-2 µs of their bytes: each kernel's start, prologue and tail
+// were on the critical path (bench/CUDA_NOTES.md). Here each block owns the same slice of output
+// rows of every projection, and the copy engine (bulk_copy.cuh) moves its slice of the next
+// projection's weights into shared memory while the current phase and its barrier run, so after a
+// barrier a phase only stages its input row, multiplies from shared memory and stores.
+//
+// The arithmetic is the kernel-per-op path's, in the same order: the gemv prologue
+// (gemv_prologue.cuh), each row summed as gemv sums it (gemv_warps_per_row partial sums of 8-wide
+// fused dots), and the decode attention block itself (decode_attention.cuh) with the same splits.
+// So the step gives the same bits either way, which test/native/cuda.test.ts checks.
+#include <algorithm>
+#include <string>
+
+#include "kernels/cuda/bulk_copy.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/gemv_prologue.cuh"
+#include "kernels/cuda/grid_barrier.cuh"
+#include "kernels/cuda/kernels.h"
+
+namespace sy::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+static_assert(kThreads == kGemvThreads && kThreads == kDecodeThreads, "one block shape for every phase");
+constexpr int kWarps = kThreads / 32;
+constexpr int kProjections = 4;  // per layer: qkv, o, gate_up, down
+
+/** What the host works out once per shape: gemv's partial-sum counts and the shared-memory carve-up. */
+struct StepPlan {
+  int ws[kProjections];  // gemv_warps_per_row of each projection
+  int buf_bytes[2];      // weight buffers: qkv and gate_up use the first, o and down the second
+  int xs_bytes;          // the staged input row
+};
+
+struct Projection {
+  const void* w;
+  int out, in;
+};
+
+/** Projection q of the step (layer q / 4; qkv, o, gate_up, down). */
+template <typename T>
+__device__ __forceinline__ Projection projection(const DecodeStep<T>& p, int q) {
+  const DecodeLayer<T>& L = p.layers[q / kProjections];
+  const int qdim = p.num_heads * p.head_dim, qkvdim = qdim + 2 * p.num_kv_heads * p.head_dim;
+  switch (q % kProjections) {
+    case 0: return {L.qkv, qkvdim, p.hidden};
+    case 1: return {L.o, p.hidden, qdim};
+    case 2: return {L.gate_up, 2 * p.inter, p.hidden};
+    default: return {L.down, p.hidden, p.inter};
+  }
+}
+
+/** First output row of block b's slice (the slices of one projection differ by at most one row). */
+__device__ __forceinline__ int slice_begin(int out, int b) {
+  return static_cast<int>(static_cast<int64_t>(out) * b / gridDim.x);
+}
+
+/**
+ * y[row] = w[row] · xs for rows [rb, re), w holding exactly those rows in shared memory. Each warp
+ * takes R rows at a time (one read of xs serves R rows); every row is summed as gemv_kernel sums
+ * it: `ws` partial sums, partial s over the 8-wide groups k = (32 s + lane) * 8 + j * 256 ws, each
+ * group a fused dot in element order, reduced over the warp, then the partials added in order.
+ */
+template <typename T, int R>
+__device__ __forceinline__ void dot_rows(const T* w, const float* xs, int in, int ws, int rb, int re, float* y) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int step = 256 * ws;
+  for (int row = rb + warp * R; row < re; row += kWarps * R) {
+    float total[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) total[q] = 0.0f;
+    for (int s = 0; s < ws; ++s) {
+      float acc[R];
+#pragma unroll
+      for (int q = 0; q < R; ++q) acc[q] = 0.0f;
+      for (int k = (s * 32 + lane) * 8; k < in; k += step) {
+        const float4 a = *reinterpret_cast<const float4*>(xs + k);
+        const float4 b = *reinterpret_cast<const float4*>(xs + k + 4);
+#pragma unroll
+        for (int q = 0; q < R; ++q) {
+          if (row + q < re) {
+            const uint4 raw = *reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row + q - rb) * in + k);
+            const T* wh = reinterpret_cast<const T*>(&raw);
+            float d = __fmul_rn(to_f32(wh[0]), a.x);
+            d = __fmaf_rn(to_f32(wh[1]), a.y, d);
+            d = __fmaf_rn(to_f32(wh[2]), a.z, d);
+            d = __fmaf_rn(to_f32(wh[3]), a.w, d);
+            d = __fmaf_rn(to_f32(wh[4]), b.x, d);
+            d = __fmaf_rn(to_f32(wh[5]), b.y, d);
+            d = __fmaf_rn(to_f32(wh[6]), b.z, d);
+            d = __fmaf_rn(to_f32(wh[7]), b.w, d);
+            acc[q] = __fadd_rn(acc[q], d);
+          }
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < R; ++q) {
+        const float v = warp_sum(acc[q]);
+        // gemv writes one warp's sum as it is, and adds several warps' to 0.0f in order.
+        total[q] = ws == 1 ? v : __fadd_rn(total[q], v);
+      }
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int q = 0; q < R; ++q)
+        if (row + q < re) y[row + q] = total[q];
+    }
+  }
+}
+
+__device__ __forceinline__ void swap_pointers(float*& a, float*& b) {
+  float* t = a;
+  a = b;
+  b = t;
+}
+
+/** Rows a warp takes at once for a slice of `rows`: the fewest rounds of the block's warps, then the most rows. */
+__device__ __forceinline__ int rows_per_warp(int rows) {
+  int best = 1, best_cost = (rows + kWarps - 1) / kWarps;
+  for (int r = 2; r <= 4; ++r) {
+    const int cost = ((rows + r - 1) / r + kWarps - 1) / kWarps * r;
+    if (cost <= best_cost) {
+      best = r;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+template <typename T, int HD, int G>
+__global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeStep<T> p, const StepPlan plan) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t loaded[2];  // one mbarrier per weight buffer
+  __shared__ float scratch[32];
+  T* const buf[2] = {reinterpret_cast<T*>(smem), reinterpret_cast<T*>(smem + plan.buf_bytes[0])};
+  float* const xs = reinterpret_cast<float*>(smem + plan.buf_bytes[0] + plan.buf_bytes[1]);
+  const int num_projections = kProjections * p.num_layers;
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(&loaded[0]);
+    mbarrier_init(&loaded[1]);
+  }
+  __syncthreads();
+  // Projection q's slice goes to buffer q % 2, issued once the block is done with projection
+  // q - 2 (its arrival at the barrier after it begins with a __syncthreads), so the copy has the
+  // whole of the phase in between and a barrier or two to land.
+  auto issue = [&](int q) {
+    if (q >= num_projections || threadIdx.x != 0) return;
+    const Projection pr = projection(p, q);
+    const int rb = slice_begin(pr.out, blockIdx.x), re = slice_begin(pr.out, blockIdx.x + 1);
+    bulk_copy_to_shared(buf[q & 1], static_cast<const T*>(pr.w) + static_cast<int64_t>(rb) * pr.in,
+                        static_cast<uint32_t>(re - rb) * pr.in * sizeof(T), &loaded[q & 1]);
+  };
+  auto project = [&](int q, const T* w, int out, int in, const GemvInput& input, float* y) {
+    stage_gemv_input<T, 1>(input, in, xs, scratch);
+    mbarrier_wait(&loaded[q & 1], (q >> 1) & 1);  // the (q / 2)-th use of the buffer
+    const int rb = slice_begin(out, blockIdx.x), re = slice_begin(out, blockIdx.x + 1);
+    switch (rows_per_warp(re - rb)) {
+      case 1: dot_rows<T, 1>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
+      case 2: dot_rows<T, 2>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
+      case 3: dot_rows<T, 3>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
+      default: dot_rows<T, 4>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
+    }
+  };
+  issue(0);
+  issue(1);
+
+  unsigned arrivals = 0;
+  auto arrive = [&] {
+    grid_arrive(p.barrier);
+    ++arrivals;
+  };
+  auto wait = [&] { grid_wait(p.barrier, arrivals * gridDim.x); };
+
+  // The row's attention work: (kv head, split) items over the splits that hold keys, as
+  // paged_attention_decode's grid has them.
+  const int ctx = p.rows[2];
+  const int chunk = ((ctx + p.splits - 1) / p.splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+  const int active = (ctx + chunk - 1) / chunk;
+  const int items = p.num_kv_heads * active;
+  const int qdim = p.num_heads * HD, qkvdim = qdim + 2 * p.num_kv_heads * HD;
+
+  float* xa = p.x;   // the residual stream before this layer's adds
+  float* xb = p.x2;  // where a norm prologue writes it after an add (block 0)
+  for (int l = 0; l < p.num_layers; ++l) {
+    const DecodeLayer<T> L = p.layers[l];
+    const int q0 = kProjections * l;
+
+    // qkv (layer 0: the embedding, written by the kernel before this one).
+    if (l > 0) wait();
+    project(q0, L.qkv, qkvdim, p.hidden,
+            GemvInput{GemvInput::kNorm, xa, l == 0 ? nullptr : p.delta, nullptr, L.input_norm, p.eps, xb, p.split.qkv},
+            p.qkv);
+    arrive();
+    issue(q0 + 2);
+    swap_pointers(xa, xb);
+
+    // Attention: a block's first item loads its first tile's keys and values (earlier steps'
+    // cache) before the barrier, as the kernel-per-op launch does before its dependency wait.
+    const DecodeAttentionArgs<T> attention{
+        nullptr,
+        p.rows,
+        PagedKv<T>{L.k_cache, L.v_cache, p.block_tables, p.table_stride, p.block_size, p.num_kv_heads, HD},
+        p.num_heads,
+        p.splits,
+        p.partials,
+        p.counters,
+        p.attn,
+        DecodeFusion<T>{p.qkv, p.slots, p.inv_freq, L.q_norm, L.k_norm, p.eps, L.k_cache, L.v_cache}};
+    bool waited = false;
+    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+      decode_attention_block<T, HD, G, true>(attention, 0, item / active, item % active, [&] {
+        if (!waited) {
+          wait();
+          waited = true;
+        }
+      });
+      __syncthreads();  // the block's shared state is reused by its next item
+    }
+    if (!waited) wait();
+    arrive();
+
+    // o
+    wait();
+    GemvInput o_in{GemvInput::kF32, p.attn};
+    o_in.split = p.split.o;
+    project(q0 + 1, L.o, p.hidden, qdim, o_in, p.delta);
+    arrive();
+    issue(q0 + 3);
+
+    // gate_up
+    wait();
+    project(q0 + 2, L.gate_up, 2 * p.inter, p.hidden,
+            GemvInput{GemvInput::kNorm, xa, p.delta, nullptr, L.post_norm, p.eps, xb, p.split.gate_up}, p.gate_up);
+    arrive();
+    issue(q0 + 4);
+    swap_pointers(xa, xb);
+
+    // down; the last layer's output is read by the next kernel (the lm_head).
+    wait();
+    GemvInput down_in{GemvInput::kSilu, p.gate_up};
+    down_in.split = p.split.down;
+    project(q0 + 3, L.down, p.hidden, p.inter, down_in, p.delta);
+    if (l + 1 < p.num_layers) {
+      arrive();
+      issue(q0 + 5);
+    }
+  }
+  grid_barrier_reset(p.barrier, p.barrier + 1);
+}
+
+template <typename T>
+using StepKernel = void (*)(DecodeStep<T>, StepPlan);
+
+template <typename T, int HD>
+StepKernel<T> kernel_for_group(int group) {
+  if (group <= 2) return decode_step_kernel<T, HD, 2>;
+  if (group <= 4) return decode_step_kernel<T, HD, 4>;
+  if (group <= 8) return decode_step_kernel<T, HD, 8>;
+  return nullptr;
+}
+
+// Head dims of the models in use and in the tests; others run kernel per op.
+template <typename T>
+StepKernel<T> kernel_for(int head_dim, int group) {
+  switch (head_dim) {
+    case 16: return kernel_for_group<T, 16>(group);
+    case 64: return kernel_for_group<T, 64>(group);
+    case 128: return kernel_for_group<T, 128>(group);
+    default: return nullptr;
+  }
+}
+
+int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  SY_CUDA_CHECK(cudaGetDevice(&device));
+  SY_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+template <typename T>
+StepPlan plan_for(const DecodeStep<T>& s, int grid) {
+  const int qdim = s.num_heads * s.head_dim, qkvdim = qdim + 2 * s.num_kv_heads * s.head_dim;
+  const int out[kProjections] = {qkvdim, s.hidden, 2 * s.inter, s.hidden};
+  const int in[kProjections] = {s.hidden, qdim, s.hidden, s.inter};
+  StepPlan plan{};
+  int bytes[kProjections];
+  for (int j = 0; j < kProjections; ++j) {
+    plan.ws[j] = gemv_warps_per_row(out[j], in[j]);
+    bytes[j] = (out[j] + grid - 1) / grid * in[j] * static_cast<int>(sizeof(T));  // the largest slice
+  }
+  auto round_up = [](int v) { return (v + 127) / 128 * 128; };
+  plan.buf_bytes[0] = round_up(std::max(bytes[0], bytes[2]));
+  plan.buf_bytes[1] = round_up(std::max(bytes[1], bytes[3]));
+  plan.xs_bytes = std::max({s.hidden, qdim, s.inter}) * static_cast<int>(sizeof(float));
+  return plan;
+}
+
+int dynamic_smem(const StepPlan& plan) { return plan.buf_bytes[0] + plan.buf_bytes[1] + plan.xs_bytes; }
+
+}  // namespace
+
+template <typename T>
+bool decode_step_prepare(const DecodeStep<T>& s, std::string* why_not) {
+  auto no = [why_not](const std::string& why) {
+    if (why_not) *why_not = why;
+    return false;
+  };
+  if (device_attribute(cudaDevAttrComputeCapabilityMajor) < 9) return no("needs Hopper (sm_90) or newer");
+  if (!device_attribute(cudaDevAttrCooperativeLaunch)) return no("the GPU has no cooperative launch");
+  const StepKernel<T> kernel = s.num_heads % s.num_kv_heads == 0 ? kernel_for<T>(s.head_dim, s.num_heads / s.num_kv_heads)
+                                                                 : nullptr;
+  if (!kernel) {
+    return no("no kernel for head_dim " + std::to_string(s.head_dim) + " with " + std::to_string(s.num_heads) +
+              " heads on " + std::to_string(s.num_kv_heads) + " kv heads");
+  }
+  if (s.hidden % 8 != 0 || s.inter % 8 != 0 || (s.num_heads * s.head_dim) % 8 != 0) {
+    return no("projection widths must be multiples of 8");
+  }
+  const int grid = device_attribute(cudaDevAttrMultiProcessorCount);
+  const StepPlan plan = plan_for(s, grid);
+  cudaFuncAttributes attributes{};
+  SY_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  const int limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin) - static_cast<int>(attributes.sharedSizeBytes);
+  if (dynamic_smem(plan) > limit) {
+    return no("a block's weight slices take " + std::to_string(dynamic_smem(plan)) + " bytes of shared memory, " +
+              std::to_string(limit) + " are available");
+  }
+  SY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic_smem(plan)));
+  int per_sm = 0;
+  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dynamic_smem(plan)));
+  if (per_sm < 1) return no("a block does not fit on an SM");
+  return true;
+}
+
+template <typename T>
+void decode_step(const DecodeStep<T>& s, cudaStream_t stream) {
+  const StepKernel<T> kernel = kernel_for<T>(s.head_dim, s.num_heads / s.num_kv_heads);
+  if (!kernel) throw CudaError("decode_step: no kernel for this shape (decode_step_prepare says why)");
+  static const int grid = device_attribute(cudaDevAttrMultiProcessorCount);  // the process's one GPU
+  const StepPlan plan = plan_for(s, grid);
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = dynamic_smem(plan);
+  config.stream = stream;
+  // Cooperative: every block resident at once (the barriers need it), or the launch fails.
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeCooperative;
+  attribute.val.cooperative = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  SY_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, s, plan));
+  SY_CUDA_CHECK_LAUNCH(decode_step_kernel);
+}
+
+template bool decode_step_prepare<__nv_bfloat16>(const DecodeStep<__nv_bfloat16>&, std::string*);
+template bool decode_step_prepare<__half>(const DecodeStep<__half>&, std::string*);
+template void decode_step<__nv_bfloat16>(const DecodeStep<__nv_bfloat16>&, cudaStream_t);
+template void decode_step<__half>(const DecodeStep<__half>&, cudaStream_t);
+
+}  // namespace sy::cuda
