@@ -29,6 +29,7 @@
 #include <stdexcept>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_step_trace.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kernels.h"
 #include "model/safetensors.h"
@@ -363,6 +364,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     const auto t_launched = StepProfile::Clock::now();
     profile_wait_us_ = 0;
     sample(m, requests, sampled);
+    if (step_trace_.on() && n == 1 && num_decode == 1 && num_tiles == 0 && m > 0) step_trace_.collect();
     if (ncu) SY_CUDA_CHECK(cudaProfilerStop());
     const auto t_exit = StepProfile::Clock::now();
     if (profiled) {
@@ -607,6 +609,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     s.partials = partials_;
     s.counters = counters_;
     s.barrier = barrier_;
+    s.trace = step_trace_.device();
     return s;
   }
 
@@ -632,6 +635,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     SY_CUDA_CHECK(cudaMemcpy(decode_layers_.as<void>(), layers.data(), layers.size() * sizeof(cuda::DecodeLayer<T>),
                              cudaMemcpyHostToDevice));
     persistent_ok_ = cuda::decode_step_prepare<T>(persistent_step(nullptr, nullptr, nullptr, 1), &persistent_why_not_);
+    if (persistent_ok_) step_trace_.init(num_sms_, c_.num_layers);
   }
 
   // Launches only (no host synchronization), so that a decode step can be captured in a graph.
@@ -862,6 +866,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   std::string persistent_why_not_;
   DeviceMemory decode_layers_;  // the persistent step's per-layer pointers (cuda::DecodeLayer)
   unsigned* barrier_ = nullptr;  // its grid barrier's counters
+  cuda::DecodeStepTrace step_trace_;  // SWITCHYARD_CUDA_PERSISTENT_TRACE=1
   T *hn_lo_ = nullptr, *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;

@@ -146,6 +146,15 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     mbarrier_init(&loaded[1]);
   }
   __syncthreads();
+  // Trace points (DecodeStep::trace): phase `phase` of layer l reached point `point`.
+  auto mark = [&](int l, int phase, int point) {
+    if (p.trace && threadIdx.x == 0) {
+      unsigned long long ns;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+      p.trace[((static_cast<int64_t>(blockIdx.x) * p.num_layers + l) * kDecodeStepPhases + phase) *
+                  kDecodeStepTracePoints + point] = ns;
+    }
+  };
   // Projection q's slice goes to buffer q % 2, issued once the block is done with projection
   // q - 2 (its arrival at the barrier after it begins with a __syncthreads), so the copy has the
   // whole of the phase in between and a barrier or two to land.
@@ -156,9 +165,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     bulk_copy_to_shared(buf[q & 1], static_cast<const T*>(pr.w) + static_cast<int64_t>(rb) * pr.in,
                         static_cast<uint32_t>(re - rb) * pr.in * sizeof(T), &loaded[q & 1]);
   };
-  auto project = [&](int q, const T* w, int out, int in, const GemvInput& input, float* y) {
+  auto project = [&](int q, const T* w, int out, int in, const GemvInput& input, float* y, auto mark_point) {
     stage_gemv_input<T, 1>(input, in, xs, scratch);
+    mark_point(1);
     mbarrier_wait(&loaded[q & 1], (q >> 1) & 1);  // the (q / 2)-th use of the buffer
+    mark_point(2);
     const int rb = slice_begin(out, blockIdx.x), re = slice_begin(out, blockIdx.x + 1);
     switch (rows_per_warp(re - rb)) {
       case 1: dot_rows<T, 1>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
@@ -193,9 +204,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
 
     // qkv (layer 0: the embedding, written by the kernel before this one).
     if (l > 0) wait();
+    mark(l, 0, 0);
     project(q0, L.qkv, qkvdim, p.hidden,
             GemvInput{GemvInput::kNorm, xa, l == 0 ? nullptr : p.delta, nullptr, L.input_norm, p.eps, xb, p.split.qkv},
-            p.qkv);
+            p.qkv, [&](int point) { mark(l, 0, point); });
+    mark(l, 0, 3);
     arrive();
     issue(q0 + 2);
     swap_pointers(xa, xb);
@@ -217,35 +230,47 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
       decode_attention_block<T, HD, G, true>(attention, 0, item / active, item % active, [&] {
         if (!waited) {
           wait();
+          mark(l, 1, 0);
           waited = true;
         }
       });
       __syncthreads();  // the block's shared state is reused by its next item
     }
-    if (!waited) wait();
+    if (!waited) {
+      wait();
+      mark(l, 1, 0);
+    }
+    for (int point = 1; point < kDecodeStepTracePoints; ++point) mark(l, 1, point);  // no input, no weights
     arrive();
 
     // o
     wait();
+    mark(l, 2, 0);
     GemvInput o_in{GemvInput::kF32, p.attn};
     o_in.split = p.split.o;
-    project(q0 + 1, L.o, p.hidden, qdim, o_in, p.delta);
+    project(q0 + 1, L.o, p.hidden, qdim, o_in, p.delta, [&](int point) { mark(l, 2, point); });
+    mark(l, 2, 3);
     arrive();
     issue(q0 + 3);
 
     // gate_up
     wait();
+    mark(l, 3, 0);
     project(q0 + 2, L.gate_up, 2 * p.inter, p.hidden,
-            GemvInput{GemvInput::kNorm, xa, p.delta, nullptr, L.post_norm, p.eps, xb, p.split.gate_up}, p.gate_up);
+            GemvInput{GemvInput::kNorm, xa, p.delta, nullptr, L.post_norm, p.eps, xb, p.split.gate_up}, p.gate_up,
+            [&](int point) { mark(l, 3, point); });
+    mark(l, 3, 3);
     arrive();
     issue(q0 + 4);
     swap_pointers(xa, xb);
 
     // down; the last layer's output is read by the next kernel (the lm_head).
     wait();
+    mark(l, 4, 0);
     GemvInput down_in{GemvInput::kSilu, p.gate_up};
     down_in.split = p.split.down;
-    project(q0 + 3, L.down, p.hidden, p.inter, down_in, p.delta);
+    project(q0 + 3, L.down, p.hidden, p.inter, down_in, p.delta, [&](int point) { mark(l, 4, point); });
+    mark(l, 4, 3);
     if (l + 1 < p.num_layers) {
       arrive();
       issue(q0 + 5);

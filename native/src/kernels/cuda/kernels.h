@@ -201,7 +201,12 @@ struct DecodeStep {
   float* partials;
   int* counters;   // paged_attention_decode's, zero
   unsigned* barrier;  // decode_step_barrier_words() words, zero before the first launch; each launch leaves them zero
+  /** Null, or where thread 0 of each block writes %globaltimer (ns) at kDecodeStepTracePoints points of each phase
+   *  ([block][layer][phase][point]; decode_step_trace.h reads them). For finding where a step's time goes. */
+  unsigned long long* trace = nullptr;
 };
+constexpr int kDecodeStepPhases = 5;       // qkv, attention, o, gate_up, down
+constexpr int kDecodeStepTracePoints = 4;  // started (barrier passed), input staged, weights in, done (arriving)
 constexpr int decode_step_barrier_words() { return 2; }
 
 /**
