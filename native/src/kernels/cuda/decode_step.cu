@@ -132,29 +132,65 @@ __device__ __forceinline__ int rows_per_warp(int rows) {
   return best;
 }
 
+// The kernel's mbarriers (one per weight buffer) and reduction scratch, at namespace scope so
+// project_slice, which is not inlined, reaches them.
+__shared__ __align__(8) uint64_t weights_loaded[2];
+__shared__ float block_scratch[32];
+
+/** Thread 0 records %globaltimer at trace[point] when tracing (DecodeStep::trace). */
+__device__ __forceinline__ void trace_point(unsigned long long* trace, int point) {
+  if (trace && threadIdx.x == 0) {
+    unsigned long long ns;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+    trace[point] = ns;
+  }
+}
+
+/**
+ * The block's slice of projection q: stage the input row, wait for the slice's weights (buffer
+ * q % 2 at byte `weights_at` of the dynamic shared memory), y[rows] = w[rows] · x. Every
+ * weight-bearing phase runs this one copy of the code: a persistent step goes through its phases
+ * every few microseconds, and with the code inlined per phase it did not stay in the SM's
+ * instruction cache (traced: staging took 1-1.5 µs and 32 rows of dot products 2 µs).
+ */
+template <typename T>
+__device__ __noinline__ void project_slice(const GemvInput input, int q, int out, int in, int ws, int weights_at,
+                                           int xs_at, float* y, unsigned long long* trace) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* const xs = reinterpret_cast<float*>(smem + xs_at);
+  const T* const w = reinterpret_cast<const T*>(smem + weights_at);
+  stage_gemv_input<T, 1>(input, in, xs, block_scratch);
+  trace_point(trace, 1);
+  mbarrier_wait(&weights_loaded[q & 1], (q >> 1) & 1);  // the (q / 2)-th use of the buffer
+  trace_point(trace, 2);
+  const int rb = slice_begin(out, blockIdx.x), re = slice_begin(out, blockIdx.x + 1);
+  switch (rows_per_warp(re - rb)) {
+    case 1: dot_rows<T, 1>(w, xs, in, ws, rb, re, y); break;
+    case 2: dot_rows<T, 2>(w, xs, in, ws, rb, re, y); break;
+    case 3: dot_rows<T, 3>(w, xs, in, ws, rb, re, y); break;
+    default: dot_rows<T, 4>(w, xs, in, ws, rb, re, y); break;
+  }
+}
+
 template <typename T, int HD, int G>
 __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeStep<T> p, const StepPlan plan) {
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ __align__(8) uint64_t loaded[2];  // one mbarrier per weight buffer
-  __shared__ float scratch[32];
-  T* const buf[2] = {reinterpret_cast<T*>(smem), reinterpret_cast<T*>(smem + plan.buf_bytes[0])};
-  float* const xs = reinterpret_cast<float*>(smem + plan.buf_bytes[0] + plan.buf_bytes[1]);
+  const int buf_at[2] = {0, plan.buf_bytes[0]};
+  const int xs_at = plan.buf_bytes[0] + plan.buf_bytes[1];
   const int num_projections = kProjections * p.num_layers;
 
   if (threadIdx.x == 0) {
-    mbarrier_init(&loaded[0]);
-    mbarrier_init(&loaded[1]);
+    mbarrier_init(&weights_loaded[0]);
+    mbarrier_init(&weights_loaded[1]);
   }
   __syncthreads();
-  // Trace points (DecodeStep::trace): phase `phase` of layer l reached point `point`.
-  auto mark = [&](int l, int phase, int point) {
-    if (p.trace && threadIdx.x == 0) {
-      unsigned long long ns;
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-      p.trace[((static_cast<int64_t>(blockIdx.x) * p.num_layers + l) * kDecodeStepPhases + phase) *
-                  kDecodeStepTracePoints + point] = ns;
-    }
+  // Trace points of phase `phase` of layer l (null when not tracing).
+  auto trace_of = [&](int l, int phase) -> unsigned long long* {
+    return p.trace ? p.trace + ((static_cast<int64_t>(blockIdx.x) * p.num_layers + l) * kDecodeStepPhases + phase) *
+                                   kDecodeStepTracePoints
+                   : nullptr;
   };
+  auto mark = [&](int l, int phase, int point) { trace_point(trace_of(l, phase), point); };
   // Projection q's slice goes to buffer q % 2, issued once the block is done with projection
   // q - 2 (its arrival at the barrier after it begins with a __syncthreads), so the copy has the
   // whole of the phase in between and a barrier or two to land.
@@ -162,21 +198,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     if (q >= num_projections || threadIdx.x != 0) return;
     const Projection pr = projection(p, q);
     const int rb = slice_begin(pr.out, blockIdx.x), re = slice_begin(pr.out, blockIdx.x + 1);
-    bulk_copy_to_shared(buf[q & 1], static_cast<const T*>(pr.w) + static_cast<int64_t>(rb) * pr.in,
-                        static_cast<uint32_t>(re - rb) * pr.in * sizeof(T), &loaded[q & 1]);
+    bulk_copy_to_shared(smem + buf_at[q & 1], static_cast<const T*>(pr.w) + static_cast<int64_t>(rb) * pr.in,
+                        static_cast<uint32_t>(re - rb) * pr.in * sizeof(T), &weights_loaded[q & 1]);
   };
-  auto project = [&](int q, const T* w, int out, int in, const GemvInput& input, float* y, auto mark_point) {
-    stage_gemv_input<T, 1>(input, in, xs, scratch);
-    mark_point(1);
-    mbarrier_wait(&loaded[q & 1], (q >> 1) & 1);  // the (q / 2)-th use of the buffer
-    mark_point(2);
-    const int rb = slice_begin(out, blockIdx.x), re = slice_begin(out, blockIdx.x + 1);
-    switch (rows_per_warp(re - rb)) {
-      case 1: dot_rows<T, 1>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
-      case 2: dot_rows<T, 2>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
-      case 3: dot_rows<T, 3>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
-      default: dot_rows<T, 4>(buf[q & 1], xs, in, plan.ws[q % kProjections], rb, re, y); break;
-    }
+  auto project = [&](int q, int out, int in, const GemvInput& input, float* y, int l, int phase) {
+    project_slice<T>(input, q, out, in, plan.ws[q % kProjections], buf_at[q & 1], xs_at, y, trace_of(l, phase));
   };
   issue(0);
   issue(1);
@@ -205,9 +231,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     // qkv (layer 0: the embedding, written by the kernel before this one).
     if (l > 0) wait();
     mark(l, 0, 0);
-    project(q0, L.qkv, qkvdim, p.hidden,
+    project(q0, qkvdim, p.hidden,
             GemvInput{GemvInput::kNorm, xa, l == 0 ? nullptr : p.delta, nullptr, L.input_norm, p.eps, xb, p.split.qkv},
-            p.qkv, [&](int point) { mark(l, 0, point); });
+            p.qkv, l, 0);
     mark(l, 0, 3);
     arrive();
     issue(q0 + 2);
@@ -248,7 +274,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     mark(l, 2, 0);
     GemvInput o_in{GemvInput::kF32, p.attn};
     o_in.split = p.split.o;
-    project(q0 + 1, L.o, p.hidden, qdim, o_in, p.delta, [&](int point) { mark(l, 2, point); });
+    project(q0 + 1, p.hidden, qdim, o_in, p.delta, l, 2);
     mark(l, 2, 3);
     arrive();
     issue(q0 + 3);
@@ -256,9 +282,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     // gate_up
     wait();
     mark(l, 3, 0);
-    project(q0 + 2, L.gate_up, 2 * p.inter, p.hidden,
-            GemvInput{GemvInput::kNorm, xa, p.delta, nullptr, L.post_norm, p.eps, xb, p.split.gate_up}, p.gate_up,
-            [&](int point) { mark(l, 3, point); });
+    project(q0 + 2, 2 * p.inter, p.hidden,
+            GemvInput{GemvInput::kNorm, xa, p.delta, nullptr, L.post_norm, p.eps, xb, p.split.gate_up}, p.gate_up, l, 3);
     mark(l, 3, 3);
     arrive();
     issue(q0 + 4);
@@ -269,7 +294,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     mark(l, 4, 0);
     GemvInput down_in{GemvInput::kSilu, p.gate_up};
     down_in.split = p.split.down;
-    project(q0 + 3, L.down, p.hidden, p.inter, down_in, p.delta, [&](int point) { mark(l, 4, point); });
+    project(q0 + 3, p.hidden, p.inter, down_in, p.delta, l, 4);
     mark(l, 4, 3);
     if (l + 1 < p.num_layers) {
       arrive();
