@@ -13,6 +13,7 @@
 // fused dots), and the decode attention block itself (decode_attention.cuh) with the same splits.
 // So the step gives the same bits either way, which test/native/cuda.test.ts checks.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/bulk_copy.cuh"
@@ -35,6 +36,7 @@ struct StepPlan {
   int ws[kProjections];  // gemv_warps_per_row of each projection
   int buf_bytes[2];      // weight buffers: qkv and gate_up use the first, o and down the second
   int xs_bytes;          // the staged input row
+  int dot_variant;       // SWITCHYARD_CUDA_PERSISTENT_DOT: 1 dot_rows, 2 dot_rows_ahead
 };
 
 struct Projection {
@@ -57,7 +59,7 @@ __device__ __forceinline__ Projection projection(const DecodeStep<T>& p, int q) 
 
 /** First output row of block b's slice (the slices of one projection differ by at most one row). */
 __device__ __forceinline__ int slice_begin(int out, int b) {
-  return static_cast<int>(static_cast<int64_t>(out) * b / gridDim.x);
+  return static_cast<int>(static_cast<unsigned>(out) * b / gridDim.x);  // out * grid < 2^32 (decode_step_prepare)
 }
 
 /**
@@ -119,6 +121,71 @@ __device__ __forceinline__ void swap_pointers(float*& a, float*& b) {
   b = t;
 }
 
+/**
+ * dot_rows with the same sums, its shared-memory loads issued ahead: two 8-wide groups of every
+ * row at a time, loaded before any is multiplied, and rows past the slice read its last row
+ * (not stored) so no branch stands between the loads. SWITCHYARD_CUDA_PERSISTENT_DOT=2.
+ */
+template <typename T, int R>
+__device__ __forceinline__ void dot_rows_ahead(const T* w, const float* xs, int in, int ws, int rb, int re, float* y) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int step = 256 * ws;
+  for (int row = rb + warp * R; row < re; row += kWarps * R) {
+    const T* wr[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) wr[q] = w + (min(row + q, re - 1) - rb) * in;
+    float total[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) total[q] = 0.0f;
+    for (int s = 0; s < ws; ++s) {
+      float acc[R];
+#pragma unroll
+      for (int q = 0; q < R; ++q) acc[q] = 0.0f;
+      for (int k = (s * 32 + lane) * 8; k < in; k += 2 * step) {
+        const bool second = k + step < in;
+        float4 x[2][2];
+        uint4 raw[2][R];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int ku = u == 0 ? k : (second ? k + step : k);
+          x[u][0] = *reinterpret_cast<const float4*>(xs + ku);
+          x[u][1] = *reinterpret_cast<const float4*>(xs + ku + 4);
+#pragma unroll
+          for (int q = 0; q < R; ++q) raw[u][q] = *reinterpret_cast<const uint4*>(wr[q] + ku);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          if (u == 1 && !second) break;
+          const float4 a = x[u][0], b = x[u][1];
+#pragma unroll
+          for (int q = 0; q < R; ++q) {
+            const T* wh = reinterpret_cast<const T*>(&raw[u][q]);
+            float d = __fmul_rn(to_f32(wh[0]), a.x);
+            d = __fmaf_rn(to_f32(wh[1]), a.y, d);
+            d = __fmaf_rn(to_f32(wh[2]), a.z, d);
+            d = __fmaf_rn(to_f32(wh[3]), a.w, d);
+            d = __fmaf_rn(to_f32(wh[4]), b.x, d);
+            d = __fmaf_rn(to_f32(wh[5]), b.y, d);
+            d = __fmaf_rn(to_f32(wh[6]), b.z, d);
+            d = __fmaf_rn(to_f32(wh[7]), b.w, d);
+            acc[q] = __fadd_rn(acc[q], d);
+          }
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < R; ++q) {
+        const float v = warp_sum(acc[q]);
+        total[q] = ws == 1 ? v : __fadd_rn(total[q], v);
+      }
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int q = 0; q < R; ++q)
+        if (row + q < re) y[row + q] = total[q];
+    }
+  }
+}
+
 /** Rows a warp takes at once for a slice of `rows`: the fewest rounds of the block's warps, then the most rows. */
 __device__ __forceinline__ int rows_per_warp(int rows) {
   int best = 1, best_cost = (rows + kWarps - 1) / kWarps;
@@ -155,7 +222,7 @@ __device__ __forceinline__ void trace_point(unsigned long long* trace, int point
  */
 template <typename T>
 __device__ __noinline__ void project_slice(const GemvInput input, int q, int out, int in, int ws, int weights_at,
-                                           int xs_at, float* y, unsigned long long* trace) {
+                                           int xs_at, float* y, unsigned long long* trace, int dot_variant) {
   extern __shared__ __align__(128) unsigned char smem[];
   float* const xs = reinterpret_cast<float*>(smem + xs_at);
   const T* const w = reinterpret_cast<const T*>(smem + weights_at);
@@ -164,6 +231,15 @@ __device__ __noinline__ void project_slice(const GemvInput input, int q, int out
   mbarrier_wait(&weights_loaded[q & 1], (q >> 1) & 1);  // the (q / 2)-th use of the buffer
   trace_point(trace, 2);
   const int rb = slice_begin(out, blockIdx.x), re = slice_begin(out, blockIdx.x + 1);
+  if (dot_variant == 2) {
+    switch (rows_per_warp(re - rb)) {
+      case 1: dot_rows_ahead<T, 1>(w, xs, in, ws, rb, re, y); break;
+      case 2: dot_rows_ahead<T, 2>(w, xs, in, ws, rb, re, y); break;
+      case 3: dot_rows_ahead<T, 3>(w, xs, in, ws, rb, re, y); break;
+      default: dot_rows_ahead<T, 4>(w, xs, in, ws, rb, re, y); break;
+    }
+    return;
+  }
   switch (rows_per_warp(re - rb)) {
     case 1: dot_rows<T, 1>(w, xs, in, ws, rb, re, y); break;
     case 2: dot_rows<T, 2>(w, xs, in, ws, rb, re, y); break;
@@ -202,7 +278,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
                         static_cast<uint32_t>(re - rb) * pr.in * sizeof(T), &weights_loaded[q & 1]);
   };
   auto project = [&](int q, int out, int in, const GemvInput& input, float* y, int l, int phase) {
-    project_slice<T>(input, q, out, in, plan.ws[q % kProjections], buf_at[q & 1], xs_at, y, trace_of(l, phase));
+    project_slice<T>(input, q, out, in, plan.ws[q % kProjections], buf_at[q & 1], xs_at, y, trace_of(l, phase),
+                     plan.dot_variant);
   };
   issue(0);
   issue(1);
@@ -348,6 +425,11 @@ StepPlan plan_for(const DecodeStep<T>& s, int grid) {
   plan.buf_bytes[0] = round_up(std::max(bytes[0], bytes[2]));
   plan.buf_bytes[1] = round_up(std::max(bytes[1], bytes[3]));
   plan.xs_bytes = std::max({s.hidden, qdim, s.inter}) * static_cast<int>(sizeof(float));
+  static const int dot_variant = [] {
+    const char* v = std::getenv("SWITCHYARD_CUDA_PERSISTENT_DOT");
+    return v && std::atoi(v) == 2 ? 2 : 1;
+  }();
+  plan.dot_variant = dot_variant;
   return plan;
 }
 
@@ -373,6 +455,8 @@ bool decode_step_prepare(const DecodeStep<T>& s, std::string* why_not) {
     return no("projection widths must be multiples of 8");
   }
   const int grid = device_attribute(cudaDevAttrMultiProcessorCount);
+  const int widest_out = std::max({s.hidden, 2 * s.inter, (s.num_heads + 2 * s.num_kv_heads) * s.head_dim});
+  if (static_cast<int64_t>(widest_out) * grid >= (int64_t{1} << 32)) return no("projections too wide");
   const StepPlan plan = plan_for(s, grid);
   cudaFuncAttributes attributes{};
   SY_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
