@@ -28,6 +28,7 @@ namespace {
 
 constexpr int kThreads = 256;
 static_assert(kThreads == kGemvThreads && kThreads == kDecodeThreads, "one block shape for every phase");
+static_assert(grid_barrier_words() == decode_step_barrier_words(), "kernels.h sizes the barrier");
 constexpr int kWarps = kThreads / 32;
 constexpr int kProjections = 4;  // per layer: qkv, o, gate_up, down
 
@@ -37,6 +38,8 @@ struct StepPlan {
   int buf_bytes[2];      // weight buffers: qkv and gate_up use the first, o and down the second
   int xs_bytes;          // the staged input row
   int dot_variant;       // SWITCHYARD_CUDA_PERSISTENT_DOT: 1 dot_rows, 2 dot_rows_ahead
+  int barrier_lanes;     // SWITCHYARD_CUDA_PERSISTENT_BARRIER_LANES (1-8)
+  int blocks_per_sm;     // SWITCHYARD_CUDA_PERSISTENT_BLOCKS_PER_SM (1 or 2)
 };
 
 struct Projection {
@@ -248,8 +251,8 @@ __device__ __noinline__ void project_slice(const GemvInput input, int q, int out
   }
 }
 
-template <typename T, int HD, int G>
-__global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeStep<T> p, const StepPlan plan) {
+template <typename T, int HD, int G, int BLOCKS_PER_SM>
+__global__ void __launch_bounds__(kThreads, BLOCKS_PER_SM) decode_step_kernel(const DecodeStep<T> p, const StepPlan plan) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int buf_at[2] = {0, plan.buf_bytes[0]};
   const int xs_at = plan.buf_bytes[0] + plan.buf_bytes[1];
@@ -286,10 +289,10 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
 
   unsigned arrivals = 0;
   auto arrive = [&] {
-    grid_arrive(p.barrier);
+    grid_arrive(p.barrier, plan.barrier_lanes);
     ++arrivals;
   };
-  auto wait = [&] { grid_wait(p.barrier, arrivals * gridDim.x); };
+  auto wait = [&] { grid_wait(p.barrier, plan.barrier_lanes, arrivals); };
 
   // The row's attention work: (kv head, split) items over the splits that hold keys, as
   // paged_attention_decode's grid has them.
@@ -378,17 +381,34 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
       issue(q0 + 5);
     }
   }
-  grid_barrier_reset(p.barrier, p.barrier + 1);
+  grid_barrier_reset(p.barrier);
 }
 
 template <typename T>
 using StepKernel = void (*)(DecodeStep<T>, StepPlan);
 
+int env_int(const char* name, int fallback, int lo, int hi) {
+  const char* v = std::getenv(name);
+  const int n = v && *v ? std::atoi(v) : fallback;
+  return n >= lo && n <= hi ? n : fallback;
+}
+
+/** Measuring switches, read once per process. */
+int blocks_per_sm() {
+  static const int n = env_int("SWITCHYARD_CUDA_PERSISTENT_BLOCKS_PER_SM", 2, 1, 2);
+  return n;
+}
+
+template <typename T, int HD, int G>
+StepKernel<T> kernel_for_blocks() {
+  return blocks_per_sm() == 1 ? decode_step_kernel<T, HD, G, 1> : decode_step_kernel<T, HD, G, 2>;
+}
+
 template <typename T, int HD>
 StepKernel<T> kernel_for_group(int group) {
-  if (group <= 2) return decode_step_kernel<T, HD, 2>;
-  if (group <= 4) return decode_step_kernel<T, HD, 4>;
-  if (group <= 8) return decode_step_kernel<T, HD, 8>;
+  if (group <= 2) return kernel_for_blocks<T, HD, 2>();
+  if (group <= 4) return kernel_for_blocks<T, HD, 4>();
+  if (group <= 8) return kernel_for_blocks<T, HD, 8>();
   return nullptr;
 }
 
@@ -425,11 +445,11 @@ StepPlan plan_for(const DecodeStep<T>& s, int grid) {
   plan.buf_bytes[0] = round_up(std::max(bytes[0], bytes[2]));
   plan.buf_bytes[1] = round_up(std::max(bytes[1], bytes[3]));
   plan.xs_bytes = std::max({s.hidden, qdim, s.inter}) * static_cast<int>(sizeof(float));
-  static const int dot_variant = [] {
-    const char* v = std::getenv("SWITCHYARD_CUDA_PERSISTENT_DOT");
-    return v && std::atoi(v) == 2 ? 2 : 1;
-  }();
+  static const int dot_variant = env_int("SWITCHYARD_CUDA_PERSISTENT_DOT", 1, 1, 2);
+  static const int lanes = env_int("SWITCHYARD_CUDA_PERSISTENT_BARRIER_LANES", 8, 1, kGridBarrierMaxLanes);
   plan.dot_variant = dot_variant;
+  plan.barrier_lanes = lanes;
+  plan.blocks_per_sm = blocks_per_sm();
   return plan;
 }
 
@@ -454,7 +474,7 @@ bool decode_step_prepare(const DecodeStep<T>& s, std::string* why_not) {
   if (s.hidden % 8 != 0 || s.inter % 8 != 0 || (s.num_heads * s.head_dim) % 8 != 0) {
     return no("projection widths must be multiples of 8");
   }
-  const int grid = device_attribute(cudaDevAttrMultiProcessorCount);
+  const int grid = device_attribute(cudaDevAttrMultiProcessorCount) * blocks_per_sm();
   const int widest_out = std::max({s.hidden, 2 * s.inter, (s.num_heads + 2 * s.num_kv_heads) * s.head_dim});
   if (static_cast<int64_t>(widest_out) * grid >= (int64_t{1} << 32)) return no("projections too wide");
   const StepPlan plan = plan_for(s, grid);
@@ -468,7 +488,9 @@ bool decode_step_prepare(const DecodeStep<T>& s, std::string* why_not) {
   SY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic_smem(plan)));
   int per_sm = 0;
   SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dynamic_smem(plan)));
-  if (per_sm < 1) return no("a block does not fit on an SM");
+  if (per_sm < blocks_per_sm()) {
+    return no(std::to_string(blocks_per_sm()) + " blocks do not fit on an SM (" + std::to_string(per_sm) + " do)");
+  }
   return true;
 }
 
@@ -476,7 +498,7 @@ template <typename T>
 void decode_step(const DecodeStep<T>& s, cudaStream_t stream) {
   const StepKernel<T> kernel = kernel_for<T>(s.head_dim, s.num_heads / s.num_kv_heads);
   if (!kernel) throw CudaError("decode_step: no kernel for this shape (decode_step_prepare says why)");
-  static const int grid = device_attribute(cudaDevAttrMultiProcessorCount);  // the process's one GPU
+  static const int grid = device_attribute(cudaDevAttrMultiProcessorCount) * blocks_per_sm();  // the process's one GPU
   const StepPlan plan = plan_for(s, grid);
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
