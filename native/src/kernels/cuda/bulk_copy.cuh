@@ -20,7 +20,7 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar) {
 }
 
 /**
- * One thread: copies `bytes` (a multiple of 16, both addresses 16-byte aligned; 0 completes the
+ * One thread: copies `bytes` of data read once (L2 evict-first) (a multiple of 16, both addresses 16-byte aligned; 0 completes the
  * phase at once; under 1 MiB, a phase's transaction limit) from global `src` to shared `dst`, completing the barrier's current phase. The
  * block's earlier reads of `dst` must be done (a __syncthreads before the call).
  */
@@ -31,10 +31,15 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
   if (bytes == 0) return;
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_address(dst)),
-               "l"(src), "r"(bytes), "r"(b)
-               : "memory");
+  // Streamed: read once a step, marked first to leave L2, so what is read again (activations,
+  // norm weights, the KV cache) stays there.
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
+          smem_address(dst)),
+      "l"(src), "r"(bytes), "r"(b), "l"(policy)
+      : "memory");
 #endif
 }
 

@@ -20,7 +20,8 @@ constexpr int grid_barrier_words() { return (kGridBarrierMaxLanes + 1) * kGridBa
 __device__ __forceinline__ void grid_arrive(unsigned* counters, int lanes) {
   __syncthreads();  // every thread's writes precede thread 0's release
   if (threadIdx.x == 0) {
-    __threadfence();
+    // The release orders the block's writes (the barrier above made them this thread's
+    // predecessors) before the count.
     unsigned* lane = counters + (blockIdx.x % lanes) * kGridBarrierStride;
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(lane) : "memory");
   }
@@ -36,7 +37,6 @@ __device__ __forceinline__ void grid_wait(const unsigned* counters, int lanes, u
     do {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(lane) : "memory");
     } while (seen < k * blocks);
-    __threadfence();
   }
   __syncthreads();
 }
