@@ -138,19 +138,20 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
         for (const [i, [prompt, params]] of requests.entries()) outs.push(await collect(engine, `${tag}${i}`, prompt, params));
         return outs;
       };
-      const persistent = await gpuEngine(dir);
-      expect(persistent.info.backendDetail).toMatch(/one persistent kernel/);
-      const a = await run(persistent, "p");
-      await persistent.close();
-      process.env.SWITCHYARD_CUDA_PERSISTENT = "off";
-      let b: Collected[];
+      // The persistent step is opt-in (SWITCHYARD_CUDA_PERSISTENT=on), read when an engine loads.
+      let a: Collected[];
+      process.env.SWITCHYARD_CUDA_PERSISTENT = "on";
       try {
-        const perOp = await gpuEngine(dir);
-        expect(perOp.info.backendDetail).toMatch(/kernel per op \(SWITCHYARD_CUDA_PERSISTENT=off\)/);
-        b = await run(perOp, "k");
+        const persistent = await gpuEngine(dir);
+        expect(persistent.info.backendDetail).toMatch(/one persistent kernel/);
+        a = await run(persistent, "p");
+        await persistent.close();
       } finally {
         delete process.env.SWITCHYARD_CUDA_PERSISTENT;
       }
+      const perOp = await gpuEngine(dir);
+      expect(perOp.info.backendDetail).toMatch(/kernel per op \(the persistent step is off/);
+      const b = await run(perOp, "k");
       for (let i = 0; i < requests.length; i++) {
         expect(a[i].errorMessage ?? "", `request ${i}`).toBe("");
         expect(a[i].tokenIds, `request ${i}: tokens`).toEqual(b[i].tokenIds);
