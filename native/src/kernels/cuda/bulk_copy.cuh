@@ -1,6 +1,6 @@
 // Hopper's bulk copy engine (cp.async.bulk, sm_90) from global into shared memory, completing on
-// an mbarrier. One thread issues a copy and its expected byte count; every thread that reads the
-// destination waits on the barrier's phase first. A barrier counts one arrival a phase (the
+// an mbarrier. One thread announces a phase's byte count and issues its copies; every thread that
+// reads the destinations waits on the barrier's phase first. A barrier counts one arrival a phase (the
 // issuing thread's), so its k-th use completes phase k and is waited for with parity k & 1.
 #pragma once
 #include <cstdint>
@@ -20,26 +20,42 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar) {
 }
 
 /**
- * One thread: copies `bytes` of data read once (L2 evict-first) (a multiple of 16, both addresses 16-byte aligned; 0 completes the
- * phase at once; under 1 MiB, a phase's transaction limit) from global `src` to shared `dst`, completing the barrier's current phase. The
- * block's earlier reads of `dst` must be done (a __syncthreads before the call).
+ * One thread, once for each phase of the barrier, before that phase's copies: the phase completes
+ * once `bytes` have landed (its one arrival is this call). The block's earlier reads of the
+ * copies' destinations must be done (a __syncthreads before the call).
  */
-__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+__device__ __forceinline__ void mbarrier_expect_bytes(uint64_t* bar, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const uint32_t b = smem_address(bar);
-  // Earlier generic-proxy reads of dst before the copy engine's writes.
+  // Earlier generic-proxy reads of the destinations before the copy engine's writes.
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_address(bar)), "r"(bytes) : "memory");
+#endif
+}
+
+/**
+ * One thread: copies `bytes` from global `src` to shared `dst` (a multiple of 16, both 16-byte
+ * aligned), counted towards the barrier's current phase, whose mbarrier_expect_bytes included
+ * them (a phase's total under 1 MiB). `read_once`: data read once a step (the weights), marked
+ * first to leave L2 so that what is read again (activations, norm weights, the KV cache) stays.
+ */
+__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+                                                    bool read_once) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (bytes == 0) return;
-  // Streamed: read once a step, marked first to leave L2, so what is read again (activations,
-  // norm weights, the KV cache) stays there.
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
-          smem_address(dst)),
-      "l"(src), "r"(bytes), "r"(b), "l"(policy)
-      : "memory");
+  if (read_once) {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::
+            "r"(smem_address(dst)),
+        "l"(src), "r"(bytes), "r"(smem_address(bar)), "l"(policy)
+        : "memory");
+  } else {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_address(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_address(bar))
+                 : "memory");
+  }
 #endif
 }
 

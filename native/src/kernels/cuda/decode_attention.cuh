@@ -15,6 +15,17 @@
 
 namespace sy::cuda {
 
+/**
+ * What a caller that runs every layer's attention for the same row knows before a layer starts
+ * (the persistent decode step): the row, and the block's first tile's slot offsets (slot *
+ * kv_heads * head_dim + g * head_dim) in shared memory, so its first K/V loads wait on no other
+ * load. Only for the item whose first tile they are.
+ */
+struct DecodeItemHint {
+  int token, seq, ctx;
+  const int64_t* first_slots;  // may be null
+};
+
 /** What a decode attention block reads and writes (paged_attention_decode's parameters). */
 template <typename T>
 struct DecodeAttentionArgs {
@@ -102,7 +113,8 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
 // memory per group row are sized by it).
 template <typename T, int HD, int G, bool FUSED, typename WaitForInputs>
 __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs<T>& a, int r, int g, int z,
-                                                       WaitForInputs wait_for_inputs) {
+                                                       WaitForInputs wait_for_inputs,
+                                                       const DecodeItemHint* hint = nullptr) {
   const T* q = a.q;
   const int32_t* rows = a.rows;
   const PagedKv<T>& kv = a.kv;
@@ -126,7 +138,8 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = num_heads / kv.num_kv_heads;
   // The row's context length comes with it: one round trip before the block table, not two.
-  const int token = rows[3 * r], seq = rows[3 * r + 1], ctx = rows[3 * r + 2];
+  const int token = hint ? hint->token : rows[3 * r], seq = hint ? hint->seq : rows[3 * r + 1],
+            ctx = hint ? hint->ctx : rows[3 * r + 2];
   // Whole 64-key tiles per split: a context of one tile is one block's work whatever `splits` is,
   // so short contexts give the same bits at any batch size.
   const int chunk = ((ctx + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
@@ -151,7 +164,10 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
   uint4 vraw[S::PV_PASSES];
   int base = k_begin, tile_keys = min(kKeyTile, k_end - base);
   auto stage_slots = [&]() {
-    if (tid < tile_keys) slot_s[tid] = slot_of(table, base + tid, kv.block_size) * kv_row + g * HD;
+    if (tid < tile_keys) {
+      slot_s[tid] = hint && hint->first_slots && base == k_begin ? hint->first_slots[tid]
+                                                                  : slot_of(table, base + tid, kv.block_size) * kv_row + g * HD;
+    }
   };
   auto load_k = [&]() {
 #pragma unroll

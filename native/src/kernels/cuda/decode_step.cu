@@ -41,6 +41,7 @@ constexpr int kProjections = 4;  // per layer: qkv, o, gate_up, down
 struct StepPlan {
   int ws[kProjections];  // gemv_warps_per_row of each projection
   int buf_bytes[2];      // weight buffers: qkv and gate_up use the first, o and down the second
+  int norm_at;           // where in the first buffer the RMSNorm weights of qkv's and gate_up's input go
   int xs_bytes;          // the staged input row
 };
 
@@ -196,8 +197,9 @@ __device__ __forceinline__ void trace_point(unsigned long long* trace, int point
 }
 
 /**
- * The block's slice of projection q: stage the input row, wait for the slice's weights (buffer
- * q % 2 at byte `weights_at` of the dynamic shared memory), y[rows] = w[rows] · x. Every
+ * The block's slice of projection q: wait for the slice's weights (buffer q % 2 at byte
+ * `weights_at` of the dynamic shared memory; with them the norm weights, which the input's
+ * RMSNorm reads from there), stage the input row, y[rows] = w[rows] · x. Every
  * weight-bearing phase runs this one copy of the code: a persistent step goes through its phases
  * every few microseconds, and with the code inlined per phase it did not stay in the SM's
  * instruction cache (traced: staging took 1-1.5 µs and 32 rows of dot products 2 µs).
@@ -208,9 +210,9 @@ __device__ __noinline__ void project_slice(const GemvInput input, int q, int out
   extern __shared__ __align__(128) unsigned char smem[];
   float* const xs = reinterpret_cast<float*>(smem + xs_at);
   const T* const w = reinterpret_cast<const T*>(smem + weights_at);
-  stage_gemv_input<T, 1>(input, in, xs, block_scratch);
-  trace_point(trace, 1);
   mbarrier_wait(&weights_loaded[q & 1], (q >> 1) & 1);  // the (q / 2)-th use of the buffer
+  trace_point(trace, 1);
+  stage_gemv_input<T, 1>(input, in, xs, block_scratch);
   trace_point(trace, 2);
   const int rb = slice_begin(out, blockIdx.x), re = slice_begin(out, blockIdx.x + 1);
   const int rows_at_once = rows_per_warp(re - rb);
@@ -244,13 +246,22 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
   // Projection q's slice goes to buffer q % 2, issued once the block is done with projection
   // q - 2 (its arrival at the barrier after it begins with a __syncthreads), so the copy has the
   // whole of the phase in between and a barrier or two to land.
+  // qkv and gate_up bring their input's RMSNorm weights along (to norm_at, read by the staging).
   auto issue = [&](int q) {
     if (q >= num_projections || threadIdx.x != 0) return;
     const Projection pr = projection(p, q);
     const int rb = slice_begin(pr.out, blockIdx.x), re = slice_begin(pr.out, blockIdx.x + 1);
+    const uint32_t weight_bytes = static_cast<uint32_t>(re - rb) * pr.in * sizeof(T);
+    const float* norm = q % kProjections == 0   ? p.layers[q / kProjections].input_norm
+                        : q % kProjections == 2 ? p.layers[q / kProjections].post_norm
+                                                : nullptr;
+    const uint32_t norm_bytes = norm ? p.hidden * sizeof(float) : 0;
+    mbarrier_expect_bytes(&weights_loaded[q & 1], weight_bytes + norm_bytes);
     bulk_copy_to_shared(smem + buf_at[q & 1], static_cast<const T*>(pr.w) + static_cast<int64_t>(rb) * pr.in,
-                        static_cast<uint32_t>(re - rb) * pr.in * sizeof(T), &weights_loaded[q & 1]);
+                        weight_bytes, &weights_loaded[q & 1], /*read_once=*/true);
+    if (norm) bulk_copy_to_shared(smem + plan.norm_at, norm, norm_bytes, &weights_loaded[q & 1], /*read_once=*/false);
   };
+  const float* const norm_weights = reinterpret_cast<const float*>(smem + plan.norm_at);
   auto project = [&](int q, int out, int in, const GemvInput& input, float* y, int l, int phase) {
     project_slice<T>(input, q, out, in, plan.ws[q % kProjections], buf_at[q & 1], xs_at, y, trace_of(l, phase));
   };
@@ -271,18 +282,45 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
   const int active = (ctx + chunk - 1) / chunk;
   const int items = p.num_kv_heads * active;
   const int qdim = p.num_heads * HD, qkvdim = qdim + 2 * p.num_kv_heads * HD;
+  // The block's first item's first tile: its slots, the same in every layer, looked up once, so
+  // each layer's attention issues its first loads without waiting on the block table; and each
+  // layer fetches that tile's keys and values into L2 before the qkv phase, so those loads hit.
+  const int token = p.rows[0], seq = p.rows[1];
+  const int64_t kv_row = static_cast<int64_t>(p.num_kv_heads) * HD;
+  __shared__ int64_t first_slots[kKeyTile];
+  const bool has_item = blockIdx.x < items;
+  const int first_begin = static_cast<int>(blockIdx.x) % active * chunk;
+  const int first_keys = has_item ? min(kKeyTile, min(ctx, first_begin + chunk) - first_begin) : 0;
+  if (static_cast<int>(threadIdx.x) < first_keys) {
+    const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.table_stride;
+    first_slots[threadIdx.x] = slot_of(table, first_begin + threadIdx.x, p.block_size) * kv_row +
+                               static_cast<int>(blockIdx.x) / active * HD;
+  }
+  __syncthreads();
+  auto prefetch_first_tile = [&](const DecodeLayer<T>& L) {
+    if (static_cast<int>(threadIdx.x) >= first_keys) return;
+    constexpr int kRowBytes = HD * static_cast<int>(sizeof(T));
+    const char* k_row = reinterpret_cast<const char*>(L.k_cache + first_slots[threadIdx.x]);
+    const char* v_row = reinterpret_cast<const char*>(L.v_cache + first_slots[threadIdx.x]);
+#pragma unroll
+    for (int at = 0; at < kRowBytes; at += 128) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(k_row + at));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(v_row + at));
+    }
+  };
 
   float* xa = p.x;   // the residual stream before this layer's adds
   float* xb = p.x2;  // where a norm prologue writes it after an add (block 0)
   for (int l = 0; l < p.num_layers; ++l) {
     const DecodeLayer<T> L = p.layers[l];
     const int q0 = kProjections * l;
+    prefetch_first_tile(L);
 
     // qkv (layer 0: the embedding, written by the kernel before this one).
     if (l > 0) wait();
     mark(l, 0, 0);
     project(q0, qkvdim, p.hidden,
-            GemvInput{GemvInput::kNorm, xa, l == 0 ? nullptr : p.delta, nullptr, L.input_norm, p.eps, xb, p.split.qkv},
+            GemvInput{GemvInput::kNorm, xa, l == 0 ? nullptr : p.delta, nullptr, norm_weights, p.eps, xb, p.split.qkv},
             p.qkv, l, 0);
     mark(l, 0, 3);
     arrive();
@@ -303,13 +341,17 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
         DecodeFusion<T>{p.qkv, p.slots, p.inv_freq, L.q_norm, L.k_norm, p.eps, L.k_cache, L.v_cache}};
     bool waited = false;
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
-      decode_attention_block<T, HD, G, true>(attention, 0, item / active, item % active, [&] {
-        if (!waited) {
-          wait();
-          mark(l, 1, 0);
-          waited = true;
-        }
-      });
+      const DecodeItemHint hint{token, seq, ctx, item == static_cast<int>(blockIdx.x) ? first_slots : nullptr};
+      decode_attention_block<T, HD, G, true>(
+          attention, 0, item / active, item % active,
+          [&] {
+            if (!waited) {
+              wait();
+              mark(l, 1, 0);
+              waited = true;
+            }
+          },
+          &hint);
       __syncthreads();  // the block's shared state is reused by its next item
     }
     if (!waited) {
@@ -333,7 +375,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     wait();
     mark(l, 3, 0);
     project(q0 + 2, 2 * p.inter, p.hidden,
-            GemvInput{GemvInput::kNorm, xa, p.delta, nullptr, L.post_norm, p.eps, xb, p.split.gate_up}, p.gate_up, l, 3);
+            GemvInput{GemvInput::kNorm, xa, p.delta, nullptr, norm_weights, p.eps, xb, p.split.gate_up}, p.gate_up, l, 3);
     mark(l, 3, 3);
     arrive();
     issue(q0 + 4);
@@ -395,7 +437,8 @@ StepPlan plan_for(const DecodeStep<T>& s, int grid) {
     bytes[j] = (out[j] + grid - 1) / grid * in[j] * static_cast<int>(sizeof(T));  // the largest slice
   }
   auto round_up = [](int v) { return (v + 127) / 128 * 128; };
-  plan.buf_bytes[0] = round_up(std::max(bytes[0], bytes[2]));
+  plan.norm_at = round_up(std::max(bytes[0], bytes[2]));
+  plan.buf_bytes[0] = round_up(plan.norm_at + s.hidden * static_cast<int>(sizeof(float)));
   plan.buf_bytes[1] = round_up(std::max(bytes[1], bytes[3]));
   plan.xs_bytes = std::max({s.hidden, qdim, s.inter}) * static_cast<int>(sizeof(float));
   return plan;
