@@ -138,20 +138,23 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
         for (const [i, [prompt, params]] of requests.entries()) outs.push(await collect(engine, `${tag}${i}`, prompt, params));
         return outs;
       };
-      // The persistent step is opt-in (SWITCHYARD_CUDA_PERSISTENT=on), read when an engine loads.
-      let a: Collected[];
-      process.env.SWITCHYARD_CUDA_PERSISTENT = "on";
-      try {
-        const persistent = await gpuEngine(dir);
-        expect(persistent.info.backendDetail).toMatch(/one persistent kernel/);
-        a = await run(persistent, "p");
-        await persistent.close();
-      } finally {
-        delete process.env.SWITCHYARD_CUDA_PERSISTENT;
-      }
-      const perOp = await gpuEngine(dir);
-      expect(perOp.info.backendDetail).toMatch(/kernel per op \(the persistent step is off/);
-      const b = await run(perOp, "k");
+      // SWITCHYARD_CUDA_PERSISTENT (on | off) is read when an engine loads.
+      const saved = process.env.SWITCHYARD_CUDA_PERSISTENT;
+      const withPersistent = async (mode: "on" | "off", detail: RegExp, tag: string): Promise<Collected[]> => {
+        process.env.SWITCHYARD_CUDA_PERSISTENT = mode;
+        try {
+          const engine = await gpuEngine(dir);
+          expect(engine.info.backendDetail).toMatch(detail);
+          const outs = await run(engine, tag);
+          await engine.close();
+          return outs;
+        } finally {
+          if (saved === undefined) delete process.env.SWITCHYARD_CUDA_PERSISTENT;
+          else process.env.SWITCHYARD_CUDA_PERSISTENT = saved;
+        }
+      };
+      const a = await withPersistent("on", /one persistent kernel/, "p");
+      const b = await withPersistent("off", /kernel per op \(SWITCHYARD_CUDA_PERSISTENT is off\)/, "k");
       for (let i = 0; i < requests.length; i++) {
         expect(a[i].errorMessage ?? "", `request ${i}`).toBe("");
         expect(a[i].tokenIds, `request ${i}: tokens`).toEqual(b[i].tokenIds);

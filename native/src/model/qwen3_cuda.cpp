@@ -104,6 +104,9 @@ class Layout {
 constexpr int kGraphBatchSizes[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512};
 constexpr int kMaxTopLogprobs = 32;
 constexpr int kMaxSplits = 32;
+// Whether batch-1 decode steps run as one persistent kernel unless SWITCHYARD_CUDA_PERSISTENT
+// (on | off) says otherwise.
+constexpr bool kPersistentByDefault = false;
 
 uint16_t f32_to_half_bits(float v, bool bf16) {
   if (bf16) {
@@ -221,11 +224,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     // 1.58 vs 2.29, batch 6 2.24 vs 2.21, batch 8 2.40 vs 2.35.
     const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
     if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
-    // SWITCHYARD_CUDA_PERSISTENT=on runs batch-1 decode steps as one persistent kernel (same
-    // bits). Off by default: on the H200 it is still slower than kernel per op (1.035 vs 0.955 ms
-    // a step; bench/CUDA_NOTES.md, "Session 4").
+    // SWITCHYARD_CUDA_PERSISTENT (on | off; default kPersistentByDefault): batch-1 decode steps
+    // as one persistent kernel (same bits as kernel per op; bench/CUDA_NOTES.md, "Session 4").
     const char* persistent = std::getenv("SWITCHYARD_CUDA_PERSISTENT");
-    persistent_wanted_ = persistent && std::strcmp(persistent, "on") == 0;
+    persistent_wanted_ = persistent && *persistent ? std::strcmp(persistent, "off") != 0 : kPersistentByDefault;
     hd_ = c_.head_dim;
     qdim_ = c_.num_heads * hd_;
     kvdim_ = c_.num_kv_heads * hd_;
@@ -619,7 +621,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   void prepare_persistent_step() {
     persistent_ok_ = false;
     if (!persistent_wanted_) {
-      persistent_why_not_ = "the persistent step is off; SWITCHYARD_CUDA_PERSISTENT=on turns it on";
+      persistent_why_not_ = "SWITCHYARD_CUDA_PERSISTENT is off";
       return;
     }
     if (!fuse_decode_ || !gemv_ok_ || gemv_max_rows_ < 1) {

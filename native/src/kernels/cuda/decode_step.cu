@@ -42,6 +42,7 @@ struct StepPlan {
   int ws[kProjections];  // gemv_warps_per_row of each projection
   int buf_bytes[2];      // weight buffers: qkv and gate_up use the first, o and down the second
   int norm_at;           // where in the first buffer the RMSNorm weights of qkv's and gate_up's input go
+  int layers_at;         // the layer table's copy
   int xs_bytes;          // the staged input row
 };
 
@@ -50,10 +51,10 @@ struct Projection {
   int out, in;
 };
 
-/** Projection q of the step (layer q / 4; qkv, o, gate_up, down). */
+/** Projection q of the step (layer q / 4; qkv, o, gate_up, down); `layers` is the block's copy of p.layers. */
 template <typename T>
-__device__ __forceinline__ Projection projection(const DecodeStep<T>& p, int q) {
-  const DecodeLayer<T>& L = p.layers[q / kProjections];
+__device__ __forceinline__ Projection projection(const DecodeStep<T>& p, const DecodeLayer<T>* layers, int q) {
+  const DecodeLayer<T>& L = layers[q / kProjections];
   const int qdim = p.num_heads * p.head_dim, qkvdim = qdim + 2 * p.num_kv_heads * p.head_dim;
   switch (q % kProjections) {
     case 0: return {L.qkv, qkvdim, p.hidden};
@@ -235,6 +236,14 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     mbarrier_init(&weights_loaded[0]);
     mbarrier_init(&weights_loaded[1]);
   }
+  // The layer table in shared memory: a block reads it at every phase (the next copies' sources),
+  // and from global memory each read was an L2 round trip after the barrier's L1 invalidation,
+  // in front of the block's wait at the next barrier.
+  DecodeLayer<T>* const layers = reinterpret_cast<DecodeLayer<T>*>(smem + plan.layers_at);
+  static_assert(sizeof(DecodeLayer<T>) % sizeof(uint64_t) == 0, "copied in 8-byte words");
+  for (int i = threadIdx.x; i < p.num_layers * static_cast<int>(sizeof(DecodeLayer<T>) / sizeof(uint64_t)); i += kThreads) {
+    reinterpret_cast<uint64_t*>(layers)[i] = reinterpret_cast<const uint64_t*>(p.layers)[i];
+  }
   __syncthreads();
   // Trace points of phase `phase` of layer l (null when not tracing).
   auto trace_of = [&](int l, int phase) -> unsigned long long* {
@@ -249,11 +258,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
   // qkv and gate_up bring their input's RMSNorm weights along (to norm_at, read by the staging).
   auto issue = [&](int q) {
     if (q >= num_projections || threadIdx.x != 0) return;
-    const Projection pr = projection(p, q);
+    const Projection pr = projection(p, layers, q);
     const int rb = slice_begin(pr.out, blockIdx.x), re = slice_begin(pr.out, blockIdx.x + 1);
     const uint32_t weight_bytes = static_cast<uint32_t>(re - rb) * pr.in * sizeof(T);
-    const float* norm = q % kProjections == 0   ? p.layers[q / kProjections].input_norm
-                        : q % kProjections == 2 ? p.layers[q / kProjections].post_norm
+    const float* norm = q % kProjections == 0   ? layers[q / kProjections].input_norm
+                        : q % kProjections == 2 ? layers[q / kProjections].post_norm
                                                 : nullptr;
     const uint32_t norm_bytes = norm ? p.hidden * sizeof(float) : 0;
     mbarrier_expect_bytes(&weights_loaded[q & 1], weight_bytes + norm_bytes);
@@ -312,7 +321,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
   float* xa = p.x;   // the residual stream before this layer's adds
   float* xb = p.x2;  // where a norm prologue writes it after an add (block 0)
   for (int l = 0; l < p.num_layers; ++l) {
-    const DecodeLayer<T> L = p.layers[l];
+    const DecodeLayer<T> L = layers[l];
     const int q0 = kProjections * l;
     prefetch_first_tile(L);
 
@@ -441,10 +450,14 @@ StepPlan plan_for(const DecodeStep<T>& s, int grid) {
   plan.buf_bytes[0] = round_up(plan.norm_at + s.hidden * static_cast<int>(sizeof(float)));
   plan.buf_bytes[1] = round_up(std::max(bytes[1], bytes[3]));
   plan.xs_bytes = std::max({s.hidden, qdim, s.inter}) * static_cast<int>(sizeof(float));
+  plan.layers_at = plan.buf_bytes[0] + plan.buf_bytes[1] + round_up(plan.xs_bytes);
   return plan;
 }
 
-int dynamic_smem(const StepPlan& plan) { return plan.buf_bytes[0] + plan.buf_bytes[1] + plan.xs_bytes; }
+template <typename T>
+int dynamic_smem(const StepPlan& plan, const DecodeStep<T>& s) {
+  return plan.layers_at + s.num_layers * static_cast<int>(sizeof(DecodeLayer<T>));
+}
 
 }  // namespace
 
@@ -472,13 +485,13 @@ bool decode_step_prepare(const DecodeStep<T>& s, std::string* why_not) {
   cudaFuncAttributes attributes{};
   SY_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
   const int limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin) - static_cast<int>(attributes.sharedSizeBytes);
-  if (dynamic_smem(plan) > limit) {
-    return no("a block's weight slices take " + std::to_string(dynamic_smem(plan)) + " bytes of shared memory, " +
+  if (dynamic_smem(plan, s) > limit) {
+    return no("a block's weight slices take " + std::to_string(dynamic_smem(plan, s)) + " bytes of shared memory, " +
               std::to_string(limit) + " are available");
   }
-  SY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic_smem(plan)));
+  SY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic_smem(plan, s)));
   int per_sm = 0;
-  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dynamic_smem(plan)));
+  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dynamic_smem(plan, s)));
   if (per_sm < 1) return no("a block does not fit on an SM");
   return true;
 }
@@ -492,7 +505,7 @@ void decode_step(const DecodeStep<T>& s, cudaStream_t stream) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = dynamic_smem(plan);
+  config.dynamicSmemBytes = dynamic_smem(plan, s);
   config.stream = stream;
   // Cooperative: every block resident at once (the barriers need it), or the launch fails.
   cudaLaunchAttribute attribute{};

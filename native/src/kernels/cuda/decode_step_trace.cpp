@@ -42,7 +42,7 @@ void DecodeStepTrace::collect() {
   double first = 1e300, last = 0;
   for (int l = 0; l < num_layers_; ++l) {
     for (int ph = 0; ph < kDecodeStepPhases; ++ph) {
-      double start_min = 1e300, start_max = 0, done_max = 0, prev_done_max = 0, stage = 0, weights = 0, dot = 0,
+      double start_min = 1e300, start_max = 0, done_max = 0, prev_done_max = 0, weights = 0, stage = 0, dot = 0,
              dot_max = 0;
       const bool has_prev = l > 0 || ph > 0;
       const int prev_l = ph > 0 ? l : l - 1, prev_ph = ph > 0 ? ph - 1 : kDecodeStepPhases - 1;
@@ -52,16 +52,16 @@ void DecodeStepTrace::collect() {
         start_max = std::max(start_max, t0);
         done_max = std::max(done_max, t3);
         if (has_prev) prev_done_max = std::max(prev_done_max, at(b, prev_l, prev_ph, 3));
-        stage += t1 - t0;
-        weights += t2 - t1;
+        weights += t1 - t0;
+        stage += t2 - t1;
         dot += t3 - t2;
         dot_max = std::max(dot_max, t3 - t2);
       }
       double* s = &sums_[ph * kStats];
       if (has_prev) s[0] += start_min - prev_done_max;
       s[1] += start_max - start_min;
-      s[2] += stage / blocks_;
-      s[3] += weights / blocks_;
+      s[2] += weights / blocks_;
+      s[3] += stage / blocks_;
       s[4] += dot / blocks_;
       s[5] += dot_max;
       s[6] += done_max - start_min;
@@ -77,12 +77,12 @@ void DecodeStepTrace::report() {
   const double layers = static_cast<double>(steps_) * num_layers_;
   fprintf(stderr,
           "persistent decode step, %d steps: kernel %.1f us (first start to last done); per layer, us:\n"
-          "  phase      barrier  start-spread  stage  weights-wait  dot-mean  dot-max  span\n",
+          "  phase      barrier  start-spread  weights-wait  stage  dot-mean  dot-max  span\n",
           steps_, total_ / steps_ / 1000.0);
   for (int ph = 0; ph < kDecodeStepPhases; ++ph) {
     const double* s = &sums_[ph * kStats];
     const double barrier_layers = ph == 0 ? layers - steps_ : layers;  // layer 0's qkv has no barrier before it
-    fprintf(stderr, "  %-9s  %7.2f  %12.2f  %5.2f  %12.2f  %8.2f  %7.2f  %5.2f\n", kPhaseNames[ph],
+    fprintf(stderr, "  %-9s  %7.2f  %12.2f  %12.2f  %5.2f  %8.2f  %7.2f  %5.2f\n", kPhaseNames[ph],
             s[0] / barrier_layers / 1000.0, s[1] / layers / 1000.0, s[2] / layers / 1000.0, s[3] / layers / 1000.0,
             s[4] / layers / 1000.0, s[5] / layers / 1000.0, s[6] / layers / 1000.0);
   }

@@ -2,7 +2,7 @@
 // blocks write %globaltimer at each phase's points (DecodeStep::trace); after each traced step
 // this copies them back and, every 200 steps, prints per phase (averaged over layers and steps)
 // how long the barrier took to release the first block after the last arrival, how far apart the
-// blocks started, and the mean time of staging the input, waiting for the weights and the dot
+// blocks started, and the mean time of waiting for the weights, staging the input and the dot
 // products, to stderr. A diagnostic: the copy back costs a synchronous transfer per step.
 #pragma once
 #include <cstdint>

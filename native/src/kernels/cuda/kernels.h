@@ -207,7 +207,7 @@ struct DecodeStep {
   unsigned long long* trace = nullptr;
 };
 constexpr int kDecodeStepPhases = 5;       // qkv, attention, o, gate_up, down
-constexpr int kDecodeStepTracePoints = 4;  // started (barrier passed), input staged, weights in, done (arriving)
+constexpr int kDecodeStepTracePoints = 4;  // started (barrier passed), weights in, input staged, done (arriving)
 constexpr int decode_step_barrier_words() { return 9 * 32; }  // grid_barrier.cuh's grid_barrier_words()
 
 /**
