@@ -14,7 +14,7 @@
 // kernel does the q/k norm + RoPE + KV store itself, and the decode kernels are launched as
 // programmatic dependents (kernels/cuda/dependent_launch.cuh). With SWITCHYARD_CUDA_PERSISTENT=on
 // a batch-1 decode step runs all of that as one persistent kernel (kernels/cuda/decode_step.cu),
-// with the same bits, where the GPU and shape allow (not yet faster: off by default).
+// with the same bits, where the GPU and shape allow (at parity so far: off by default).
 #include "model/qwen3_cuda.h"
 
 #include <cuda_profiler_api.h>

@@ -13,11 +13,12 @@
 // fused dots), and the decode attention block itself (decode_attention.cuh) with the same splits.
 // So the step gives the same bits either way, which test/native/cuda.test.ts checks.
 //
-// Opt-in (SWITCHYARD_CUDA_PERSISTENT=on): on the H200 it is not yet faster than kernel per op,
-// 1.035 vs 0.955 ms a batch-1 step. Traced (DecodeStep::trace), a layer takes ~33 µs: barriers
-// 0.7-1 µs each, staging an input row 1-3 µs (L2 round trips to data other SMs just wrote, and
-// the norm weights), the dot products 1.2-1.7 µs, attention ~11 µs; bench/CUDA_NOTES.md,
-// "Session 4", has the numbers and what to try next.
+// Off by default (SWITCHYARD_CUDA_PERSISTENT=on turns it on; qwen3_cuda.cpp): on the H200 it is
+// at parity with kernel per op, 0.958 vs 0.961 ms a batch-1 step in the same run. Traced
+// (DecodeStep::trace), a layer takes ~30 µs: the five barriers 0.7-1.9 µs each plus 0.2-2.2 µs
+// between the first and last block leaving them, staging an input row 0.9-1.9 µs (an L2 round
+// trip to what other SMs just wrote), the dot products 1.2-1.7 µs, the attention ~9 µs.
+// bench/CUDA_NOTES.md, "Session 4", has the steps that led here and what to try next.
 #include <algorithm>
 #include <string>
 
@@ -201,9 +202,9 @@ __device__ __forceinline__ void trace_point(unsigned long long* trace, int point
  * The block's slice of projection q: wait for the slice's weights (buffer q % 2 at byte
  * `weights_at` of the dynamic shared memory; with them the norm weights, which the input's
  * RMSNorm reads from there), stage the input row, y[rows] = w[rows] · x. Every
- * weight-bearing phase runs this one copy of the code: a persistent step goes through its phases
- * every few microseconds, and with the code inlined per phase it did not stay in the SM's
- * instruction cache (traced: staging took 1-1.5 µs and 32 rows of dot products 2 µs).
+ * weight-bearing phase calls this one copy of the code (not inlined): the kernel builds in
+ * 24 s instead of 61, at the same speed (inlined per phase it was thought to miss the
+ * instruction cache; measured, it made no difference).
  */
 template <typename T>
 __device__ __noinline__ void project_slice(const GemvInput input, int q, int out, int in, int ws, int weights_at,

@@ -174,7 +174,7 @@ struct DecodeStepSplit {
 
 /**
  * A whole batch-1 decode step but the embedding and the lm_head, as one persistent kernel
- * (opt-in: SWITCHYARD_CUDA_PERSISTENT=on; not yet faster than kernel per op)
+ * (off by default, SWITCHYARD_CUDA_PERSISTENT=on: at parity with kernel per op on the H200)
  * (decode_step.cu): every layer's qkv, attention, o, gate_up and down phases with grid-wide
  * barriers between them instead of kernel boundaries, each block's share of the next phase's
  * weights copied into its shared memory while the current phase runs. It computes what the
