@@ -115,6 +115,9 @@ export class WorkerRouter implements Router, WorkerSink {
       const selection = await this.pick(attempt, failedWorkers);
       const worker = selection.worker;
       worker.inFlight++;
+      this.options.log?.debug(
+        `request ${request.requestId} (seed ${request.sampling?.seed ?? "none"}, max_tokens ${request.sampling?.maxTokens ?? "none"}): worker ${worker.id}, ${worker.inFlight} in flight there`,
+      );
       let released = false;
       // Consumers may stop iterating at the final message without closing the stream, so the
       // request is released before that message is handed over, and only once.
@@ -159,6 +162,7 @@ export class WorkerRouter implements Router, WorkerSink {
         }
         throw new StreamBrokenError(worker.id);
       } catch (err) {
+        this.options.log?.debug(`request ${request.requestId}: worker ${worker.id} failed after ${generated.length} tokens: ${(err as Error).message}`);
         if (signal.aborted) throw err;
         if (generated.length === decodeStart && failedBeforeOutput(err) && !failedWorkers.has(worker.id)) {
           // The worker refused the request (draining, overloaded) or failed before it produced

@@ -111,8 +111,15 @@ describe("distributed runtime over NATS", () => {
     const late = load(frontend.url, 10, 20);
     const results = [...(await running), ...(await late)];
     const failed = results.flatMap((r, i) => (r.error ? [{ index: i, ...r }] : []));
-    // A failure here has been rare and unexplained: keep what the processes said with it.
-    const logs = () => [frontend, a, b].map((p) => p.output().split("\n").slice(-40).join("\n")).join("\n-----\n");
+    // A failure here has been rare (2 runs in ~110): one request, routed to the draining worker,
+    // got no answer and no error (see src/runtime/guarded_session_manager.ts). Keep what the
+    // processes said with it (the frontend's routing lines name each request by its seed and
+    // max_tokens).
+    const logs = () =>
+      [
+        frontend.output().split("\n").filter((line) => !line.includes(" DEBUG ") || /worker term-a|failed|max_tokens 20\)/.test(line)).join("\n"),
+        ...[a, b].map((p) => p.output().split("\n").slice(-40).join("\n")),
+      ].join("\n-----\n");
     expect(failed, failed.length > 0 ? logs() : "").toEqual([]);
     expect(results.every((r) => r.finishReason === "length")).toBe(true);
     expect(await a.exited).toBe(0);
