@@ -41,8 +41,8 @@ export interface WorkerRouterOptions {
 const MIGRATABLE = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.Aborted, Code.DeadlineExceeded, Code.Canceled]);
 
 export class StreamBrokenError extends Error {
-  constructor(workerId: string) {
-    super(`worker ${workerId} closed the stream before the request finished`);
+  constructor(workerId: string, what = "closed the stream") {
+    super(`worker ${workerId} ${what} before the request finished`);
     this.name = "StreamBrokenError";
   }
 }
@@ -152,6 +152,15 @@ export class WorkerRouter implements Router, WorkerSink {
           // The decode worker has the KV (read, or recomputed after telling the prefill worker).
           heldBy = undefined;
           generated.push(...response.tokenIds);
+          if (response.finishReason === FinishReason.CANCELLED && !signal.aborted) {
+            // The worker gave the request up unasked (its engine closed: a shutdown past its
+            // grace period). Its tokens so far stand; the rest is a broken stream's: another
+            // worker takes the request, as a retry if nothing came yet, else as a migration.
+            if (response.tokenIds.length > 0) {
+              yield create(GenerateResponseSchema, { tokenIds: response.tokenIds, logprobs: response.logprobs });
+            }
+            throw new StreamBrokenError(worker.id, "cancelled the request");
+          }
           if (stitched && response.usage) rewriteUsage(response, promptTokens, generated.length, cachedTokens);
           if (response.finishReason !== FinishReason.UNSPECIFIED) {
             release();
