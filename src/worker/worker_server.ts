@@ -9,11 +9,15 @@ import { WorkerService } from "../../gen/switchyard/worker/v1/worker_pb.ts";
 import type { Engine } from "../engine/engine.ts";
 import { startConnectServer, type RunningServer, type TlsFiles } from "../runtime/connect_server.ts";
 import { createLogger } from "../runtime/logger.ts";
+import { sleep } from "../util/sleep.ts";
 import { Disaggregation } from "./disagg/disaggregation.ts";
 import type { KvTransferAgentOptions } from "./disagg/transfer_endpoint.ts";
 import { healthCheckPayload, runCanary } from "./health_check.ts";
 import { KvEventPublisher } from "./kv_event_publisher.ts";
 import { createWorkerService, WorkerState, type DisaggregationMode } from "./worker_service.ts";
+
+/** How long a closing worker lets its open streams finish after the grace period has run out. */
+const FLUSH_FLOOR_MS = 500;
 
 export interface WorkerOptions {
   engine: Engine;
@@ -106,7 +110,17 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         await disaggregation?.close();
         kvEvents.close();
         await options.engine.close();
-        // Streams still open (KvEvents subscribers, requests past the grace period) end now.
+        // The last requests' final messages and trailers may still be on their way out (a
+        // handler counts as ended before its trailers are written): close gracefully, so open
+        // streams end on their own, for what is left of the grace period (at least
+        // FLUSH_FLOOR_MS). Cutting them at once lost a finished request's end now and then (the
+        // caller saw "missing status" after all its tokens). What is still open then ends now.
+        const flushed = new AbortController();
+        await Promise.race([
+          server.close().then(() => flushed.abort()),
+          sleep(Math.max(FLUSH_FLOOR_MS, deadline - performance.now()), flushed.signal),
+        ]);
+        flushed.abort();
         server.destroy();
       })();
       return closing;
