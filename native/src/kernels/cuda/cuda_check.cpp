@@ -20,6 +20,13 @@ bool cuda_debug_enabled() {
   return enabled;
 }
 
+int current_device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  SY_CUDA_CHECK(cudaGetDevice(&device));
+  SY_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
 void debug_sync_after_launch(const char* kernel, const char* file, int line) {
   if (!cuda_debug_enabled()) return;
   const cudaError_t err = cudaDeviceSynchronize();

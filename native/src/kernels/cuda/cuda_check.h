@@ -18,6 +18,8 @@ struct CudaError : std::runtime_error {
  *  fault is reported at the kernel that made it. */
 bool cuda_debug_enabled();
 void debug_sync_after_launch(const char* kernel, const char* file, int line);
+/** An attribute of the current device (cudaDeviceGetAttribute), checked. */
+int current_device_attribute(cudaDeviceAttr attribute);
 
 }  // namespace sy
 

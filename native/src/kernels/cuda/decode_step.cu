@@ -47,21 +47,31 @@ struct StepPlan {
   int xs_bytes;          // the staged input row
 };
 
-struct Projection {
-  const void* w;
+struct ProjectionShape {
   int out, in;
 };
 
-/** Projection q of the step (layer q / 4; qkv, o, gate_up, down); `layers` is the block's copy of p.layers. */
+/** The shape of a layer's projection j (qkv, o, gate_up, down): the one place the host plan and the kernel read it. */
 template <typename T>
-__device__ __forceinline__ Projection projection(const DecodeStep<T>& p, const DecodeLayer<T>* layers, int q) {
-  const DecodeLayer<T>& L = layers[q / kProjections];
+__host__ __device__ __forceinline__ ProjectionShape projection_shape(const DecodeStep<T>& p, int j) {
   const int qdim = p.num_heads * p.head_dim, qkvdim = qdim + 2 * p.num_kv_heads * p.head_dim;
+  switch (j) {
+    case 0: return {qkvdim, p.hidden};
+    case 1: return {p.hidden, qdim};
+    case 2: return {2 * p.inter, p.hidden};
+    default: return {p.hidden, p.inter};
+  }
+}
+
+/** The weights of projection q of the step (layer q / 4); `layers` is the block's copy of p.layers. */
+template <typename T>
+__device__ __forceinline__ const T* projection_weights(const DecodeLayer<T>* layers, int q) {
+  const DecodeLayer<T>& L = layers[q / kProjections];
   switch (q % kProjections) {
-    case 0: return {L.qkv, qkvdim, p.hidden};
-    case 1: return {L.o, p.hidden, qdim};
-    case 2: return {L.gate_up, 2 * p.inter, p.hidden};
-    default: return {L.down, p.hidden, p.inter};
+    case 0: return L.qkv;
+    case 1: return L.o;
+    case 2: return L.gate_up;
+    default: return L.down;
   }
 }
 
@@ -259,7 +269,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
   // qkv and gate_up bring their input's RMSNorm weights along (to norm_at, read by the staging).
   auto issue = [&](int q) {
     if (q >= num_projections || threadIdx.x != 0) return;
-    const Projection pr = projection(p, layers, q);
+    const ProjectionShape pr = projection_shape(p, q % kProjections);
     const int rb = slice_begin(pr.out, blockIdx.x), re = slice_begin(pr.out, blockIdx.x + 1);
     const uint32_t weight_bytes = static_cast<uint32_t>(re - rb) * pr.in * sizeof(T);
     const float* norm = q % kProjections == 0   ? layers[q / kProjections].input_norm
@@ -267,13 +277,15 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
                                                 : nullptr;
     const uint32_t norm_bytes = norm ? p.hidden * sizeof(float) : 0;
     mbarrier_expect_bytes(&weights_loaded[q & 1], weight_bytes + norm_bytes);
-    bulk_copy_to_shared(smem + buf_at[q & 1], static_cast<const T*>(pr.w) + static_cast<int64_t>(rb) * pr.in,
+    bulk_copy_to_shared(smem + buf_at[q & 1], projection_weights(layers, q) + static_cast<int64_t>(rb) * pr.in,
                         weight_bytes, &weights_loaded[q & 1], /*read_once=*/true);
     if (norm) bulk_copy_to_shared(smem + plan.norm_at, norm, norm_bytes, &weights_loaded[q & 1], /*read_once=*/false);
   };
   const float* const norm_weights = reinterpret_cast<const float*>(smem + plan.norm_at);
-  auto project = [&](int q, int out, int in, const GemvInput& input, float* y, int l, int phase) {
-    project_slice<T>(input, q, out, in, plan.ws[q % kProjections], buf_at[q & 1], xs_at, y, trace_of(l, phase));
+  auto project = [&](int q, const GemvInput& input, float* y, int l, int phase) {
+    const ProjectionShape shape = projection_shape(p, q % kProjections);
+    project_slice<T>(input, q, shape.out, shape.in, plan.ws[q % kProjections], buf_at[q & 1], xs_at, y,
+                     trace_of(l, phase));
   };
   issue(0);
   issue(1);
@@ -291,7 +303,6 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
   const int chunk = ((ctx + p.splits - 1) / p.splits + kKeyTile - 1) / kKeyTile * kKeyTile;
   const int active = (ctx + chunk - 1) / chunk;
   const int items = p.num_kv_heads * active;
-  const int qdim = p.num_heads * HD, qkvdim = qdim + 2 * p.num_kv_heads * HD;
   // The block's first item's first tile: its slots, the same in every layer, looked up once, so
   // each layer's attention issues its first loads without waiting on the block table; and each
   // layer fetches that tile's keys and values into L2 before the qkv phase, so those loads hit.
@@ -329,7 +340,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     // qkv (layer 0: the embedding, written by the kernel before this one).
     if (l > 0) wait();
     mark(l, 0, 0);
-    project(q0, qkvdim, p.hidden,
+    project(q0,
             GemvInput{GemvInput::kNorm, xa, l == 0 ? nullptr : p.delta, nullptr, norm_weights, p.eps, xb, p.split.qkv},
             p.qkv, l, 0);
     mark(l, 0, 3);
@@ -376,7 +387,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     mark(l, 2, 0);
     GemvInput o_in{GemvInput::kF32, p.attn};
     o_in.split = p.split.o;
-    project(q0 + 1, p.hidden, qdim, o_in, p.delta, l, 2);
+    project(q0 + 1, o_in, p.delta, l, 2);
     mark(l, 2, 3);
     arrive();
     issue(q0 + 3);
@@ -384,7 +395,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     // gate_up
     wait();
     mark(l, 3, 0);
-    project(q0 + 2, 2 * p.inter, p.hidden,
+    project(q0 + 2,
             GemvInput{GemvInput::kNorm, xa, p.delta, nullptr, norm_weights, p.eps, xb, p.split.gate_up}, p.gate_up, l, 3);
     mark(l, 3, 3);
     arrive();
@@ -396,7 +407,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
     mark(l, 4, 0);
     GemvInput down_in{GemvInput::kSilu, p.gate_up};
     down_in.split = p.split.down;
-    project(q0 + 3, p.hidden, p.inter, down_in, p.delta, l, 4);
+    project(q0 + 3, down_in, p.delta, l, 4);
     mark(l, 4, 3);
     if (l + 1 < p.num_layers) {
       arrive();
@@ -428,29 +439,22 @@ StepKernel<T> kernel_for(int head_dim, int group) {
   }
 }
 
-int device_attribute(cudaDeviceAttr attribute) {
-  int device = 0, value = 0;
-  SY_CUDA_CHECK(cudaGetDevice(&device));
-  SY_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  return value;
-}
-
 template <typename T>
 StepPlan plan_for(const DecodeStep<T>& s, int grid) {
-  const int qdim = s.num_heads * s.head_dim, qkvdim = qdim + 2 * s.num_kv_heads * s.head_dim;
-  const int out[kProjections] = {qkvdim, s.hidden, 2 * s.inter, s.hidden};
-  const int in[kProjections] = {s.hidden, qdim, s.hidden, s.inter};
   StepPlan plan{};
   int bytes[kProjections];
+  int widest_in = 0;
   for (int j = 0; j < kProjections; ++j) {
-    plan.ws[j] = gemv_warps_per_row(out[j], in[j]);
-    bytes[j] = (out[j] + grid - 1) / grid * in[j] * static_cast<int>(sizeof(T));  // the largest slice
+    const ProjectionShape shape = projection_shape(s, j);
+    plan.ws[j] = gemv_warps_per_row(shape.out, shape.in);
+    bytes[j] = (shape.out + grid - 1) / grid * shape.in * static_cast<int>(sizeof(T));  // the largest slice
+    widest_in = std::max(widest_in, shape.in);
   }
   auto round_up = [](int v) { return (v + 127) / 128 * 128; };
   plan.norm_at = round_up(std::max(bytes[0], bytes[2]));
   plan.buf_bytes[0] = round_up(plan.norm_at + s.hidden * static_cast<int>(sizeof(float)));
   plan.buf_bytes[1] = round_up(std::max(bytes[1], bytes[3]));
-  plan.xs_bytes = std::max({s.hidden, qdim, s.inter}) * static_cast<int>(sizeof(float));
+  plan.xs_bytes = widest_in * static_cast<int>(sizeof(float));  // any projection's input row
   plan.layers_at = plan.buf_bytes[0] + plan.buf_bytes[1] + round_up(plan.xs_bytes);
   return plan;
 }
@@ -468,24 +472,24 @@ bool decode_step_prepare(const DecodeStep<T>& s, std::string* why_not) {
     if (why_not) *why_not = why;
     return false;
   };
-  if (device_attribute(cudaDevAttrComputeCapabilityMajor) < 9) return no("needs Hopper (sm_90) or newer");
-  if (!device_attribute(cudaDevAttrCooperativeLaunch)) return no("the GPU has no cooperative launch");
+  if (current_device_attribute(cudaDevAttrComputeCapabilityMajor) < 9) return no("needs Hopper (sm_90) or newer");
+  if (!current_device_attribute(cudaDevAttrCooperativeLaunch)) return no("the GPU has no cooperative launch");
   const StepKernel<T> kernel = s.num_heads % s.num_kv_heads == 0 ? kernel_for<T>(s.head_dim, s.num_heads / s.num_kv_heads)
                                                                  : nullptr;
   if (!kernel) {
     return no("no kernel for head_dim " + std::to_string(s.head_dim) + " with " + std::to_string(s.num_heads) +
               " heads on " + std::to_string(s.num_kv_heads) + " kv heads");
   }
-  if (s.hidden % 8 != 0 || s.inter % 8 != 0 || (s.num_heads * s.head_dim) % 8 != 0) {
-    return no("projection widths must be multiples of 8");
+  const int grid = current_device_attribute(cudaDevAttrMultiProcessorCount);
+  for (int j = 0; j < kProjections; ++j) {
+    const ProjectionShape shape = projection_shape(s, j);
+    if (shape.in % 8 != 0) return no("projection widths must be multiples of 8");
+    if (static_cast<int64_t>(shape.out) * grid >= (int64_t{1} << 32)) return no("projections too wide");
   }
-  const int grid = device_attribute(cudaDevAttrMultiProcessorCount);
-  const int widest_out = std::max({s.hidden, 2 * s.inter, (s.num_heads + 2 * s.num_kv_heads) * s.head_dim});
-  if (static_cast<int64_t>(widest_out) * grid >= (int64_t{1} << 32)) return no("projections too wide");
   const StepPlan plan = plan_for(s, grid);
   cudaFuncAttributes attributes{};
   SY_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  const int limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin) - static_cast<int>(attributes.sharedSizeBytes);
+  const int limit = current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin) - static_cast<int>(attributes.sharedSizeBytes);
   if (dynamic_smem(plan, s) > limit) {
     return no("a block's weight slices take " + std::to_string(dynamic_smem(plan, s)) + " bytes of shared memory, " +
               std::to_string(limit) + " are available");
@@ -501,7 +505,7 @@ template <typename T>
 void decode_step(const DecodeStep<T>& s, cudaStream_t stream) {
   const StepKernel<T> kernel = kernel_for<T>(s.head_dim, s.num_heads / s.num_kv_heads);
   if (!kernel) throw CudaError("decode_step: no kernel for this shape (decode_step_prepare says why)");
-  static const int grid = device_attribute(cudaDevAttrMultiProcessorCount);  // the process's one GPU
+  static const int grid = current_device_attribute(cudaDevAttrMultiProcessorCount);  // the process's one GPU
   const StepPlan plan = plan_for(s, grid);
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);

@@ -23,13 +23,6 @@ constexpr int kThreads = kGemvThreads;
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;  // 16-byte weight loads in flight per warp per round
 
-int current_device_attribute(cudaDeviceAttr attribute) {
-  int device = 0, value = 0;
-  SY_CUDA_CHECK(cudaGetDevice(&device));
-  SY_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  return value;
-}
-
 int num_sms() {
   static const int sms = current_device_attribute(cudaDevAttrMultiProcessorCount);
   return sms;
