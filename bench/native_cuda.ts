@@ -10,11 +10,13 @@
  *      8192-token steps.
  *
  *   npx tsx bench/native_cuda.ts MODEL_DIR CEILINGS.json HF_GENERATE.json [--out table.md] [--decode-only]
+ *     [--enforce-eager] [--dtype auto|bfloat16|float16]
  *
  * --decode-only stops after (2), for comparing decode kernels (e.g. SWITCHYARD_CUDA_DECODE_FUSION=off).
+ * --dtype is the engine's (default auto: the checkpoint's bf16).
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { NativeEngine } from "../src/engine/native/native_engine.ts";
+import { NativeEngine, type NativeDtype } from "../src/engine/native/native_engine.ts";
 import type { SamplingParams } from "../src/engine/engine.ts";
 import { promptTokens } from "../test/native/models.ts";
 
@@ -22,6 +24,8 @@ const [modelDir, ceilingsPath, hfPath] = process.argv.slice(2);
 const outIndex = process.argv.indexOf("--out");
 const eager = process.argv.includes("--enforce-eager");
 const decodeOnly = process.argv.includes("--decode-only");
+const dtypeIndex = process.argv.indexOf("--dtype");
+const dtype = (dtypeIndex > 0 ? process.argv[dtypeIndex + 1] : "auto") as NativeDtype;
 const ceilings = JSON.parse(readFileSync(ceilingsPath, "utf8")) as { copy_bytes_per_s: number; matmul_bf16_tflops: number; device: string };
 const hf = existsSync(hfPath) ? (JSON.parse(readFileSync(hfPath, "utf8")) as { requests: number; useful_tokens_per_s: number }) : undefined;
 const config = JSON.parse(readFileSync(`${modelDir}/config.json`, "utf8"));
@@ -38,9 +42,9 @@ const greedy = (maxTokens: number): SamplingParams => ({
 // closed engine's memory goes back only when its handle is collected, and (4b) loads a second.
 const engine = await NativeEngine.load({
   model: modelDir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 256, maxNumBatchedTokens: 2048,
-  enablePrefixCaching: false, enforceEager: eager, kvCacheMemoryBytes: 64 * 2 ** 30,
+  enablePrefixCaching: false, enforceEager: eager, dtype, kvCacheMemoryBytes: 64 * 2 ** 30,
 });
-console.log(`engine: ${engine.info.backend}, ${engine.info.numKvBlocks} KV blocks, weights/step ${(engine.info.weightBytesPerStep / 2 ** 20).toFixed(0)} MiB`);
+console.log(`engine: ${engine.info.backend} (${engine.info.backendDetail}), ${engine.info.numKvBlocks} KV blocks, weights/step ${(engine.info.weightBytesPerStep / 2 ** 20).toFixed(0)} MiB`);
 
 async function run(tag: string, prompts: number[][], outputs: number[]): Promise<{ seconds: number; stamps: number[][] }> {
   const t0 = performance.now();
@@ -106,7 +110,7 @@ await engine.close();
 // (4b) The same prompts with 8192-token steps (four prompts per step; vLLM serves with 8192+).
 const wide = await NativeEngine.load({
   model: modelDir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 256, maxNumBatchedTokens: 8192,
-  enablePrefixCaching: false, enforceEager: eager, kvCacheMemoryBytes: 16 * 2 ** 30,
+  enablePrefixCaching: false, enforceEager: eager, dtype, kvCacheMemoryBytes: 16 * 2 ** 30,
 });
 const wideRun = async (tag: string, prompts: number[][]) => {
   const t0 = performance.now();
@@ -123,7 +127,7 @@ const wideTflops = (wideTokS * (matmulFlopsPerToken + attnFlopsPerToken)) / 1e12
 await wide.close();
 
 const lines = [
-  `Device: ${ceilings.device}. Model: Qwen3-0.6B shape, random bf16 weights (${modelDir.split("/").pop()}). ${eager ? "--enforce-eager" : "CUDA graphs on"}.`,
+  `Device: ${ceilings.device}. Model: Qwen3-0.6B shape, random bf16 weights (${modelDir.split("/").pop()}), served in ${engine.info.dtype}. ${eager ? "--enforce-eager" : "CUDA graphs on"}.`,
   "",
   `(1) Ceilings measured in the same run: device-to-device copy ${(ceilings.copy_bytes_per_s / 1e12).toFixed(2)} TB/s (read + write); bf16 8192³ matmul ${ceilings.matmul_bf16_tflops.toFixed(0)} TFLOP/s.`,
   "",

@@ -1,20 +1,35 @@
 /**
- * Which GEMM inputs to split into hi + lo (SWITCHYARD_CUDA_SPLIT_GEMM, qwen3_cuda.cpp): for
- * each setting, the largest logprob gap to the transformers fp32 reference over the cases and
- * tokens test/native/cuda.test.ts compares (same rules: top 5 of each reference step, up to the
- * first differing token), and the prefill throughput it costs on the Qwen3-0.6B-shaped model
- * (4 prompts of 2048 tokens in 8192-token steps). Run on the GPU machine by bench/native_cuda.sh
- * after the reference is written:
+ * How precisely to compute: for each setting (a dtype, and which GEMM inputs to split into
+ * hi + lo: SWITCHYARD_CUDA_SPLIT_GEMM, qwen3_cuda.cpp), the largest logprob gap to the
+ * transformers fp32 reference over the cases and tokens test/native/cuda.test.ts compares (same
+ * rules: top 5 of each reference step, up to the first differing token), and the prefill
+ * throughput it gives on the Qwen3-0.6B-shaped model (4 prompts of 2048 tokens in 8192-token
+ * steps). Run on the GPU machine by bench/native_cuda.sh after the reference is written:
  *
  *   npx tsx bench/native_cuda_gap.ts REFERENCE.json QWEN3_06B_DIR [--out gap.md]
+ *
+ * GAP_SETTINGS: settings separated by ";", each DTYPE or DTYPE/SPLIT with DTYPE auto, bfloat16
+ * or float16 and SPLIT a SWITCHYARD_CUDA_SPLIT_GEMM value (all, none, or a comma list of GEMMs;
+ * default: the engine's, all in bf16 and none in fp16).
  */
 import { readFileSync, writeFileSync } from "node:fs";
-import { NativeEngine } from "../src/engine/native/native_engine.ts";
+import { NativeEngine, type NativeDtype } from "../src/engine/native/native_engine.ts";
 import { collect, sampling } from "../test/native/helpers.ts";
 import { promptTokens, testLlamaDir, testQwen3Dir } from "../test/native/models.ts";
 
 const [referencePath, qwen06bDir] = process.argv.slice(2);
-const SETTINGS = (process.env.SPLIT_SETTINGS ?? "none;all;qkv,gate_up,o").split(";");
+const SETTINGS = (process.env.GAP_SETTINGS ?? "bfloat16;bfloat16/none;float16").split(";");
+
+/** The engine's dtype for a setting; sets the split the engine reads when it loads. */
+function applySetting(setting: string): NativeDtype {
+  const [dtype, split] = setting.split("/");
+  if (dtype !== "auto" && dtype !== "bfloat16" && dtype !== "float16") {
+    throw new Error(`GAP_SETTINGS: "${setting}" does not start with auto, bfloat16 or float16`);
+  }
+  if (split === undefined) delete process.env.SWITCHYARD_CUDA_SPLIT_GEMM;
+  else process.env.SWITCHYARD_CUDA_SPLIT_GEMM = split;
+  return dtype;
+}
 
 interface ReferenceStep {
   token: number;
@@ -28,10 +43,10 @@ const models: [string, string][] = [
   ["Qwen3-0.6B shape", qwen06bDir],
 ];
 
-async function largestGap(dir: string): Promise<{ gap: number; where: string }> {
+async function largestGap(dir: string, dtype: NativeDtype): Promise<{ gap: number; where: string }> {
   const ref = reference.models.find((m) => m.folder === dir);
   if (!ref) throw new Error(`no reference for ${dir} in ${referencePath}`);
-  const engine = await NativeEngine.load({ model: dir, device: "cuda", kvCacheMemoryBytes: 256 << 20 });
+  const engine = await NativeEngine.load({ model: dir, device: "cuda", kvCacheMemoryBytes: 256 << 20, dtype });
   let gap = 0;
   let where = "";
   try {
@@ -58,8 +73,8 @@ async function largestGap(dir: string): Promise<{ gap: number; where: string }> 
   return { gap, where };
 }
 
-async function prefillTokensPerS(dir: string): Promise<number> {
-  const engine = await NativeEngine.load({ model: dir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 64, maxNumBatchedTokens: 8192, enablePrefixCaching: false, kvCacheMemoryBytes: 8 * 2 ** 30 });
+async function prefillTokensPerS(dir: string, dtype: NativeDtype): Promise<number> {
+  const engine = await NativeEngine.load({ model: dir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 64, maxNumBatchedTokens: 8192, enablePrefixCaching: false, kvCacheMemoryBytes: 8 * 2 ** 30, dtype });
   try {
     const run = async (tag: string, count: number) => {
       const prompts = Array.from({ length: count }, (_, i) => promptTokens(2048, 9100 + i, 0, 150000));
@@ -76,19 +91,19 @@ async function prefillTokensPerS(dir: string): Promise<number> {
 
 const rows: string[] = [];
 for (const setting of SETTINGS) {
-  process.env.SWITCHYARD_CUDA_SPLIT_GEMM = setting; // read when a model loads
+  const dtype = applySetting(setting);
   const gaps: string[] = [];
   for (const [name, dir] of models) {
-    const { gap, where } = await largestGap(dir);
+    const { gap, where } = await largestGap(dir, dtype);
     gaps.push(`${gap.toFixed(4)} (${where})`);
-    console.error(`split ${setting}: ${name}: ${gap.toFixed(4)} at ${where}`);
+    console.error(`${setting}: ${name}: ${gap.toFixed(4)} at ${where}`);
   }
-  const tokS = await prefillTokensPerS(qwen06bDir);
+  const tokS = await prefillTokensPerS(qwen06bDir, dtype);
   rows.push(`| ${setting} | ${gaps.join(" | ")} | ${tokS.toFixed(0)} |`);
   console.error(rows.at(-1));
 }
 const table = [
-  "| split GEMM inputs | tiny Qwen3 gap | tiny Llama gap | Qwen3-0.6B-shape gap | prefill tok/s (0.6B, 8192-token steps) |",
+  "| dtype / split GEMM inputs | tiny Qwen3 gap | tiny Llama gap | Qwen3-0.6B-shape gap | prefill tok/s (0.6B, 8192-token steps) |",
   "| --- | ---: | ---: | ---: | ---: |",
   ...rows,
 ].join("\n");

@@ -56,6 +56,7 @@ export const ENGINE_OPTIONS: Options = {
   device: { type: "string" },
   "gpu-memory-utilization": { type: "string" },
   "enforce-eager": { type: "boolean" },
+  dtype: { type: "string" },
 };
 
 export const EngineFlagsSchema = z.object({
@@ -75,6 +76,7 @@ export const EngineFlagsSchema = z.object({
   device: z.enum(["cpu", "cuda"]).optional(),
   "gpu-memory-utilization": z.coerce.number().gt(0).max(1).optional(),
   "enforce-eager": z.boolean().optional(),
+  dtype: z.enum(["auto", "bfloat16", "float16"]).optional(),
 });
 
 export type EngineFlags = z.infer<typeof EngineFlagsSchema>;
@@ -82,7 +84,7 @@ export type EngineFlags = z.infer<typeof EngineFlagsSchema>;
 /** Flags that only one engine reads: giving them to the other is a mistake worth saying. */
 const ENGINE_ONLY_FLAGS = {
   mocker: ["num-gpu-blocks", "speedup-ratio", "kv-bytes-per-block"],
-  native: ["kv-cache-memory", "threads", "device", "gpu-memory-utilization", "enforce-eager"],
+  native: ["kv-cache-memory", "threads", "device", "gpu-memory-utilization", "enforce-eager", "dtype"],
 } as const;
 
 export function checkEngineFlags(flags: EngineFlags): void {

@@ -25,7 +25,10 @@ const ENGINE_USAGE = `engine options (vLLM's names):
   --device cpu|cuda             native: where to run (default: cuda when built with CUDA and a GPU is present)
   --gpu-memory-utilization F    native on CUDA: fraction of the GPU's memory this engine may hold
                                 (default 0.9; workers sharing a GPU take e.g. 0.3 each)
-  --enforce-eager               native on CUDA: no CUDA graphs`;
+  --enforce-eager               native on CUDA: no CUDA graphs
+  --dtype auto|bfloat16|float16 native on CUDA: weights, KV cache and GEMM inputs (default auto: the
+                                checkpoint's). float16 serves a bf16 model with its exact weights,
+                                finer rounding and faster prefill, but saturates values past +-65504`;
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: string }> = {
   serve: { run: serveCommand, usage: SERVE_USAGE },

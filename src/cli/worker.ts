@@ -74,6 +74,7 @@ export function engineConfig(flags: EngineFlags, model: ModelSource): EngineConf
     device: flags.device,
     gpuMemoryUtilization: flags["gpu-memory-utilization"],
     enforceEager: flags["enforce-eager"],
+    dtype: flags.dtype,
   };
 }
 

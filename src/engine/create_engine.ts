@@ -5,7 +5,7 @@
 import { readModelFolder } from "../model/model_folder.ts";
 import type { Engine } from "./engine.ts";
 import { MockerEngine } from "./mocker/mocker_engine.ts";
-import { NativeEngine } from "./native/native_engine.ts";
+import { NativeEngine, type NativeDtype } from "./native/native_engine.ts";
 
 export type EngineKind = "mocker" | "native";
 
@@ -33,6 +33,8 @@ export interface EngineConfig {
   gpuMemoryUtilization?: number;
   /** Native on CUDA: no CUDA graphs. */
   enforceEager?: boolean;
+  /** Native on CUDA: the type of weights, KV cache and GEMM inputs (NativeEngineOptions.dtype). */
+  dtype?: NativeDtype;
 }
 
 export async function createEngine(config: EngineConfig): Promise<Engine> {
@@ -69,6 +71,7 @@ export async function createEngine(config: EngineConfig): Promise<Engine> {
           device: config.device,
           gpuMemoryUtilization: config.gpuMemoryUtilization,
           enforceEager: config.enforceEager,
+          dtype: config.dtype,
         }),
       );
   }

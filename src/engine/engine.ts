@@ -77,6 +77,11 @@ export interface KvMemoryLayout {
     | { kind: "host"; buffer: ArrayBuffer }
     | { kind: "host" | "cuda"; address: bigint; length: number; deviceId: number };
   segments: KvSegment[];
+  /**
+   * The element type of the cached K and V ("float32", "bfloat16", "float16"), where the engine
+   * says: engines whose blocks have the same bytes but not the same type cannot exchange them.
+   */
+  dtype?: string;
 }
 
 export interface KvSegment {

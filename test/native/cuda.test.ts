@@ -6,9 +6,11 @@
  * invariances the CPU tests check (batch, prefix cache, chunked prefill) hold on the GPU too,
  * with CUDA graphs and without.
  */
-import { existsSync, readFileSync } from "node:fs";
-import { afterEach, describe, expect, it } from "vitest";
-import { loadNativeAddon, NativeEngine, type NativeEngineOptions } from "../../src/engine/native/native_engine.ts";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { loadNativeAddon, NativeEngine, type NativeDtype, type NativeEngineOptions } from "../../src/engine/native/native_engine.ts";
 import type { SamplingParams } from "../../src/engine/engine.ts";
 import { collect, sampling, type Collected } from "./helpers.ts";
 import { promptTokens, testLlamaDir, testQwen3Dir } from "./models.ts";
@@ -62,6 +64,26 @@ function expectSameGreedy(a: Collected, b: Collected, what: string): void {
 
 const greedy = (maxTokens: number): SamplingParams => sampling({ maxTokens, logprobs: 2 });
 
+const tmp = mkdtempSync(join(tmpdir(), "sy-cuda-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A copy of a bf16 model whose tensor `name` starts with `value` (rounded to bf16). */
+function modelWithWeight(dir: string, name: string, value: number): string {
+  const copy = mkdtempSync(join(tmp, "model-"));
+  cpSync(dir, copy, { recursive: true });
+  const file = join(copy, "model.safetensors");
+  const bytes = readFileSync(file);
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const tensor = header[name];
+  if (tensor?.dtype !== "BF16") throw new Error(`${name} is not a bf16 tensor of ${file}`);
+  const f32 = Buffer.alloc(4);
+  f32.writeFloatLE(value);
+  bytes.writeUInt16LE(f32.readUInt32LE(0) >>> 16, 8 + headerLength + tensor.data_offsets[0]);
+  writeFileSync(file, bytes);
+  return copy;
+}
+
 describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 120_000 }, () => {
   interface ReferenceStep {
     token: number;
@@ -76,16 +98,24 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     ["tiny Llama (fp16)", testLlamaDir],
   ];
   if (QWEN3_06B_DIR) models.push(["Qwen3-0.6B-shaped (bf16)", () => QWEN3_06B_DIR]);
+  // The bf16 checkpoints also served in fp16 (dtype float16): against the same reference.
+  const comparisons: [string, () => string, NativeDtype, string][] = [
+    ...models.map(([name, dirOf]): [string, () => string, NativeDtype, string] => [name, dirOf, "auto", name.includes("fp16") ? "float16" : "bfloat16"]),
+    ...models
+      .filter(([name]) => name.includes("bf16"))
+      .map(([name, dirOf]): [string, () => string, NativeDtype, string] => [`${name} as float16`, dirOf, "float16", "float16"]),
+  ];
 
-  it.each(models)("matches transformers on the same GPU: %s", async (_name, dirOf) => {
+  it.each(comparisons)("matches transformers on the same GPU: %s", async (_name, dirOf, dtype, runsIn) => {
     const dir = dirOf();
     const ref = reference?.models.find((m) => m.folder === dir);
     if (!ref) {
       console.warn(`no GPU reference for ${dir} in ${REFERENCE}: run bench/native_cuda_hf.py reference`);
       return;
     }
-    const engine = await gpuEngine(dir);
+    const engine = await gpuEngine(dir, { dtype });
     expect(engine.info.backend).toBe("cuda");
+    expect(engine.info.dtype).toBe(runsIn);
     let compared = 0;
     for (const [i, c] of ref.cases.entries()) {
       const out = await collect(engine, `ref-${i}`, c.prompt, sampling({ maxTokens: c.steps.length, logprobs: 5 }));
@@ -208,6 +238,16 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     // Other test files' engines may take a few GiB meanwhile.
     expect(second.info.numKvBlocks).toBeGreaterThan(0.95 * blocks);
     expect(await collect(second, "after", promptTokens(40, 3), greedy(4))).toMatchObject({ finishReason: "length" });
+  });
+
+  it("refuses float16 for a bf16 checkpoint with a weight past fp16's range, and serves it in bfloat16", async () => {
+    const dir = modelWithWeight(testQwen3Dir(), "model.layers.0.mlp.down_proj.weight", 1e5);
+    await expect(gpuEngine(dir, { dtype: "float16" })).rejects.toThrow(
+      /1 weight of this checkpoint lies beyond float16's range \(\+-65504\): serve it with dtype bfloat16/,
+    );
+    const engine = await gpuEngine(dir);
+    expect(engine.info.dtype).toBe("bfloat16");
+    expect(await collect(engine, "big", promptTokens(20, 3), greedy(4))).toMatchObject({ finishReason: "length" });
   });
 
   it("rejects a KV cache that does not fit with an error, not an abort", async () => {

@@ -165,6 +165,7 @@ describe("KV layout", () => {
     const blockBytes = 16 * 2 * 16 * 4;
     expect(layout.memory).toMatchObject({ kind: "host", length: blocks * BLOCK_BYTES_ALL_LAYERS, deviceId: 0 });
     expect(layout.segments).toEqual([0, 1, 2, 3].map((i) => ({ offset: i * blocks * blockBytes, blockStride: blockBytes, blockBytes })));
+    expect(layout.dtype).toBe("float32");
   });
 });
 

@@ -183,6 +183,15 @@ describe("NativeEngine.load errors", () => {
     await expect(NativeEngine.load({ model: dir })).rejects.toThrow(/tensor model\.embed_tokens\.weight has dtype I32/);
   });
 
+  it("takes a dtype only on CUDA, and names the values it knows", async () => {
+    await expect(NativeEngine.load({ model: testLlamaDir(), device: "cpu", dtype: "float16" })).rejects.toThrow(
+      /dtype "float16" applies to device "cuda"; the CPU engine computes in fp32 and takes only "auto"/,
+    );
+    const cast = { model: testLlamaDir(), device: "cpu", dtype: "fp8" } as unknown as Parameters<typeof NativeEngine.load>[0];
+    await expect(NativeEngine.load(cast)).rejects.toThrow(/dtype must be "auto", "bfloat16" or "float16", not "fp8"/);
+    expect(engine.info.dtype).toBe("float32");
+  });
+
   it("names a tensor that config.json needs and the checkpoint lacks", async () => {
     const dir = modelVariant("layers", (c) => (c.num_hidden_layers = 3));
     await expect(NativeEngine.load({ model: dir })).rejects.toThrow(/has no tensor model\.layers\.2\./);

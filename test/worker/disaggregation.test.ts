@@ -267,6 +267,7 @@ describe("disaggregated prefill and decode across two workers", () => {
     };
     await expectInvalid(otherLayout, kvTransfer, /segment 0 has blocks of 32 bytes on the prefill worker, 64 here/);
     await expectInvalid(decode, { ...kvTransfer!, segments: kvTransfer!.segments.slice(1) }, /1 segments, this worker's 2/);
+    await expectInvalid(decode, { ...kvTransfer!, kvDtype: "bfloat16" }, /the prefill worker caches K and V in bfloat16, this worker in mocker/);
     await expectInvalid(decode, { ...kvTransfer!, blockIds: kvTransfer!.blockIds.slice(1) }, /2 block_ids for a prompt of 10 tokens in blocks of 4; expected 3/);
     await expectInvalid(decode, kvTransfer, /num_tokens is 10, but the prompt has 11 tokens/, prompt(11, 40));
     await expectInvalid(decode, undefined, /do_remote_prefill needs disaggregation.kv_transfer/);

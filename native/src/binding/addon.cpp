@@ -239,6 +239,11 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     }
     opts.gpu_memory_utilization = get_number(o, "gpuMemoryUtilization", opts.gpu_memory_utilization);
     opts.enforce_eager = get_bool(o, "enforceEager", opts.enforce_eager);
+    Napi::Value dtype = o.Get("dtype");
+    if (!dtype.IsUndefined() && !dtype.IsNull()) {
+      if (!dtype.IsString()) throw Napi::TypeError::New(env, "options.dtype must be \"auto\", \"bfloat16\" or \"float16\"");
+      opts.dtype = dtype.As<Napi::String>().Utf8Value();
+    }
     opts.block_size = static_cast<int>(get_int(o, "blockSize", opts.block_size));
     // On the GPU the cache is sized by gpuMemoryUtilization unless a byte count is given.
     opts.kv_cache_memory_bytes = get_int(o, "kvCacheMemoryBytes", opts.device == "cuda" ? 0 : opts.kv_cache_memory_bytes);
@@ -331,7 +336,7 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     return env.Undefined();
   }
 
-  // kvLayout(): { memory: { kind: "host" | "cuda", address, length, deviceId }, segments }.
+  // kvLayout(): { memory: { kind: "host" | "cuda", address, length, deviceId }, segments, dtype }.
   Napi::Value KvLayoutInfo(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::unique_ptr<KvLayout> layout = loop(env).engine().kv_layout();
@@ -351,6 +356,7 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     Napi::Object o = Napi::Object::New(env);
     o.Set("memory", memory);
     o.Set("segments", segments);
+    o.Set("dtype", layout->dtype);
     return o;
   }
 
@@ -395,6 +401,7 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     o.Set("weightBytesPerStep", Napi::Number::New(env, static_cast<double>(e.weight_bytes_per_step())));
     o.Set("backend", e.backend_name());
     o.Set("backendDetail", e.backend_detail());
+    o.Set("dtype", e.dtype());
     return o;
   }
 

@@ -10,6 +10,9 @@ LlmEngine::LlmEngine(const EngineOptions& options) : options_(options), seed_sou
   if (options_.max_num_seqs <= 0 || options_.max_num_batched_tokens <= 0) {
     throw std::runtime_error("max_num_seqs and max_num_batched_tokens must be positive");
   }
+  if (options_.dtype != "auto" && options_.dtype != "bfloat16" && options_.dtype != "float16") {
+    throw std::runtime_error("dtype must be \"auto\", \"bfloat16\" or \"float16\", not \"" + options_.dtype + "\"");
+  }
   model_ = std::make_unique<Qwen3Model>(options_.model_dir);
   const int model_max = model_->config().max_position_embeddings;
   max_model_len_ = options_.max_model_len > 0 ? options_.max_model_len : model_max;
@@ -23,9 +26,14 @@ LlmEngine::LlmEngine(const EngineOptions& options) : options_(options), seed_sou
     co.gpu_memory_utilization = options_.gpu_memory_utilization;
     co.kv_cache_memory_bytes = options_.kv_cache_memory_bytes;
     co.enforce_eager = options_.enforce_eager;
+    co.dtype = options_.dtype;
     cuda_ = CudaModelRunner::create(options_.model_dir, model_->config(), co);
     num_blocks = cuda_->num_kv_blocks();
   } else if (options_.device == "cpu") {
+    if (options_.dtype != "auto") {
+      throw std::runtime_error("dtype \"" + options_.dtype +
+                               "\" applies to device \"cuda\"; the CPU engine computes in fp32 and takes only \"auto\"");
+    }
     int threads = options_.threads > 0 ? options_.threads : static_cast<int>(std::thread::hardware_concurrency());
     backend_ = make_cpu_backend(std::max(1, threads), options_.reference_kernels);
     KvCacheShape shape = model_->kv_shape(options_.block_size);
@@ -150,6 +158,7 @@ std::unique_ptr<KvLayout> LlmEngine::kv_layout() const {
     layout->length = m.bytes;
     layout->on_device = true;
     layout->device_id = m.device_id;
+    layout->dtype = cuda_->dtype();
     for (int layer = 0; layer < m.num_layers; ++layer) {
       for (int kv = 0; kv < 2; ++kv) {
         layout->segments.push_back(KvLayout::Segment{(2LL * layer + kv) * m.area_bytes, m.block_bytes, m.block_bytes});
@@ -158,6 +167,7 @@ std::unique_ptr<KvLayout> LlmEngine::kv_layout() const {
     return layout;
   }
   layout->address = cache_->data();
+  layout->dtype = "float32";
   layout->length = cache_->bytes();
   const int64_t block_bytes = cache_->block_bytes();
   for (int layer = 0; layer < cache_->shape().num_layers; ++layer) {

@@ -36,6 +36,8 @@ struct EngineOptions {
   double gpu_memory_utilization = 0.9;
   /** cuda: no CUDA graphs for decode steps. */
   bool enforce_eager = false;
+  /** cuda: "auto", "bfloat16" or "float16" (CudaRunnerOptions::dtype); the CPU engine computes in fp32 and takes only "auto". */
+  std::string dtype = "auto";
 };
 
 /** Disaggregated serving options of one request; see EngineRequest in src/engine/engine.ts. */
@@ -60,6 +62,7 @@ struct KvLayout {
   int64_t length = 0;
   bool on_device = false;  // CUDA device memory (one allocation) rather than host memory
   int device_id = 0;
+  std::string dtype;  // of the cached K and V: "float32" (CPU), "bfloat16" or "float16"
   struct Segment {
     int64_t offset, block_stride, block_bytes;
   };
@@ -112,6 +115,8 @@ class LlmEngine {
   int64_t weight_bytes_per_step() const { return model_->weight_bytes_per_step(); }
   const char* backend_name() const { return cuda_ ? cuda_->name() : backend_->name(); }
   std::string backend_detail() const { return cuda_ ? cuda_->detail() : std::string(); }
+  /** The type the forward pass keeps weights, KV cache and GEMM inputs in. */
+  const char* dtype() const { return cuda_ ? cuda_->dtype() : "float32"; }
 
   /** Throws RequestError for a request this engine can never serve. Thread-safe (reads config only). */
   void validate(const std::vector<int32_t>& prompt, const SamplingParams& params,

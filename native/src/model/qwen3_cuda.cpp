@@ -1,5 +1,6 @@
-// CudaModelRunner for Qwen3/Llama: device weights (bf16 or fp16, as the checkpoint; fp32 files
-// are converted to bf16), a paged KV cache in the same dtype sized by gpu_memory_utilization,
+// CudaModelRunner for Qwen3/Llama: device weights (bf16 or fp16, as the checkpoint or as
+// options.dtype asks; fp32 files are converted to bf16 by default), a paged KV cache in the same
+// dtype sized by gpu_memory_utilization,
 // fixed activation buffers, one host->device copy of the step's metadata per step, and decode
 // steps replayed from CUDA graphs captured per padded batch size.
 //
@@ -108,6 +109,7 @@ constexpr int kMaxSplits = 32;
 // (on | off) says otherwise.
 constexpr bool kPersistentByDefault = false;
 
+// fp16 saturates, as the kernels' conversions do (from_f32); the caller counts what did.
 uint16_t f32_to_half_bits(float v, bool bf16) {
   if (bf16) {
     __nv_bfloat16 h = __float2bfloat16(v);
@@ -115,7 +117,7 @@ uint16_t f32_to_half_bits(float v, bool bf16) {
     std::memcpy(&bits, &h, 2);
     return bits;
   }
-  __half h = __float2half(v);
+  __half h = __float2half(std::fabs(v) > 65504.0f ? std::copysign(65504.0f, v) : v);
   uint16_t bits;
   std::memcpy(&bits, &h, 2);
   return bits;
@@ -172,18 +174,23 @@ struct StepProfile {
 
 /**
  * Which GEMM inputs are split into hi + lo (kernels.h): the rounding of these activations to
- * 16 bits is most of the engine's distance from an fp32 reference (bench/CUDA_NOTES.md,
- * "Correctness"). Prefill pays one more GEMM per split input; decode's gemv reads them in fp32
- * at no cost. SWITCHYARD_CUDA_SPLIT_GEMM = "all" (default), "none", or a comma list of
- * qkv, o, gate_up, down, lm_head.
+ * bf16 is most of a bf16 engine's distance from an fp32 reference (bench/CUDA_NOTES.md,
+ * "Correctness"). Prefill pays one more GEMM per split input, and decode batches past gemv's
+ * (more than 4 rows) a second read of the weights; decode's gemv reads them in fp32 at no cost.
+ * SWITCHYARD_CUDA_SPLIT_GEMM = "all", "none", or a comma list of qkv, o, gate_up, down,
+ * lm_head; by default "all" in bf16 and "none" in fp16, whose 11 significant bits already put
+ * the rounding below the KV cache's (bench/CUDA_NOTES.md, "Session 5").
  */
 struct SplitGemmInputs {
   bool qkv = true, o = true, gate_up = true, down = true, lm_head = true;
 
-  static SplitGemmInputs from_env() {
+  bool any() const { return qkv || o || gate_up || down || lm_head; }
+
+  static SplitGemmInputs from_env(bool bf16) {
     SplitGemmInputs s;
     const char* v = std::getenv("SWITCHYARD_CUDA_SPLIT_GEMM");
-    if (!v || !*v || std::strcmp(v, "all") == 0) return s;
+    if (!v || !*v) v = bf16 ? "all" : "none";
+    if (std::strcmp(v, "all") == 0) return s;
     s.qkv = s.o = s.gate_up = s.down = s.lm_head = false;
     if (std::strcmp(v, "none") == 0) return s;
     std::string list(v);
@@ -214,7 +221,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     SY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
     gemm_ = std::make_unique<cuda::Gemm>(stream_);
     prof_.init();
-    split_ = SplitGemmInputs::from_env();
+    split_ = SplitGemmInputs::from_env(is_bf16<T>());
     // SWITCHYARD_CUDA_DECODE_FUSION=off keeps the separate q/k norm + RoPE + KV store pass in
     // decode steps too (same results; for measuring what the fusion gives).
     const char* fusion = std::getenv("SWITCHYARD_CUDA_DECODE_FUSION");
@@ -253,9 +260,11 @@ class Qwen3Cuda final : public CudaModelRunner {
   }
 
   const char* name() const override { return "cuda"; }
+  const char* dtype() const override { return is_bf16<T>() ? "bfloat16" : "float16"; }
   std::string detail() const override {
-    return persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
-                          : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")";
+    return std::string(dtype()) + (split_.any() ? ", GEMM inputs split into hi + lo" : "") + "; " +
+           (persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
+                           : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")");
   }
   int num_kv_blocks() const override { return num_blocks_; }
 
@@ -426,17 +435,40 @@ class Qwen3Cuda final : public CudaModelRunner {
     weights_ = DeviceMemory(lay.size());
     weight_bytes_ = static_cast<int64_t>(lay.size());
 
+    // A matrix in the other 16-bit type is converted on the GPU (a 0.6B model's 600M weights
+    // take seconds on the host); an fp32 one on the host. Values past fp16's range are counted
+    // and fail the load below rather than saturate unseen.
+    using Other = std::conditional_t<is_bf16<T>(), __half, __nv_bfloat16>;
+    const DType own = is_bf16<T>() ? DType::BF16 : DType::F16, other = is_bf16<T>() ? DType::F16 : DType::BF16;
     std::vector<uint16_t> staging;
+    DeviceMemory staging_d, beyond_d(sizeof(unsigned));
+    SY_CUDA_CHECK(cudaMemset(beyond_d.as<void>(), 0, sizeof(unsigned)));
+    int64_t beyond_host = 0;
+    std::string first_beyond;
     auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, size_t at) {
       WeightView w = ck.matrix(name, {rows, cols});
-      const bool same = (is_bf16<T>() && w.dtype == DType::BF16) || (!is_bf16<T>() && w.dtype == DType::F16);
       const size_t count = static_cast<size_t>(rows * cols);
-      if (same) {
+      if (w.dtype == own) {
         SY_CUDA_CHECK(cudaMemcpy(weights_.as<char>(at), w.data, count * 2, cudaMemcpyHostToDevice));
         return;
       }
+      if (w.dtype == other) {
+        if (staging_d.bytes() < count * 2) staging_d = DeviceMemory(count * 2);
+        // On the kernel's stream: a cudaMemcpy from pageable memory may return before its DMA
+        // lands, and stream_ does not wait for the legacy stream (the first version converted
+        // half-copied matrices of the 0.6B model, differently from run to run).
+        SY_CUDA_CHECK(cudaMemcpyAsync(staging_d.as<void>(), w.data, count * 2, cudaMemcpyHostToDevice, stream_));
+        cuda::convert_16bit<Other, T>(staging_d.as<Other>(), static_cast<int64_t>(count), weights_.as<T>(at),
+                                      beyond_d.as<unsigned>(), stream_);
+        SY_CUDA_CHECK(cudaStreamSynchronize(stream_));  // before staging_d takes the next matrix
+        return;
+      }
       staging.resize(count);
-      for (size_t i = 0; i < count; ++i) staging[i] = f32_to_half_bits(weight_at(w, static_cast<int64_t>(i)), is_bf16<T>());
+      for (size_t i = 0; i < count; ++i) {
+        const float v = weight_at(w, static_cast<int64_t>(i));
+        if (!is_bf16<T>() && std::fabs(v) > 65504.0f && beyond_host++ == 0) first_beyond = name;
+        staging[i] = f32_to_half_bits(v, is_bf16<T>());
+      }
       SY_CUDA_CHECK(cudaMemcpy(weights_.as<char>(at), staging.data(), count * 2, cudaMemcpyHostToDevice));
     };
     auto vector = [&](const std::string& name, int64_t len, size_t at) {
@@ -469,6 +501,17 @@ class Qwen3Cuda final : public CudaModelRunner {
         L.k_norm = weights_.as<float>(o[7]);
       }
       layers_.push_back(L);
+    }
+    // Every copy above landed before any kernel on stream_ reads the weights (see above).
+    SY_CUDA_CHECK(cudaDeviceSynchronize());
+    unsigned beyond_gpu = 0;
+    SY_CUDA_CHECK(cudaMemcpy(&beyond_gpu, beyond_d.as<void>(), sizeof(unsigned), cudaMemcpyDeviceToHost));
+    if (const int64_t beyond = beyond_gpu + beyond_host; beyond > 0) {
+      throw std::runtime_error(std::to_string(beyond) + (beyond == 1 ? " weight" : " weights") +
+                               " of this checkpoint" + (beyond == 1 ? " lies" : " lie") +
+                               " beyond float16's range (+-65504)" +
+                               (first_beyond.empty() ? "" : ", the first in " + first_beyond) +
+                               ": serve it with dtype bfloat16");
     }
     vector("model.norm.weight", h, off_final);
     final_norm_ = weights_.as<float>(off_final);
@@ -917,9 +960,11 @@ std::unique_ptr<CudaModelRunner> CudaModelRunner::create(const std::string& dir,
   const CudaDeviceInfo info = cuda_device_info();
   if (info.device_count == 0) throw std::runtime_error("device \"cuda\" requested but " + info.error);
   SafetensorsCheckpoint probe(dir);
-  const DType dtype = probe.get("model.embed_tokens.weight").dtype;
-  if (dtype == DType::F16) return std::make_unique<Qwen3Cuda<__half>>(dir, config, options);
-  return std::make_unique<Qwen3Cuda<__nv_bfloat16>>(dir, config, options);
+  std::string dtype = options.dtype;
+  if (dtype == "auto") dtype = probe.get("model.embed_tokens.weight").dtype == DType::F16 ? "float16" : "bfloat16";
+  if (dtype == "float16") return std::make_unique<Qwen3Cuda<__half>>(dir, config, options);
+  if (dtype == "bfloat16") return std::make_unique<Qwen3Cuda<__nv_bfloat16>>(dir, config, options);
+  throw std::runtime_error("dtype must be \"auto\", \"bfloat16\" or \"float16\", not \"" + options.dtype + "\"");
 }
 
 }  // namespace sy

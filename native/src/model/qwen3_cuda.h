@@ -1,5 +1,6 @@
 // The Qwen3 (and Llama) forward pass on a CUDA GPU, with its own device state: weights in
-// bf16/fp16, the paged KV cache in the same dtype, activation buffers, CUDA graphs for decode
+// bf16/fp16 (the checkpoint's, or as options.dtype says), the paged KV cache in the same dtype,
+// activation buffers, CUDA graphs for decode
 // steps, and sampling on the device. The engine (scheduler, block pool, sequences) stays on the
 // host and hands each step's flat batch to `step`. This header has no CUDA types, so the engine
 // compiles the same with or without the CUDA backend (qwen3_cuda_stub.cpp stands in without it).
@@ -26,6 +27,13 @@ struct CudaRunnerOptions {
   int64_t kv_cache_memory_bytes = 0;
   /** No CUDA graphs: every kernel launched one by one. */
   bool enforce_eager = false;
+  /**
+   * The type of the weights, the KV cache and the GEMM inputs: "auto" (the checkpoint's: bf16
+   * or fp16; fp32 checkpoints run in bf16), "bfloat16" or "float16". A bf16 checkpoint in
+   * float16 keeps its weights' values exactly (loading fails if one lies beyond fp16's range)
+   * and rounds activations 8x finer, but activations past +-65504 saturate.
+   */
+  std::string dtype = "auto";
 };
 
 /**
@@ -82,6 +90,8 @@ class CudaModelRunner {
   virtual void synchronize() = 0;
   /** How decode steps run on this GPU, for the engine's info (e.g. whether batch 1 is one persistent kernel). */
   virtual std::string detail() const { return ""; }
+  /** The type the runner computes and caches in: "bfloat16" or "float16". */
+  virtual const char* dtype() const = 0;
 };
 
 }  // namespace sy

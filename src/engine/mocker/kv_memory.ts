@@ -59,6 +59,8 @@ export class FakeKvMemory {
     return {
       memory: { kind: "host", buffer: this.buffer },
       segments: Array.from({ length: NUM_SEGMENTS }, (_, s) => ({ offset: s * this.numBlocks * blockBytes, blockStride: blockBytes, blockBytes })),
+      // Not a model's KV: no real engine's blocks can stand in for these, nor these for theirs.
+      dtype: "mocker",
     };
   }
 

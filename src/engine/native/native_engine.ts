@@ -62,9 +62,18 @@ export interface NativeEngineOptions {
   gpuMemoryUtilization?: number;
   /** cuda: launch every kernel eagerly instead of replaying CUDA graphs for decode steps. */
   enforceEager?: boolean;
+  /**
+   * cuda: the type of the weights, the KV cache and the GEMM inputs. "auto" (default): the
+   * checkpoint's (bf16, or fp16; fp32 checkpoints run in bf16). "float16" on a bf16 checkpoint
+   * keeps every weight's value (loading fails if one lies past fp16's +-65504) and rounds the
+   * KV cache and activations to 11 significant bits instead of 8, at fp16's narrower range:
+   * an activation past +-65504 saturates. The CPU engine computes in fp32 and takes only "auto".
+   */
+  dtype?: NativeDtype;
 }
 
 export type NativeDevice = "cpu" | "cuda";
+export type NativeDtype = "auto" | "bfloat16" | "float16";
 
 /** Whether the addon has the CUDA backend and which GPU it sees. */
 export interface CudaInfo {
@@ -95,8 +104,10 @@ export interface NativeEngineInfo {
   /** Bytes of weights one decode step reads (the memory-bandwidth roofline's numerator). */
   weightBytesPerStep: number;
   backend: string;
-  /** How the backend runs decode steps, where it says (CUDA: whether batch 1 is one persistent kernel, or why not). */
+  /** How the backend runs, where it says (CUDA: its dtype, whether GEMM inputs are split, whether batch 1 is one persistent kernel). */
   backendDetail: string;
+  /** The type weights, KV cache and GEMM inputs are kept in: "float32" on CPU, "bfloat16" or "float16" on CUDA. */
+  dtype: string;
 }
 
 interface NativeOutput {

@@ -34,6 +34,7 @@ export function heldKvTransferParams(
     segments: layout.segments.map((s) => ({ offset: BigInt(s.offset), blockStride: BigInt(s.blockStride), blockBytes: s.blockBytes })),
     memoryKind: region.kind,
     deviceId: region.deviceId,
+    kvDtype: layout.dtype ?? "",
   });
 }
 
@@ -56,6 +57,9 @@ export function checkKvTransferParams(
   const ours = layout.segments;
   if (params.segments.length !== ours.length) {
     throw invalid(`the prefill worker's KV has ${params.segments.length} segments, this worker's ${ours.length}: the two engines do not run the same model and settings`);
+  }
+  if (params.kvDtype !== "" && layout.dtype !== undefined && params.kvDtype !== layout.dtype) {
+    throw invalid(`the prefill worker caches K and V in ${params.kvDtype}, this worker in ${layout.dtype}: the two engines do not run the same model and settings (--dtype)`);
   }
   params.segments.forEach((s, i) => {
     if (s.blockBytes !== ours[i].blockBytes) {

@@ -111,7 +111,29 @@ __global__ void silu_mul_kernel(const float* gu, int inter, T* out, T* out_lo) {
   }
 }
 
+template <typename From, typename To>
+__global__ void convert_16bit_kernel(const From* in, int64_t count, To* out, unsigned* beyond) {
+  unsigned past = 0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = to_f32(in[i]);
+    past += fabsf(v) > 65504.0f;
+    out[i] = from_f32<To>(v);
+  }
+  if (past) atomicAdd(beyond, past);
+}
+
 }  // namespace
+
+template <typename From, typename To>
+void convert_16bit(const From* in, int64_t count, To* out, unsigned* beyond, cudaStream_t stream) {
+  if (count == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 4096));
+  convert_16bit_kernel<From, To><<<blocks, 256, 0, stream>>>(in, count, out, beyond);
+  SY_CUDA_CHECK_LAUNCH(convert_16bit_kernel);
+}
+template void convert_16bit<__nv_bfloat16, __half>(const __nv_bfloat16*, int64_t, __half*, unsigned*, cudaStream_t);
+template void convert_16bit<__half, __nv_bfloat16>(const __half*, int64_t, __nv_bfloat16*, unsigned*, cudaStream_t);
 
 template <typename T>
 void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cudaStream_t stream) {

@@ -54,6 +54,14 @@ void to_half(const float* in, int64_t count, T* out, T* out_lo, cudaStream_t str
 template <typename T>
 void silu_mul(const float* gate_up, int n, int inter, T* out, T* out_lo, cudaStream_t stream);
 
+/**
+ * out[i] = To(in[i]) from one 16-bit type to the other: a checkpoint's weights loaded in the
+ * type the engine was asked to run in (CudaRunnerOptions::dtype). `beyond` (device memory, zeroed
+ * by the caller) is increased by the number of values past fp16's range, which saturate.
+ */
+template <typename From, typename To>
+void convert_16bit(const From* in, int64_t count, To* out, unsigned* beyond, cudaStream_t stream);
+
 /** The paged cache of one layer and the block tables of the step's sequences. */
 template <typename T>
 struct PagedKv {

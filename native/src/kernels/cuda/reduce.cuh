@@ -66,7 +66,12 @@ template <typename T>
 __device__ __forceinline__ T from_f32(float v);
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+// fp16 saturates at +-65504 rather than overflowing to inf (NaN stays NaN): a bf16 model served
+// in fp16 (--dtype float16) then loses accuracy on an activation past fp16's range instead of
+// turning its sequence into NaN.
 template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half(v); }
+__device__ __forceinline__ __half from_f32<__half>(float v) {
+  return __float2half(fabsf(v) > 65504.0f ? copysignf(65504.0f, v) : v);
+}
 
 }  // namespace sy::cuda
