@@ -5,17 +5,23 @@
  * JavaScript. With SWITCHYARD_CUDA_PROFILE_STEP=k under `ncu --profile-from-start off`, the
  * k-th graph decode step's kernels are profiled one by one.
  *
- *   node --import tsx bench/native_cuda_profile.ts MODEL_DIR [BATCH... | prefill] [--gpu-memory-utilization=F]
+ *   node --import tsx bench/native_cuda_profile.ts MODEL_DIR [BATCH... | prefill] [--gpu-memory-utilization=F] [--dtype=D]
+ *     [--step-tokens=N]
  *
  * A small F (e.g. 0.05) keeps ncu's kernel replay quick: it saves and restores device memory.
  */
-import { NativeEngine } from "../src/engine/native/native_engine.ts";
+import { NativeEngine, type NativeDtype } from "../src/engine/native/native_engine.ts";
 import type { SamplingParams } from "../src/engine/engine.ts";
 import { promptTokens } from "../test/native/models.ts";
 
 const memoryFlag = process.argv.find((a) => a.startsWith("--gpu-memory-utilization="));
 const gpuMemoryUtilization = memoryFlag ? Number(memoryFlag.split("=")[1]) : undefined;
-const [modelDir, ...batchArgs] = process.argv.slice(2).filter((a) => a !== memoryFlag);
+const dtypeFlag = process.argv.find((a) => a.startsWith("--dtype="));
+const dtype = dtypeFlag ? (dtypeFlag.split("=")[1] as NativeDtype) : undefined;
+// prefill: tokens a step takes (default 8192, four prompts a step).
+const stepFlag = process.argv.find((a) => a.startsWith("--step-tokens="));
+const stepTokens = stepFlag ? Number(stepFlag.split("=")[1]) : 8192;
+const [modelDir, ...batchArgs] = process.argv.slice(2).filter((a) => a !== memoryFlag && a !== dtypeFlag && a !== stepFlag);
 const prefillMode = batchArgs[0] === "prefill";
 const batches = prefillMode ? [] : batchArgs.length ? batchArgs.map(Number) : [1];
 const greedy = (maxTokens: number): SamplingParams => ({
@@ -23,11 +29,11 @@ const greedy = (maxTokens: number): SamplingParams => ({
   presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1,
 });
 const engine = await NativeEngine.load({
-  model: modelDir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 256, maxNumBatchedTokens: prefillMode ? 8192 : 2048,
-  enablePrefixCaching: false, gpuMemoryUtilization,
+  model: modelDir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 256, maxNumBatchedTokens: prefillMode ? stepTokens : 2048,
+  enablePrefixCaching: false, gpuMemoryUtilization, dtype,
 });
-// "prefill": two steps of four 2048-token prompts (8192 tokens); with
-// SWITCHYARD_CUDA_PROFILE_PREFILL_STEP=1 the second is the one ncu profiles.
+// "prefill": two rounds of four 2048-token prompts, in steps of --step-tokens (8192: one step a
+// round); with SWITCHYARD_CUDA_PROFILE_PREFILL_STEP=1 the second step is the one ncu profiles.
 if (prefillMode) {
   for (const round of [0, 1]) {
     const t0 = performance.now();

@@ -120,6 +120,8 @@ struct Problem {
     }
     num_tiles = static_cast<int>(tile_list.size() / 3);
     num_wmma_tiles = static_cast<int>(wmma_list.size() / 3);
+    order_prefill_tiles(tile_list.data(), num_tiles, host_positions.data());
+    order_prefill_tiles(wmma_list.data(), num_wmma_tiles, host_positions.data());
     std::normal_distribution<float> normal(0.0f, 1.0f);
     auto random_t = [&](size_t count, float sd) {
       std::vector<T> h(count);

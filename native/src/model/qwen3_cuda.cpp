@@ -130,17 +130,36 @@ constexpr bool is_bf16() {
 
 /**
  * SWITCHYARD_CUDA_PROFILE=1: host timers and CUDA events around the phases of each graph decode
- * step, averaged and printed to stderr every 200 such steps. SWITCHYARD_CUDA_PROFILE_STEP=k:
- * cudaProfilerStart/Stop around the k-th graph decode step (for `ncu --profile-from-start off`);
+ * step and of each step with prefill tokens, averaged and printed to stderr every 200 decode
+ * steps and every 8 prefill steps. SWITCHYARD_CUDA_PROFILE_STEP=k: cudaProfilerStart/Stop around
+ * the k-th graph decode step (for `ncu --profile-from-start off`);
  * SWITCHYARD_CUDA_PROFILE_PREFILL_STEP=k the same around the k-th step with prefill tokens.
  */
 struct StepProfile {
   using Clock = std::chrono::steady_clock;
+
+  /** Sums over the steps of one kind since its last report. */
+  struct Phases {
+    int counted = 0;
+    double tokens = 0, outside_us = 0, prep_us = 0, launch_us = 0, sample_host_us = 0, wait_us = 0, gpu_forward_us = 0,
+           gpu_sample_us = 0;
+
+    void report(const std::string& what) {
+      const double n = counted;
+      fprintf(stderr,
+              "switchyard profile: %s, %d steps of %.0f tokens: outside step (scheduler, outputs, loop) %.1f us | "
+              "metadata %.1f us | H2D+forward launch %.1f us | sample launch+wait+read %.1f us (of it waiting %.1f us) "
+              "| GPU: H2D+forward %.1f us, sampling+D2H %.1f us\n",
+              what.c_str(), counted, tokens / n, outside_us / n, prep_us / n, launch_us / n, sample_host_us / n,
+              wait_us / n, gpu_forward_us / n, gpu_sample_us / n);
+      *this = Phases{};
+    }
+  };
+
   bool on = false;
   int ncu_step = -1, ncu_prefill_step = -1;
-  int graph_steps = 0, prefill_steps = 0, counted = 0;
-  double outside_us = 0, prep_us = 0, launch_us = 0, sample_host_us = 0, wait_us = 0, gpu_h2d_graph_us = 0,
-         gpu_sample_us = 0;
+  int graph_steps = 0, prefill_steps = 0;
+  Phases decode, prefill;
   cudaEvent_t ev[3] = {nullptr, nullptr, nullptr};
   Clock::time_point last_exit;
   bool has_last = false;
@@ -157,18 +176,6 @@ struct StepProfile {
   }
   static double us(Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double, std::micro>(b - a).count();
-  }
-  void report(int batch) {
-    if (counted == 0) return;
-    const double n = counted;
-    fprintf(stderr,
-            "switchyard profile: batch %d, %d graph decode steps: outside step (scheduler, outputs, loop) %.1f us | "
-            "metadata %.1f us | H2D+graph launch %.1f us | sample launch+wait+read %.1f us (of it waiting %.1f us) | "
-            "GPU: H2D+graph %.1f us, sampling+D2H %.1f us\n",
-            batch, counted, outside_us / n, prep_us / n, launch_us / n, sample_host_us / n, wait_us / n,
-            gpu_h2d_graph_us / n, gpu_sample_us / n);
-    counted = 0;
-    outside_us = prep_us = launch_us = sample_host_us = wait_us = gpu_h2d_graph_us = gpu_sample_us = 0;
   }
 };
 
@@ -343,6 +350,7 @@ class Qwen3Cuda final : public CudaModelRunner {
         }
       }
     }
+    cuda::order_prefill_tiles(tiles, num_tiles, batch.positions.data());
     for (int i = n; i < padded; ++i) {
       // Padding rows of a graph batch: token 0 at position 0 of the scratch block.
       tokens[i] = 0;
@@ -357,7 +365,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     const int seqs_in_meta = use_graph ? padded : num_seqs;
     const size_t meta_bytes = off_tables_ + sizeof(int32_t) * static_cast<size_t>(seqs_in_meta) * table_stride_;
     cudaGraphExec_t graph = use_graph ? graph_for(padded) : nullptr;
-    const bool profiled = prof_.on && graph;
+    const bool profiled = prof_.on && (graph || num_tiles > 0);
     const bool ncu = (graph && prof_.ncu_step >= 0 && prof_.graph_steps == prof_.ncu_step) ||
                      (num_tiles > 0 && prof_.ncu_prefill_step >= 0 && prof_.prefill_steps == prof_.ncu_prefill_step);
     if (graph) ++prof_.graph_steps;
@@ -376,6 +384,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     const auto t_launched = StepProfile::Clock::now();
     profile_wait_us_ = 0;
     sample(m, requests, sampled);
+    if (profiled && m == 0) SY_CUDA_CHECK(cudaEventRecord(prof_.ev[2], stream_));  // sample() records it otherwise
     if (step_trace_.on() && n == 1 && num_decode == 1 && num_tiles == 0 && m > 0) step_trace_.collect();
     if (ncu) SY_CUDA_CHECK(cudaProfilerStop());
     const auto t_exit = StepProfile::Clock::now();
@@ -384,14 +393,17 @@ class Qwen3Cuda final : public CudaModelRunner {
       SY_CUDA_CHECK(cudaEventSynchronize(prof_.ev[2]));
       SY_CUDA_CHECK(cudaEventElapsedTime(&a, prof_.ev[0], prof_.ev[1]));
       SY_CUDA_CHECK(cudaEventElapsedTime(&b, prof_.ev[1], prof_.ev[2]));
-      if (prof_.has_last) prof_.outside_us += StepProfile::us(prof_.last_exit, t_enter);
-      prof_.prep_us += StepProfile::us(t_enter, t_prep);
-      prof_.launch_us += StepProfile::us(t_prep, t_launched);
-      prof_.sample_host_us += StepProfile::us(t_launched, t_exit);
-      prof_.wait_us += profile_wait_us_;
-      prof_.gpu_h2d_graph_us += 1000.0 * a;
-      prof_.gpu_sample_us += 1000.0 * b;
-      if (++prof_.counted == 200) prof_.report(padded);
+      StepProfile::Phases& p = graph ? prof_.decode : prof_.prefill;
+      if (prof_.has_last) p.outside_us += StepProfile::us(prof_.last_exit, t_enter);
+      p.tokens += graph ? padded : n;
+      p.prep_us += StepProfile::us(t_enter, t_prep);
+      p.launch_us += StepProfile::us(t_prep, t_launched);
+      p.sample_host_us += StepProfile::us(t_launched, t_exit);
+      p.wait_us += profile_wait_us_;
+      p.gpu_forward_us += 1000.0 * a;
+      p.gpu_sample_us += 1000.0 * b;
+      if (graph && ++p.counted == 200) p.report("graph decode steps");
+      if (!graph && ++p.counted == 8) p.report("steps with prefill tokens");
     }
     prof_.last_exit = StepProfile::Clock::now();
     prof_.has_last = profiled;

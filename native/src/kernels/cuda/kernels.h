@@ -108,13 +108,23 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
 /**
  * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores (prefill_attention.cu). Each tile is
  * tiles[3i..3i+2] = (sequence, first token, token count); its tokens are consecutive positions
- * of one sequence and attend to cache positions 0..pos through the block table.
+ * of one sequence and attend to cache positions 0..pos through the block table. Blocks start
+ * in the order of the tiles, every KV head of a tile together: order_prefill_tiles puts the
+ * longest first.
  */
 template <typename T>
 void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
                              const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream);
 /** Tokens of one sequence one prefill tile holds, for a GQA group of `group` query heads. */
 int prefill_tile_tokens(int group, int head_dim);
+/**
+ * Sorts prefill tiles (host memory) by the keys they attend to, most first, so that the last
+ * blocks to start are the shortest and the SMs finish together; `positions` (host) are the
+ * step's token positions. In sequence order instead, a causal prompt's long tiles of its last KV
+ * heads started after the short tiles of the first ones: a lone 2048-token prompt's attention
+ * took 1.8x what it took per prompt in a step of four (bench/CUDA_NOTES.md, "Session 5").
+ */
+void order_prefill_tiles(int32_t* tiles, int num_tiles, const int32_t* positions);
 /**
  * The first prefill kernel (WMMA, O in shared memory), same tiles and function: used for
  * head_dim 256, which paged_attention_prefill's register-resident kernel does not take, and as

@@ -21,11 +21,14 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
@@ -138,10 +141,10 @@ __global__ void __launch_bounds__(kThreads, 8 / kWarps) prefill_mma_kernel(const
   // [stage][K, V][key][HD], each row's 16-byte chunks swizzled.
   const uint32_t smem_base = smem_address(smem);
 
-  // The last tiles of a sequence have the most keys: start them first.
-  const int tile = num_tiles - 1 - blockIdx.x;
+  // Tiles come longest first (order_prefill_tiles), each with all its KV heads.
+  const int tile = blockIdx.x / kv.num_kv_heads;
   const int seq = tiles[3 * tile], t0 = tiles[3 * tile + 1], nt = tiles[3 * tile + 2];
-  const int g = blockIdx.y;
+  const int g = blockIdx.x % kv.num_kv_heads;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int quad_row = lane >> 2, quad_col = lane & 3;
   const int group = num_heads / kv.num_kv_heads;
@@ -318,8 +321,8 @@ void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const i
                                        static_cast<int>(smem)));
     attribute_set = true;
   }
-  prefill_mma_kernel<T, HD><<<dim3(num_tiles, kv.num_kv_heads), kThreads, smem, stream>>>(q, tiles, num_tiles,
-                                                                                         positions, kv, num_heads, out);
+  prefill_mma_kernel<T, HD><<<num_tiles * kv.num_kv_heads, kThreads, smem, stream>>>(q, tiles, num_tiles, positions,
+                                                                                     kv, num_heads, out);
   SY_CUDA_CHECK_LAUNCH(prefill_mma_kernel);
 }
 
@@ -340,6 +343,15 @@ bool uses_wmma(int head_dim) {
 }  // namespace
 
 int prefill_tile_tokens(int group, int head_dim) { return (uses_wmma(head_dim) ? 64 : kRows) / group; }
+
+void order_prefill_tiles(int32_t* tiles, int num_tiles, const int32_t* positions) {
+  std::vector<std::array<int32_t, 3>> sorted(num_tiles);
+  for (int i = 0; i < num_tiles; ++i) sorted[i] = {tiles[3 * i], tiles[3 * i + 1], tiles[3 * i + 2]};
+  const auto last_position = [positions](const std::array<int32_t, 3>& t) { return positions[t[1] + t[2] - 1]; };
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [&](const auto& a, const auto& b) { return last_position(a) > last_position(b); });
+  for (int i = 0; i < num_tiles; ++i) std::copy(sorted[i].begin(), sorted[i].end(), tiles + 3 * i);
+}
 
 template <typename T>
 void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,

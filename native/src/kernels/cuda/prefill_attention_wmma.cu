@@ -40,8 +40,10 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_kernel(const T* q, co
   float* l_run = m_run + kPrefillRows;
   int* row_pos = reinterpret_cast<int*>(l_run + kPrefillRows);
 
-  const int seq = tiles[3 * blockIdx.x], t0 = tiles[3 * blockIdx.x + 1], nt = tiles[3 * blockIdx.x + 2];
-  const int g = blockIdx.y;
+  // Tiles come longest first (order_prefill_tiles), each with all its KV heads.
+  const int tile = blockIdx.x / kv.num_kv_heads;
+  const int seq = tiles[3 * tile], t0 = tiles[3 * tile + 1], nt = tiles[3 * tile + 2];
+  const int g = blockIdx.x % kv.num_kv_heads;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = num_heads / kv.num_kv_heads;
   const int valid_rows = nt * group;
@@ -164,7 +166,7 @@ void launch_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32
                                        static_cast<int>(smem)));
     attribute_set = true;
   }
-  prefill_kernel<T, HD><<<dim3(num_tiles, kv.num_kv_heads), kPrefillThreads, smem, stream>>>(q, tiles, positions, kv,
+  prefill_kernel<T, HD><<<num_tiles * kv.num_kv_heads, kPrefillThreads, smem, stream>>>(q, tiles, positions, kv,
                                                                                             num_heads, out);
   SY_CUDA_CHECK_LAUNCH(prefill_kernel);
 }
