@@ -225,6 +225,20 @@ class Qwen3Cuda final : public CudaModelRunner {
       : c_(config), opt_(options) {
     SY_CUDA_CHECK(cudaSetDevice(device_));
     SY_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // A load that throws (a bad checkpoint, no room for the KV cache) must not leave the stream,
+    // the cuBLAS handle or the events behind: the destructor does not run for it.
+    try {
+      construct(dir);
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+
+  ~Qwen3Cuda() override { release(); }
+
+ private:
+  void construct(const std::string& dir) {
     SY_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
     gemm_ = std::make_unique<cuda::Gemm>(stream_);
     prof_.init();
@@ -256,7 +270,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     prepare_persistent_step();
   }
 
-  ~Qwen3Cuda() override {
+  void release() {
     if (stream_) cudaStreamSynchronize(stream_);
     for (auto& [b, exec] : graphs_)
       if (exec) cudaGraphExecDestroy(exec);
@@ -264,8 +278,10 @@ class Qwen3Cuda final : public CudaModelRunner {
       if (e) cudaEventDestroy(e);
     gemm_.reset();  // its cuBLAS handle is bound to the stream
     if (stream_) cudaStreamDestroy(stream_);
+    stream_ = nullptr;
   }
 
+ public:
   const char* name() const override { return "cuda"; }
   const char* dtype() const override { return is_bf16<T>() ? "bfloat16" : "float16"; }
   std::string detail() const override {
