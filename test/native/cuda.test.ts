@@ -2,7 +2,8 @@
  * The native engine on the CUDA backend. Skipped, with the reason, where the addon was built
  * without CUDA or sees no GPU (CI). On a GPU machine bench/native_cuda.sh runs it after writing
  * the transformers reference (bench/native_cuda_hf.py reference) to SWITCHYARD_CUDA_REFERENCE:
- * same top-1 wherever the reference's margin exceeds 0.1, logprobs within 0.05. The
+ * same top-1 wherever the reference's margin exceeds 0.1, logprobs within 0.05, for every model
+ * in its own dtype and for the bf16 ones served in float16 too (--dtype float16). The
  * invariances the CPU tests check (batch, prefix cache, chunked prefill) hold on the GPU too,
  * with CUDA graphs and without.
  */
