@@ -362,6 +362,7 @@ describe("switchyard worker processes in prefill and decode modes", () => {
     const kvTransfer = prefilled.at(-1)!.kvTransfer!;
     expect(kvTransfer).toMatchObject({ engineId: "prefill-p", agentAddress: `127.0.0.1:${agentPort}`, numTokens: 21 });
     expect(kvTransfer.segments.map((s) => s.blockBytes)).toEqual([64, 64]);
+    expect(kvTransfer.kvDtype).toBe("mocker");
     const decoded = await collect(
       decode.client.generate(
         create(GenerateRequestSchema, { requestId: "p1", tokenIds: tokens, sampling: sampling(6), disaggregation: { doRemotePrefill: true, kvTransfer, firstTokenId: prefilled[0].tokenIds[0] } }),
