@@ -117,7 +117,7 @@ uint16_t f32_to_half_bits(float v, bool bf16) {
     std::memcpy(&bits, &h, 2);
     return bits;
   }
-  __half h = __float2half(std::fabs(v) > 65504.0f ? std::copysign(65504.0f, v) : v);
+  __half h = __float2half(std::fabs(v) > cuda::kHalfMax ? std::copysign(cuda::kHalfMax, v) : v);
   uint16_t bits;
   std::memcpy(&bits, &h, 2);
   return bits;
@@ -494,7 +494,7 @@ class Qwen3Cuda final : public CudaModelRunner {
       staging.resize(count);
       for (size_t i = 0; i < count; ++i) {
         const float v = weight_at(w, static_cast<int64_t>(i));
-        if (!is_bf16<T>() && std::fabs(v) > 65504.0f && beyond_host++ == 0) first_beyond = name;
+        if (!is_bf16<T>() && std::fabs(v) > cuda::kHalfMax && beyond_host++ == 0) first_beyond = name;
         staging[i] = f32_to_half_bits(v, is_bf16<T>());
       }
       SY_CUDA_CHECK(cudaMemcpy(weights_.as<char>(at), staging.data(), count * 2, cudaMemcpyHostToDevice));

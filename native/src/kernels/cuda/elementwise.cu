@@ -117,7 +117,7 @@ __global__ void convert_16bit_kernel(const From* in, int64_t count, To* out, uns
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float v = to_f32(in[i]);
-    past += fabsf(v) > 65504.0f;
+    past += fabsf(v) > kHalfMax;
     out[i] = from_f32<To>(v);
   }
   if (past) atomicAdd(beyond, past);

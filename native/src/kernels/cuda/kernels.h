@@ -16,6 +16,12 @@
 
 namespace sy::cuda {
 
+/**
+ * fp16's largest finite value: every conversion to fp16 (from_f32, the weight loader) saturates
+ * at +-kHalfMax, and a checkpoint with a weight beyond it is refused in fp16.
+ */
+constexpr float kHalfMax = 65504.0f;
+
 /** out[t] = table[tokens[t]] in fp32; table is [vocab, dim]. */
 template <typename T>
 void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cudaStream_t stream);

@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kernels/cuda/kernels.h"
+
 namespace sy::cuda {
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -71,7 +73,7 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { retu
 // turning its sequence into NaN.
 template <>
 __device__ __forceinline__ __half from_f32<__half>(float v) {
-  return __float2half(fabsf(v) > 65504.0f ? copysignf(65504.0f, v) : v);
+  return __float2half(fabsf(v) > kHalfMax ? copysignf(kHalfMax, v) : v);
 }
 
 }  // namespace sy::cuda
