@@ -11,13 +11,15 @@
 //   nvcc -std=c++17 -O3 -arch=sm_90 -Inative/src test/native/cuda_prefill_check.cu \
 //     native/src/kernels/cuda/{prefill_attention.cu,prefill_attention_wmma.cu,cuda_check.cpp} -o prefill_check
 //
-// -DSY_PREFILL_WARPS=4 builds the new kernel with 4 warps (64 rows) a block instead of 8.
+// SWITCHYARD_CUDA_PREFILL=mma16 checks and times v4 (one 16-row group a warp) instead of v5. Each
+// case prints a hash of the new kernel's output bits: v4 and v5 must print the same ones.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -164,6 +166,17 @@ struct Problem {
   }
 };
 
+/** FNV-1a of the values' bits. */
+uint32_t bits_hash(const std::vector<float>& a) {
+  uint32_t h = 2166136261u;
+  for (float x : a) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    for (int b = 0; b < 4; ++b) h = (h ^ ((u >> (8 * b)) & 0xffu)) * 16777619u;
+  }
+  return h;
+}
+
 /** max |a - ref| / max |ref|, or infinity where a holds a NaN. */
 double relative_error(const std::vector<float>& a, const std::vector<float>& ref) {
   double worst = 0, scale = 0;
@@ -198,17 +211,18 @@ bool check_case(const Case& c, std::mt19937& rng) {
                                                                                 p.num_heads, out);
   });
   const auto fast = run(p, [&](float* out) {
-    paged_attention_prefill<T>(p.q, p.tiles, p.num_tiles, p.positions, p.kv, p.num_heads, out, nullptr);
+    paged_attention_prefill<T>(p.q, p.tiles, p.num_tiles, p.positions, p.kv, p.num_heads, AttentionOut<T>{out}, nullptr);
   });
   const auto wmma = run(p, [&](float* out) {
-    paged_attention_prefill_wmma<T>(p.q, p.wmma_tiles, p.num_wmma_tiles, p.positions, p.kv, p.num_heads, out, nullptr);
+    paged_attention_prefill_wmma<T>(p.q, p.wmma_tiles, p.num_wmma_tiles, p.positions, p.kv, p.num_heads, AttentionOut<T>{out}, nullptr);
   });
   const double e_fast = relative_error(fast, ref), e_wmma = relative_error(wmma, ref);
   // Both round P to 16 bits before P V (errors ~1e-3 of the largest output); the new kernel
   // may differ from v1 by rounding, not more.
   const bool ok = e_fast <= std::max(2.0 * e_wmma, 2e-3) && e_wmma <= 2e-3;
-  std::printf("%-52s hd %3d  heads %2d/%d  %s  tokens %5d  error vs fp32: new %.2e, v1 %.2e  %s\n", c.name, c.head_dim,
-              c.heads, c.kv_heads, c.fp16 ? "fp16" : "bf16", p.tokens, e_fast, e_wmma, ok ? "ok" : "FAILED");
+  std::printf("%-52s hd %3d  heads %2d/%d  %s  tokens %5d  error vs fp32: new %.2e, v1 %.2e  bits %08x  %s\n", c.name,
+              c.head_dim, c.heads, c.kv_heads, c.fp16 ? "fp16" : "bf16", p.tokens, e_fast, e_wmma, bits_hash(fast),
+              ok ? "ok" : "FAILED");
   return ok;
 }
 
@@ -237,8 +251,8 @@ void time_case(const Case& c, std::mt19937& rng) {
   Problem<__nv_bfloat16> p(c, rng);
   float* out = nullptr;
   SY_CUDA_CHECK(cudaMalloc(&out, p.out_floats() * 4));
-  const double fast = median_ms([&] { paged_attention_prefill(p.q, p.tiles, p.num_tiles, p.positions, p.kv, p.num_heads, out, nullptr); }, 20);
-  const double wmma = median_ms([&] { paged_attention_prefill_wmma(p.q, p.wmma_tiles, p.num_wmma_tiles, p.positions, p.kv, p.num_heads, out, nullptr); }, 10);
+  const double fast = median_ms([&] { paged_attention_prefill(p.q, p.tiles, p.num_tiles, p.positions, p.kv, p.num_heads, AttentionOut<__nv_bfloat16>{out}, nullptr); }, 20);
+  const double wmma = median_ms([&] { paged_attention_prefill_wmma(p.q, p.wmma_tiles, p.num_wmma_tiles, p.positions, p.kv, p.num_heads, AttentionOut<__nv_bfloat16>{out}, nullptr); }, 10);
   cudaFree(out);
   std::printf("timing %-45s %6.3f GFLOP: new %7.3f ms = %5.0f TFLOP/s, v1 %7.3f ms = %5.0f TFLOP/s (%.1fx)\n", c.name,
               p.flops() / 1e9, fast, p.flops() / fast / 1e9, wmma, p.flops() / wmma / 1e9, wmma / fast);
@@ -268,6 +282,6 @@ int main() {
     std::printf("error: %s\n", e.what());
     return 2;
   }
-  std::printf("%s (%d warps a block)\n", ok ? "PREFILL CHECK PASSED" : "PREFILL CHECK FAILED", prefill_tile_tokens(1, 128) / 16);
+  std::printf("%s (new kernel: %s)\n", ok ? "PREFILL CHECK PASSED" : "PREFILL CHECK FAILED", prefill_kernel_name(128));
   return ok ? 0 : 1;
 }

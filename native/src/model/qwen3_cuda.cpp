@@ -285,7 +285,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   const char* name() const override { return "cuda"; }
   const char* dtype() const override { return is_bf16<T>() ? "bfloat16" : "float16"; }
   std::string detail() const override {
-    return std::string(dtype()) + (split_.any() ? ", GEMM inputs split into hi + lo" : "") + "; " +
+    return std::string(dtype()) + (split_.any() ? ", GEMM inputs split into hi + lo" : "") + "; prefill attention " +
+           cuda::prefill_kernel_name(hd_) + "; " +
            (persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
                            : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")");
   }
@@ -756,9 +757,12 @@ class Qwen3Cuda final : public CudaModelRunner {
                                      k_cache(l), v_cache(l), stream_);
       }
       const cuda::PagedKv<T> kv{k_cache(l), v_cache(l), tables, table_stride_, opt_.block_size, c_.num_kv_heads, hd_};
+      // gemv rounds (and splits) its fp32 input itself; cuBLAS takes the o input as attention stores it.
+      const cuda::AttentionOut<T> attn_out =
+          small ? cuda::AttentionOut<T>{attn_f_} : cuda::AttentionOut<T>{nullptr, attn_, split_.o ? attn_lo_ : nullptr};
       cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, kv, c_.num_heads, splits, partials_,
-                                      counters_, attn_f_, fuse, stream_);
-      cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_f_, stream_);
+                                      counters_, attn_out, fuse, stream_);
+      cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_out, stream_);
       if (small) {
         GI o_in{GI::kF32, attn_f_};
         o_in.split = split_.o;
@@ -769,9 +773,7 @@ class Qwen3Cuda final : public CudaModelRunner {
         down_in.split = split_.down;
         gemv(down_in, n, L.down, h, inter, delta_);
       } else {
-        T* attn_lo = split_.o ? attn_lo_ : nullptr;
-        cuda::to_half<T>(attn_f_, static_cast<int64_t>(n) * qdim_, attn_, attn_lo, stream_);
-        gemm(attn_, attn_lo, n, L.o, h, qdim_, delta_);
+        gemm(attn_, attn_out.lo, n, L.o, h, qdim_, delta_);
         T* hn_lo = split_.gate_up ? hn_lo_ : nullptr;
         cuda::add_rmsnorm<T>(x_, delta_, L.post_norm, n, h, eps, hn_, hn_lo, stream_);
         gemm(hn_, hn_lo, n, L.gate_up, 2 * inter, h, gu_);

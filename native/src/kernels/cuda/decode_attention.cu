@@ -5,7 +5,8 @@
 // launch is the same every step and can live in a CUDA graph. In a pure decode step the kernel
 // also makes q and the new k/v from the QKV projection (DecodeFusion). The GQA group of query
 // heads sharing a KV head is handled by one block, so each K/V row is read once per group.
-// Output in fp32. kernels/cpu/attention.cpp is the reference.
+// Output in fp32 or as the o projection's 16-bit input (AttentionOut). kernels/cpu/attention.cpp is
+// the reference.
 // The block's work is decode_attention_block (decode_attention.cuh), which the persistent decode
 // step runs too.
 #include "kernels/cuda/cuda_check.h"
@@ -25,7 +26,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(DecodeAttenti
 
 template <typename T, int HD, int G>
 void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
-                         float* partials, int* counters, float* out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
+                         float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
   const DecodeAttentionArgs<T> args{q, rows, kv, num_heads, splits, partials, counters, out, fuse};
   if (fuse.qkv) {
@@ -38,7 +39,7 @@ void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const Pa
 
 template <typename T, int HD>
 void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
-                   float* partials, int* counters, float* out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
+                   float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
   const int group = num_heads / kv.num_kv_heads;
   if (group <= 2) return launch_decode_group<T, HD, 2>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, stream);
   if (group <= 4) return launch_decode_group<T, HD, 4>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, stream);
@@ -49,7 +50,7 @@ void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<
 
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
-                            int num_heads, int splits, float* partials, int* counters, float* out,
+                            int num_heads, int splits, float* partials, int* counters, const AttentionOut<T>& out,
                             const DecodeFusion<T>& fuse, cudaStream_t stream) {
   if (num_rows == 0) return;
   if (num_heads / kv.num_kv_heads > kMaxGroup) throw CudaError("GQA groups larger than 8 are not supported on CUDA");
@@ -69,9 +70,11 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
 }
 
 template void paged_attention_decode<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, int,
-                                                   const PagedKv<__nv_bfloat16>&, int, int, float*, int*, float*,
+                                                   const PagedKv<__nv_bfloat16>&, int, int, float*, int*,
+                                                   const AttentionOut<__nv_bfloat16>&,
                                                    const DecodeFusion<__nv_bfloat16>&, cudaStream_t);
 template void paged_attention_decode<__half>(const __half*, const int32_t*, int, const PagedKv<__half>&, int, int,
-                                             float*, int*, float*, const DecodeFusion<__half>&, cudaStream_t);
+                                             float*, int*, const AttentionOut<__half>&, const DecodeFusion<__half>&,
+                                             cudaStream_t);
 
 }  // namespace sy::cuda

@@ -12,6 +12,7 @@
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/store_split.cuh"
 
 namespace sy::cuda {
 
@@ -36,7 +37,7 @@ struct DecodeAttentionArgs {
   int splits;
   float* partials;
   int* counters;
-  float* out;
+  AttentionOut<T> out;
   DecodeFusion<T> fuse;
 };
 
@@ -72,7 +73,7 @@ __device__ __forceinline__ void to_f32_vec(const void* raw, float* out) {
 template <typename T, int HD>
 __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, int token, int num_heads, int num_kv_heads,
                                                    int g, int group, float pos, bool owns_new, float scale,
-                                                   float (*qs)[HD], T* new_k, T* new_v, float* warp_buf) {
+                                                   float (*qs)[HD], T* new_k, T* new_v) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int heads_total = num_heads + 2 * num_kv_heads;
   const float* row = fuse.qkv + static_cast<int64_t>(token) * heads_total * HD;
@@ -81,14 +82,17 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
   for (int item = warp; item < items; item += kDecodeThreads / 32) {
     if (item < group) {
       float* dst = qs[item];
-      norm_rope_head<T>(row + (g * group + item) * HD, HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps, warp_buf,
-                        [dst, scale](int i, T v) { dst[i] = to_f32(v) * scale; });
+      norm_rope_head<T>(row + (g * group + item) * HD, HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps,
+                        [dst, scale](int i, T a, T b) {
+                          dst[i] = to_f32(a) * scale;
+                          dst[i + 1] = to_f32(b) * scale;
+                        });
     } else if (item == group) {
       T* cache = fuse.k_cache + (slot * num_kv_heads + g) * HD;
-      norm_rope_head<T>(row + (num_heads + g) * HD, HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps, warp_buf,
-                        [cache, new_k](int i, T v) {
-                          cache[i] = v;
-                          new_k[i] = v;
+      norm_rope_head<T>(row + (num_heads + g) * HD, HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps,
+                        [cache, new_k](int i, T a, T b) {
+                          store_pair(cache + i, a, b);
+                          store_pair(new_k + i, a, b);
                         });
     } else {
       const float* src = row + (num_heads + num_kv_heads + g) * HD;
@@ -121,7 +125,7 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
   const int num_heads = a.num_heads, splits = a.splits;
   float* partials = a.partials;
   int* counters = a.counters;
-  float* out = a.out;
+  const AttentionOut<T>& out = a.out;
   const DecodeFusion<T>& fuse = a.fuse;
   using S = DecodeShape<HD>;
   constexpr int WARPS = kDecodeThreads / 32;
@@ -209,7 +213,7 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
   wait_for_inputs();
   if constexpr (FUSED) {
     fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, static_cast<float>(own_key), owns_new,
-                              scale, qs, new_k, new_v, red + warp * HD);
+                              scale, qs, new_k, new_v);
   } else {
     for (int i = tid; i < group * HD; i += kDecodeThreads) {
       qs[i / HD][i % HD] = to_f32(q[(static_cast<int64_t>(token) * num_heads + g * group) * HD + i]) * scale;
@@ -328,7 +332,10 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
       for (int j = 0; j < DPT; ++j) {
         const int d = tid + j * kDecodeThreads;
         // Same arithmetic as the merge below with one split.
-        if (d < HD) out[(static_cast<int64_t>(token) * num_heads + g * group + gg) * HD + d] = mine[gg][j] / l_run[gg];
+        if (d < HD) {
+          store_attention(out, (static_cast<int64_t>(token) * num_heads + g * group + gg) * HD + d,
+                          mine[gg][j] / l_run[gg]);
+        }
       }
     return;
   }
@@ -386,7 +393,7 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
           }
         }
       }
-      out[(static_cast<int64_t>(token) * num_heads + h) * HD + d] = num / den;
+      store_attention(out, (static_cast<int64_t>(token) * num_heads + h) * HD + d, num / den);
     }
   }
 }

@@ -9,6 +9,7 @@
 #include "kernels/cuda/head_norm_rope.cuh"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/store_split.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -23,16 +24,8 @@ __global__ void embed_kernel(const T* table, const int32_t* tokens, int dim, flo
   for (int i = threadIdx.x; i < dim; i += blockDim.x) out[static_cast<int64_t>(t) * dim + i] = to_f32(row[i]);
 }
 
-// One block per row. The row is read once into registers-by-stride, summed, then written.
-// y (and y_lo, when not null): the value v as hi = T(v) and lo = T(v - hi), so that hi + lo
-// carries v to ~16 significant bits through two 16-bit GEMMs (the split GEMM inputs).
-template <typename T>
-__device__ __forceinline__ void store_split(float v, T* y, T* y_lo, int64_t i) {
-  const T hi = from_f32<T>(v);
-  y[i] = hi;
-  if (y_lo) y_lo[i] = from_f32<T>(v - to_f32(hi));
-}
-
+// One block per row. The row is read once into registers-by-stride, summed, then written; the
+// output is split (store_split.cuh) when y_lo is not null.
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* gather, const float* weight, int dim,
                                    float eps, T* y, T* y_lo, bool write_back) {
@@ -62,7 +55,6 @@ template <typename T>
 __global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* positions, const int32_t* slots,
                                            const float* inv_freq, const float* q_norm, const float* k_norm,
                                            QkvLayout L, int n, T* q_out, T* k_cache, T* v_cache) {
-  extern __shared__ float head_buf[];  // [warps][head_dim]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int heads_total = L.num_heads + 2 * L.num_kv_heads;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
@@ -75,20 +67,17 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* posi
   if (!is_q && !is_k) {
     const int kvh = h - L.num_heads - L.num_kv_heads;
     T* dst = v_cache + (slot * L.num_kv_heads + kvh) * hd;
-    for (int i = lane; i < hd; i += 32) dst[i] = from_f32<T>(src[i]);
+    for (int i = 4 * lane; i < hd; i += 128) {  // head_dim % 4 == 0
+      const float4 v = *reinterpret_cast<const float4*>(src + i);
+      store_pair(dst + i, from_f32<T>(v.x), from_f32<T>(v.y));
+      store_pair(dst + i + 2, from_f32<T>(v.z), from_f32<T>(v.w));
+    }
     return;
   }
   T* dst = is_q ? q_out + (static_cast<int64_t>(t) * L.num_heads + h) * hd
                 : k_cache + (slot * L.num_kv_heads + (h - L.num_heads)) * hd;
   norm_rope_head<T>(src, hd, static_cast<float>(positions[t]), inv_freq, is_q ? q_norm : k_norm, L.eps,
-                    head_buf + warp * hd, [dst](int i, T v) { dst[i] = v; });
-}
-
-template <typename T>
-__global__ void to_half_kernel(const float* in, int64_t count, T* out, T* out_lo) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    store_split(in[i], out, out_lo, i);
+                    [dst](int i, T a, T b) { store_pair(dst + i, a, b); });
 }
 
 // V elements per thread (16-byte loads of gate and up when V == 4: inter % 4 == 0).
@@ -167,17 +156,9 @@ void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, cons
   constexpr int warps = 8;
   const int64_t items = static_cast<int64_t>(n) * (L.num_heads + 2 * L.num_kv_heads);
   const unsigned blocks = static_cast<unsigned>((items + warps - 1) / warps);
-  qkv_norm_rope_store_kernel<T><<<blocks, warps * 32, warps * L.head_dim * sizeof(float), stream>>>(
+  qkv_norm_rope_store_kernel<T><<<blocks, warps * 32, 0, stream>>>(
       qkv, positions, slots, inv_freq, q_norm, k_norm, L, n, q_out, k_cache, v_cache);
   SY_CUDA_CHECK_LAUNCH(qkv_norm_rope_store_kernel);
-}
-
-template <typename T>
-void to_half(const float* in, int64_t count, T* out, T* out_lo, cudaStream_t stream) {
-  if (count == 0) return;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 4096));
-  to_half_kernel<T><<<blocks, 256, 0, stream>>>(in, count, out, out_lo);
-  SY_CUDA_CHECK_LAUNCH(to_half_kernel);
 }
 
 template <typename T>
@@ -200,8 +181,7 @@ void silu_mul(const float* gate_up, int n, int inter, T* out, T* out_lo, cudaStr
                                       T*, T*, cudaStream_t);                                                     \
   template void qkv_norm_rope_store<T>(const float*, int, const int32_t*, const int32_t*, const float*,          \
                                        const float*, const float*, const QkvLayout&, T*, T*, T*, cudaStream_t);  \
-  template void silu_mul<T>(const float*, int, int, T*, T*, cudaStream_t);                                      \
-  template void to_half<T>(const float*, int64_t, T*, T*, cudaStream_t);
+  template void silu_mul<T>(const float*, int, int, T*, T*, cudaStream_t);
 SY_INSTANTIATE(__nv_bfloat16)
 SY_INSTANTIATE(__half)
 

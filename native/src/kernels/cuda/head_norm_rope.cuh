@@ -6,54 +6,68 @@
 // was a pure decode step.
 #pragma once
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/store_split.cuh"
 
 namespace sy::cuda {
 
 /**
- * src: the head's head_dim fp32 values (head_dim <= 256, even). norm: the per-head RMSNorm weight,
- * or null for none. buf: head_dim floats of shared memory owned by this warp. Calls emit(i, v)
- * for every element i with its T-rounded result, v = RoPE(norm(src))[i] at position pos.
+ * src: the head's head_dim fp32 values (head_dim a multiple of 4, at most 256; src 8-byte
+ * aligned). norm: the per-head RMSNorm weight, or null for none. Calls emit(i, a, b) for every
+ * even element i with the T-rounded results of elements i and i + 1, v = RoPE(norm(src)) at
+ * position pos.
+ *
+ * Lane l holds the pairs 2l + 64j and their RoPE partners half elements on (float2 loads), so
+ * rotation needs no exchange between lanes and each angle is computed once.
  */
 template <typename T, typename Emit>
 __device__ __forceinline__ void norm_rope_head(const float* src, int head_dim, float pos, const float* inv_freq,
-                                               const float* norm, float eps, float* buf, Emit emit) {
-  constexpr int kMaxPerLane = 8;
+                                               const float* norm, float eps, Emit emit) {
+  constexpr int kMaxSteps = 2;  // half <= 128, 64 elements a step
   const int lane = threadIdx.x & 31, half = head_dim / 2;
   // Every load first (the head, the norm weight, the frequencies): one memory round trip.
-  float v[kMaxPerLane], nw[kMaxPerLane], freq[kMaxPerLane / 2];
+  float2 a[kMaxSteps], b[kMaxSteps], na[kMaxSteps], nb[kMaxSteps], freq[kMaxSteps];
 #pragma unroll
-  for (int j = 0; j < kMaxPerLane; ++j) {
-    const int i = lane + 32 * j;
-    if (i < head_dim) {
-      v[j] = src[i];
-      nw[j] = norm ? norm[i] : 1.0f;
+  for (int j = 0; j < kMaxSteps; ++j) {
+    const int i = 2 * lane + 64 * j;
+    if (i < half) {
+      a[j] = *reinterpret_cast<const float2*>(src + i);
+      b[j] = *reinterpret_cast<const float2*>(src + half + i);
+      na[j] = norm ? *reinterpret_cast<const float2*>(norm + i) : make_float2(1.0f, 1.0f);
+      nb[j] = norm ? *reinterpret_cast<const float2*>(norm + half + i) : make_float2(1.0f, 1.0f);
+      freq[j] = *reinterpret_cast<const float2*>(inv_freq + i);
     }
-    if (j < kMaxPerLane / 2 && i < half) freq[j] = inv_freq[i];
   }
   float ss = 0.0f;
 #pragma unroll
-  for (int j = 0; j < kMaxPerLane; ++j)
-    if (lane + 32 * j < head_dim) ss = __fmaf_rn(v[j], v[j], ss);
+  for (int j = 0; j < kMaxSteps; ++j) {
+    if (2 * lane + 64 * j < half) {
+      ss = __fmaf_rn(a[j].x, a[j].x, ss);
+      ss = __fmaf_rn(a[j].y, a[j].y, ss);
+      ss = __fmaf_rn(b[j].x, b[j].x, ss);
+      ss = __fmaf_rn(b[j].y, b[j].y, ss);
+    }
+  }
   ss = warp_sum(ss);
   const float inv = norm ? rsqrtf(ss / static_cast<float>(head_dim) + eps) : 1.0f;
-#pragma unroll
-  for (int j = 0; j < kMaxPerLane; ++j) {
-    const int i = lane + 32 * j;
-    if (i < head_dim) buf[i] = norm ? __fmul_rn(nw[j], __fmul_rn(v[j], inv)) : v[j];
-  }
-  __syncwarp();  // the RoPE partner of element i is i + half, another lane's when half % 32 != 0
-#pragma unroll
-  for (int j = 0; j < kMaxPerLane / 2; ++j) {
-    const int i = lane + 32 * j;
-    if (i >= half) break;
-    // Hugging Face's angle: fp32 product of position and inv_freq, then cos/sin.
+  const auto normed = [&](float v, float w) { return norm ? __fmul_rn(w, __fmul_rn(v, inv)) : v; };
+  // Hugging Face's rotation: angle = fp32 product of position and inv_freq, then cos/sin;
+  // element i becomes x_i cos - x_{i+half} sin, element i + half x_{i+half} cos + x_i sin.
+  const auto rotate = [&](float x, float y, float f, T& out_x, T& out_y) {
     float s, c;
-    sincosf(__fmul_rn(pos, freq[j]), &s, &c);
-    const float a = buf[i], b = buf[i + half];
-    emit(i, from_f32<T>(__fmaf_rn(a, c, -__fmul_rn(b, s))));
-    emit(i + half, from_f32<T>(__fmaf_rn(b, c, __fmul_rn(a, s))));
+    sincosf(__fmul_rn(pos, f), &s, &c);
+    out_x = from_f32<T>(__fmaf_rn(x, c, -__fmul_rn(y, s)));
+    out_y = from_f32<T>(__fmaf_rn(y, c, __fmul_rn(x, s)));
+  };
+#pragma unroll
+  for (int j = 0; j < kMaxSteps; ++j) {
+    const int i = 2 * lane + 64 * j;
+    if (i >= half) break;
+    T lo0, hi0, lo1, hi1;
+    rotate(normed(a[j].x, na[j].x), normed(b[j].x, nb[j].x), freq[j].x, lo0, hi0);
+    rotate(normed(a[j].y, na[j].y), normed(b[j].y, nb[j].y), freq[j].y, lo1, hi1);
+    emit(i, lo0, lo1);
+    emit(i + half, hi0, hi1);
   }
-  __syncwarp();  // buf may be reused by the caller
 }
 
 }  // namespace sy::cuda

@@ -52,10 +52,6 @@ void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, cons
                          const float* q_norm, const float* k_norm, const QkvLayout& layout, T* q_out, T* k_cache,
                          T* v_cache, cudaStream_t stream);
 
-/** out[i] = T(in[i]) for `count` elements (out_lo: split). */
-template <typename T>
-void to_half(const float* in, int64_t count, T* out, T* out_lo, cudaStream_t stream);
-
 /** out[t, i] = T(silu(gu[t, i]) * gu[t, inter + i]) (out_lo: split). */
 template <typename T>
 void silu_mul(const float* gate_up, int n, int inter, T* out, T* out_lo, cudaStream_t stream);
@@ -81,6 +77,18 @@ struct PagedKv {
 };
 
 /**
+ * Where an attention kernel writes its output [tokens, heads * head_dim]: in fp32 (`f32`, for
+ * gemv, which rounds its input itself), or as the o projection's 16-bit input (`hi`, with the
+ * remainder in `lo` when that input is split: store_split.cuh), which saves a conversion pass.
+ */
+template <typename T>
+struct AttentionOut {
+  float* f32 = nullptr;
+  T* hi = nullptr;
+  T* lo = nullptr;
+};
+
+/**
  * What the decode attention kernel does itself in a pure decode step (every token of the step is
  * a decode row), instead of a qkv_norm_rope_store pass before it: `qkv` not null means q is made
  * from the projection (per-head norm and RoPE, bit for bit as qkv_norm_rope_store makes it) and
@@ -103,12 +111,11 @@ struct DecodeFusion {
  * context is rows[3r+2] keys (its position + 1); it attends to cache positions 0..pos. Up to
  * `splits` blocks share each (row, kv head) and write partial softmax states to `partials`; the
  * last of them merges. `partials` holds rows * heads * splits * (head_dim + 2) floats; `counters`
- * rows * kv_heads ints, zero before the first launch (each launch leaves them zero). `out`
- * [tokens, heads * head_dim] in fp32.
+ * rows * kv_heads ints, zero before the first launch (each launch leaves them zero).
  */
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
-                            int num_heads, int splits, float* partials, int* counters, float* out,
+                            int num_heads, int splits, float* partials, int* counters, const AttentionOut<T>& out,
                             const DecodeFusion<T>& fuse, cudaStream_t stream);
 
 /**
@@ -120,9 +127,11 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
  */
 template <typename T>
 void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
-                             const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream);
+                             const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out, cudaStream_t stream);
 /** Tokens of one sequence one prefill tile holds, for a GQA group of `group` query heads. */
 int prefill_tile_tokens(int group, int head_dim);
+/** The prefill kernel a head_dim runs on ("mma32", "mma16" or "wmma"; SWITCHYARD_CUDA_PREFILL). */
+const char* prefill_kernel_name(int head_dim);
 /**
  * Sorts prefill tiles (host memory) by the keys they attend to, most first, so that the last
  * blocks to start are the shortest and the SMs finish together; `positions` (host) are the
@@ -138,7 +147,8 @@ void order_prefill_tiles(int32_t* tiles, int num_tiles, const int32_t* positions
  */
 template <typename T>
 void paged_attention_prefill_wmma(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
-                                  const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream);
+                                  const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out,
+                                  cudaStream_t stream);
 
 /** The fp32 input rows of gemv, read directly or made by a fused prologue. */
 struct GemvInput {

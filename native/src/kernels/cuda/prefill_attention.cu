@@ -1,11 +1,13 @@
-// Prefill attention on tensor cores with the output in registers (v4; the first version, WMMA
+// Prefill attention on tensor cores with the output in registers (v4, v5; the first version, WMMA
 // with O in shared memory, is paged_attention_prefill_wmma in prefill_attention_wmma.cu and still
 // serves head_dim 256).
 //
-// A block takes one prefill tile (consecutive query tokens of one sequence, times the GQA
-// group of one KV head: 16 (token, head) rows per warp) against 64-key tiles of that sequence's paged
-// cache, keys 0..pos for each row. Each of its warps owns 16 rows for the whole kernel:
-//  - Q: the warp's rows as mma.sync A fragments in registers, loaded once;
+// A block takes one prefill tile (consecutive query tokens of one sequence, times the GQA group
+// of one KV head: 128 (token, head) rows) against 64-key tiles of that sequence's paged cache,
+// keys 0..pos for each row. Each of its warps owns one (v4) or two (v5) groups of 16 rows for the
+// whole kernel:
+//  - Q: the rows as mma.sync A fragments, in registers loaded once (v4) or read from shared
+//    memory by ldmatrix (v5);
 //  - S = Q Kᵀ: m16n8k16 MMAs, K's fragments by ldmatrix from shared memory;
 //  - online softmax in registers (a row lives in the 4 lanes of a quad: two shuffles per
 //    reduction), exp2 of pre-scaled logits, fp32 running max and sum;
@@ -17,7 +19,8 @@
 //
 // Same function as v1, row by row: a row's result depends only on its own position and the
 // keys, not on the other rows of its tile (batch invariance), and a key tile entirely past a
-// row's position leaves that row's state exactly unchanged.
+// row's position leaves that row's state exactly unchanged. v4 and v5 do the same arithmetic in
+// the same order, so they give the same bits.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -33,30 +36,33 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/store_split.cuh"
 
 namespace sy::cuda {
 namespace {
 
-// Warps per block, 16 rows each: 8 (128 rows, one block per SM) ran 12-15% faster than 4 (64
-// rows, two blocks per SM) on the H200 (bench/CUDA_NOTES.md); -DSY_PREFILL_WARPS=4 builds the other.
-#ifndef SY_PREFILL_WARPS
-#define SY_PREFILL_WARPS 8
-#endif
-constexpr int kWarps = SY_PREFILL_WARPS;
-constexpr int kRows = 16 * kWarps;  // (token, head) rows per block
-constexpr int kKeys = 64;           // keys per tile
-constexpr int kThreads = 32 * kWarps;
+// A block holds 128 (token, head) rows. Each warp owns RG groups of 16 rows (RG = 1: 8 warps, v4;
+// RG = 2: 4 warps, v5). Two groups let every K or V fragment read from shared memory feed two
+// MMAs instead of one, which halves the ldmatrix traffic per MMA; the price is Q in shared memory
+// (its fragments are reloaded each key tile, as there are not registers for two groups of them).
+// SWITCHYARD_CUDA_PREFILL=mma16 runs RG = 1 (bench/CUDA_NOTES.md compares them).
+constexpr int kRows = 128;  // (token, head) rows per block
+constexpr int kKeys = 64;   // keys per tile
 
-template <int HD>
+template <int HD, int RG>
 struct PrefillShape {
-  static constexpr int CH = HD / 8;                 // 16-byte chunks per K/V row
+  static constexpr int WARPS = kRows / (16 * RG);
+  static constexpr int THREADS = 32 * WARPS;
+  static constexpr bool Q_IN_SMEM = RG > 1;
+  static constexpr int CH = HD / 8;                 // 16-byte chunks per K/V/Q row
   static constexpr int SWZ = CH < 8 ? CH - 1 : 7;   // XOR mask of the chunk index
   static constexpr int KS = HD / 16;                // k16 slices of Q Kᵀ
   static constexpr int DN = HD / 8;                 // n8 tiles of O
   static constexpr int JN = kKeys / 8;              // n8 tiles of S
   static constexpr int KK = kKeys / 16;             // k16 slices of P V
   static constexpr size_t TILE_BYTES = kKeys * HD * 2;  // one K or V tile
-  static constexpr size_t SMEM_BYTES = 4 * TILE_BYTES;  // K and V, two stages
+  static constexpr size_t Q_BYTES = Q_IN_SMEM ? kRows * HD * 2 : 0;
+  static constexpr size_t SMEM_BYTES = 4 * TILE_BYTES + Q_BYTES;  // K and V, two stages; Q
 };
 
 __device__ __forceinline__ int swizzle(int row, int chunk, int mask) { return chunk ^ (row & mask); }
@@ -132,14 +138,15 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-template <typename T, int HD>
-__global__ void __launch_bounds__(kThreads, 8 / kWarps) prefill_mma_kernel(const T* q, const int32_t* tiles, int num_tiles,
-                                                                  const int32_t* positions, PagedKv<T> kv,
-                                                                  int num_heads, float* out) {
-  using S = PrefillShape<HD>;
+template <typename T, int HD, int RG>
+__global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
+    prefill_mma_kernel(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions, PagedKv<T> kv,
+                       int num_heads, AttentionOut<T> out) {
+  using S = PrefillShape<HD, RG>;
   extern __shared__ __align__(128) unsigned char smem[];
-  // [stage][K, V][key][HD], each row's 16-byte chunks swizzled.
+  // [stage][K, V][key][HD], then Q [row][HD] (RG > 1); each row's 16-byte chunks swizzled.
   const uint32_t smem_base = smem_address(smem);
+  const uint32_t q_smem = smem_base + 4 * S::TILE_BYTES;
 
   // Tiles come longest first (order_prefill_tiles), each with all its KV heads.
   const int tile = blockIdx.x / kv.num_kv_heads;
@@ -155,51 +162,81 @@ __global__ void __launch_bounds__(kThreads, 8 / kWarps) prefill_mma_kernel(const
   const int max_pos = positions[t0 + nt - 1];  // consecutive positions
   const int key_tiles = max_pos / kKeys + 1;
 
-  // This thread's two rows (quad_row and quad_row + 8 of the warp's 16); rows past the tile
-  // compute as the tile's last token (no NaN) and are not stored.
-  int row_pos[2];
-  int64_t row_offset[2];  // (token * num_heads + head) * HD
-  bool row_valid[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = warp * 16 + quad_row + 8 * h;
-    row_valid[h] = r < valid_rows;
-    const int rr = row_valid[h] ? r : valid_rows - 1;
-    row_pos[h] = first_pos + rr / group;
-    row_offset[h] = (static_cast<int64_t>(t0 + rr / group) * num_heads + g * group + rr % group) * HD;
-  }
+  // Row r of the block is token t0 + r / group, query head g * group + r % group; rows past the
+  // tile compute as its last row (no NaN) and are not stored.
+  const auto clamp_row = [&](int r) { return r < valid_rows ? r : valid_rows - 1; };
+  const auto q_offset = [&](int rr) {  // (token * num_heads + head) * HD
+    return (static_cast<int64_t>(t0 + rr / group) * num_heads + g * group + rr % group) * HD;
+  };
+  // This thread's rows: quad_row and quad_row + 8 of each of its warp's RG groups of 16 (their
+  // positions and offsets are recomputed where needed, as two groups leave no registers to hold them).
+  const auto thread_row = [&](int gi, int h) { return (warp * RG + gi) * 16 + quad_row + 8 * h; };
 
+  // A thread always loads the same 16-byte chunk of every (THREADS / CH)-th key, so its column
+  // offset and swizzle are fixed (key % 8 is too: THREADS / CH is a multiple of the swizzle
+  // period). Positions map to slots by shift and mask when block_size is a power of two (the
+  // division was a fifth of the kernel's instructions).
+  constexpr int kKeysPerPass = S::THREADS / S::CH;
+  constexpr int kPasses = (kKeys + kKeysPerPass - 1) / kKeysPerPass;
+  static_assert(kKeysPerPass % (S::SWZ + 1) == 0, "a thread's keys share one swizzle");
+  const int my_chunk = tid % S::CH, my_key = tid / S::CH;
+  const int64_t my_column = g * HD + my_chunk * 8;
+  const uint32_t my_dst = smem_base + my_key * HD * 2 + swizzle(my_key, my_chunk, S::SWZ) * 16;
+  const int bs = kv.block_size;
+  const bool bs_pow2 = (bs & (bs - 1)) == 0;
+  const int bs_shift = __ffs(bs) - 1;
   auto load_tile = [&](int kt, int stage) {
-    const int base = kt * kKeys;
-#pragma unroll 4
-    for (int i = tid; i < kKeys * S::CH; i += kThreads) {
-      const int key = i / S::CH, c = i % S::CH;
-      const int j = base + key;
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p) {
+      const int key = my_key + p * kKeysPerPass;
+      if (kPasses == 1 && key >= kKeys) break;  // more threads than chunks (head_dim 16, v4)
+      const int j = kt * kKeys + key;
       const bool valid = j <= max_pos;
-      const int64_t off = valid ? slot_of(table, j, kv.block_size) * kv_row + g * HD + c * 8 : 0;
-      const uint32_t dst = smem_base + stage * 2 * S::TILE_BYTES + key * HD * 2 + swizzle(key, c, S::SWZ) * 16;
+      int64_t off = 0;
+      if (valid) {
+        const int block = bs_pow2 ? j >> bs_shift : j / bs, offset = bs_pow2 ? j & (bs - 1) : j % bs;
+        off = (static_cast<int64_t>(table[block]) * bs + offset) * kv_row + my_column;
+      }
+      const uint32_t dst = my_dst + stage * 2 * S::TILE_BYTES + p * kKeysPerPass * HD * 2;
       cp_async_16(dst, kv.k + off, valid);
       cp_async_16(dst + S::TILE_BYTES, kv.v + off, valid);
     }
     cp_async_commit();
   };
+
+  // Q fragments (A operand, row-major 16 x 16 per k16 slice): in registers, loaded once (RG = 1),
+  // or in shared memory, read by ldmatrix each key tile (RG > 1; loaded with the first K/V tile).
+  constexpr int QF = S::Q_IN_SMEM ? 1 : S::KS;
+  uint32_t qf[QF][4];
+  if constexpr (S::Q_IN_SMEM) {
+#pragma unroll 4
+    for (int i = tid; i < kRows * S::CH; i += S::THREADS) {
+      const int r = i / S::CH, c = i % S::CH;
+      cp_async_16(q_smem + r * HD * 2 + swizzle(r, c, S::SWZ) * 16, q + q_offset(clamp_row(r)) + c * 8, true);
+    }
+  } else {
+#pragma unroll
+    for (int ks = 0; ks < S::KS; ++ks) {
+      const int col = ks * 16 + quad_col * 2;
+      const T* row0 = q + q_offset(clamp_row(thread_row(0, 0))) + col;
+      const T* row1 = q + q_offset(clamp_row(thread_row(0, 1))) + col;
+      qf[ks][0] = *reinterpret_cast<const uint32_t*>(row0);
+      qf[ks][1] = *reinterpret_cast<const uint32_t*>(row1);
+      qf[ks][2] = *reinterpret_cast<const uint32_t*>(row0 + 8);
+      qf[ks][3] = *reinterpret_cast<const uint32_t*>(row1 + 8);
+    }
+  }
   load_tile(0, 0);
 
-  // Q fragments (A operand, row-major 16 x 16 per k16 slice).
-  uint32_t qf[S::KS][4];
+  float o[RG][S::DN][4];
+  float m_run[RG][2], l_run[RG][2];
 #pragma unroll
-  for (int ks = 0; ks < S::KS; ++ks) {
-    const int col = ks * 16 + quad_col * 2;
-    qf[ks][0] = *reinterpret_cast<const uint32_t*>(q + row_offset[0] + col);
-    qf[ks][1] = *reinterpret_cast<const uint32_t*>(q + row_offset[1] + col);
-    qf[ks][2] = *reinterpret_cast<const uint32_t*>(q + row_offset[0] + col + 8);
-    qf[ks][3] = *reinterpret_cast<const uint32_t*>(q + row_offset[1] + col + 8);
+  for (int gi = 0; gi < RG; ++gi) {
+#pragma unroll
+    for (int dn = 0; dn < S::DN; ++dn) o[gi][dn][0] = o[gi][dn][1] = o[gi][dn][2] = o[gi][dn][3] = 0.0f;
+    m_run[gi][0] = m_run[gi][1] = -INFINITY;
+    l_run[gi][0] = l_run[gi][1] = 0.0f;
   }
-
-  float o[S::DN][4];
-#pragma unroll
-  for (int dn = 0; dn < S::DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   const float scale_log2 = rsqrtf(static_cast<float>(HD)) * 1.4426950408889634f;
 
   // ldmatrix lanes: lane l gives the address of row (l % 8) of matrix l / 8.
@@ -218,20 +255,39 @@ __global__ void __launch_bounds__(kThreads, 8 / kWarps) prefill_mma_kernel(const
     const uint32_t v_tile = k_tile + S::TILE_BYTES;
 
     // S = Q Kᵀ: B fragments of two key n8 tiles per ldmatrix.x4 (matrices: keys of tile
-    // 2jp (+8 for 2jp+1), d chunk 2ks (+1)).
-    float s[S::JN][4];
+    // 2jp (+8 for 2jp+1), d chunk 2ks (+1)), each used by the warp's RG groups.
+    float s[RG][S::JN][4];
 #pragma unroll
-    for (int jn = 0; jn < S::JN; ++jn) s[jn][0] = s[jn][1] = s[jn][2] = s[jn][3] = 0.0f;
+    for (int gi = 0; gi < RG; ++gi) {
+#pragma unroll
+      for (int jn = 0; jn < S::JN; ++jn) s[gi][jn][0] = s[gi][jn][1] = s[gi][jn][2] = s[gi][jn][3] = 0.0f;
+    }
 #pragma unroll
     for (int ks = 0; ks < S::KS; ++ks) {
+      uint32_t a[RG][4];
+#pragma unroll
+      for (int gi = 0; gi < RG; ++gi) {
+        if constexpr (S::Q_IN_SMEM) {
+          // matrices: rows 0-7 / 8-15 of the group, d chunk 2ks / 2ks + 1 (a0..a3 of the fragment)
+          const int row = (warp * RG + gi) * 16 + (lm_matrix & 1) * 8 + lm_row;
+          const int chunk = 2 * ks + (lm_matrix >> 1);
+          ldmatrix_x4(q_smem + row * HD * 2 + swizzle(row, chunk, S::SWZ) * 16, a[gi][0], a[gi][1], a[gi][2],
+                      a[gi][3]);
+        } else {
+          a[gi][0] = qf[ks][0], a[gi][1] = qf[ks][1], a[gi][2] = qf[ks][2], a[gi][3] = qf[ks][3];
+        }
+      }
 #pragma unroll
       for (int jp = 0; jp < S::JN / 2; ++jp) {
         const int key = (2 * jp + (lm_matrix >> 1)) * 8 + lm_row;
         const int chunk = 2 * ks + (lm_matrix & 1);
         uint32_t b0, b1, b2, b3;
         ldmatrix_x4(k_tile + key * HD * 2 + swizzle(key, chunk, S::SWZ) * 16, b0, b1, b2, b3);
-        mma_16816<T>(s[2 * jp], qf[ks], b0, b1);
-        mma_16816<T>(s[2 * jp + 1], qf[ks], b2, b3);
+#pragma unroll
+        for (int gi = 0; gi < RG; ++gi) {
+          mma_16816<T>(s[gi][2 * jp], a[gi], b0, b1);
+          mma_16816<T>(s[gi][2 * jp + 1], a[gi], b2, b3);
+        }
       }
     }
 
@@ -239,50 +295,58 @@ __global__ void __launch_bounds__(kThreads, 8 / kWarps) prefill_mma_kernel(const
     // half e >> 1. Masking is needed only where the tile reaches past the first row's position.
     const int base = kt * kKeys;
     const bool needs_mask = base + kKeys - 1 > first_pos;
-    float m_new[2] = {m_run[0], m_run[1]};
+    uint32_t pf[RG][S::KK][4];
 #pragma unroll
-    for (int jn = 0; jn < S::JN; ++jn) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e >> 1;
-        float x = s[jn][e] * scale_log2;
-        if (needs_mask && base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[h]) x = -INFINITY;
-        s[jn][e] = x;
-        m_new[h] = fmaxf(m_new[h], x);
+    for (int gi = 0; gi < RG; ++gi) {
+      float m_new[2] = {m_run[gi][0], m_run[gi][1]};
+      int row_pos[2] = {0, 0};
+      if (needs_mask) {
+        row_pos[0] = first_pos + clamp_row(thread_row(gi, 0)) / group;
+        row_pos[1] = first_pos + clamp_row(thread_row(gi, 1)) / group;
       }
-    }
-    float factor[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      m_new[h] = quad_max(m_new[h]);  // finite from the first tile on: key 0 is before every row
-      factor[h] = fast_exp2(m_run[h] - m_new[h]);
-      m_run[h] = m_new[h];
-      l_run[h] *= factor[h];
-    }
+      for (int jn = 0; jn < S::JN; ++jn) {
 #pragma unroll
-    for (int dn = 0; dn < S::DN; ++dn) {
-      o[dn][0] *= factor[0];
-      o[dn][1] *= factor[0];
-      o[dn][2] *= factor[1];
-      o[dn][3] *= factor[1];
-    }
-    // P as A fragments of P V: k16 slice kk covers S's n8 tiles 2kk and 2kk + 1. The running
-    // sum takes p before its rounding to 16 bits, as v1 did.
-    uint32_t pf[S::KK][4];
-#pragma unroll
-    for (int jn = 0; jn < S::JN; ++jn) {
-      float p[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        p[e] = fast_exp2(s[jn][e] - m_run[e >> 1]);
-        l_run[e >> 1] += p[e];
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1;
+          float x = s[gi][jn][e] * scale_log2;
+          if (needs_mask && base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[h]) x = -INFINITY;
+          s[gi][jn][e] = x;
+          m_new[h] = fmaxf(m_new[h], x);
+        }
       }
-      pf[jn / 2][(jn & 1) * 2 + 0] = pack2<T>(p[0], p[1]);
-      pf[jn / 2][(jn & 1) * 2 + 1] = pack2<T>(p[2], p[3]);
+      float factor[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        m_new[h] = quad_max(m_new[h]);  // finite from the first tile on: key 0 is before every row
+        factor[h] = fast_exp2(m_run[gi][h] - m_new[h]);
+        m_run[gi][h] = m_new[h];
+        l_run[gi][h] *= factor[h];
+      }
+#pragma unroll
+      for (int dn = 0; dn < S::DN; ++dn) {
+        o[gi][dn][0] *= factor[0];
+        o[gi][dn][1] *= factor[0];
+        o[gi][dn][2] *= factor[1];
+        o[gi][dn][3] *= factor[1];
+      }
+      // P as A fragments of P V: k16 slice kk covers S's n8 tiles 2kk and 2kk + 1. The running
+      // sum takes p before its rounding to 16 bits, as v1 did.
+#pragma unroll
+      for (int jn = 0; jn < S::JN; ++jn) {
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          p[e] = fast_exp2(s[gi][jn][e] - m_run[gi][e >> 1]);
+          l_run[gi][e >> 1] += p[e];
+        }
+        pf[gi][jn / 2][(jn & 1) * 2 + 0] = pack2<T>(p[0], p[1]);
+        pf[gi][jn / 2][(jn & 1) * 2 + 1] = pack2<T>(p[2], p[3]);
+      }
     }
 
     // O += P V: B fragments of two d n8 tiles per ldmatrix.x4.trans (matrices: keys 16kk (+8),
-    // d chunk dn (+1)).
+    // d chunk dn (+1)), each used by the warp's RG groups.
 #pragma unroll
     for (int kk = 0; kk < S::KK; ++kk) {
 #pragma unroll
@@ -291,38 +355,45 @@ __global__ void __launch_bounds__(kThreads, 8 / kWarps) prefill_mma_kernel(const
         const int chunk = 2 * dp + (lm_matrix >> 1);
         uint32_t b0, b1, b2, b3;
         ldmatrix_x4_trans(v_tile + key * HD * 2 + swizzle(key, chunk, S::SWZ) * 16, b0, b1, b2, b3);
-        mma_16816<T>(o[2 * dp], pf[kk], b0, b1);
-        mma_16816<T>(o[2 * dp + 1], pf[kk], b2, b3);
+#pragma unroll
+        for (int gi = 0; gi < RG; ++gi) {
+          mma_16816<T>(o[gi][2 * dp], pf[gi][kk], b0, b1);
+          mma_16816<T>(o[gi][2 * dp + 1], pf[gi][kk], b2, b3);
+        }
       }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float l = quad_sum(l_run[h]);
-    if (!row_valid[h]) continue;
-    const float inv = 1.0f / l;
-    float* dst = out + row_offset[h] + quad_col * 2;
+  for (int gi = 0; gi < RG; ++gi) {
 #pragma unroll
-    for (int dn = 0; dn < S::DN; ++dn) {
-      *reinterpret_cast<float2*>(dst + dn * 8) = make_float2(o[dn][2 * h] * inv, o[dn][2 * h + 1] * inv);
+    for (int h = 0; h < 2; ++h) {
+      const float l = quad_sum(l_run[gi][h]);
+      const int r = thread_row(gi, h);
+      if (r >= valid_rows) continue;
+      const float inv = 1.0f / l;
+      const int64_t dst = q_offset(r) + quad_col * 2;
+#pragma unroll
+      for (int dn = 0; dn < S::DN; ++dn) {
+        store_attention_pair(out, dst + dn * 8, o[gi][dn][2 * h] * inv, o[gi][dn][2 * h + 1] * inv);
+      }
     }
   }
 }
 
-template <typename T, int HD>
-void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
-                        const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream) {
-  constexpr size_t smem = PrefillShape<HD>::SMEM_BYTES;
+template <typename T, int HD, int RG>
+void launch_prefill_rows(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
+                         const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
+  using S = PrefillShape<HD, RG>;
   static bool attribute_set = false;  // per instantiation; set once, before any capture
   if (!attribute_set) {
-    SY_CUDA_CHECK(cudaFuncSetAttribute(prefill_mma_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
+    SY_CUDA_CHECK(cudaFuncSetAttribute(prefill_mma_kernel<T, HD, RG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(S::SMEM_BYTES)));
     attribute_set = true;
   }
-  prefill_mma_kernel<T, HD><<<num_tiles * kv.num_kv_heads, kThreads, smem, stream>>>(q, tiles, num_tiles, positions,
-                                                                                     kv, num_heads, out);
+  prefill_mma_kernel<T, HD, RG><<<num_tiles * kv.num_kv_heads, S::THREADS, S::SMEM_BYTES, stream>>>(
+      q, tiles, num_tiles, positions, kv, num_heads, out);
   SY_CUDA_CHECK_LAUNCH(prefill_mma_kernel);
 }
 
@@ -330,19 +401,60 @@ void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const i
 
 namespace {
 
-// Whether a head_dim's prefill runs on v1 (WMMA, 64-row tiles): head_dim 256, or every head_dim
-// with SWITCHYARD_CUDA_PREFILL=wmma (for comparisons).
-bool uses_wmma(int head_dim) {
-  static const bool wmma_only = [] {
+enum class PrefillKernel { kWmma, kRows16, kRows32 };
+
+const std::string& wanted_kernel() {
+  static const std::string wanted = [] {
     const char* v = std::getenv("SWITCHYARD_CUDA_PREFILL");
-    return v && std::strcmp(v, "wmma") == 0;
+    return std::string(v ? v : "");
   }();
-  return wmma_only || head_dim > 128;
+  return wanted;
+}
+
+bool runs_wmma(int head_dim) { return wanted_kernel() == "wmma" || head_dim > 128; }
+
+int sm_count() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    SY_CUDA_CHECK(cudaGetDevice(&device));
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    return std::max(n, 1);
+  }();
+  return count;
+}
+
+// The kernel a launch of `blocks` blocks runs: v1 (WMMA, 64-row tiles) for head_dim 256; v5 (two
+// blocks an SM, each with twice the MMAs per ldmatrix) for launches of more than two blocks an
+// SM; v4 (8 warps of one row group, one block an SM) for smaller ones. In a single wave of v5 an
+// SM's two blocks are not the longest and the shortest but whatever the hardware pairs: one
+// 2048-token prompt (256 blocks) took 0.130 ms in v5 and 0.096 ms in v4, whose greedy longest-first
+// second wave balances the SMs; four prompts (1024 blocks) took 0.300 ms in v5 and 0.361 in v4.
+// SWITCHYARD_CUDA_PREFILL=wmma | mma16 | mma32 forces one wherever it can run (for comparisons).
+PrefillKernel prefill_kernel(int head_dim, int blocks) {
+  if (runs_wmma(head_dim)) return PrefillKernel::kWmma;
+  if (wanted_kernel() == "mma16") return PrefillKernel::kRows16;
+  if (wanted_kernel() == "mma32") return PrefillKernel::kRows32;
+  return blocks > 2 * sm_count() ? PrefillKernel::kRows32 : PrefillKernel::kRows16;
+}
+
+template <typename T, int HD>
+void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
+                        const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
+  if (prefill_kernel(HD, num_tiles * kv.num_kv_heads) == PrefillKernel::kRows16) {
+    return launch_prefill_rows<T, HD, 1>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
+  }
+  launch_prefill_rows<T, HD, 2>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
 }
 
 }  // namespace
 
-int prefill_tile_tokens(int group, int head_dim) { return (uses_wmma(head_dim) ? 64 : kRows) / group; }
+const char* prefill_kernel_name(int head_dim) {
+  if (runs_wmma(head_dim)) return "wmma";
+  if (wanted_kernel() == "mma16" || wanted_kernel() == "mma32") return wanted_kernel().c_str();
+  return "mma16 or mma32 by launch size";
+}
+
+int prefill_tile_tokens(int group, int head_dim) { return (runs_wmma(head_dim) ? 64 : kRows) / group; }
 
 void order_prefill_tiles(int32_t* tiles, int num_tiles, const int32_t* positions) {
   std::vector<std::array<int32_t, 3>> sorted(num_tiles);
@@ -355,9 +467,9 @@ void order_prefill_tiles(int32_t* tiles, int num_tiles, const int32_t* positions
 
 template <typename T>
 void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
-                             const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream) {
+                             const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
   if (num_tiles == 0) return;
-  if (uses_wmma(kv.head_dim)) {
+  if (runs_wmma(kv.head_dim)) {
     return paged_attention_prefill_wmma<T>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
   }
   switch (kv.head_dim) {
@@ -370,8 +482,10 @@ void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, co
 }
 
 template void paged_attention_prefill<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, int, const int32_t*,
-                                                     const PagedKv<__nv_bfloat16>&, int, float*, cudaStream_t);
+                                                     const PagedKv<__nv_bfloat16>&, int,
+                                                     const AttentionOut<__nv_bfloat16>&, cudaStream_t);
 template void paged_attention_prefill<__half>(const __half*, const int32_t*, int, const int32_t*,
-                                              const PagedKv<__half>&, int, float*, cudaStream_t);
+                                              const PagedKv<__half>&, int, const AttentionOut<__half>&,
+                                              cudaStream_t);
 
 }  // namespace sy::cuda

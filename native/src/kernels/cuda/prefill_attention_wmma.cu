@@ -10,6 +10,7 @@
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/store_split.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -27,7 +28,7 @@ constexpr size_t prefill_smem_bytes() {
 template <typename T, int HD>
 __global__ void __launch_bounds__(kPrefillThreads) prefill_kernel(const T* q, const int32_t* tiles,
                                                                   const int32_t* positions, PagedKv<T> kv,
-                                                                  int num_heads, float* out) {
+                                                                  int num_heads, AttentionOut<T> out) {
   using namespace nvcuda;
   extern __shared__ __align__(128) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);       // [rows][HD]
@@ -152,13 +153,13 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_kernel(const T* q, co
     const int r = i / HD, d = i % HD;
     if (r >= valid_rows) continue;
     const int64_t dst = (static_cast<int64_t>(t0 + r / group) * num_heads + g * group + r % group) * HD + d;
-    out[dst] = o[i] / l_run[r];
+    store_attention(out, dst, o[i] / l_run[r]);
   }
 }
 
 template <typename T, int HD>
 void launch_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions, const PagedKv<T>& kv,
-                    int num_heads, float* out, cudaStream_t stream) {
+                    int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
   constexpr size_t smem = prefill_smem_bytes<HD>();
   static bool attribute_set = false;  // per instantiation; set once, before any capture
   if (!attribute_set) {
@@ -175,7 +176,8 @@ void launch_prefill(const T* q, const int32_t* tiles, int num_tiles, const int32
 
 template <typename T>
 void paged_attention_prefill_wmma(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
-                                  const PagedKv<T>& kv, int num_heads, float* out, cudaStream_t stream) {
+                                  const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out,
+                                  cudaStream_t stream) {
   if (num_tiles == 0) return;
   switch (kv.head_dim) {
     case 16: return launch_prefill<T, 16>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
@@ -188,8 +190,10 @@ void paged_attention_prefill_wmma(const T* q, const int32_t* tiles, int num_tile
 }
 
 template void paged_attention_prefill_wmma<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, int, const int32_t*,
-                                                          const PagedKv<__nv_bfloat16>&, int, float*, cudaStream_t);
+                                                          const PagedKv<__nv_bfloat16>&, int,
+                                                          const AttentionOut<__nv_bfloat16>&, cudaStream_t);
 template void paged_attention_prefill_wmma<__half>(const __half*, const int32_t*, int, const int32_t*,
-                                                   const PagedKv<__half>&, int, float*, cudaStream_t);
+                                                   const PagedKv<__half>&, int, const AttentionOut<__half>&,
+                                                   cudaStream_t);
 
 }  // namespace sy::cuda

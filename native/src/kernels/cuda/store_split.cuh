@@ -1,0 +1,49 @@
+// Stores of fp32 results as the 16-bit inputs of the next GEMM: hi = T(v), and lo = T(v - hi)
+// when that GEMM's input is split, so that hi + lo carries v to ~16 significant bits through two
+// 16-bit GEMMs (bench/CUDA_NOTES.md, "the split").
+#pragma once
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/reduce.cuh"
+
+namespace sy::cuda {
+
+/** y[i] = T(v), and y_lo[i] = T(v - y[i]) when y_lo is not null. */
+template <typename T>
+__device__ __forceinline__ void store_split(float v, T* y, T* y_lo, int64_t i) {
+  const T hi = from_f32<T>(v);
+  y[i] = hi;
+  if (y_lo) y_lo[i] = from_f32<T>(v - to_f32(hi));
+}
+
+/** Stores a and b at dst[0] and dst[1] (dst 4-byte aligned) as one 32-bit write. */
+template <typename T>
+__device__ __forceinline__ void store_pair(T* dst, T a, T b) {
+  struct alignas(4) Pair {
+    T a, b;
+  };
+  *reinterpret_cast<Pair*>(dst) = Pair{a, b};
+}
+
+/** Element i of an attention output (kernels.h, AttentionOut). */
+template <typename T>
+__device__ __forceinline__ void store_attention(const AttentionOut<T>& out, int64_t i, float v) {
+  if (out.f32) {
+    out.f32[i] = v;
+  } else {
+    store_split(v, out.hi, out.lo, i);
+  }
+}
+
+/** Elements i and i + 1 (i even) of an attention output. */
+template <typename T>
+__device__ __forceinline__ void store_attention_pair(const AttentionOut<T>& out, int64_t i, float a, float b) {
+  if (out.f32) {
+    *reinterpret_cast<float2*>(out.f32 + i) = make_float2(a, b);
+    return;
+  }
+  const T ha = from_f32<T>(a), hb = from_f32<T>(b);
+  store_pair(out.hi + i, ha, hb);
+  if (out.lo) store_pair(out.lo + i, from_f32<T>(a - to_f32(ha)), from_f32<T>(b - to_f32(hb)));
+}
+
+}  // namespace sy::cuda
