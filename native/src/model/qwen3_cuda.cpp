@@ -645,10 +645,13 @@ class Qwen3Cuda final : public CudaModelRunner {
   T* k_cache(int l) const { return kv_mem_.as<T>() + (2LL * l) * layer_cache_elems_; }
   T* v_cache(int l) const { return kv_mem_.as<T>() + (2LL * l + 1) * layer_cache_elems_; }
 
-  /** y = x · wᵀ, plus x_lo · wᵀ when the input is split (x_lo not null). */
-  void gemm(const T* x, const T* x_lo, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
+  /**
+   * y = x · wᵀ, plus x_lo · wᵀ when the input is split (x_lo not null); with `add`, y += instead
+   * (the residual stream taking a projection's output in the GEMM's epilogue).
+   */
+  void gemm(const T* x, const T* x_lo, int64_t n, const T* w, int64_t out, int64_t in, float* y, bool add = false) {
     const cuda::Half16 dtype = is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16;
-    gemm_->run(x, n, w, out, in, dtype, y);
+    gemm_->run(x, n, w, out, in, dtype, y, add);
     if (x_lo) gemm_->run(x_lo, n, w, out, in, dtype, y, /*accumulate=*/true);
   }
   void gemv(const cuda::GemvInput& x, int n, const T* w, int64_t out, int64_t in, float* y) {
@@ -738,15 +741,18 @@ class Qwen3Cuda final : public CudaModelRunner {
     if (persistent) {
       cuda::decode_step<T>(persistent_step(decode_rows, slots, tables, splits), stream_);
     }
+    // Small steps (gemv) carry each projection's output in delta_ to the next fused prologue,
+    // which adds it to the stream; larger steps add the o and down projections to the stream x_
+    // in the GEMM itself (beta = 1), so their norms only read it.
     for (int l = 0; l < c_.num_layers && !persistent; ++l) {
       const LayerWeights& L = layers_[l];
-      const float* d_in = l == 0 ? nullptr : delta_;
       if (small) {
+        const float* d_in = l == 0 ? nullptr : delta_;
         gemv(GI{GI::kNorm, xa, d_in, nullptr, L.input_norm, eps, xb, split_.qkv}, n, L.qkv, qkvdim_, h, qkv_);
         std::swap(xa, xb);
       } else {
         T* lo = split_.qkv ? hn_lo_ : nullptr;
-        cuda::add_rmsnorm<T>(x_, d_in, L.input_norm, n, h, eps, hn_, lo, stream_);
+        cuda::add_rmsnorm<T>(x_, nullptr, L.input_norm, n, h, eps, hn_, lo, stream_);
         gemm(hn_, lo, n, L.qkv, qkvdim_, h, qkv_);
       }
       cuda::DecodeFusion<T> fuse;
@@ -773,22 +779,23 @@ class Qwen3Cuda final : public CudaModelRunner {
         down_in.split = split_.down;
         gemv(down_in, n, L.down, h, inter, delta_);
       } else {
-        gemm(attn_, attn_out.lo, n, L.o, h, qdim_, delta_);
+        gemm(attn_, attn_out.lo, n, L.o, h, qdim_, x_, /*add=*/true);
         T* hn_lo = split_.gate_up ? hn_lo_ : nullptr;
-        cuda::add_rmsnorm<T>(x_, delta_, L.post_norm, n, h, eps, hn_, hn_lo, stream_);
+        cuda::add_rmsnorm<T>(x_, nullptr, L.post_norm, n, h, eps, hn_, hn_lo, stream_);
         gemm(hn_, hn_lo, n, L.gate_up, 2 * inter, h, gu_);
         T* act_lo = split_.down ? act_lo_ : nullptr;
         cuda::silu_mul<T>(gu_, n, inter, act_, act_lo, stream_);
-        gemm(act_, act_lo, n, L.down, h, inter, delta_);
+        gemm(act_, act_lo, n, L.down, h, inter, x_, /*add=*/true);
       }
     }
     if (m == 0) return;
+    const float* last_delta = small ? delta_ : nullptr;  // the last down projection, if not in the stream yet
     if (m <= gemv_max_rows_ && gemv_ok_) {
-      gemv(GI{GI::kNorm, xa, delta_, logit_rows, final_norm_, eps, nullptr, split_.lm_head}, m, lm_head_, c_.vocab_size,
-           h, logits_);
+      gemv(GI{GI::kNorm, xa, last_delta, logit_rows, final_norm_, eps, nullptr, split_.lm_head}, m, lm_head_,
+           c_.vocab_size, h, logits_);
     } else {
       T* last_lo = split_.lm_head ? last_lo_ : nullptr;
-      cuda::gather_add_rmsnorm<T>(xa, delta_, logit_rows, m, final_norm_, h, eps, last_, last_lo, stream_);
+      cuda::gather_add_rmsnorm<T>(xa, last_delta, logit_rows, m, final_norm_, h, eps, last_, last_lo, stream_);
       gemm(last_, last_lo, m, lm_head_, c_.vocab_size, h, logits_);
     }
   }

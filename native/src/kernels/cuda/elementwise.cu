@@ -38,7 +38,7 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* 
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     float v = xr[i];
     if (dr) v += dr[i];
-    if (write_back) xr[i] = v;
+    if (write_back && dr) xr[i] = v;
     ss += v * v;
   }
   ss = block_sum(ss, scratch);

@@ -10,17 +10,19 @@
 //    memory by ldmatrix (v5);
 //  - S = Q Kᵀ: m16n8k16 MMAs, K's fragments by ldmatrix from shared memory;
 //  - online softmax in registers (a row lives in the 4 lanes of a quad: two shuffles per
-//    reduction), exp2 of pre-scaled logits, fp32 running max and sum;
+//    reduction), p = exp2(s * scale - max) by one FMA, fp32 running max and sum, O rescaled only
+//    when a row's max moved;
 //  - O += P V: P converted in registers from S's accumulator layout to A fragments (16-bit,
 //    the same rounding as v1), V's fragments by ldmatrix.trans; O stays in fp32 registers.
 // K and V tiles are double-buffered in shared memory with cp.async (the next tile loads while
 // this one is multiplied); rows are XOR-swizzled by 16-byte chunk so ldmatrix reads are free of
 // bank conflicts. Keys past the sequence load as zeros (cp.async zero-fill) and are masked.
 //
-// Same function as v1, row by row: a row's result depends only on its own position and the
-// keys, not on the other rows of its tile (batch invariance), and a key tile entirely past a
-// row's position leaves that row's state exactly unchanged. v4 and v5 do the same arithmetic in
-// the same order, so they give the same bits.
+// Same function as v1, row by row, up to rounding (v1 scales the scores before its exp2): a
+// row's result depends only on its own position and the keys, not on the other rows of its tile
+// (batch invariance), and a key tile entirely past a row's position leaves that row's state
+// exactly unchanged. v4 and v5 do the same arithmetic in the same order, so they give the same
+// bits.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -293,12 +295,14 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
 
     // Online softmax. Element (jn, e) is key kt * 64 + jn * 8 + quad_col * 2 + (e & 1) of row
     // half e >> 1. Masking is needed only where the tile reaches past the first row's position.
+    // The running max is kept in log2 units (max of the raw scores times scale_log2, the same
+    // as the max of the scaled scores), so that p = 2^(s * scale_log2 - m) is one FMA and an exp2.
     const int base = kt * kKeys;
     const bool needs_mask = base + kKeys - 1 > first_pos;
     uint32_t pf[RG][S::KK][4];
 #pragma unroll
     for (int gi = 0; gi < RG; ++gi) {
-      float m_new[2] = {m_run[gi][0], m_run[gi][1]};
+      float m_raw[2] = {-INFINITY, -INFINITY};
       int row_pos[2] = {0, 0};
       if (needs_mask) {
         row_pos[0] = first_pos + clamp_row(thread_row(gi, 0)) / group;
@@ -309,26 +313,29 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int h = e >> 1;
-          float x = s[gi][jn][e] * scale_log2;
-          if (needs_mask && base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[h]) x = -INFINITY;
-          s[gi][jn][e] = x;
-          m_new[h] = fmaxf(m_new[h], x);
+          if (needs_mask && base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[h]) s[gi][jn][e] = -INFINITY;
+          m_raw[h] = fmaxf(m_raw[h], s[gi][jn][e]);
         }
       }
       float factor[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        m_new[h] = quad_max(m_new[h]);  // finite from the first tile on: key 0 is before every row
-        factor[h] = fast_exp2(m_run[gi][h] - m_new[h]);
-        m_run[gi][h] = m_new[h];
+        // finite from the first tile on: key 0 is before every row
+        const float m_new = fmaxf(m_run[gi][h], quad_max(m_raw[h]) * scale_log2);
+        factor[h] = m_new == m_run[gi][h] ? 1.0f : fast_exp2(m_run[gi][h] - m_new);
+        m_run[gi][h] = m_new;
         l_run[gi][h] *= factor[h];
       }
+      // Once the rows' maxima settle, most tiles leave them unchanged: then O needs no rescale
+      // (a factor of exactly 1), which the warp skips together.
+      if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
 #pragma unroll
-      for (int dn = 0; dn < S::DN; ++dn) {
-        o[gi][dn][0] *= factor[0];
-        o[gi][dn][1] *= factor[0];
-        o[gi][dn][2] *= factor[1];
-        o[gi][dn][3] *= factor[1];
+        for (int dn = 0; dn < S::DN; ++dn) {
+          o[gi][dn][0] *= factor[0];
+          o[gi][dn][1] *= factor[0];
+          o[gi][dn][2] *= factor[1];
+          o[gi][dn][3] *= factor[1];
+        }
       }
       // P as A fragments of P V: k16 slice kk covers S's n8 tiles 2kk and 2kk + 1. The running
       // sum takes p before its rounding to 16 bits, as v1 did.
@@ -337,7 +344,7 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
         float p[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          p[e] = fast_exp2(s[gi][jn][e] - m_run[gi][e >> 1]);
+          p[e] = fast_exp2(fmaf(s[gi][jn][e], scale_log2, -m_run[gi][e >> 1]));
           l_run[gi][e >> 1] += p[e];
         }
         pf[gi][jn / 2][(jn & 1) * 2 + 0] = pack2<T>(p[0], p[1]);
