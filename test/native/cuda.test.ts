@@ -154,6 +154,29 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
   });
 
   it.each(models)(
+    "gives the same prefill alone and in a step large enough for the two-row-group attention kernel: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      // A prefill launch of more than two blocks an SM runs v5 (prefill_attention.cu), a smaller
+      // one v4: enough 300-token prompts in one step for 320 blocks (two for each SM of a GPU with
+      // up to 160), each prompt taking ceil(300 / (128 / group)) tiles times the KV heads.
+      const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as {
+        num_attention_heads: number;
+        num_key_value_heads: number;
+      };
+      const tileTokens = Math.floor(128 / (config.num_attention_heads / config.num_key_value_heads));
+      const blocksPerPrompt = Math.ceil(300 / tileTokens) * config.num_key_value_heads;
+      const count = Math.floor(320 / blocksPerPrompt) + 1;
+      const engine = await gpuEngine(dir, { maxNumBatchedTokens: 300 * count, maxNumSeqs: count, enablePrefixCaching: false });
+      const prompts = Array.from({ length: count }, (_, i) => promptTokens(300, 70 + i));
+      const alone: Collected[] = [];
+      for (const [i, p] of prompts.entries()) alone.push(await collect(engine, `a${i}`, p, greedy(8)));
+      const together = await Promise.all(prompts.map((p, i) => collect(engine, `t${i}`, p, greedy(8))));
+      for (let i = 0; i < count; i++) expectSameGreedy(alone[i], together[i], `prompt ${i}: alone vs with ${count - 1} others`);
+    },
+  );
+
+  it.each(models)(
     "runs a batch-1 decode step as one persistent kernel, with the same bits as kernel per op: %s",
     async (_name, dirOf) => {
       const dir = dirOf();

@@ -90,10 +90,10 @@ __global__ void silu_mul_kernel(const float* gu, int inter, T* out, T* out_lo) {
     if constexpr (V == 4) {
       const float4 a = *reinterpret_cast<const float4*>(g + i);
       const float4 b = *reinterpret_cast<const float4*>(g + inter + i);
-      store_split(silu_times(a.x, b.x), out, out_lo, o + i);
-      store_split(silu_times(a.y, b.y), out, out_lo, o + i + 1);
-      store_split(silu_times(a.z, b.z), out, out_lo, o + i + 2);
-      store_split(silu_times(a.w, b.w), out, out_lo, o + i + 3);
+      // One 8-byte store of hi (and of lo) instead of four 2-byte ones: with the lo half split
+      // off (bf16), the scalar stores took 32 µs a layer in a 2048-token step, these 19.5.
+      const float v[4] = {silu_times(a.x, b.x), silu_times(a.y, b.y), silu_times(a.z, b.z), silu_times(a.w, b.w)};
+      store_split4(v, out, out_lo, o + i);
     } else {
       store_split(silu_times(g[i], g[inter + i]), out, out_lo, o + i);
     }

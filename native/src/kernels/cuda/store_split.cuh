@@ -15,6 +15,22 @@ __device__ __forceinline__ void store_split(float v, T* y, T* y_lo, int64_t i) {
   if (y_lo) y_lo[i] = from_f32<T>(v - to_f32(hi));
 }
 
+/** store_split of v[0..3] at i..i + 3 (y + i and y_lo + i 8-byte aligned), as one 8-byte write each. */
+template <typename T>
+__device__ __forceinline__ void store_split4(const float (&v)[4], T* y, T* y_lo, int64_t i) {
+  struct alignas(8) Quad {
+    T e[4];
+  };
+  Quad hi, lo;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    hi.e[k] = from_f32<T>(v[k]);
+    lo.e[k] = from_f32<T>(v[k] - to_f32(hi.e[k]));
+  }
+  *reinterpret_cast<Quad*>(y + i) = hi;
+  if (y_lo) *reinterpret_cast<Quad*>(y_lo + i) = lo;
+}
+
 /** Stores a and b at dst[0] and dst[1] (dst 4-byte aligned) as one 32-bit write. */
 template <typename T>
 __device__ __forceinline__ void store_pair(T* dst, T a, T b) {
