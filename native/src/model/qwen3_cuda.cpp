@@ -559,13 +559,17 @@ class Qwen3Cuda final : public CudaModelRunner {
     const int64_t N = max_tokens_, M = max_rows_, h = c_.hidden_size, inter = c_.intermediate_size;
     const size_t e = sizeof(T);
     Layout lay;
-    const size_t x = lay.take(N * h * 4), x2 = lay.take(8 * h * 4), delta = lay.take(N * h * 4), hn = lay.take(N * h * e);
-    const size_t qkv = lay.take(N * qkvdim_ * 4), q = lay.take(N * qdim_ * e), attn = lay.take(N * qdim_ * e);
+    // A split qkv or gate_up input is one GEMM over 2n rows (stacked_gemm): hn holds the lo rows
+    // after the hi rows, and qkv and gu the two products.
+    const size_t qkv_rows = split_.qkv ? 2 : 1, gu_rows = split_.gate_up ? 2 : 1;
+    const size_t hn_rows = split_.qkv || split_.gate_up ? 2 : 1;
+    const size_t x = lay.take(N * h * 4), x2 = lay.take(8 * h * 4), delta = lay.take(N * h * 4);
+    const size_t hn = lay.take(hn_rows * N * h * e);
+    const size_t qkv = lay.take(qkv_rows * N * qkvdim_ * 4), q = lay.take(N * qdim_ * e), attn = lay.take(N * qdim_ * e);
     const size_t attn_f = lay.take(N * qdim_ * 4), counters = lay.take(M * c_.num_kv_heads * 4);
     const size_t barrier = lay.take(cuda::decode_step_barrier_words() * 4);
     const size_t argmax_scratch = lay.take(cuda::argmax_scratch_bytes(static_cast<int>(M)));
-    const size_t gu = lay.take(N * 2 * inter * 4), act = lay.take(N * inter * e), last = lay.take(M * h * e);
-    const size_t hn_lo = lay.take(split_.qkv || split_.gate_up ? N * h * e : 0);
+    const size_t gu = lay.take(gu_rows * N * 2 * inter * 4), act = lay.take(N * inter * e), last = lay.take(M * h * e);
     const size_t attn_lo = lay.take(split_.o ? N * qdim_ * e : 0), act_lo = lay.take(split_.down ? N * inter * e : 0);
     const size_t last_lo = lay.take(split_.lm_head ? M * h * e : 0);
     const size_t logits = lay.take(M * c_.vocab_size * 4);
@@ -588,7 +592,6 @@ class Qwen3Cuda final : public CudaModelRunner {
     gu_ = act_mem_.as<float>(gu);
     act_ = act_mem_.as<T>(act);
     last_ = act_mem_.as<T>(last);
-    hn_lo_ = act_mem_.as<T>(hn_lo);
     attn_lo_ = act_mem_.as<T>(attn_lo);
     act_lo_ = act_mem_.as<T>(act_lo);
     last_lo_ = act_mem_.as<T>(last_lo);
@@ -656,6 +659,17 @@ class Qwen3Cuda final : public CudaModelRunner {
   }
   void gemv(const cuda::GemvInput& x, int n, const T* w, int64_t out, int64_t in, float* y) {
     cuda::gemv<T>(x, n, w, static_cast<int>(out), static_cast<int>(in), y, stream_);
+  }
+
+  /**
+   * A split input whose lo rows follow its n hi rows (x + n * in): one GEMM over the 2n rows, so
+   * y holds W·hi in its first n rows and W·lo in the next n, which the consumer adds. Cheaper
+   * than gemm's second call, which reads y back to add to it (bench/CUDA_NOTES.md, "Session 6").
+   * Without the split, y = x · wᵀ over n rows.
+   */
+  void stacked_gemm(const T* x, bool split, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
+    const cuda::Half16 dtype = is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16;
+    gemm_->run(x, split ? 2 * n : n, w, out, in, dtype, y);
   }
 
   /** The persistent batch-1 decode step's arguments (kernels.h, DecodeStep). */
@@ -741,6 +755,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     if (persistent) {
       cuda::decode_step<T>(persistent_step(decode_rows, slots, tables, splits), stream_);
     }
+    T* hn_lo = hn_ + static_cast<int64_t>(n) * h;  // split norm outputs: lo rows after the hi rows
     // Small steps (gemv) carry each projection's output in delta_ to the next fused prologue,
     // which adds it to the stream; larger steps add the o and down projections to the stream x_
     // in the GEMM itself (beta = 1), so their norms only read it.
@@ -751,16 +766,21 @@ class Qwen3Cuda final : public CudaModelRunner {
         gemv(GI{GI::kNorm, xa, d_in, nullptr, L.input_norm, eps, xb, split_.qkv}, n, L.qkv, qkvdim_, h, qkv_);
         std::swap(xa, xb);
       } else {
-        T* lo = split_.qkv ? hn_lo_ : nullptr;
+        T* lo = split_.qkv ? hn_lo : nullptr;
         cuda::add_rmsnorm<T>(x_, nullptr, L.input_norm, n, h, eps, hn_, lo, stream_);
-        gemm(hn_, lo, n, L.qkv, qkvdim_, h, qkv_);
+        if (fuse_decode) {
+          gemm(hn_, lo, n, L.qkv, qkvdim_, h, qkv_);  // the fused attention reads one product
+        } else {
+          stacked_gemm(hn_, split_.qkv, n, L.qkv, qkvdim_, h, qkv_);
+        }
       }
       cuda::DecodeFusion<T> fuse;
       if (fuse_decode) {
         fuse = {qkv_, slots, inv_freq_, L.q_norm, L.k_norm, eps, k_cache(l), v_cache(l)};
       } else {
-        cuda::qkv_norm_rope_store<T>(qkv_, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout, q_,
-                                     k_cache(l), v_cache(l), stream_);
+        const float* qkv_lo = !small && split_.qkv ? qkv_ + static_cast<int64_t>(n) * qkvdim_ : nullptr;
+        cuda::qkv_norm_rope_store<T>(qkv_, qkv_lo, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout,
+                                     q_, k_cache(l), v_cache(l), stream_);
       }
       const cuda::PagedKv<T> kv{k_cache(l), v_cache(l), tables, table_stride_, opt_.block_size, c_.num_kv_heads, hd_};
       // gemv rounds (and splits) its fp32 input itself; cuBLAS takes the o input as attention stores it.
@@ -780,11 +800,11 @@ class Qwen3Cuda final : public CudaModelRunner {
         gemv(down_in, n, L.down, h, inter, delta_);
       } else {
         gemm(attn_, attn_out.lo, n, L.o, h, qdim_, x_, /*add=*/true);
-        T* hn_lo = split_.gate_up ? hn_lo_ : nullptr;
-        cuda::add_rmsnorm<T>(x_, nullptr, L.post_norm, n, h, eps, hn_, hn_lo, stream_);
-        gemm(hn_, hn_lo, n, L.gate_up, 2 * inter, h, gu_);
+        cuda::add_rmsnorm<T>(x_, nullptr, L.post_norm, n, h, eps, hn_, split_.gate_up ? hn_lo : nullptr, stream_);
+        stacked_gemm(hn_, split_.gate_up, n, L.gate_up, 2 * inter, h, gu_);
+        const float* gu_lo = split_.gate_up ? gu_ + static_cast<int64_t>(n) * 2 * inter : nullptr;
         T* act_lo = split_.down ? act_lo_ : nullptr;
-        cuda::silu_mul<T>(gu_, n, inter, act_, act_lo, stream_);
+        cuda::silu_mul<T>(gu_, gu_lo, n, inter, act_, act_lo, stream_);
         gemm(act_, act_lo, n, L.down, h, inter, x_, /*add=*/true);
       }
     }
@@ -950,7 +970,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   DeviceMemory decode_layers_;  // the persistent step's per-layer pointers (cuda::DecodeLayer)
   unsigned* barrier_ = nullptr;  // its grid barrier's counters
   cuda::DecodeStepTrace step_trace_;  // SWITCHYARD_CUDA_PERSISTENT_TRACE=1
-  T *hn_lo_ = nullptr, *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves
+  T *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves (hn's: after hn's n rows)
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;
   PinnedMemory out_h_, params_h_;

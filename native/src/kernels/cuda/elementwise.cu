@@ -52,23 +52,30 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* 
 
 // One warp per (token, head) of q, k and v.
 template <typename T>
-__global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* positions, const int32_t* slots,
-                                           const float* inv_freq, const float* q_norm, const float* k_norm,
-                                           QkvLayout L, int n, T* q_out, T* k_cache, T* v_cache) {
+__global__ void qkv_norm_rope_store_kernel(const float* qkv, const float* qkv_lo, const int32_t* positions,
+                                           const int32_t* slots, const float* inv_freq, const float* q_norm,
+                                           const float* k_norm, QkvLayout L, int n, T* q_out, T* k_cache,
+                                           T* v_cache) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int heads_total = L.num_heads + 2 * L.num_kv_heads;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
   const int t = static_cast<int>(item / heads_total), h = static_cast<int>(item % heads_total);
   if (t >= n) return;  // the whole warp leaves together
   const int hd = L.head_dim;
-  const float* src = qkv + (static_cast<int64_t>(t) * heads_total + h) * hd;
+  const int64_t at = (static_cast<int64_t>(t) * heads_total + h) * hd;
+  const float* src = qkv + at;
+  const float* src_lo = qkv_lo ? qkv_lo + at : nullptr;
   const bool is_q = h < L.num_heads, is_k = !is_q && h < L.num_heads + L.num_kv_heads;
   const int64_t slot = slots[t];
   if (!is_q && !is_k) {
     const int kvh = h - L.num_heads - L.num_kv_heads;
     T* dst = v_cache + (slot * L.num_kv_heads + kvh) * hd;
     for (int i = 4 * lane; i < hd; i += 128) {  // head_dim % 4 == 0
-      const float4 v = *reinterpret_cast<const float4*>(src + i);
+      float4 v = *reinterpret_cast<const float4*>(src + i);
+      if (src_lo) {
+        const float4 l = *reinterpret_cast<const float4*>(src_lo + i);
+        v = make_float4(v.x + l.x, v.y + l.y, v.z + l.z, v.w + l.w);
+      }
       store_pair(dst + i, from_f32<T>(v.x), from_f32<T>(v.y));
       store_pair(dst + i + 2, from_f32<T>(v.z), from_f32<T>(v.w));
     }
@@ -76,26 +83,34 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const int32_t* posi
   }
   T* dst = is_q ? q_out + (static_cast<int64_t>(t) * L.num_heads + h) * hd
                 : k_cache + (slot * L.num_kv_heads + (h - L.num_heads)) * hd;
-  norm_rope_head<T>(src, hd, static_cast<float>(positions[t]), inv_freq, is_q ? q_norm : k_norm, L.eps,
+  norm_rope_head<T>(src, src_lo, hd, static_cast<float>(positions[t]), inv_freq, is_q ? q_norm : k_norm, L.eps,
                     [dst](int i, T a, T b) { store_pair(dst + i, a, b); });
 }
 
 // V elements per thread (16-byte loads of gate and up when V == 4: inter % 4 == 0).
 template <typename T, int V>
-__global__ void silu_mul_kernel(const float* gu, int inter, T* out, T* out_lo) {
+__global__ void silu_mul_kernel(const float* gu, const float* gu_lo, int inter, T* out, T* out_lo) {
   const int t = blockIdx.y;
   const float* g = gu + static_cast<int64_t>(t) * 2 * inter;
+  const float* gl = gu_lo ? gu_lo + static_cast<int64_t>(t) * 2 * inter : nullptr;
   const int64_t o = static_cast<int64_t>(t) * inter;
   for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < inter; i += gridDim.x * blockDim.x * V) {
     if constexpr (V == 4) {
-      const float4 a = *reinterpret_cast<const float4*>(g + i);
-      const float4 b = *reinterpret_cast<const float4*>(g + inter + i);
+      float4 a = *reinterpret_cast<const float4*>(g + i);
+      float4 b = *reinterpret_cast<const float4*>(g + inter + i);
+      if (gl) {
+        const float4 la = *reinterpret_cast<const float4*>(gl + i);
+        const float4 lb = *reinterpret_cast<const float4*>(gl + inter + i);
+        a = make_float4(a.x + la.x, a.y + la.y, a.z + la.z, a.w + la.w);
+        b = make_float4(b.x + lb.x, b.y + lb.y, b.z + lb.z, b.w + lb.w);
+      }
       // One 8-byte store of hi (and of lo) instead of four 2-byte ones: with the lo half split
       // off (bf16), the scalar stores took 32 µs a layer in a 2048-token step, these 19.5.
       const float v[4] = {silu_times(a.x, b.x), silu_times(a.y, b.y), silu_times(a.z, b.z), silu_times(a.w, b.w)};
       store_split4(v, out, out_lo, o + i);
     } else {
-      store_split(silu_times(g[i], g[inter + i]), out, out_lo, o + i);
+      const float gate = gl ? g[i] + gl[i] : g[i], up = gl ? g[inter + i] + gl[inter + i] : g[inter + i];
+      store_split(silu_times(gate, up), out, out_lo, o + i);
     }
   }
 }
@@ -149,27 +164,28 @@ void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows,
 }
 
 template <typename T>
-void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, const int32_t* slots, const float* inv_freq,
-                         const float* q_norm, const float* k_norm, const QkvLayout& L, T* q_out, T* k_cache,
-                         T* v_cache, cudaStream_t stream) {
+void qkv_norm_rope_store(const float* qkv, const float* qkv_lo, int n, const int32_t* positions, const int32_t* slots,
+                         const float* inv_freq, const float* q_norm, const float* k_norm, const QkvLayout& L,
+                         T* q_out, T* k_cache, T* v_cache, cudaStream_t stream) {
   if (n == 0) return;
   constexpr int warps = 8;
   const int64_t items = static_cast<int64_t>(n) * (L.num_heads + 2 * L.num_kv_heads);
   const unsigned blocks = static_cast<unsigned>((items + warps - 1) / warps);
   qkv_norm_rope_store_kernel<T><<<blocks, warps * 32, 0, stream>>>(
-      qkv, positions, slots, inv_freq, q_norm, k_norm, L, n, q_out, k_cache, v_cache);
+      qkv, qkv_lo, positions, slots, inv_freq, q_norm, k_norm, L, n, q_out, k_cache, v_cache);
   SY_CUDA_CHECK_LAUNCH(qkv_norm_rope_store_kernel);
 }
 
 template <typename T>
-void silu_mul(const float* gate_up, int n, int inter, T* out, T* out_lo, cudaStream_t stream) {
+void silu_mul(const float* gate_up, const float* gate_up_lo, int n, int inter, T* out, T* out_lo,
+              cudaStream_t stream) {
   if (n == 0) return;
   if (inter % 4 == 0) {
     const dim3 grid(static_cast<unsigned>((inter / 4 + 255) / 256), static_cast<unsigned>(n));
-    silu_mul_kernel<T, 4><<<grid, 256, 0, stream>>>(gate_up, inter, out, out_lo);
+    silu_mul_kernel<T, 4><<<grid, 256, 0, stream>>>(gate_up, gate_up_lo, inter, out, out_lo);
   } else {
     const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(n));
-    silu_mul_kernel<T, 1><<<grid, 256, 0, stream>>>(gate_up, inter, out, out_lo);
+    silu_mul_kernel<T, 1><<<grid, 256, 0, stream>>>(gate_up, gate_up_lo, inter, out, out_lo);
   }
   SY_CUDA_CHECK_LAUNCH(silu_mul_kernel);
 }
@@ -179,9 +195,10 @@ void silu_mul(const float* gate_up, int n, int inter, T* out, T* out_lo, cudaStr
   template void add_rmsnorm<T>(float*, const float*, const float*, int, int, float, T*, T*, cudaStream_t);       \
   template void gather_add_rmsnorm<T>(const float*, const float*, const int32_t*, int, const float*, int, float, \
                                       T*, T*, cudaStream_t);                                                     \
-  template void qkv_norm_rope_store<T>(const float*, int, const int32_t*, const int32_t*, const float*,          \
-                                       const float*, const float*, const QkvLayout&, T*, T*, T*, cudaStream_t);  \
-  template void silu_mul<T>(const float*, int, int, T*, T*, cudaStream_t);
+  template void qkv_norm_rope_store<T>(const float*, const float*, int, const int32_t*, const int32_t*,          \
+                                       const float*, const float*, const float*, const QkvLayout&, T*, T*, T*,  \
+                                       cudaStream_t);                                                            \
+  template void silu_mul<T>(const float*, const float*, int, int, T*, T*, cudaStream_t);
 SY_INSTANTIATE(__nv_bfloat16)
 SY_INSTANTIATE(__half)
 

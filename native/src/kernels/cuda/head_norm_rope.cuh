@@ -12,7 +12,7 @@ namespace sy::cuda {
 
 /**
  * src: the head's head_dim fp32 values (head_dim a multiple of 4, at most 256; src 8-byte
- * aligned). norm: the per-head RMSNorm weight, or null for none. Calls emit(i, a, b) for every
+ * aligned), plus src_lo's when not null (the lo half of a split GEMM input's product). norm: the per-head RMSNorm weight, or null for none. Calls emit(i, a, b) for every
  * even element i with the T-rounded results of elements i and i + 1, v = RoPE(norm(src)) at
  * position pos.
  *
@@ -20,8 +20,8 @@ namespace sy::cuda {
  * rotation needs no exchange between lanes and each angle is computed once.
  */
 template <typename T, typename Emit>
-__device__ __forceinline__ void norm_rope_head(const float* src, int head_dim, float pos, const float* inv_freq,
-                                               const float* norm, float eps, Emit emit) {
+__device__ __forceinline__ void norm_rope_head(const float* src, const float* src_lo, int head_dim, float pos,
+                                               const float* inv_freq, const float* norm, float eps, Emit emit) {
   constexpr int kMaxSteps = 2;  // half <= 128, 64 elements a step
   const int lane = threadIdx.x & 31, half = head_dim / 2;
   // Every load first (the head, the norm weight, the frequencies): one memory round trip.
@@ -35,6 +35,12 @@ __device__ __forceinline__ void norm_rope_head(const float* src, int head_dim, f
       na[j] = norm ? *reinterpret_cast<const float2*>(norm + i) : make_float2(1.0f, 1.0f);
       nb[j] = norm ? *reinterpret_cast<const float2*>(norm + half + i) : make_float2(1.0f, 1.0f);
       freq[j] = *reinterpret_cast<const float2*>(inv_freq + i);
+      if (src_lo) {
+        const float2 la = *reinterpret_cast<const float2*>(src_lo + i);
+        const float2 lb = *reinterpret_cast<const float2*>(src_lo + half + i);
+        a[j] = make_float2(a[j].x + la.x, a[j].y + la.y);
+        b[j] = make_float2(b[j].x + lb.x, b[j].y + lb.y);
+      }
     }
   }
   float ss = 0.0f;

@@ -43,18 +43,22 @@ struct QkvLayout {
 };
 
 /**
- * From the fused projection qkv [n, (heads + 2 kv_heads) * head_dim] (fp32): q and k get the
- * per-head RMSNorm (when q_norm/k_norm are not null) and RoPE at their token's position; q goes
- * to q_out [n, heads * head_dim], k and v to their cache slots ([slot][kv_head][head_dim]).
+ * From the fused projection qkv [n, (heads + 2 kv_heads) * head_dim] (fp32; plus qkv_lo, same
+ * shape, when not null: the split input's lo product): q and k get the per-head RMSNorm (when
+ * q_norm/k_norm are not null) and RoPE at their token's position; q goes to q_out
+ * [n, heads * head_dim], k and v to their cache slots ([slot][kv_head][head_dim]).
  */
 template <typename T>
-void qkv_norm_rope_store(const float* qkv, int n, const int32_t* positions, const int32_t* slots, const float* inv_freq,
-                         const float* q_norm, const float* k_norm, const QkvLayout& layout, T* q_out, T* k_cache,
-                         T* v_cache, cudaStream_t stream);
+void qkv_norm_rope_store(const float* qkv, const float* qkv_lo, int n, const int32_t* positions, const int32_t* slots,
+                         const float* inv_freq, const float* q_norm, const float* k_norm, const QkvLayout& layout,
+                         T* q_out, T* k_cache, T* v_cache, cudaStream_t stream);
 
-/** out[t, i] = T(silu(gu[t, i]) * gu[t, inter + i]) (out_lo: split). */
+/**
+ * out[t, i] = T(silu(gu[t, i]) * gu[t, inter + i]) (out_lo: split), gu = gate_up (+ gate_up_lo,
+ * same shape, when not null: the split input's lo product).
+ */
 template <typename T>
-void silu_mul(const float* gate_up, int n, int inter, T* out, T* out_lo, cudaStream_t stream);
+void silu_mul(const float* gate_up, const float* gate_up_lo, int n, int inter, T* out, T* out_lo, cudaStream_t stream);
 
 /**
  * out[i] = To(in[i]) from one 16-bit type to the other: a checkpoint's weights loaded in the
