@@ -12,8 +12,8 @@ namespace sy::cuda {
 constexpr int kGemvThreads = 256;
 
 // The input rounded to the model's 16-bit type (or to hi + lo, where that GEMM's input is
-// split), exactly as the cuBLAS path's inputs are (add_rmsnorm, silu_mul, to_half compute the
-// same expressions): a decode row then gets the same
+// split), exactly as the cuBLAS path's inputs are (add_rmsnorm, silu_mul and the attention
+// kernels' stores compute the same expressions): a decode row then gets the same
 // logits up to summation order whether its step runs here or through cuBLAS (a step mixed with
 // prefill tokens), so seeded sampling does not depend on what shares the batch. Keeping the
 // input in fp32 passed the tiny-Qwen3 comparison but broke that test (bench/CUDA_NOTES.md).

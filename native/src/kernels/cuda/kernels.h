@@ -134,7 +134,10 @@ void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, co
                              const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out, cudaStream_t stream);
 /** Tokens of one sequence one prefill tile holds, for a GQA group of `group` query heads. */
 int prefill_tile_tokens(int group, int head_dim);
-/** The prefill kernel a head_dim runs on ("mma32", "mma16" or "wmma"; SWITCHYARD_CUDA_PREFILL). */
+/**
+ * The prefill kernel a head_dim runs on: "wmma", "mma16", "mma32" (forced by
+ * SWITCHYARD_CUDA_PREFILL), or "mma16 or mma32 by launch size" (the default).
+ */
 const char* prefill_kernel_name(int head_dim);
 /**
  * Sorts prefill tiles (host memory) by the keys they attend to, most first, so that the last

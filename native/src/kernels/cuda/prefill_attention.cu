@@ -46,8 +46,9 @@ namespace {
 // A block holds 128 (token, head) rows. Each warp owns RG groups of 16 rows (RG = 1: 8 warps, v4;
 // RG = 2: 4 warps, v5). Two groups let every K or V fragment read from shared memory feed two
 // MMAs instead of one, which halves the ldmatrix traffic per MMA; the price is Q in shared memory
-// (its fragments are reloaded each key tile, as there are not registers for two groups of them).
-// SWITCHYARD_CUDA_PREFILL=mma16 runs RG = 1 (bench/CUDA_NOTES.md compares them).
+// (its fragments are reloaded each key tile, as there are not registers for two groups of them)
+// and half the warps per block, so v5 pays off only on launches that fill the SMs twice over
+// (prefill_kernel below; bench/CUDA_NOTES.md, "Session 6").
 constexpr int kRows = 128;  // (token, head) rows per block
 constexpr int kKeys = 64;   // keys per tile
 
