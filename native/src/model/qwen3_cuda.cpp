@@ -559,18 +559,19 @@ class Qwen3Cuda final : public CudaModelRunner {
     const int64_t N = max_tokens_, M = max_rows_, h = c_.hidden_size, inter = c_.intermediate_size;
     const size_t e = sizeof(T);
     Layout lay;
-    // A split qkv or gate_up input is one GEMM over 2n rows (stacked_gemm): hn holds the lo rows
-    // after the hi rows, and qkv and gu the two products.
+    // A split input is one GEMM over 2n rows (stacked_gemm): its buffer (hn, attn, act) holds the
+    // lo rows after the hi rows, and the output (qkv, gu, delta) the two products.
     const size_t qkv_rows = split_.qkv ? 2 : 1, gu_rows = split_.gate_up ? 2 : 1;
-    const size_t hn_rows = split_.qkv || split_.gate_up ? 2 : 1;
-    const size_t x = lay.take(N * h * 4), x2 = lay.take(8 * h * 4), delta = lay.take(N * h * 4);
+    const size_t hn_rows = split_.qkv || split_.gate_up ? 2 : 1, delta_rows = split_.o || split_.down ? 2 : 1;
+    const size_t x = lay.take(N * h * 4), x2 = lay.take(8 * h * 4), delta = lay.take(delta_rows * N * h * 4);
     const size_t hn = lay.take(hn_rows * N * h * e);
-    const size_t qkv = lay.take(qkv_rows * N * qkvdim_ * 4), q = lay.take(N * qdim_ * e), attn = lay.take(N * qdim_ * e);
+    const size_t qkv = lay.take(qkv_rows * N * qkvdim_ * 4), q = lay.take(N * qdim_ * e);
+    const size_t attn = lay.take((split_.o ? 2 : 1) * N * qdim_ * e);
     const size_t attn_f = lay.take(N * qdim_ * 4), counters = lay.take(M * c_.num_kv_heads * 4);
     const size_t barrier = lay.take(cuda::decode_step_barrier_words() * 4);
     const size_t argmax_scratch = lay.take(cuda::argmax_scratch_bytes(static_cast<int>(M)));
-    const size_t gu = lay.take(gu_rows * N * 2 * inter * 4), act = lay.take(N * inter * e), last = lay.take(M * h * e);
-    const size_t attn_lo = lay.take(split_.o ? N * qdim_ * e : 0), act_lo = lay.take(split_.down ? N * inter * e : 0);
+    const size_t gu = lay.take(gu_rows * N * 2 * inter * 4), act = lay.take((split_.down ? 2 : 1) * N * inter * e);
+    const size_t last = lay.take(M * h * e);
     const size_t last_lo = lay.take(split_.lm_head ? M * h * e : 0);
     const size_t logits = lay.take(M * c_.vocab_size * 4);
     const size_t partials = lay.take(static_cast<size_t>(M) * c_.num_heads * kMaxSplits * (hd_ + 2) * 4);
@@ -592,8 +593,6 @@ class Qwen3Cuda final : public CudaModelRunner {
     gu_ = act_mem_.as<float>(gu);
     act_ = act_mem_.as<T>(act);
     last_ = act_mem_.as<T>(last);
-    attn_lo_ = act_mem_.as<T>(attn_lo);
-    act_lo_ = act_mem_.as<T>(act_lo);
     last_lo_ = act_mem_.as<T>(last_lo);
     logits_ = act_mem_.as<float>(logits);
     partials_ = act_mem_.as<float>(partials);
@@ -670,6 +669,16 @@ class Qwen3Cuda final : public CudaModelRunner {
   void stacked_gemm(const T* x, bool split, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
     const cuda::Half16 dtype = is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16;
     gemm_->run(x, split ? 2 * n : n, w, out, in, dtype, y);
+  }
+
+  /**
+   * A projection of x (n rows, lo rows after them when split) that joins the residual stream:
+   * added to x_ by the GEMM (beta = 1), or, split and with a norm to follow, its two products
+   * left in delta_ for that norm to add.
+   */
+  void add_to_stream(const T* x, bool split, int64_t n, const T* w, int64_t out, int64_t in, bool norm_follows) {
+    if (split && norm_follows) return stacked_gemm(x, true, n, w, out, in, delta_);
+    gemm(x, split ? x + n * in : nullptr, n, w, out, in, x_, /*add=*/true);
   }
 
   /** The persistent batch-1 decode step's arguments (kernels.h, DecodeStep). */
@@ -755,10 +764,19 @@ class Qwen3Cuda final : public CudaModelRunner {
     if (persistent) {
       cuda::decode_step<T>(persistent_step(decode_rows, slots, tables, splits), stream_);
     }
-    T* hn_lo = hn_ + static_cast<int64_t>(n) * h;  // split norm outputs: lo rows after the hi rows
+    // Split GEMM inputs (cuBLAS steps): the lo rows follow the n hi rows of their buffer, and one
+    // GEMM over the 2n rows leaves the two products in consecutive halves of its output.
+    const int64_t rows = n;
+    T* hn_lo = hn_ + rows * h;
+    const float* qkv_lo = !small && split_.qkv ? qkv_ + rows * qkvdim_ : nullptr;
+    T* attn_lo = split_.o ? attn_ + rows * qdim_ : nullptr;
+    const float* gu_lo = split_.gate_up ? gu_ + rows * 2 * inter : nullptr;
+    T* act_lo = split_.down ? act_ + rows * inter : nullptr;
     // Small steps (gemv) carry each projection's output in delta_ to the next fused prologue,
-    // which adds it to the stream; larger steps add the o and down projections to the stream x_
-    // in the GEMM itself (beta = 1), so their norms only read it.
+    // which adds it to the stream. Larger steps add the o and down projections to the stream x_
+    // in the GEMM itself (beta = 1), so the norms after them only read it; with a split input,
+    // the two products wait in delta_ (hi, then lo) for the next norm, which adds them.
+    bool delta_pending = false;
     for (int l = 0; l < c_.num_layers && !persistent; ++l) {
       const LayerWeights& L = layers_[l];
       if (small) {
@@ -766,26 +784,21 @@ class Qwen3Cuda final : public CudaModelRunner {
         gemv(GI{GI::kNorm, xa, d_in, nullptr, L.input_norm, eps, xb, split_.qkv}, n, L.qkv, qkvdim_, h, qkv_);
         std::swap(xa, xb);
       } else {
-        T* lo = split_.qkv ? hn_lo : nullptr;
-        cuda::add_rmsnorm<T>(x_, nullptr, L.input_norm, n, h, eps, hn_, lo, stream_);
-        if (fuse_decode) {
-          gemm(hn_, lo, n, L.qkv, qkvdim_, h, qkv_);  // the fused attention reads one product
-        } else {
-          stacked_gemm(hn_, split_.qkv, n, L.qkv, qkvdim_, h, qkv_);
-        }
+        cuda::add_rmsnorm<T>(x_, delta_pending ? delta_ : nullptr, delta_pending ? delta_ + rows * h : nullptr,
+                             L.input_norm, n, h, eps, hn_, split_.qkv ? hn_lo : nullptr, stream_);
+        stacked_gemm(hn_, split_.qkv, n, L.qkv, qkvdim_, h, qkv_);
       }
       cuda::DecodeFusion<T> fuse;
       if (fuse_decode) {
-        fuse = {qkv_, slots, inv_freq_, L.q_norm, L.k_norm, eps, k_cache(l), v_cache(l)};
+        fuse = {qkv_, slots, inv_freq_, L.q_norm, L.k_norm, eps, k_cache(l), v_cache(l), qkv_lo};
       } else {
-        const float* qkv_lo = !small && split_.qkv ? qkv_ + static_cast<int64_t>(n) * qkvdim_ : nullptr;
         cuda::qkv_norm_rope_store<T>(qkv_, qkv_lo, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout,
                                      q_, k_cache(l), v_cache(l), stream_);
       }
       const cuda::PagedKv<T> kv{k_cache(l), v_cache(l), tables, table_stride_, opt_.block_size, c_.num_kv_heads, hd_};
       // gemv rounds (and splits) its fp32 input itself; cuBLAS takes the o input as attention stores it.
       const cuda::AttentionOut<T> attn_out =
-          small ? cuda::AttentionOut<T>{attn_f_} : cuda::AttentionOut<T>{nullptr, attn_, split_.o ? attn_lo_ : nullptr};
+          small ? cuda::AttentionOut<T>{attn_f_} : cuda::AttentionOut<T>{nullptr, attn_, attn_lo};
       cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, kv, c_.num_heads, splits, partials_,
                                       counters_, attn_out, fuse, stream_);
       cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_out, stream_);
@@ -799,13 +812,15 @@ class Qwen3Cuda final : public CudaModelRunner {
         down_in.split = split_.down;
         gemv(down_in, n, L.down, h, inter, delta_);
       } else {
-        gemm(attn_, attn_out.lo, n, L.o, h, qdim_, x_, /*add=*/true);
-        cuda::add_rmsnorm<T>(x_, nullptr, L.post_norm, n, h, eps, hn_, split_.gate_up ? hn_lo : nullptr, stream_);
+        add_to_stream(attn_, split_.o, n, L.o, h, qdim_, /*norm_follows=*/true);
+        cuda::add_rmsnorm<T>(x_, split_.o ? delta_ : nullptr, split_.o ? delta_ + rows * h : nullptr, L.post_norm, n, h,
+                             eps, hn_, split_.gate_up ? hn_lo : nullptr, stream_);
         stacked_gemm(hn_, split_.gate_up, n, L.gate_up, 2 * inter, h, gu_);
-        const float* gu_lo = split_.gate_up ? gu_ + static_cast<int64_t>(n) * 2 * inter : nullptr;
-        T* act_lo = split_.down ? act_lo_ : nullptr;
         cuda::silu_mul<T>(gu_, gu_lo, n, inter, act_, act_lo, stream_);
-        gemm(act_, act_lo, n, L.down, h, inter, x_, /*add=*/true);
+        // The last layer's down has no norm after it in this loop: it goes into x_ itself.
+        const bool norm_follows = l + 1 < c_.num_layers;
+        add_to_stream(act_, split_.down, n, L.down, h, inter, norm_follows);
+        delta_pending = split_.down && norm_follows;
       }
     }
     if (m == 0) return;
@@ -970,7 +985,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   DeviceMemory decode_layers_;  // the persistent step's per-layer pointers (cuda::DecodeLayer)
   unsigned* barrier_ = nullptr;  // its grid barrier's counters
   cuda::DecodeStepTrace step_trace_;  // SWITCHYARD_CUDA_PERSISTENT_TRACE=1
-  T *attn_lo_ = nullptr, *act_lo_ = nullptr, *last_lo_ = nullptr;  // split inputs' lo halves (hn's: after hn's n rows)
+  T* last_lo_ = nullptr;  // the split lm_head input's lo half (the others': after their buffer's n rows)
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;
   PinnedMemory out_h_, params_h_;

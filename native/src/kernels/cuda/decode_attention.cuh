@@ -77,28 +77,31 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int heads_total = num_heads + 2 * num_kv_heads;
   const float* row = fuse.qkv + static_cast<int64_t>(token) * heads_total * HD;
+  const float* row_lo = fuse.qkv_lo ? fuse.qkv_lo + static_cast<int64_t>(token) * heads_total * HD : nullptr;
+  const auto lo_at = [row_lo](int64_t i) { return row_lo ? row_lo + i : nullptr; };
   const int64_t slot = fuse.slots[token];
   const int items = group + (owns_new ? 2 : 0);
   for (int item = warp; item < items; item += kDecodeThreads / 32) {
     if (item < group) {
       float* dst = qs[item];
-      norm_rope_head<T>(row + (g * group + item) * HD, nullptr, HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps,
+      norm_rope_head<T>(row + (g * group + item) * HD, lo_at((g * group + item) * HD), HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps,
                         [dst, scale](int i, T a, T b) {
                           dst[i] = to_f32(a) * scale;
                           dst[i + 1] = to_f32(b) * scale;
                         });
     } else if (item == group) {
       T* cache = fuse.k_cache + (slot * num_kv_heads + g) * HD;
-      norm_rope_head<T>(row + (num_heads + g) * HD, nullptr, HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps,
+      norm_rope_head<T>(row + (num_heads + g) * HD, lo_at((num_heads + g) * HD), HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps,
                         [cache, new_k](int i, T a, T b) {
                           store_pair(cache + i, a, b);
                           store_pair(new_k + i, a, b);
                         });
     } else {
       const float* src = row + (num_heads + num_kv_heads + g) * HD;
+      const float* src_lo = lo_at((num_heads + num_kv_heads + g) * HD);
       T* cache = fuse.v_cache + (slot * num_kv_heads + g) * HD;
       for (int i = lane; i < HD; i += 32) {
-        const T v = from_f32<T>(src[i]);
+        const T v = from_f32<T>(src_lo ? src[i] + src_lo[i] : src[i]);
         cache[i] = v;
         new_v[i] = v;
       }

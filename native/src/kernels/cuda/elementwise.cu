@@ -27,17 +27,20 @@ __global__ void embed_kernel(const T* table, const int32_t* tokens, int dim, flo
 // One block per row. The row is read once into registers-by-stride, summed, then written; the
 // output is split (store_split.cuh) when y_lo is not null.
 template <typename T>
-__global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* gather, const float* weight, int dim,
-                                   float eps, T* y, T* y_lo, bool write_back) {
+__global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* delta_lo, const int32_t* gather,
+                                   const float* weight, int dim, float eps, T* y, T* y_lo, bool write_back) {
   __shared__ float scratch[32];
   const int r = blockIdx.x;
   const int64_t src = gather ? gather[r] : r;
   float* xr = x + src * dim;
   const float* dr = delta ? delta + src * dim : nullptr;
+  const float* dl = delta_lo ? delta_lo + src * dim : nullptr;
+  // A split input's two products are summed first, then added to the stream.
+  const auto d_at = [dr, dl](int i) { return dl ? dr[i] + dl[i] : dr[i]; };
   float ss = 0;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     float v = xr[i];
-    if (dr) v += dr[i];
+    if (dr) v += d_at(i);
     if (write_back && dr) xr[i] = v;
     ss += v * v;
   }
@@ -45,7 +48,7 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const int32_t* 
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
   const int64_t yr = static_cast<int64_t>(r) * dim;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = write_back || !dr ? xr[i] : xr[i] + dr[i];
+    const float v = write_back || !dr ? xr[i] : xr[i] + d_at(i);
     store_split(weight[i] * (v * inv), y, y_lo, yr + i);
   }
 }
@@ -147,10 +150,10 @@ void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cu
 }
 
 template <typename T>
-void add_rmsnorm(float* x, const float* delta, const float* weight, int rows, int dim, float eps, T* y, T* y_lo,
-                 cudaStream_t stream) {
+void add_rmsnorm(float* x, const float* delta, const float* delta_lo, const float* weight, int rows, int dim, float eps,
+                 T* y, T* y_lo, cudaStream_t stream) {
   if (rows == 0) return;
-  add_rmsnorm_kernel<T><<<rows, kRowThreads, 0, stream>>>(x, delta, nullptr, weight, dim, eps, y, y_lo, true);
+  add_rmsnorm_kernel<T><<<rows, kRowThreads, 0, stream>>>(x, delta, delta_lo, nullptr, weight, dim, eps, y, y_lo, true);
   SY_CUDA_CHECK_LAUNCH(add_rmsnorm_kernel);
 }
 
@@ -158,8 +161,8 @@ template <typename T>
 void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows, int m, const float* weight, int dim,
                         float eps, T* y, T* y_lo, cudaStream_t stream) {
   if (m == 0) return;
-  add_rmsnorm_kernel<T><<<m, kRowThreads, 0, stream>>>(const_cast<float*>(x), delta, rows, weight, dim, eps, y, y_lo,
-                                                       false);
+  add_rmsnorm_kernel<T><<<m, kRowThreads, 0, stream>>>(const_cast<float*>(x), delta, nullptr, rows, weight, dim, eps,
+                                                       y, y_lo, false);
   SY_CUDA_CHECK_LAUNCH(gather_add_rmsnorm_kernel);
 }
 
@@ -192,7 +195,8 @@ void silu_mul(const float* gate_up, const float* gate_up_lo, int n, int inter, T
 
 #define SY_INSTANTIATE(T)                                                                                         \
   template void embed<T>(const T*, const int32_t*, int, int, float*, cudaStream_t);                              \
-  template void add_rmsnorm<T>(float*, const float*, const float*, int, int, float, T*, T*, cudaStream_t);       \
+  template void add_rmsnorm<T>(float*, const float*, const float*, const float*, int, int, float, T*, T*,       \
+                               cudaStream_t);                                                                    \
   template void gather_add_rmsnorm<T>(const float*, const float*, const int32_t*, int, const float*, int, float, \
                                       T*, T*, cudaStream_t);                                                     \
   template void qkv_norm_rope_store<T>(const float*, const float*, int, const int32_t*, const int32_t*,          \

@@ -26,10 +26,13 @@ constexpr float kHalfMax = 65504.0f;
 template <typename T>
 void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cudaStream_t stream);
 
-/** x += delta (when delta is not null), then y = T(x / rms(x) * weight), rows of `dim` (y_lo: split). */
+/**
+ * x += delta (when delta is not null; delta + delta_lo when delta_lo is not null, the two products
+ * of a split input), then y = T(x / rms(x) * weight), rows of `dim` (y_lo: split).
+ */
 template <typename T>
-void add_rmsnorm(float* x, const float* delta, const float* weight, int rows, int dim, float eps, T* y, T* y_lo,
-                 cudaStream_t stream);
+void add_rmsnorm(float* x, const float* delta, const float* delta_lo, const float* weight, int rows, int dim, float eps,
+                 T* y, T* y_lo, cudaStream_t stream);
 
 /** y[i] = T(rmsnorm(x[rows[i]] + delta[rows[i]])) for the m rows whose logits are wanted (y_lo: split). */
 template <typename T>
@@ -108,6 +111,7 @@ struct DecodeFusion {
   float eps = 0.0f;
   T* k_cache = nullptr;
   T* v_cache = nullptr;
+  const float* qkv_lo = nullptr;  // the split input's lo product, same shape as qkv, or null
 };
 
 /**
