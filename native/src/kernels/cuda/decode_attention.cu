@@ -26,7 +26,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_kernel(DecodeAttenti
 
 template <typename T, int HD, int G>
 void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
-                         float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
+                         float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse,
+                         cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
   const DecodeAttentionArgs<T> args{q, rows, kv, num_heads, splits, partials, counters, out, fuse};
   if (fuse.qkv) {
@@ -39,7 +40,8 @@ void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const Pa
 
 template <typename T, int HD>
 void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
-                   float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse, cudaStream_t stream) {
+                   float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse,
+                   cudaStream_t stream) {
   const int group = num_heads / kv.num_kv_heads;
   if (group <= 2) return launch_decode_group<T, HD, 2>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, stream);
   if (group <= 4) return launch_decode_group<T, HD, 4>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, stream);

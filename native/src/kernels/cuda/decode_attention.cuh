@@ -84,14 +84,16 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
   for (int item = warp; item < items; item += kDecodeThreads / 32) {
     if (item < group) {
       float* dst = qs[item];
-      norm_rope_head<T>(row + (g * group + item) * HD, lo_at((g * group + item) * HD), HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps,
+      const int64_t at = (g * group + item) * HD;
+      norm_rope_head<T>(row + at, lo_at(at), HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps,
                         [dst, scale](int i, T a, T b) {
                           dst[i] = to_f32(a) * scale;
                           dst[i + 1] = to_f32(b) * scale;
                         });
     } else if (item == group) {
       T* cache = fuse.k_cache + (slot * num_kv_heads + g) * HD;
-      norm_rope_head<T>(row + (num_heads + g) * HD, lo_at((num_heads + g) * HD), HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps,
+      const int64_t at = (num_heads + g) * HD;
+      norm_rope_head<T>(row + at, lo_at(at), HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps,
                         [cache, new_k](int i, T a, T b) {
                           store_pair(cache + i, a, b);
                           store_pair(new_k + i, a, b);

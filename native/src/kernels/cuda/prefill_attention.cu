@@ -177,8 +177,8 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
 
   // A thread always loads the same 16-byte chunk of every (THREADS / CH)-th key, so its column
   // offset and swizzle are fixed (key % 8 is too: THREADS / CH is a multiple of the swizzle
-  // period). Positions map to slots by shift and mask when block_size is a power of two (the
-  // division was a fifth of the kernel's instructions).
+  // period). Positions map to slots by shift and mask when block_size is a power of two. Against
+  // a division and a remainder per 16 bytes, v4 gained 16% (bench/CUDA_NOTES.md, "Session 6").
   constexpr int kKeysPerPass = S::THREADS / S::CH;
   constexpr int kPasses = (kKeys + kKeysPerPass - 1) / kKeysPerPass;
   static_assert(kKeysPerPass % (S::SWZ + 1) == 0, "a thread's keys share one swizzle");
@@ -435,9 +435,10 @@ int sm_count() {
 // blocks an SM, each with twice the MMAs per ldmatrix) for launches of more than two blocks an
 // SM; v4 (8 warps of one row group, one block an SM) for smaller ones. In a single wave of v5 an
 // SM's two blocks are not the longest and the shortest but whatever the hardware pairs: one
-// 2048-token prompt (256 blocks) took 0.130 ms in v5 and 0.096 ms in v4, whose greedy longest-first
-// second wave balances the SMs; four prompts (1024 blocks) took 0.300 ms in v5 and 0.361 in v4.
-// SWITCHYARD_CUDA_PREFILL=wmma | mma16 | mma32 forces one wherever it can run (for comparisons).
+// 2048-token prompt (256 blocks) takes 0.107 ms in v5 and 0.083 ms in v4, whose greedy
+// longest-first second wave balances the SMs; four prompts (1024 blocks) 0.260 ms in v5 and 0.312
+// in v4 (H200). SWITCHYARD_CUDA_PREFILL=wmma | mma16 | mma32 forces one wherever it can run (for
+// comparisons); any other value is the default.
 PrefillKernel prefill_kernel(int head_dim, int blocks) {
   if (runs_wmma(head_dim)) return PrefillKernel::kWmma;
   if (wanted_kernel() == "mma16") return PrefillKernel::kRows16;
