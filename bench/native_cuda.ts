@@ -96,7 +96,7 @@ const mixPrompts = promptLens.map((n, i) => promptTokens(n, 3000 + i, 0, 150000)
 const mix = prefillOnly ? { seconds: 1, stamps: [] } : await run("mix", mixPrompts, outputLens);
 const produced = mix.stamps.reduce((a, s) => a + s.length, 0);
 const throughput = produced / mix.seconds;
-console.log(`throughput: ${produced} tokens in ${mix.seconds.toFixed(2)} s = ${throughput.toFixed(0)} tok/s`);
+if (!prefillOnly) console.log(`throughput: ${produced} tokens in ${mix.seconds.toFixed(2)} s = ${throughput.toFixed(0)} tok/s`);
 
 // (4) Prefill: 16 prompts of 2048 tokens, one per 2048-token step; the median of three rounds
 // (a round takes ~0.2 s).
