@@ -647,14 +647,15 @@ class Qwen3Cuda final : public CudaModelRunner {
   T* k_cache(int l) const { return kv_mem_.as<T>() + (2LL * l) * layer_cache_elems_; }
   T* v_cache(int l) const { return kv_mem_.as<T>() + (2LL * l + 1) * layer_cache_elems_; }
 
+  static constexpr cuda::Half16 kGemmType = is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16;
+
   /**
    * y = x · wᵀ, plus x_lo · wᵀ when the input is split (x_lo not null); with `add`, y += instead
    * (the residual stream taking a projection's output in the GEMM's epilogue).
    */
   void gemm(const T* x, const T* x_lo, int64_t n, const T* w, int64_t out, int64_t in, float* y, bool add = false) {
-    const cuda::Half16 dtype = is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16;
-    gemm_->run(x, n, w, out, in, dtype, y, add);
-    if (x_lo) gemm_->run(x_lo, n, w, out, in, dtype, y, /*accumulate=*/true);
+    gemm_->run(x, n, w, out, in, kGemmType, y, add);
+    if (x_lo) gemm_->run(x_lo, n, w, out, in, kGemmType, y, /*accumulate=*/true);
   }
   void gemv(const cuda::GemvInput& x, int n, const T* w, int64_t out, int64_t in, float* y) {
     cuda::gemv<T>(x, n, w, static_cast<int>(out), static_cast<int>(in), y, stream_);
@@ -667,8 +668,7 @@ class Qwen3Cuda final : public CudaModelRunner {
    * Without the split, y = x · wᵀ over n rows.
    */
   void stacked_gemm(const T* x, bool split, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
-    const cuda::Half16 dtype = is_bf16<T>() ? cuda::Half16::BF16 : cuda::Half16::F16;
-    gemm_->run(x, split ? 2 * n : n, w, out, in, dtype, y);
+    gemm_->run(x, split ? 2 * n : n, w, out, in, kGemmType, y);
   }
 
   /**
