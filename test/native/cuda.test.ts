@@ -63,6 +63,18 @@ function expectSameGreedy(a: Collected, b: Collected, what: string): void {
   }
 }
 
+/** Runs fn with the environment variable set (engines read their switches when they load). */
+async function withEnv<R>(name: string, value: string, fn: () => Promise<R>): Promise<R> {
+  const saved = process.env[name];
+  process.env[name] = value;
+  try {
+    return await fn();
+  } finally {
+    if (saved === undefined) delete process.env[name];
+    else process.env[name] = saved;
+  }
+}
+
 const greedy = (maxTokens: number): SamplingParams => sampling({ maxTokens, logprobs: 2 });
 
 const tmp = mkdtempSync(join(tmpdir(), "sy-cuda-"));
@@ -193,20 +205,14 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
         return outs;
       };
       // SWITCHYARD_CUDA_PERSISTENT (on | off) is read when an engine loads.
-      const saved = process.env.SWITCHYARD_CUDA_PERSISTENT;
-      const withPersistent = async (mode: "on" | "off", detail: RegExp, tag: string): Promise<Collected[]> => {
-        process.env.SWITCHYARD_CUDA_PERSISTENT = mode;
-        try {
+      const withPersistent = (mode: "on" | "off", detail: RegExp, tag: string): Promise<Collected[]> =>
+        withEnv("SWITCHYARD_CUDA_PERSISTENT", mode, async () => {
           const engine = await gpuEngine(dir);
           expect(engine.info.backendDetail).toMatch(detail);
           const outs = await run(engine, tag);
           await engine.close();
           return outs;
-        } finally {
-          if (saved === undefined) delete process.env.SWITCHYARD_CUDA_PERSISTENT;
-          else process.env.SWITCHYARD_CUDA_PERSISTENT = saved;
-        }
-      };
+        });
       const a = await withPersistent("on", /one persistent kernel/, "p");
       const b = await withPersistent("off", /kernel per op \(SWITCHYARD_CUDA_PERSISTENT is off\)/, "k");
       for (let i = 0; i < requests.length; i++) {
@@ -214,6 +220,25 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
         expect(a[i].tokenIds, `request ${i}: tokens`).toEqual(b[i].tokenIds);
         expect(a[i].logprobs, `request ${i}: logprobs`).toEqual(b[i].logprobs);
       }
+    },
+  );
+
+  it.each(models)(
+    "runs prefill GEMMs on the cuBLASLt algorithms timed at load, with the output of cuBLAS's default: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      // 700 rows, so the step's GEMMs take the tuned algorithms (gemm.h: from 512 rows).
+      const prompt = promptTokens(700, 81);
+      const withTuning = (mode: "on" | "off"): Promise<Collected> =>
+        withEnv("SWITCHYARD_CUDA_GEMM_TUNE", mode, async () => {
+          const engine = await gpuEngine(dir);
+          if (mode === "on") expect(engine.info.backendDetail).toMatch(/prefill GEMMs tuned by timing/);
+          else expect(engine.info.backendDetail).not.toMatch(/tuned/);
+          const out = await collect(engine, `tune-${mode}`, prompt, greedy(8));
+          await engine.close();
+          return out;
+        });
+      expectSameGreedy(await withTuning("off"), await withTuning("on"), "tuned vs cuBLAS's default GEMMs");
     },
   );
 

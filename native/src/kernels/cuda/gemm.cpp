@@ -1,8 +1,16 @@
 #include "kernels/cuda/gemm.h"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda/cuda_check.h"
 
@@ -10,6 +18,10 @@ namespace sy::cuda {
 namespace {
 
 constexpr size_t kWorkspaceBytes = 32u << 20;
+constexpr int kCandidates = 16;
+// Another algorithm replaces the heuristic's first only when this much faster: near ties would
+// otherwise go either way from one load to the next, and with them the last bits of results.
+constexpr float kMinGain = 1.03f;
 
 void check(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS) {
@@ -18,12 +30,60 @@ void check(cublasStatus_t status, const char* what) {
   }
 }
 
+cudaDataType_t data_type(Half16 dtype) { return dtype == Half16::BF16 ? CUDA_R_16BF : CUDA_R_16F; }
+
+bool tuning_wanted() {
+  const char* v = std::getenv("SWITCHYARD_CUDA_GEMM_TUNE");
+  return !(v && std::strcmp(v, "off") == 0);
+}
+
+// Row-major y[n, out] = x[n, in] · wᵀ is column-major yᵀ[out, n] = (w as [in, out])ᵀ · xᵀ[in, n],
+// as cuBLASLt describes it. Owns its descriptors.
+class LtProblem {
+ public:
+  LtProblem(int64_t n, int64_t out, int64_t in, cudaDataType_t t) {
+    check(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
+    check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
+    check(cublasLtMatrixLayoutCreate(&a, t, in, out, in), "layout of w");
+    check(cublasLtMatrixLayoutCreate(&b, t, in, n, in), "layout of x");
+    check(cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, out, n, out), "layout of y");
+  }
+  ~LtProblem() {
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+  LtProblem(const LtProblem&) = delete;
+  LtProblem& operator=(const LtProblem&) = delete;
+
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+};
+
 }  // namespace
 
-Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
+struct Gemm::Tuned {
+  using Shape = std::tuple<int64_t, int64_t, bool, Half16>;  // out, in, accumulate, dtype
+  struct Choice {
+    int64_t rows;  // the size class's largest n, at which it was timed
+    cublasLtMatmulAlgo_t algo;
+    float gain;  // over the heuristic's first, as timed
+  };
+  std::map<Shape, std::vector<Choice>> choices;  // by ascending rows
+  // Whether a choice runs at an n other than the one it was timed at (cublasLtMatmulAlgoCheck).
+  std::map<std::pair<Shape, int64_t>, bool> runs_at;
+};
+
+Gemm::Gemm(cudaStream_t stream) : stream_(stream), tuned_(std::make_unique<Tuned>()) {
   cublasHandle_t h;
   check(cublasCreate(&h), "cublasCreate");
   handle_ = h;
+  cublasLtHandle_t lt;
+  check(cublasLtCreate(&lt), "cublasLtCreate");
+  lt_handle_ = lt;
   SY_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
   check(cublasSetStream(h, stream), "cublasSetStream");
   // A fixed workspace keeps cuBLAS from allocating inside CUDA-graph capture.
@@ -32,16 +92,41 @@ Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
 }
 
 Gemm::~Gemm() {
+  if (lt_handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(lt_handle_));
   if (handle_) cublasDestroy(static_cast<cublasHandle_t>(handle_));
   if (workspace_) cudaFree(workspace_);
 }
 
-// Row-major y[n, out] = x[n, in] · wᵀ is column-major yᵀ[out, n] = (w as [in, out])ᵀ · xᵀ[in, n].
 void Gemm::run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
                bool accumulate) {
   if (n == 0) return;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  const cudaDataType_t t = dtype == Half16::BF16 ? CUDA_R_16BF : CUDA_R_16F;
+  const cudaDataType_t t = data_type(dtype);
+  if (n >= kMinTunedRows) {
+    const Tuned::Shape shape{out, in, accumulate, dtype};
+    const auto it = tuned_->choices.find(shape);
+    if (it != tuned_->choices.end()) {
+      for (const Tuned::Choice& choice : it->second) {
+        if (choice.rows < n) continue;
+        const auto lt = static_cast<cublasLtHandle_t>(lt_handle_);
+        LtProblem p(n, out, in, t);
+        const auto key = std::make_pair(shape, n);
+        auto runs = tuned_->runs_at.find(key);
+        if (runs == tuned_->runs_at.end()) {
+          cublasLtMatmulHeuristicResult_t result{};
+          const bool ok = cublasLtMatmulAlgoCheck(lt, p.desc, p.a, p.b, p.c, p.c, &choice.algo, &result) ==
+                              CUBLAS_STATUS_SUCCESS &&
+                          result.workspaceSize <= kWorkspaceBytes;
+          runs = tuned_->runs_at.emplace(key, ok).first;
+        }
+        if (!runs->second) break;  // cublasGemmEx below
+        check(cublasLtMatmul(lt, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &choice.algo, workspace_,
+                             kWorkspaceBytes, stream_),
+              "cublasLtMatmul");
+        return;
+      }
+    }
+  }
   check(cublasGemmEx(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
                      static_cast<int>(n), static_cast<int>(in), &alpha, w, t, static_cast<int>(in), x, t,
                      static_cast<int>(in), &beta, y, CUDA_R_32F, static_cast<int>(out), CUBLAS_COMPUTE_32F,
@@ -49,14 +134,89 @@ void Gemm::run(const void* x, int64_t n, const void* w, int64_t out, int64_t in,
         "cublasGemmEx");
 }
 
-void Gemm::run_half_out(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y) {
-  const float alpha = 1.0f, beta = 0.0f;
-  const cudaDataType_t t = dtype == Half16::BF16 ? CUDA_R_16BF : CUDA_R_16F;
-  check(cublasGemmEx(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
-                     static_cast<int>(n), static_cast<int>(in), &alpha, w, t, static_cast<int>(in), x, t,
-                     static_cast<int>(in), &beta, y, t, static_cast<int>(out), CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT),
-        "cublasGemmEx");
+void Gemm::tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
+                bool accumulate) {
+  if (!tuning_wanted() || max_n < kMinTunedRows) return;
+  std::vector<int64_t> sizes;
+  for (int64_t s = kMinTunedRows; s < max_n; s *= 2) sizes.push_back(s);
+  sizes.push_back(max_n);
+  const auto lt = static_cast<cublasLtHandle_t>(lt_handle_);
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  SY_CUDA_CHECK(cudaEventCreate(&start));
+  SY_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<Tuned::Choice> choices;
+  try {
+    for (const int64_t n : sizes) {
+      LtProblem p(n, out, in, data_type(dtype));
+      cublasLtMatmulPreference_t pref = nullptr;
+      check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+      size_t workspace = kWorkspaceBytes;
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                           sizeof(workspace));
+      cublasLtMatmulHeuristicResult_t results[kCandidates];
+      int returned = 0;
+      const cublasStatus_t found =
+          cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, kCandidates, results, &returned);
+      cublasLtMatmulPreferenceDestroy(pref);
+      if (found != CUBLAS_STATUS_SUCCESS) continue;
+      float first_ms = 0.0f, best_ms = 0.0f;
+      int first = -1, best = -1;
+      for (int i = 0; i < returned; ++i) {
+        if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > kWorkspaceBytes) continue;
+        const auto launch = [&] {
+          return cublasLtMatmul(lt, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &results[i].algo,
+                                workspace_, kWorkspaceBytes, stream_);
+        };
+        constexpr int kWarmups = 2, kTimed = 6;
+        bool ok = true;
+        for (int r = 0; r < kWarmups && ok; ++r) ok = launch() == CUBLAS_STATUS_SUCCESS;
+        if (!ok) continue;
+        SY_CUDA_CHECK(cudaEventRecord(start, stream_));
+        for (int r = 0; r < kTimed; ++r) launch();
+        SY_CUDA_CHECK(cudaEventRecord(stop, stream_));
+        SY_CUDA_CHECK(cudaEventSynchronize(stop));
+        float ms = 0.0f;
+        SY_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+        if (first < 0) first = i, first_ms = ms;  // the heuristic's first pick that runs
+        if (best < 0 || ms < best_ms) best = i, best_ms = ms;
+      }
+      if (best < 0) continue;
+      if (best_ms * kMinGain > first_ms) best = first, best_ms = first_ms;
+      choices.push_back({n, results[best].algo, first_ms / best_ms});
+    }
+  } catch (...) {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    throw;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  SY_CUDA_CHECK(cudaGetLastError());
+  const Tuned::Shape shape{out, in, accumulate, dtype};
+  for (auto it = tuned_->runs_at.begin(); it != tuned_->runs_at.end();) {
+    it = it->first.first == shape ? tuned_->runs_at.erase(it) : std::next(it);
+  }
+  if (choices.empty()) {
+    tuned_->choices.erase(shape);
+  } else {
+    tuned_->choices[shape] = std::move(choices);
+  }
+}
+
+std::string Gemm::tuned_summary() const {
+  int sizes = 0, changed = 0;
+  float max_gain = 1.0f;
+  for (const auto& [shape, list] : tuned_->choices) {
+    for (const Tuned::Choice& c : list) {
+      ++sizes;
+      if (c.gain > 1.0f) ++changed, max_gain = std::max(max_gain, c.gain);
+    }
+  }
+  if (sizes == 0) return "";
+  return "prefill GEMMs tuned by timing (" + std::to_string(tuned_->choices.size()) + " shapes, " +
+         std::to_string(sizes) + " size classes; " + std::to_string(changed) + " off cuBLAS's default, up to " +
+         std::to_string(static_cast<int>((max_gain - 1.0f) * 100.0f + 0.5f)) + "% faster)";
 }
 
 }  // namespace sy::cuda

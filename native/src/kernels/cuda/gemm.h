@@ -1,10 +1,16 @@
 // The CUDA backend's matrix products, through cuBLAS: y[n, out] = x[n, in] · wᵀ with x and w in
 // the model's 16-bit dtype, fp32 accumulation and an fp32 result. The only file that includes
 // cuBLAS, so everything else compiles where cuBLAS's headers are absent.
+//
+// Prefill-sized products can run an algorithm picked by timing (tune): cuBLAS's own heuristic,
+// which cublasGemmEx follows, leaves 10-27% on the table for some of the model's shapes on an
+// H200 (bench/cuda_gemm_algos.cu; bench/CUDA_NOTES.md, "Session 7").
 #pragma once
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
+#include <string>
 
 namespace sy::cuda {
 
@@ -19,17 +25,35 @@ class Gemm {
 
   /**
    * w is [out, in] row-major; x is [n, in]; y is [n, out] (fp32), or y += x · wᵀ with
-   * `accumulate` (the lo half of a split input). Throws with cuBLAS's status.
+   * `accumulate`. Runs the algorithm tune() chose for this shape and n's size class, where it
+   * chose one, else cublasGemmEx's. Throws with cuBLAS's status.
    */
   void run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
            bool accumulate = false);
-  /** The same with 16-bit output (for benchmarks of the library's peak). */
-  void run_half_out(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y);
+
+  /**
+   * Times cuBLASLt's candidate algorithms for this shape at each size class of n (powers of two
+   * from kMinTunedRows up to max_n, and max_n) and keeps the fastest, or the heuristic's first
+   * unless another beats it by 3%, so that runs that time alike choose alike. x ([max_n, in]),
+   * w and y ([max_n, out]) are scratch: the timing overwrites y. Synchronizes the stream. Does
+   * nothing when SWITCHYARD_CUDA_GEMM_TUNE=off.
+   */
+  void tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
+            bool accumulate);
+
+  /** What tune() chose, for the engine's description: "" when nothing was tuned. */
+  std::string tuned_summary() const;
+
+  /** Products of fewer rows keep cublasGemmEx (decode steps, captured in graphs). */
+  static constexpr int64_t kMinTunedRows = 512;
 
  private:
+  struct Tuned;
   void* handle_ = nullptr;
+  void* lt_handle_ = nullptr;
   void* workspace_ = nullptr;
   cudaStream_t stream_;
+  std::unique_ptr<Tuned> tuned_;
 };
 
 }  // namespace sy::cuda
