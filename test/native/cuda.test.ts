@@ -227,18 +227,20 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     "runs prefill GEMMs on the cuBLASLt algorithms timed at load, with the output of cuBLAS's default: %s",
     async (_name, dirOf) => {
       const dir = dirOf();
-      // 700 rows, so the step's GEMMs take the tuned algorithms (gemm.h: from 512 rows).
-      const prompt = promptTokens(700, 81);
-      const withTuning = (mode: "on" | "off"): Promise<Collected> =>
+      // A prefill step of 700+ rows (tuned algorithms: gemm.h, from 512 rows), then decode steps
+      // of 10 rows (cublasGemmEx in a graph of 16, in both engines).
+      const prompts = [promptTokens(700, 81), ...Array.from({ length: 9 }, (_, i) => promptTokens(20 + i, 82 + i))];
+      const withTuning = (mode: "on" | "off"): Promise<Collected[]> =>
         withEnv("SWITCHYARD_CUDA_GEMM_TUNE", mode, async () => {
           const engine = await gpuEngine(dir);
           if (mode === "on") expect(engine.info.backendDetail).toMatch(/prefill GEMMs tuned by timing/);
           else expect(engine.info.backendDetail).not.toMatch(/tuned/);
-          const out = await collect(engine, `tune-${mode}`, prompt, greedy(8));
+          const outs = await Promise.all(prompts.map((p, i) => collect(engine, `tune-${mode}-${i}`, p, greedy(16))));
           await engine.close();
-          return out;
+          return outs;
         });
-      expectSameGreedy(await withTuning("off"), await withTuning("on"), "tuned vs cuBLAS's default GEMMs");
+      const [off, on] = [await withTuning("off"), await withTuning("on")];
+      for (let i = 0; i < prompts.length; i++) expectSameGreedy(off[i], on[i], `prompt ${i}: tuned vs cuBLAS's default GEMMs`);
     },
   );
 

@@ -648,7 +648,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   }
 
   // The prefill GEMMs' algorithms, timed once here on layer 0's weights for every size class up
-  // to this engine's largest step (gemm.h). The activation buffers are scratch until the first step.
+  // to this engine's largest step (gemm.h), before any decode graph captures one. The activation
+  // buffers are scratch until the first step.
   void tune_gemms() {
     const int64_t N = max_tokens_, h = c_.hidden_size, inter = c_.intermediate_size;
     const LayerWeights& L = layers_[0];

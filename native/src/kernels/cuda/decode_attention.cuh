@@ -74,7 +74,7 @@ template <typename T, int HD>
 __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, int token, int num_heads, int num_kv_heads,
                                                    int g, int group, float pos, bool owns_new, float scale,
                                                    float (*qs)[HD], T* new_k, T* new_v) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   const int heads_total = num_heads + 2 * num_kv_heads;
   const float* row = fuse.qkv + static_cast<int64_t>(token) * heads_total * HD;
   const float* row_lo = fuse.qkv_lo ? fuse.qkv_lo + static_cast<int64_t>(token) * heads_total * HD : nullptr;
@@ -99,14 +99,12 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
                           store_pair(new_k + i, a, b);
                         });
     } else {
-      const float* src = row + (num_heads + num_kv_heads + g) * HD;
-      const float* src_lo = lo_at((num_heads + num_kv_heads + g) * HD);
       T* cache = fuse.v_cache + (slot * num_kv_heads + g) * HD;
-      for (int i = lane; i < HD; i += 32) {
-        const T v = from_f32<T>(src_lo ? src[i] + src_lo[i] : src[i]);
-        cache[i] = v;
-        new_v[i] = v;
-      }
+      const int64_t at = (num_heads + num_kv_heads + g) * HD;
+      v_head<T>(row + at, lo_at(at), HD, [cache, new_v](int i, T a, T b) {
+        store_pair(cache + i, a, b);
+        store_pair(new_v + i, a, b);
+      });
     }
   }
 }

@@ -59,7 +59,7 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const float* qkv_lo
                                            const int32_t* slots, const float* inv_freq, const float* q_norm,
                                            const float* k_norm, QkvLayout L, int n, T* q_out, T* k_cache,
                                            T* v_cache) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   const int heads_total = L.num_heads + 2 * L.num_kv_heads;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
   const int t = static_cast<int>(item / heads_total), h = static_cast<int>(item % heads_total);
@@ -73,15 +73,7 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const float* qkv_lo
   if (!is_q && !is_k) {
     const int kvh = h - L.num_heads - L.num_kv_heads;
     T* dst = v_cache + (slot * L.num_kv_heads + kvh) * hd;
-    for (int i = 4 * lane; i < hd; i += 128) {  // head_dim % 4 == 0
-      float4 v = *reinterpret_cast<const float4*>(src + i);
-      if (src_lo) {
-        const float4 l = *reinterpret_cast<const float4*>(src_lo + i);
-        v = make_float4(v.x + l.x, v.y + l.y, v.z + l.z, v.w + l.w);
-      }
-      store_pair(dst + i, from_f32<T>(v.x), from_f32<T>(v.y));
-      store_pair(dst + i + 2, from_f32<T>(v.z), from_f32<T>(v.w));
-    }
+    v_head<T>(src, src_lo, hd, [dst](int i, T a, T b) { store_pair(dst + i, a, b); });
     return;
   }
   T* dst = is_q ? q_out + (static_cast<int64_t>(t) * L.num_heads + h) * hd

@@ -32,9 +32,15 @@ void check(cublasStatus_t status, const char* what) {
 
 cudaDataType_t data_type(Half16 dtype) { return dtype == Half16::BF16 ? CUDA_R_16BF : CUDA_R_16F; }
 
-bool tuning_wanted() {
+// SWITCHYARD_CUDA_GEMM_TUNE: "off" (cublasGemmEx everywhere: 0), or the fewest rows a tuned
+// product has (for measuring; default Gemm::kMinTunedRows). Read by each Gemm, so that engines
+// loaded one after another in a process may differ.
+int64_t min_tuned_rows_from_env() {
   const char* v = std::getenv("SWITCHYARD_CUDA_GEMM_TUNE");
-  return !(v && std::strcmp(v, "off") == 0);
+  if (!v || !*v) return Gemm::kMinTunedRows;
+  if (std::strcmp(v, "off") == 0) return 0;
+  const long long n = std::atoll(v);
+  return n > 0 ? static_cast<int64_t>(n) : Gemm::kMinTunedRows;
 }
 
 // Row-major y[n, out] = x[n, in] · wᵀ is column-major yᵀ[out, n] = (w as [in, out])ᵀ · xᵀ[in, n],
@@ -77,7 +83,8 @@ struct Gemm::Tuned {
   std::map<std::pair<Shape, int64_t>, bool> runs_at;
 };
 
-Gemm::Gemm(cudaStream_t stream) : stream_(stream), tuned_(std::make_unique<Tuned>()) {
+Gemm::Gemm(cudaStream_t stream)
+    : stream_(stream), min_tuned_rows_(min_tuned_rows_from_env()), tuned_(std::make_unique<Tuned>()) {
   cublasHandle_t h;
   check(cublasCreate(&h), "cublasCreate");
   handle_ = h;
@@ -102,7 +109,7 @@ void Gemm::run(const void* x, int64_t n, const void* w, int64_t out, int64_t in,
   if (n == 0) return;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const cudaDataType_t t = data_type(dtype);
-  if (n >= kMinTunedRows) {
+  if (min_tuned_rows_ > 0 && n >= min_tuned_rows_) {
     const Tuned::Shape shape{out, in, accumulate, dtype};
     const auto it = tuned_->choices.find(shape);
     if (it != tuned_->choices.end()) {
@@ -136,9 +143,9 @@ void Gemm::run(const void* x, int64_t n, const void* w, int64_t out, int64_t in,
 
 void Gemm::tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
                 bool accumulate) {
-  if (!tuning_wanted() || max_n < kMinTunedRows) return;
+  if (min_tuned_rows_ == 0 || max_n < min_tuned_rows_) return;
   std::vector<int64_t> sizes;
-  for (int64_t s = kMinTunedRows; s < max_n; s *= 2) sizes.push_back(s);
+  for (int64_t s = min_tuned_rows_; s < max_n; s *= 2) sizes.push_back(s);
   sizes.push_back(max_n);
   const auto lt = static_cast<cublasLtHandle_t>(lt_handle_);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;

@@ -2,8 +2,8 @@
 // the model's 16-bit dtype, fp32 accumulation and an fp32 result. The only file that includes
 // cuBLAS, so everything else compiles where cuBLAS's headers are absent.
 //
-// Prefill-sized products can run an algorithm picked by timing (tune): cuBLAS's own heuristic,
-// which cublasGemmEx follows, leaves 10-27% on the table for some of the model's shapes on an
+// Prefill-sized products can run an algorithm picked by timing (tune): cuBLAS's own heuristic, which
+// cublasGemmEx follows, leaves 10-27% on the table for some of the model's prefill shapes on an
 // H200 (bench/cuda_gemm_algos.cu; bench/CUDA_NOTES.md, "Session 7").
 #pragma once
 #include <cuda_runtime.h>
@@ -36,7 +36,8 @@ class Gemm {
    * from kMinTunedRows up to max_n, and max_n) and keeps the fastest, or the heuristic's first
    * unless another beats it by 3%, so that runs that time alike choose alike. x ([max_n, in]),
    * w and y ([max_n, out]) are scratch: the timing overwrites y. Synchronizes the stream. Does
-   * nothing when SWITCHYARD_CUDA_GEMM_TUNE=off.
+   * nothing when SWITCHYARD_CUDA_GEMM_TUNE=off; SWITCHYARD_CUDA_GEMM_TUNE=N tunes from N rows
+   * instead of kMinTunedRows (for measuring).
    */
   void tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
             bool accumulate);
@@ -44,7 +45,10 @@ class Gemm {
   /** What tune() chose, for the engine's description: "" when nothing was tuned. */
   std::string tuned_summary() const;
 
-  /** Products of fewer rows keep cublasGemmEx (decode steps, captured in graphs). */
+  /**
+   * Products of fewer rows keep cublasGemmEx: tuned from 8 rows, decode steps of batch 8-256
+   * moved by -3% to +2% against cublasGemmEx's times (H200), not worth the load time.
+   */
   static constexpr int64_t kMinTunedRows = 512;
 
  private:
@@ -53,6 +57,7 @@ class Gemm {
   void* lt_handle_ = nullptr;
   void* workspace_ = nullptr;
   cudaStream_t stream_;
+  int64_t min_tuned_rows_;  // 0: no tuning
   std::unique_ptr<Tuned> tuned_;
 };
 

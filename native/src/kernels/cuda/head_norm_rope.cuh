@@ -1,9 +1,9 @@
-// Per-head RMSNorm and RoPE of one q or k head, done by one warp. Two kernels compute it: the
-// q/k norm + RoPE + KV store pass (elementwise.cu) and the decode attention kernel that does the
-// same work itself in pure decode steps (decode_attention.cu). Both call this function, and its
-// roundings are spelled out (no contraction left to the compiler), so a token's q and k have the
-// same bits whichever kernel made them: seeded sampling does not depend on whether the step
-// was a pure decode step.
+// Per-head RMSNorm and RoPE of one q or k head, and the v head as the cache stores it, each done
+// by one warp. Two kernels compute them: the q/k norm + RoPE + KV store pass (elementwise.cu) and
+// the decode attention kernel that does the same work itself in pure decode steps
+// (decode_attention.cu). Both call these functions, and their roundings are spelled out (no
+// contraction left to the compiler), so a token's q, k and v have the same bits whichever kernel
+// made them: seeded sampling does not depend on whether the step was a pure decode step.
 #pragma once
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/cuda/store_split.cuh"
@@ -73,6 +73,22 @@ __device__ __forceinline__ void norm_rope_head(const float* src, const float* sr
     rotate(normed(a[j].y, na[j].y), normed(b[j].y, nb[j].y), freq[j].y, lo1, hi1);
     emit(i, lo0, lo1);
     emit(i + half, hi0, hi1);
+  }
+}
+
+/**
+ * The v head: calls emit(i, a, b) for every even element i with T(src[i] + src_lo[i]) and the same
+ * of element i + 1 (T(src[i]) when src_lo is null; src 8-byte aligned, head_dim even).
+ */
+template <typename T, typename Emit>
+__device__ __forceinline__ void v_head(const float* src, const float* src_lo, int head_dim, Emit emit) {
+  for (int i = 2 * (threadIdx.x & 31); i < head_dim; i += 64) {
+    float2 v = *reinterpret_cast<const float2*>(src + i);
+    if (src_lo) {
+      const float2 l = *reinterpret_cast<const float2*>(src_lo + i);
+      v = make_float2(v.x + l.x, v.y + l.y);
+    }
+    emit(i, from_f32<T>(v.x), from_f32<T>(v.y));
   }
 }
 
