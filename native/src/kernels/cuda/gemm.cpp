@@ -69,6 +69,40 @@ class LtProblem {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
 };
 
+// Times work issued on a stream between two events it owns.
+class StreamTimer {
+ public:
+  explicit StreamTimer(cudaStream_t stream) : stream_(stream) {
+    SY_CUDA_CHECK(cudaEventCreate(&start_));
+    if (const cudaError_t e = cudaEventCreate(&stop_); e != cudaSuccess) {
+      cudaEventDestroy(start_);
+      throw_cuda_error(e, "cudaEventCreate", __FILE__, __LINE__);
+    }
+  }
+  ~StreamTimer() {
+    cudaEventDestroy(stop_);
+    cudaEventDestroy(start_);
+  }
+  StreamTimer(const StreamTimer&) = delete;
+  StreamTimer& operator=(const StreamTimer&) = delete;
+
+  /** Milliseconds the stream took for what issue() put on it (waits for it). */
+  template <typename Issue>
+  float ms(Issue&& issue) {
+    SY_CUDA_CHECK(cudaEventRecord(start_, stream_));
+    issue();
+    SY_CUDA_CHECK(cudaEventRecord(stop_, stream_));
+    SY_CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0.0f;
+    SY_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms;
+  }
+
+ private:
+  cudaStream_t stream_;
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
 }  // namespace
 
 struct Gemm::Tuned {
@@ -149,56 +183,43 @@ void Gemm::tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_
   sizes.push_back(max_n);
   const auto lt = static_cast<cublasLtHandle_t>(lt_handle_);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  SY_CUDA_CHECK(cudaEventCreate(&start));
-  SY_CUDA_CHECK(cudaEventCreate(&stop));
+  StreamTimer timer(stream_);
   std::vector<Tuned::Choice> choices;
-  try {
-    for (const int64_t n : sizes) {
-      LtProblem p(n, out, in, data_type(dtype));
-      cublasLtMatmulPreference_t pref = nullptr;
-      check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-      size_t workspace = kWorkspaceBytes;
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
-                                           sizeof(workspace));
-      cublasLtMatmulHeuristicResult_t results[kCandidates];
-      int returned = 0;
-      const cublasStatus_t found =
-          cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, kCandidates, results, &returned);
-      cublasLtMatmulPreferenceDestroy(pref);
-      if (found != CUBLAS_STATUS_SUCCESS) continue;
-      float first_ms = 0.0f, best_ms = 0.0f;
-      int first = -1, best = -1;
-      for (int i = 0; i < returned; ++i) {
-        if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > kWorkspaceBytes) continue;
-        const auto launch = [&] {
-          return cublasLtMatmul(lt, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &results[i].algo,
-                                workspace_, kWorkspaceBytes, stream_);
-        };
-        constexpr int kWarmups = 2, kTimed = 6;
-        bool ok = true;
-        for (int r = 0; r < kWarmups && ok; ++r) ok = launch() == CUBLAS_STATUS_SUCCESS;
-        if (!ok) continue;
-        SY_CUDA_CHECK(cudaEventRecord(start, stream_));
+  for (const int64_t n : sizes) {
+    LtProblem p(n, out, in, data_type(dtype));
+    cublasLtMatmulPreference_t pref = nullptr;
+    check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    size_t workspace = kWorkspaceBytes;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                         sizeof(workspace));
+    cublasLtMatmulHeuristicResult_t results[kCandidates];
+    int returned = 0;
+    const cublasStatus_t found =
+        cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.c, p.c, pref, kCandidates, results, &returned);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (found != CUBLAS_STATUS_SUCCESS) continue;
+    float first_ms = 0.0f, best_ms = 0.0f;
+    int first = -1, best = -1;
+    for (int i = 0; i < returned; ++i) {
+      if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > kWorkspaceBytes) continue;
+      const auto launch = [&] {
+        return cublasLtMatmul(lt, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &results[i].algo,
+                              workspace_, kWorkspaceBytes, stream_);
+      };
+      constexpr int kWarmups = 2, kTimed = 6;
+      bool ok = true;
+      for (int r = 0; r < kWarmups && ok; ++r) ok = launch() == CUBLAS_STATUS_SUCCESS;
+      if (!ok) continue;
+      const float ms = timer.ms([&] {
         for (int r = 0; r < kTimed; ++r) launch();
-        SY_CUDA_CHECK(cudaEventRecord(stop, stream_));
-        SY_CUDA_CHECK(cudaEventSynchronize(stop));
-        float ms = 0.0f;
-        SY_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-        if (first < 0) first = i, first_ms = ms;  // the heuristic's first pick that runs
-        if (best < 0 || ms < best_ms) best = i, best_ms = ms;
-      }
-      if (best < 0) continue;
-      if (best_ms * kMinGain > first_ms) best = first, best_ms = first_ms;
-      choices.push_back({n, results[best].algo, first_ms / best_ms});
+      });
+      if (first < 0) first = i, first_ms = ms;  // the heuristic's first pick that runs
+      if (best < 0 || ms < best_ms) best = i, best_ms = ms;
     }
-  } catch (...) {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    throw;
+    if (best < 0) continue;
+    if (best_ms * kMinGain > first_ms) best = first, best_ms = first_ms;
+    choices.push_back({n, results[best].algo, first_ms / best_ms});
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   SY_CUDA_CHECK(cudaGetLastError());
   const Tuned::Shape shape{out, in, accumulate, dtype};
   for (auto it = tuned_->runs_at.begin(); it != tuned_->runs_at.end();) {
