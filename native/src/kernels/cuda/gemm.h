@@ -2,9 +2,9 @@
 // the model's 16-bit dtype, fp32 accumulation and an fp32 result. The only file that includes
 // cuBLAS, so everything else compiles where cuBLAS's headers are absent.
 //
-// Prefill-sized products can run an algorithm picked by timing (tune): cuBLAS's own heuristic, which
-// cublasGemmEx follows, leaves 10-27% on the table for some of the model's prefill shapes on an
-// H200 (bench/cuda_gemm_algos.cu; bench/CUDA_NOTES.md, "Session 7").
+// Prefill-sized products can run an algorithm picked by timing (tune): cuBLAS's own heuristic,
+// which cublasGemmEx follows, leaves 10-27% on the table for some of the model's prefill shapes
+// on an H200 (bench/cuda_gemm_algos.cu; bench/CUDA_NOTES.md, "Session 7").
 #pragma once
 #include <cuda_runtime.h>
 
