@@ -662,11 +662,13 @@ class Qwen3Cuda final : public CudaModelRunner {
     SY_CUDA_CHECK(cudaMemsetAsync(act_, 0x3c, act_bytes, stream_));
     SY_CUDA_CHECK(cudaMemsetAsync(x_, 0, N * h * 4, stream_));
     const auto rows = [N](bool split) { return split ? 2 * N : N; };
-    gemm_->tune(hn_, rows(split_.qkv), L.qkv, qkvdim_, h, kGemmType, qkv_, false);
-    gemm_->tune(hn_, rows(split_.gate_up), L.gate_up, 2 * inter, h, kGemmType, gu_, false);
+    // qkv and gate_up into their products (stacked_gemm_products: prefill-sized steps are not pure
+    // decode steps, whose fused attention reads an fp32 qkv).
+    gemm_->tune(hn_, rows(split_.qkv), L.qkv, qkvdim_, h, kGemmType, qkv_, false, kProducts16);
+    gemm_->tune(hn_, rows(split_.gate_up), L.gate_up, 2 * inter, h, kGemmType, gu_, false, kProducts16);
     // o and down as add_to_stream runs them: stacked into delta_ when split, else added to x_.
-    gemm_->tune(attn_, rows(split_.o), L.o, h, qdim_, kGemmType, split_.o ? delta_ : x_, !split_.o);
-    gemm_->tune(act_, rows(split_.down), L.down, h, inter, kGemmType, split_.down ? delta_ : x_, !split_.down);
+    gemm_->tune(attn_, rows(split_.o), L.o, h, qdim_, kGemmType, split_.o ? delta_ : x_, !split_.o, false);
+    gemm_->tune(act_, rows(split_.down), L.down, h, inter, kGemmType, split_.down ? delta_ : x_, !split_.down, false);
     SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -695,6 +697,18 @@ class Qwen3Cuda final : public CudaModelRunner {
    */
   void stacked_gemm(const T* x, bool split, int64_t n, const T* w, int64_t out, int64_t in, float* y) {
     gemm_->run(x, split ? 2 * n : n, w, out, in, kGemmType, y);
+  }
+
+  using Product = cuda::Product<T>;
+  static constexpr bool kProducts16 = !std::is_same_v<Product, float>;
+
+  /** stacked_gemm into the qkv or gate_up products as their separate pass reads them (kernels.h, Product). */
+  void stacked_gemm_products(const T* x, bool split, int64_t n, const T* w, int64_t out, int64_t in, Product* y) {
+    if constexpr (kProducts16) {
+      gemm_->run_16bit_out(x, split ? 2 * n : n, w, out, in, kGemmType, y);
+    } else {
+      stacked_gemm(x, split, n, w, out, in, y);
+    }
   }
 
   /**
@@ -794,9 +808,15 @@ class Qwen3Cuda final : public CudaModelRunner {
     // GEMM over the 2n rows leaves the two products in consecutive halves of its output.
     const int64_t rows = n;
     T* hn_lo = hn_ + rows * h;
-    const float* qkv_lo = !small && split_.qkv ? qkv_ + rows * qkvdim_ : nullptr;
+    // The qkv and gate_up buffers hold fp32 (gemv steps; pure decode steps' qkv, which the fused
+    // attention reads) or the products as their separate pass reads them (kernels.h, Product).
+    Product* qkv_p = reinterpret_cast<Product*>(qkv_);
+    Product* gu_p = reinterpret_cast<Product*>(gu_);
+    const bool qkv_split = !small && split_.qkv;
+    const float* qkv_lo = qkv_split ? qkv_ + rows * qkvdim_ : nullptr;
+    const Product* qkv_p_lo = qkv_split ? qkv_p + rows * qkvdim_ : nullptr;
     T* attn_lo = split_.o ? attn_ + rows * qdim_ : nullptr;
-    const float* gu_lo = split_.gate_up ? gu_ + rows * 2 * inter : nullptr;
+    const Product* gu_p_lo = split_.gate_up ? gu_p + rows * 2 * inter : nullptr;
     T* act_lo = split_.down ? act_ + rows * inter : nullptr;
     // Small steps (gemv) carry each projection's output in delta_ to the next fused prologue,
     // which adds it to the stream. Larger steps add the o and down projections to the stream x_
@@ -812,14 +832,21 @@ class Qwen3Cuda final : public CudaModelRunner {
       } else {
         cuda::add_rmsnorm<T>(x_, delta_pending ? delta_ : nullptr, delta_pending ? delta_ + rows * h : nullptr,
                              L.input_norm, n, h, eps, hn_, split_.qkv ? hn_lo : nullptr, stream_);
-        stacked_gemm(hn_, split_.qkv, n, L.qkv, qkvdim_, h, qkv_);
+        if (fuse_decode) {
+          stacked_gemm(hn_, split_.qkv, n, L.qkv, qkvdim_, h, qkv_);
+        } else {
+          stacked_gemm_products(hn_, split_.qkv, n, L.qkv, qkvdim_, h, qkv_p);
+        }
       }
       cuda::DecodeFusion<T> fuse;
       if (fuse_decode) {
         fuse = {qkv_, slots, inv_freq_, L.q_norm, L.k_norm, eps, k_cache(l), v_cache(l), qkv_lo};
+      } else if (small) {
+        cuda::qkv_norm_rope_store<T, float>(qkv_, nullptr, n, positions, slots, inv_freq_, L.q_norm, L.k_norm,
+                                            qkv_layout, q_, k_cache(l), v_cache(l), stream_);
       } else {
-        cuda::qkv_norm_rope_store<T>(qkv_, qkv_lo, n, positions, slots, inv_freq_, L.q_norm, L.k_norm, qkv_layout,
-                                     q_, k_cache(l), v_cache(l), stream_);
+        cuda::qkv_norm_rope_store<T, Product>(qkv_p, qkv_p_lo, n, positions, slots, inv_freq_, L.q_norm, L.k_norm,
+                                              qkv_layout, q_, k_cache(l), v_cache(l), stream_);
       }
       const cuda::PagedKv<T> kv{k_cache(l), v_cache(l), tables, table_stride_, opt_.block_size, c_.num_kv_heads, hd_};
       // gemv rounds (and splits) its fp32 input itself; cuBLAS takes the o input as attention stores it.
@@ -841,8 +868,8 @@ class Qwen3Cuda final : public CudaModelRunner {
         add_to_stream(attn_, split_.o, n, L.o, h, qdim_, /*norm_follows=*/true);
         cuda::add_rmsnorm<T>(x_, split_.o ? delta_ : nullptr, split_.o ? delta_ + rows * h : nullptr, L.post_norm, n, h,
                              eps, hn_, split_.gate_up ? hn_lo : nullptr, stream_);
-        stacked_gemm(hn_, split_.gate_up, n, L.gate_up, 2 * inter, h, gu_);
-        cuda::silu_mul<T>(gu_, gu_lo, n, inter, act_, act_lo, stream_);
+        stacked_gemm_products(hn_, split_.gate_up, n, L.gate_up, 2 * inter, h, gu_p);
+        cuda::silu_mul<T>(gu_p, gu_p_lo, n, inter, act_, act_lo, stream_);
         // The last layer's down has no norm after it in this loop: it goes into x_ itself.
         const bool norm_follows = l + 1 < c_.num_layers;
         add_to_stream(act_, split_.down, n, L.down, h, inter, norm_follows);

@@ -2,6 +2,7 @@
 // q/k norm + RoPE + KV-cache store fused into one pass over the QKV projection, SiLU-and-
 // multiply. Same functions as kernels/cpu/elementwise.cpp; fp32 arithmetic throughout.
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_check.h"
@@ -54,8 +55,8 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* de
 }
 
 // One warp per (token, head) of q, k and v.
-template <typename T>
-__global__ void qkv_norm_rope_store_kernel(const float* qkv, const float* qkv_lo, const int32_t* positions,
+template <typename T, typename S>
+__global__ void qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const int32_t* positions,
                                            const int32_t* slots, const float* inv_freq, const float* q_norm,
                                            const float* k_norm, QkvLayout L, int n, T* q_out, T* k_cache,
                                            T* v_cache) {
@@ -66,8 +67,8 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const float* qkv_lo
   if (t >= n) return;  // the whole warp leaves together
   const int hd = L.head_dim;
   const int64_t at = (static_cast<int64_t>(t) * heads_total + h) * hd;
-  const float* src = qkv + at;
-  const float* src_lo = qkv_lo ? qkv_lo + at : nullptr;
+  const S* src = qkv + at;
+  const S* src_lo = qkv_lo ? qkv_lo + at : nullptr;
   const bool is_q = h < L.num_heads, is_k = !is_q && h < L.num_heads + L.num_kv_heads;
   const int64_t slot = slots[t];
   if (!is_q && !is_k) {
@@ -82,20 +83,35 @@ __global__ void qkv_norm_rope_store_kernel(const float* qkv, const float* qkv_lo
                     [dst](int i, T a, T b) { store_pair(dst + i, a, b); });
 }
 
-// V elements per thread (16-byte loads of gate and up when V == 4: inter % 4 == 0).
+// Four consecutive products (p aligned to four elements) as floats: one 16- or 8-byte load.
+template <typename P>
+__device__ __forceinline__ float4 load_products4(const P* p) {
+  if constexpr (std::is_same_v<P, float>) {
+    return *reinterpret_cast<const float4*>(p);
+  } else {
+    struct alignas(8) Quad {
+      P e[4];
+    };
+    const Quad q = *reinterpret_cast<const Quad*>(p);
+    return make_float4(to_f32(q.e[0]), to_f32(q.e[1]), to_f32(q.e[2]), to_f32(q.e[3]));
+  }
+}
+
+// V elements per thread (16-byte loads of gate and up when V == 4: inter % 4 == 0; 8-byte ones of
+// 16-bit products).
 template <typename T, int V>
-__global__ void silu_mul_kernel(const float* gu, const float* gu_lo, int inter, T* out, T* out_lo) {
+__global__ void silu_mul_kernel(const Product<T>* gu, const Product<T>* gu_lo, int inter, T* out, T* out_lo) {
   const int t = blockIdx.y;
-  const float* g = gu + static_cast<int64_t>(t) * 2 * inter;
-  const float* gl = gu_lo ? gu_lo + static_cast<int64_t>(t) * 2 * inter : nullptr;
+  const Product<T>* g = gu + static_cast<int64_t>(t) * 2 * inter;
+  const Product<T>* gl = gu_lo ? gu_lo + static_cast<int64_t>(t) * 2 * inter : nullptr;
   const int64_t o = static_cast<int64_t>(t) * inter;
   for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < inter; i += gridDim.x * blockDim.x * V) {
     if constexpr (V == 4) {
-      float4 a = *reinterpret_cast<const float4*>(g + i);
-      float4 b = *reinterpret_cast<const float4*>(g + inter + i);
+      float4 a = load_products4(g + i);
+      float4 b = load_products4(g + inter + i);
       if (gl) {
-        const float4 la = *reinterpret_cast<const float4*>(gl + i);
-        const float4 lb = *reinterpret_cast<const float4*>(gl + inter + i);
+        const float4 la = load_products4(gl + i);
+        const float4 lb = load_products4(gl + inter + i);
         a = make_float4(a.x + la.x, a.y + la.y, a.z + la.z, a.w + la.w);
         b = make_float4(b.x + lb.x, b.y + lb.y, b.z + lb.z, b.w + lb.w);
       }
@@ -104,7 +120,9 @@ __global__ void silu_mul_kernel(const float* gu, const float* gu_lo, int inter, 
       const float v[4] = {silu_times(a.x, b.x), silu_times(a.y, b.y), silu_times(a.z, b.z), silu_times(a.w, b.w)};
       store_split4(v, out, out_lo, o + i);
     } else {
-      const float gate = gl ? g[i] + gl[i] : g[i], up = gl ? g[inter + i] + gl[inter + i] : g[inter + i];
+      const auto value = [](const Product<T>* p, int at) { return product_value<T>(p[at]); };
+      const float gate = gl ? value(g, i) + value(gl, i) : value(g, i);
+      const float up = gl ? value(g, inter + i) + value(gl, inter + i) : value(g, inter + i);
       store_split(silu_times(gate, up), out, out_lo, o + i);
     }
   }
@@ -158,21 +176,21 @@ void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows,
   SY_CUDA_CHECK_LAUNCH(gather_add_rmsnorm_kernel);
 }
 
-template <typename T>
-void qkv_norm_rope_store(const float* qkv, const float* qkv_lo, int n, const int32_t* positions, const int32_t* slots,
+template <typename T, typename S>
+void qkv_norm_rope_store(const S* qkv, const S* qkv_lo, int n, const int32_t* positions, const int32_t* slots,
                          const float* inv_freq, const float* q_norm, const float* k_norm, const QkvLayout& L,
                          T* q_out, T* k_cache, T* v_cache, cudaStream_t stream) {
   if (n == 0) return;
   constexpr int warps = 8;
   const int64_t items = static_cast<int64_t>(n) * (L.num_heads + 2 * L.num_kv_heads);
   const unsigned blocks = static_cast<unsigned>((items + warps - 1) / warps);
-  qkv_norm_rope_store_kernel<T><<<blocks, warps * 32, 0, stream>>>(
+  qkv_norm_rope_store_kernel<T, S><<<blocks, warps * 32, 0, stream>>>(
       qkv, qkv_lo, positions, slots, inv_freq, q_norm, k_norm, L, n, q_out, k_cache, v_cache);
   SY_CUDA_CHECK_LAUNCH(qkv_norm_rope_store_kernel);
 }
 
 template <typename T>
-void silu_mul(const float* gate_up, const float* gate_up_lo, int n, int inter, T* out, T* out_lo,
+void silu_mul(const Product<T>* gate_up, const Product<T>* gate_up_lo, int n, int inter, T* out, T* out_lo,
               cudaStream_t stream) {
   if (n == 0) return;
   if (inter % 4 == 0) {
@@ -191,11 +209,15 @@ void silu_mul(const float* gate_up, const float* gate_up_lo, int n, int inter, T
                                cudaStream_t);                                                                    \
   template void gather_add_rmsnorm<T>(const float*, const float*, const int32_t*, int, const float*, int, float, \
                                       T*, T*, cudaStream_t);                                                     \
-  template void qkv_norm_rope_store<T>(const float*, const float*, int, const int32_t*, const int32_t*,          \
-                                       const float*, const float*, const float*, const QkvLayout&, T*, T*, T*,  \
-                                       cudaStream_t);                                                            \
-  template void silu_mul<T>(const float*, const float*, int, int, T*, T*, cudaStream_t);
+  template void qkv_norm_rope_store<T, float>(const float*, const float*, int, const int32_t*, const int32_t*,   \
+                                              const float*, const float*, const float*, const QkvLayout&, T*, T*, \
+                                              T*, cudaStream_t);                                                  \
+  template void silu_mul<T>(const Product<T>*, const Product<T>*, int, int, T*, T*, cudaStream_t);
 SY_INSTANTIATE(__nv_bfloat16)
 SY_INSTANTIATE(__half)
+// float16's cuBLAS path stores the qkv product in 16 bits (kernels.h, Product).
+template void qkv_norm_rope_store<__half, __half>(const __half*, const __half*, int, const int32_t*, const int32_t*,
+                                                  const float*, const float*, const float*, const QkvLayout&, __half*,
+                                                  __half*, __half*, cudaStream_t);
 
 }  // namespace sy::cuda

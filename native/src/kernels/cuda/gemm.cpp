@@ -47,14 +47,14 @@ int64_t min_tuned_rows_from_env() {
 // as cuBLASLt describes it. Owns its descriptors.
 class LtProblem {
  public:
-  LtProblem(int64_t n, int64_t out, int64_t in, cudaDataType_t t) {
+  LtProblem(int64_t n, int64_t out, int64_t in, cudaDataType_t t, cudaDataType_t y_type) {
     check(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
     check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
     check(cublasLtMatrixLayoutCreate(&a, t, in, out, in), "layout of w");
     check(cublasLtMatrixLayoutCreate(&b, t, in, n, in), "layout of x");
-    check(cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, out, n, out), "layout of y");
+    check(cublasLtMatrixLayoutCreate(&c, y_type, out, n, out), "layout of y");
   }
   ~LtProblem() {
     if (c) cublasLtMatrixLayoutDestroy(c);
@@ -106,7 +106,7 @@ class StreamTimer {
 }  // namespace
 
 struct Gemm::Tuned {
-  using Shape = std::tuple<int64_t, int64_t, bool, Half16>;  // out, in, accumulate, dtype
+  using Shape = std::tuple<int64_t, int64_t, bool, Half16, bool>;  // out, in, accumulate, dtype, 16-bit y
   struct Choice {
     int64_t rows;  // the size class's largest n, at which it was timed
     cublasLtMatmulAlgo_t algo;
@@ -140,17 +140,26 @@ Gemm::~Gemm() {
 
 void Gemm::run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
                bool accumulate) {
+  matmul(x, n, w, out, in, dtype, y, false, accumulate);
+}
+
+void Gemm::run_16bit_out(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y) {
+  matmul(x, n, w, out, in, dtype, y, true, false);
+}
+
+void Gemm::matmul(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y,
+                  bool y_16bit, bool accumulate) {
   if (n == 0) return;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  const cudaDataType_t t = data_type(dtype);
+  const cudaDataType_t t = data_type(dtype), y_type = y_16bit ? t : CUDA_R_32F;
   if (min_tuned_rows_ > 0 && n >= min_tuned_rows_) {
-    const Tuned::Shape shape{out, in, accumulate, dtype};
+    const Tuned::Shape shape{out, in, accumulate, dtype, y_16bit};
     const auto it = tuned_->choices.find(shape);
     if (it != tuned_->choices.end()) {
       for (const Tuned::Choice& choice : it->second) {
         if (choice.rows < n) continue;
         const auto lt = static_cast<cublasLtHandle_t>(lt_handle_);
-        LtProblem p(n, out, in, t);
+        LtProblem p(n, out, in, t, y_type);
         const auto key = std::make_pair(shape, n);
         auto runs = tuned_->runs_at.find(key);
         if (runs == tuned_->runs_at.end()) {
@@ -170,13 +179,13 @@ void Gemm::run(const void* x, int64_t n, const void* w, int64_t out, int64_t in,
   }
   check(cublasGemmEx(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
                      static_cast<int>(n), static_cast<int>(in), &alpha, w, t, static_cast<int>(in), x, t,
-                     static_cast<int>(in), &beta, y, CUDA_R_32F, static_cast<int>(out), CUBLAS_COMPUTE_32F,
+                     static_cast<int>(in), &beta, y, y_type, static_cast<int>(out), CUBLAS_COMPUTE_32F,
                      CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
 }
 
-void Gemm::tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
-                bool accumulate) {
+void Gemm::tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y,
+                bool accumulate, bool y_16bit) {
   if (min_tuned_rows_ == 0 || max_n < min_tuned_rows_) return;
   std::vector<int64_t> sizes;
   for (int64_t s = min_tuned_rows_; s < max_n; s *= 2) sizes.push_back(s);
@@ -186,7 +195,7 @@ void Gemm::tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_
   StreamTimer timer(stream_);
   std::vector<Tuned::Choice> choices;
   for (const int64_t n : sizes) {
-    LtProblem p(n, out, in, data_type(dtype));
+    LtProblem p(n, out, in, data_type(dtype), y_16bit ? data_type(dtype) : CUDA_R_32F);
     cublasLtMatmulPreference_t pref = nullptr;
     check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
     size_t workspace = kWorkspaceBytes;
@@ -221,7 +230,7 @@ void Gemm::tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_
     choices.push_back({n, results[best].algo, first_ms / best_ms});
   }
   SY_CUDA_CHECK(cudaGetLastError());
-  const Tuned::Shape shape{out, in, accumulate, dtype};
+  const Tuned::Shape shape{out, in, accumulate, dtype, y_16bit};
   for (auto it = tuned_->runs_at.begin(); it != tuned_->runs_at.end();) {
     it = it->first.first == shape ? tuned_->runs_at.erase(it) : std::next(it);
   }

@@ -1,5 +1,5 @@
 // The CUDA backend's matrix products, through cuBLAS: y[n, out] = x[n, in] · wᵀ with x and w in
-// the model's 16-bit dtype, fp32 accumulation and an fp32 result. The only file that includes
+// the model's 16-bit dtype, fp32 accumulation and an fp32 (or 16-bit) result. The only file that includes
 // cuBLAS, so everything else compiles where cuBLAS's headers are absent.
 //
 // Prefill-sized products can run an algorithm picked by timing (tune): cuBLAS's own heuristic,
@@ -30,17 +30,20 @@ class Gemm {
    */
   void run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
            bool accumulate = false);
+  /** The same with y in the 16-bit dtype (rounded from the fp32 sums). */
+  void run_16bit_out(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y);
 
   /**
    * Times cuBLASLt's candidate algorithms for this shape at each size class of n (powers of two
    * from kMinTunedRows up to max_n, and max_n) and keeps the fastest, or the heuristic's first
    * unless another beats it by 3%, so that runs that time alike choose alike. x ([max_n, in]),
-   * w and y ([max_n, out]) are scratch: the timing overwrites y. Synchronizes the stream. Does
+   * w and y ([max_n, out], fp32 or, with y_16bit, the 16-bit dtype) are scratch: the timing
+   * overwrites y. Synchronizes the stream. Does
    * nothing when SWITCHYARD_CUDA_GEMM_TUNE=off; SWITCHYARD_CUDA_GEMM_TUNE=N tunes from N rows
    * instead of kMinTunedRows (for measuring).
    */
-  void tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
-            bool accumulate);
+  void tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y,
+            bool accumulate, bool y_16bit);
 
   /** What tune() chose, for the engine's description: "" when nothing was tuned. */
   std::string tuned_summary() const;
@@ -53,6 +56,8 @@ class Gemm {
 
  private:
   struct Tuned;
+  void matmul(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y, bool y_16bit,
+              bool accumulate);
   void* handle_ = nullptr;
   void* lt_handle_ = nullptr;
   void* workspace_ = nullptr;

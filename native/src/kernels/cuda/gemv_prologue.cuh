@@ -84,9 +84,9 @@ __device__ __forceinline__ void stage_input_row(const GemvInput& x, int in, floa
 #pragma unroll
     for (int j = 0; j < kStaged; ++j) {
       const int i = tid + j * kGemvThreads;
-      if (i < in) {
-        a[j] = g[i];
-        u[j] = g[in + i];
+      if (i < in) {  // gate_up from gemv, in fp32: rounded as cuBLAS steps store it
+        a[j] = product_value<T>(g[i]);
+        u[j] = product_value<T>(g[in + i]);
       }
     }
 #pragma unroll
@@ -159,8 +159,8 @@ __device__ __forceinline__ void stage_input_rows(const GemvInput& x, int in, flo
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         const float* g = x.x + static_cast<int64_t>(t) * 2 * in;
-        a[t] = g[i];
-        u[t] = g[in + i];
+        a[t] = product_value<T>(g[i]);
+        u[t] = product_value<T>(g[in + i]);
       }
 #pragma unroll
       for (int t = 0; t < NT; ++t) xs[t * in + i] = round16<T>(silu_times(a[t], u[t]), x.split);

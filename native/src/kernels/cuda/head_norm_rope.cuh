@@ -11,16 +11,17 @@
 namespace sy::cuda {
 
 /**
- * src: the head's head_dim fp32 values (head_dim a multiple of 4, at most 256; src 8-byte
- * aligned), plus src_lo's when not null (the lo half of a split GEMM input's product). norm: the per-head RMSNorm weight, or null for none. Calls emit(i, a, b) for every
+ * src: the head's head_dim products (kernels.h, Product: S is Product<T>, or fp32 rounded as
+ * Product<T>; head_dim a multiple of 4, at most 256; src aligned to two elements), plus src_lo's
+ * when not null (the lo half of a split GEMM input's product). norm: the per-head RMSNorm weight, or null for none. Calls emit(i, a, b) for every
  * even element i with the T-rounded results of elements i and i + 1, v = RoPE(norm(src)) at
  * position pos.
  *
  * Lane l holds the pairs 2l + 64j and their RoPE partners half elements on (float2 loads), so
  * rotation needs no exchange between lanes and each angle is computed once.
  */
-template <typename T, typename Emit>
-__device__ __forceinline__ void norm_rope_head(const float* src, const float* src_lo, int head_dim, float pos,
+template <typename T, typename S, typename Emit>
+__device__ __forceinline__ void norm_rope_head(const S* src, const S* src_lo, int head_dim, float pos,
                                                const float* inv_freq, const float* norm, float eps, Emit emit) {
   constexpr int kMaxSteps = 2;  // half <= 128, 64 elements a step
   const int lane = threadIdx.x & 31, half = head_dim / 2;
@@ -30,14 +31,14 @@ __device__ __forceinline__ void norm_rope_head(const float* src, const float* sr
   for (int j = 0; j < kMaxSteps; ++j) {
     const int i = 2 * lane + 64 * j;
     if (i < half) {
-      a[j] = *reinterpret_cast<const float2*>(src + i);
-      b[j] = *reinterpret_cast<const float2*>(src + half + i);
+      a[j] = product_pair<T>(src + i);
+      b[j] = product_pair<T>(src + half + i);
       na[j] = norm ? *reinterpret_cast<const float2*>(norm + i) : make_float2(1.0f, 1.0f);
       nb[j] = norm ? *reinterpret_cast<const float2*>(norm + half + i) : make_float2(1.0f, 1.0f);
       freq[j] = *reinterpret_cast<const float2*>(inv_freq + i);
       if (src_lo) {
-        const float2 la = *reinterpret_cast<const float2*>(src_lo + i);
-        const float2 lb = *reinterpret_cast<const float2*>(src_lo + half + i);
+        const float2 la = product_pair<T>(src_lo + i);
+        const float2 lb = product_pair<T>(src_lo + half + i);
         a[j] = make_float2(a[j].x + la.x, a[j].y + la.y);
         b[j] = make_float2(b[j].x + lb.x, b[j].y + lb.y);
       }
@@ -78,14 +79,15 @@ __device__ __forceinline__ void norm_rope_head(const float* src, const float* sr
 
 /**
  * The v head: calls emit(i, a, b) for every even element i with T(src[i] + src_lo[i]) and the same
- * of element i + 1 (T(src[i]) when src_lo is null; src 8-byte aligned, head_dim even).
+ * of element i + 1 (T(src[i]) when src_lo is null; products as norm_rope_head takes them, head_dim
+ * even).
  */
-template <typename T, typename Emit>
-__device__ __forceinline__ void v_head(const float* src, const float* src_lo, int head_dim, Emit emit) {
+template <typename T, typename S, typename Emit>
+__device__ __forceinline__ void v_head(const S* src, const S* src_lo, int head_dim, Emit emit) {
   for (int i = 2 * (threadIdx.x & 31); i < head_dim; i += 64) {
-    float2 v = *reinterpret_cast<const float2*>(src + i);
+    float2 v = product_pair<T>(src + i);
     if (src_lo) {
-      const float2 l = *reinterpret_cast<const float2*>(src_lo + i);
+      const float2 l = product_pair<T>(src_lo + i);
       v = make_float2(v.x + l.x, v.y + l.y);
     }
     emit(i, from_f32<T>(v.x), from_f32<T>(v.y));

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace sy::cuda {
 
@@ -39,6 +40,18 @@ template <typename T>
 void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows, int m, const float* weight, int dim,
                         float eps, T* y, T* y_lo, cudaStream_t stream);
 
+/**
+ * The element type of the qkv and gate_up products as the cuBLAS path stores them for the pass
+ * that reads them (qkv_norm_rope_store, silu_mul): 16-bit in float16, so those passes read half
+ * the bytes (bench/CUDA_NOTES.md, "Session 7"); fp32 in bfloat16, whose split inputs' two
+ * products are added by the reader and must keep the lo product's bits. Every other reader of
+ * these products (of gemv's fp32 outputs, in the fused decode attention, the gemv SiLU·up
+ * prologue and the persistent step) rounds them as that store does (product_value, reduce.cuh),
+ * so a row gets the same values on every path.
+ */
+template <typename T>
+using Product = std::conditional_t<std::is_same_v<T, __half>, __half, float>;
+
 struct QkvLayout {
   int num_heads, num_kv_heads, head_dim;
   float eps;
@@ -46,13 +59,14 @@ struct QkvLayout {
 };
 
 /**
- * From the fused projection qkv [n, (heads + 2 kv_heads) * head_dim] (fp32; plus qkv_lo, same
- * shape, when not null: the split input's lo product): q and k get the per-head RMSNorm (when
- * q_norm/k_norm are not null) and RoPE at their token's position; q goes to q_out
- * [n, heads * head_dim], k and v to their cache slots ([slot][kv_head][head_dim]).
+ * From the fused projection qkv [n, (heads + 2 kv_heads) * head_dim] (S: Product<T> from cuBLAS,
+ * or fp32 from gemv, rounded as Product<T>; plus qkv_lo, same shape, when not null: the split
+ * input's lo product): q and k get the per-head RMSNorm (when q_norm/k_norm are not null) and RoPE
+ * at their token's position; q goes to q_out [n, heads * head_dim], k and v to their cache slots
+ * ([slot][kv_head][head_dim]).
  */
-template <typename T>
-void qkv_norm_rope_store(const float* qkv, const float* qkv_lo, int n, const int32_t* positions, const int32_t* slots,
+template <typename T, typename S>
+void qkv_norm_rope_store(const S* qkv, const S* qkv_lo, int n, const int32_t* positions, const int32_t* slots,
                          const float* inv_freq, const float* q_norm, const float* k_norm, const QkvLayout& layout,
                          T* q_out, T* k_cache, T* v_cache, cudaStream_t stream);
 
@@ -61,7 +75,8 @@ void qkv_norm_rope_store(const float* qkv, const float* qkv_lo, int n, const int
  * same shape, when not null: the split input's lo product).
  */
 template <typename T>
-void silu_mul(const float* gate_up, const float* gate_up_lo, int n, int inter, T* out, T* out_lo, cudaStream_t stream);
+void silu_mul(const Product<T>* gate_up, const Product<T>* gate_up_lo, int n, int inter, T* out, T* out_lo,
+              cudaStream_t stream);
 
 /**
  * out[i] = To(in[i]) from one 16-bit type to the other: a checkpoint's weights loaded in the

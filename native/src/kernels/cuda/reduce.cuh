@@ -1,7 +1,9 @@
-// Warp- and block-wide reductions shared by the kernels.
+// Warp- and block-wide reductions shared by the kernels, and their 16-bit conversions.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include "kernels/cuda/kernels.h"
 
@@ -74,6 +76,36 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { retu
 template <>
 __device__ __forceinline__ __half from_f32<__half>(float v) {
   return __float2half(fabsf(v) > kHalfMax ? copysignf(kHalfMax, v) : v);
+}
+
+/**
+ * A qkv or gate_up product as its readers use it (kernels.h, Product): read from the 16-bit
+ * store, or an fp32 value rounded as that store rounds it (identity where products are fp32).
+ */
+template <typename T, typename S>
+__device__ __forceinline__ float product_value(S v) {
+  if constexpr (!std::is_same_v<S, float>) {
+    return to_f32(v);
+  } else if constexpr (std::is_same_v<Product<T>, float>) {
+    return v;
+  } else {
+    return to_f32(from_f32<Product<T>>(v));
+  }
+}
+
+/** Two consecutive products (p 4- or 8-byte aligned by its type) as product_value gives them. */
+template <typename T, typename S>
+__device__ __forceinline__ float2 product_pair(const S* p) {
+  if constexpr (std::is_same_v<S, float>) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    return make_float2(product_value<T>(v.x), product_value<T>(v.y));
+  } else {
+    struct alignas(4) Pair {
+      S a, b;
+    };
+    const Pair v = *reinterpret_cast<const Pair*>(p);
+    return make_float2(to_f32(v.a), to_f32(v.b));
+  }
 }
 
 }  // namespace sy::cuda
