@@ -80,7 +80,8 @@ __device__ __forceinline__ __half from_f32<__half>(float v) {
 
 /**
  * A qkv or gate_up product as its readers use it (kernels.h, Product): read from the 16-bit
- * store, or an fp32 value rounded as that store rounds it (identity where products are fp32).
+ * store, or an fp32 value rounded as that store (cuBLAS's epilogue) rounds it: to nearest, past
+ * fp16's range to inf, not saturated as from_f32 does (identity where products are fp32).
  */
 template <typename T, typename S>
 __device__ __forceinline__ float product_value(S v) {
@@ -89,7 +90,7 @@ __device__ __forceinline__ float product_value(S v) {
   } else if constexpr (std::is_same_v<Product<T>, float>) {
     return v;
   } else {
-    return to_f32(from_f32<Product<T>>(v));
+    return __half2float(__float2half_rn(v));
   }
 }
 
