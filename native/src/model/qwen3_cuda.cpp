@@ -579,6 +579,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     const size_t logits = lay.take(M * c_.vocab_size * 4);
     const size_t partials = lay.take(static_cast<size_t>(M) * c_.num_heads * kMaxSplits * (hd_ + 2) * 4);
     const size_t out_ids = lay.take(M * 4 * 2 + M * kMaxTopLogprobs * 8), params = lay.take(M * sizeof(cuda::SampleRow));
+    const size_t rope = lay.take(static_cast<size_t>(opt_.max_model_len) * hd_ * 4);
     act_mem_ = DeviceMemory(lay.size());
     x_ = act_mem_.as<float>(x);
     x2_ = act_mem_.as<float>(x2);
@@ -601,6 +602,11 @@ class Qwen3Cuda final : public CudaModelRunner {
     partials_ = act_mem_.as<float>(partials);
     out_d_ = act_mem_.as<char>(out_ids);
     params_d_ = act_mem_.as<cuda::SampleRow>(params);
+    rope_ = act_mem_.as<float>(rope);
+    // inv_freq_'s pageable cudaMemcpy may still be landing, and stream_ does not wait for it.
+    SY_CUDA_CHECK(cudaDeviceSynchronize());
+    cuda::rope_table(inv_freq_, opt_.max_model_len, static_cast<int>(hd_), rope_, stream_);
+    SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
     out_bytes_ = M * 4 * 2 + M * kMaxTopLogprobs * 8;
     out_h_ = PinnedMemory(out_bytes_);
     params_h_ = PinnedMemory(M * sizeof(cuda::SampleRow));
@@ -736,7 +742,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     s.split = {split_.qkv, split_.o, split_.gate_up, split_.down};
     s.rows = decode_rows;
     s.slots = slots;
-    s.inv_freq = inv_freq_;
+    s.rope = rope_;
     s.block_tables = tables;
     s.table_stride = table_stride_;
     s.block_size = opt_.block_size;
@@ -840,12 +846,12 @@ class Qwen3Cuda final : public CudaModelRunner {
       }
       cuda::DecodeFusion<T> fuse;
       if (fuse_decode) {
-        fuse = {qkv_, slots, inv_freq_, L.q_norm, L.k_norm, eps, k_cache(l), v_cache(l), qkv_lo};
+        fuse = {qkv_, slots, rope_, L.q_norm, L.k_norm, eps, k_cache(l), v_cache(l), qkv_lo};
       } else if (small) {
-        cuda::qkv_norm_rope_store<T, float>(qkv_, nullptr, n, positions, slots, inv_freq_, L.q_norm, L.k_norm,
+        cuda::qkv_norm_rope_store<T, float>(qkv_, nullptr, n, positions, slots, rope_, L.q_norm, L.k_norm,
                                             qkv_layout, q_, k_cache(l), v_cache(l), stream_);
       } else {
-        cuda::qkv_norm_rope_store<T, Product>(qkv_p, qkv_p_lo, n, positions, slots, inv_freq_, L.q_norm, L.k_norm,
+        cuda::qkv_norm_rope_store<T, Product>(qkv_p, qkv_p_lo, n, positions, slots, rope_, L.q_norm, L.k_norm,
                                               qkv_layout, q_, k_cache(l), v_cache(l), stream_);
       }
       const cuda::PagedKv<T> kv{k_cache(l), v_cache(l), tables, table_stride_, opt_.block_size, c_.num_kv_heads, hd_};
@@ -1021,6 +1027,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   std::vector<LayerWeights> layers_;
   float* final_norm_ = nullptr;
   float* inv_freq_ = nullptr;
+  float* rope_ = nullptr;  // cuda::rope_table of positions [0, max_model_len)
 
   int max_rows_ = 0, max_tokens_ = 0, table_stride_ = 0;
   DeviceMemory act_mem_;

@@ -72,7 +72,7 @@ __device__ __forceinline__ void to_f32_vec(const void* raw, float* out) {
 // be visible to its loads yet).
 template <typename T, int HD>
 __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, int token, int num_heads, int num_kv_heads,
-                                                   int g, int group, float pos, bool owns_new, float scale,
+                                                   int g, int group, int pos, bool owns_new, float scale,
                                                    float (*qs)[HD], T* new_k, T* new_v) {
   const int warp = threadIdx.x >> 5;
   const int heads_total = num_heads + 2 * num_kv_heads;
@@ -85,7 +85,7 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
     if (item < group) {
       float* dst = qs[item];
       const int64_t at = (g * group + item) * HD;
-      norm_rope_head<T>(row + at, lo_at(at), HD, pos, fuse.inv_freq, fuse.q_norm, fuse.eps,
+      norm_rope_head<T>(row + at, lo_at(at), HD, pos, fuse.rope, fuse.q_norm, fuse.eps,
                         [dst, scale](int i, T a, T b) {
                           dst[i] = to_f32(a) * scale;
                           dst[i + 1] = to_f32(b) * scale;
@@ -93,7 +93,7 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
     } else if (item == group) {
       T* cache = fuse.k_cache + (slot * num_kv_heads + g) * HD;
       const int64_t at = (num_heads + g) * HD;
-      norm_rope_head<T>(row + at, lo_at(at), HD, pos, fuse.inv_freq, fuse.k_norm, fuse.eps,
+      norm_rope_head<T>(row + at, lo_at(at), HD, pos, fuse.rope, fuse.k_norm, fuse.eps,
                         [cache, new_k](int i, T a, T b) {
                           store_pair(cache + i, a, b);
                           store_pair(new_k + i, a, b);
@@ -215,8 +215,8 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
   // q (or qkv) comes from the previous kernel (or phase).
   wait_for_inputs();
   if constexpr (FUSED) {
-    fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, static_cast<float>(own_key), owns_new,
-                              scale, qs, new_k, new_v);
+    fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, own_key, owns_new, scale, qs, new_k,
+                              new_v);
   } else {
     for (int i = tid; i < group * HD; i += kDecodeThreads) {
       qs[i / HD][i % HD] = to_f32(q[(static_cast<int64_t>(token) * num_heads + g * group) * HD + i]) * scale;

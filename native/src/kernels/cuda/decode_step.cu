@@ -359,7 +359,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
         p.partials,
         p.counters,
         AttentionOut<T>{p.attn},
-        DecodeFusion<T>{p.qkv, p.slots, p.inv_freq, L.q_norm, L.k_norm, p.eps, L.k_cache, L.v_cache}};
+        DecodeFusion<T>{p.qkv, p.slots, p.rope, L.q_norm, L.k_norm, p.eps, L.k_cache, L.v_cache}};
     bool waited = false;
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
       const DecodeItemHint hint{token, seq, ctx, item == static_cast<int>(blockIdx.x) ? first_slots : nullptr};

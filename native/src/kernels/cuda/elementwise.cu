@@ -57,7 +57,7 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* de
 // One warp per (token, head) of q, k and v.
 template <typename T, typename S>
 __global__ void qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const int32_t* positions,
-                                           const int32_t* slots, const float* inv_freq, const float* q_norm,
+                                           const int32_t* slots, const float* rope, const float* q_norm,
                                            const float* k_norm, QkvLayout L, int n, T* q_out, T* k_cache,
                                            T* v_cache) {
   const int warp = threadIdx.x >> 5;
@@ -79,7 +79,7 @@ __global__ void qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const 
   }
   T* dst = is_q ? q_out + (static_cast<int64_t>(t) * L.num_heads + h) * hd
                 : k_cache + (slot * L.num_kv_heads + (h - L.num_heads)) * hd;
-  norm_rope_head<T>(src, src_lo, hd, static_cast<float>(positions[t]), inv_freq, is_q ? q_norm : k_norm, L.eps,
+  norm_rope_head<T>(src, src_lo, hd, positions[t], rope, is_q ? q_norm : k_norm, L.eps,
                     [dst](int i, T a, T b) { store_pair(dst + i, a, b); });
 }
 
@@ -128,6 +128,16 @@ __global__ void silu_mul_kernel(const Product<T>* gu, const Product<T>* gu_lo, i
   }
 }
 
+// One thread per (position, angle): the expression norm_rope_head evaluated per element before.
+__global__ void rope_table_kernel(const float* inv_freq, int positions, int half, float* table) {
+  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (k >= static_cast<int64_t>(positions) * half) return;
+  const int p = static_cast<int>(k / half), i = static_cast<int>(k % half);
+  float s, c;
+  sincosf(__fmul_rn(static_cast<float>(p), inv_freq[i]), &s, &c);
+  *reinterpret_cast<float2*>(table + 2 * k) = make_float2(c, s);
+}
+
 template <typename From, typename To>
 __global__ void convert_16bit_kernel(const From* in, int64_t count, To* out, unsigned* beyond) {
   unsigned past = 0;
@@ -151,6 +161,14 @@ void convert_16bit(const From* in, int64_t count, To* out, unsigned* beyond, cud
 }
 template void convert_16bit<__nv_bfloat16, __half>(const __nv_bfloat16*, int64_t, __half*, unsigned*, cudaStream_t);
 template void convert_16bit<__half, __nv_bfloat16>(const __half*, int64_t, __nv_bfloat16*, unsigned*, cudaStream_t);
+
+void rope_table(const float* inv_freq, int positions, int head_dim, float* table, cudaStream_t stream) {
+  const int64_t count = static_cast<int64_t>(positions) * (head_dim / 2);
+  if (count == 0) return;
+  rope_table_kernel<<<static_cast<unsigned>((count + 255) / 256), 256, 0, stream>>>(inv_freq, positions, head_dim / 2,
+                                                                                    table);
+  SY_CUDA_CHECK_LAUNCH(rope_table_kernel);
+}
 
 template <typename T>
 void embed(const T* table, const int32_t* tokens, int n, int dim, float* out, cudaStream_t stream) {
@@ -178,14 +196,14 @@ void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows,
 
 template <typename T, typename S>
 void qkv_norm_rope_store(const S* qkv, const S* qkv_lo, int n, const int32_t* positions, const int32_t* slots,
-                         const float* inv_freq, const float* q_norm, const float* k_norm, const QkvLayout& L,
+                         const float* rope, const float* q_norm, const float* k_norm, const QkvLayout& L,
                          T* q_out, T* k_cache, T* v_cache, cudaStream_t stream) {
   if (n == 0) return;
   constexpr int warps = 8;
   const int64_t items = static_cast<int64_t>(n) * (L.num_heads + 2 * L.num_kv_heads);
   const unsigned blocks = static_cast<unsigned>((items + warps - 1) / warps);
   qkv_norm_rope_store_kernel<T, S><<<blocks, warps * 32, 0, stream>>>(
-      qkv, qkv_lo, positions, slots, inv_freq, q_norm, k_norm, L, n, q_out, k_cache, v_cache);
+      qkv, qkv_lo, positions, slots, rope, q_norm, k_norm, L, n, q_out, k_cache, v_cache);
   SY_CUDA_CHECK_LAUNCH(qkv_norm_rope_store_kernel);
 }
 

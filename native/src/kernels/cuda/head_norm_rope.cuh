@@ -13,20 +13,23 @@ namespace sy::cuda {
 /**
  * src: the head's head_dim products (kernels.h, Product: S is Product<T>, or fp32 rounded as
  * Product<T>; head_dim a multiple of 4, at most 256; src aligned to two elements), plus src_lo's
- * when not null (the lo half of a split GEMM input's product). norm: the per-head RMSNorm weight, or null for none. Calls emit(i, a, b) for every
+ * when not null (the lo half of a split GEMM input's product). norm: the per-head RMSNorm weight,
+ * or null for none. rope: the cos/sin table (rope_table, kernels.h). Calls emit(i, a, b) for every
  * even element i with the T-rounded results of elements i and i + 1, v = RoPE(norm(src)) at
  * position pos.
  *
  * Lane l holds the pairs 2l + 64j and their RoPE partners half elements on (float2 loads), so
- * rotation needs no exchange between lanes and each angle is computed once.
+ * rotation needs no exchange between lanes.
  */
 template <typename T, typename S, typename Emit>
-__device__ __forceinline__ void norm_rope_head(const S* src, const S* src_lo, int head_dim, float pos,
-                                               const float* inv_freq, const float* norm, float eps, Emit emit) {
+__device__ __forceinline__ void norm_rope_head(const S* src, const S* src_lo, int head_dim, int pos, const float* rope,
+                                               const float* norm, float eps, Emit emit) {
   constexpr int kMaxSteps = 2;  // half <= 128, 64 elements a step
   const int lane = threadIdx.x & 31, half = head_dim / 2;
-  // Every load first (the head, the norm weight, the frequencies): one memory round trip.
-  float2 a[kMaxSteps], b[kMaxSteps], na[kMaxSteps], nb[kMaxSteps], freq[kMaxSteps];
+  const float* rope_row = rope + static_cast<int64_t>(pos) * head_dim;  // (cos, sin) of each of half angles
+  // Every load first (the head, the norm weight, the angles' cos and sin): one memory round trip.
+  float2 a[kMaxSteps], b[kMaxSteps], na[kMaxSteps], nb[kMaxSteps];
+  float4 cs[kMaxSteps];  // cos and sin of angles i and i + 1
 #pragma unroll
   for (int j = 0; j < kMaxSteps; ++j) {
     const int i = 2 * lane + 64 * j;
@@ -35,7 +38,7 @@ __device__ __forceinline__ void norm_rope_head(const S* src, const S* src_lo, in
       b[j] = product_pair<T>(src + half + i);
       na[j] = norm ? *reinterpret_cast<const float2*>(norm + i) : make_float2(1.0f, 1.0f);
       nb[j] = norm ? *reinterpret_cast<const float2*>(norm + half + i) : make_float2(1.0f, 1.0f);
-      freq[j] = *reinterpret_cast<const float2*>(inv_freq + i);
+      cs[j] = *reinterpret_cast<const float4*>(rope_row + 2 * i);
       if (src_lo) {
         const float2 la = product_pair<T>(src_lo + i);
         const float2 lb = product_pair<T>(src_lo + half + i);
@@ -57,11 +60,9 @@ __device__ __forceinline__ void norm_rope_head(const S* src, const S* src_lo, in
   ss = warp_sum(ss);
   const float inv = norm ? rsqrtf(ss / static_cast<float>(head_dim) + eps) : 1.0f;
   const auto normed = [&](float v, float w) { return norm ? __fmul_rn(w, __fmul_rn(v, inv)) : v; };
-  // Hugging Face's rotation: angle = fp32 product of position and inv_freq, then cos/sin;
-  // element i becomes x_i cos - x_{i+half} sin, element i + half x_{i+half} cos + x_i sin.
-  const auto rotate = [&](float x, float y, float f, T& out_x, T& out_y) {
-    float s, c;
-    sincosf(__fmul_rn(pos, f), &s, &c);
+  // Hugging Face's rotation (cos and sin of the fp32 product of position and inv_freq, from the
+  // table): element i becomes x_i cos - x_{i+half} sin, element i + half x_{i+half} cos + x_i sin.
+  const auto rotate = [&](float x, float y, float c, float s, T& out_x, T& out_y) {
     out_x = from_f32<T>(__fmaf_rn(x, c, -__fmul_rn(y, s)));
     out_y = from_f32<T>(__fmaf_rn(y, c, __fmul_rn(x, s)));
   };
@@ -70,8 +71,8 @@ __device__ __forceinline__ void norm_rope_head(const S* src, const S* src_lo, in
     const int i = 2 * lane + 64 * j;
     if (i >= half) break;
     T lo0, hi0, lo1, hi1;
-    rotate(normed(a[j].x, na[j].x), normed(b[j].x, nb[j].x), freq[j].x, lo0, hi0);
-    rotate(normed(a[j].y, na[j].y), normed(b[j].y, nb[j].y), freq[j].y, lo1, hi1);
+    rotate(normed(a[j].x, na[j].x), normed(b[j].x, nb[j].x), cs[j].x, cs[j].y, lo0, hi0);
+    rotate(normed(a[j].y, na[j].y), normed(b[j].y, nb[j].y), cs[j].z, cs[j].w, lo1, hi1);
     emit(i, lo0, lo1);
     emit(i + half, hi0, hi1);
   }

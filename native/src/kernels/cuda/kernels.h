@@ -67,8 +67,16 @@ struct QkvLayout {
  */
 template <typename T, typename S>
 void qkv_norm_rope_store(const S* qkv, const S* qkv_lo, int n, const int32_t* positions, const int32_t* slots,
-                         const float* inv_freq, const float* q_norm, const float* k_norm, const QkvLayout& layout,
+                         const float* rope, const float* q_norm, const float* k_norm, const QkvLayout& layout,
                          T* q_out, T* k_cache, T* v_cache, cudaStream_t stream);
+
+/**
+ * The RoPE table of positions [0, positions): row p holds head_dim / 2 pairs (cos, sin) of the
+ * angles p * inv_freq[i] (fp32 product, then sincosf). Computed once per engine, so that the
+ * kernels that rotate q and k (a token's 24 q and k heads each, in the 0.6B shape) read them
+ * instead of evaluating sincosf per element (bench/CUDA_NOTES.md, "Session 7").
+ */
+void rope_table(const float* inv_freq, int positions, int head_dim, float* table, cudaStream_t stream);
 
 /**
  * out[t, i] = T(silu(gu[t, i]) * gu[t, inter + i]) (out_lo: split), gu = gate_up (+ gate_up_lo,
@@ -120,7 +128,7 @@ template <typename T>
 struct DecodeFusion {
   const float* qkv = nullptr;  // [n, (heads + 2 kv_heads) * head_dim], fp32
   const int32_t* slots = nullptr;
-  const float* inv_freq = nullptr;
+  const float* rope = nullptr;  // rope_table
   const float* q_norm = nullptr;  // may be null
   const float* k_norm = nullptr;  // may be null
   float eps = 0.0f;
@@ -249,7 +257,7 @@ struct DecodeStep {
   DecodeStepSplit split;
   const int32_t* rows;  // the one decode row: (token, seq, ctx), as paged_attention_decode's
   const int32_t* slots;
-  const float* inv_freq;
+  const float* rope;  // rope_table
   const int32_t* block_tables;
   int table_stride, block_size, splits;
   /** The residual stream: x holds the embedding on entry and the stream (less the last delta) on exit; x2 is scratch. */
