@@ -1,6 +1,7 @@
 // Launchers of the CUDA backend's own kernels (the GEMMs go through cuBLAS, gemm.h). `T` is
 // the model's 16-bit dtype (__nv_bfloat16 or __half): weights, GEMM inputs and the KV cache
-// are in T; the residual stream, GEMM outputs and logits are fp32. A GEMM input may be split:
+// are in T; the residual stream, GEMM outputs and logits are fp32, except float16's qkv and
+// gate_up products on the cuBLAS path (Product below). A GEMM input may be split:
 // the kernel that makes it writes hi = T(v) and, where its `_lo` output is not null,
 // lo = T(v - hi), and the GEMM runs on both (y = W hi + W lo: v to ~16 significant bits
 // instead of 8; bench/CUDA_NOTES.md, "Correctness"). Every launcher checks its launch. The plain CPU kernels in kernels/cpu/ compute the same functions and are the
