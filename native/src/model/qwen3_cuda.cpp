@@ -6,8 +6,10 @@
 //
 // Per layer: add+RMSNorm -> QKV GEMM -> q/k norm + RoPE + KV store -> paged attention (split-K
 // decode rows, tensor-core prefill tiles) -> O GEMM -> add+RMSNorm -> gate/up GEMM -> SiLU*up ->
-// down GEMM. The residual stream, attention output and GEMM outputs are fp32; the cache and q are
-// 16-bit, and GEMM inputs are 16-bit hi + lo pairs (SplitGemmInputs). Steps of at most
+// down GEMM. The residual stream, attention output and GEMM outputs are fp32 (in float16 the
+// qkv and gate_up products are 16-bit on the cuBLAS path: kernels.h, Product); the cache and q
+// are 16-bit, and GEMM inputs are 16-bit hi + lo pairs (SplitGemmInputs). Prefill-sized GEMMs
+// run the cuBLASLt algorithms timed at load (kernels/cuda/gemm.h). Steps of at most
 // gemv_max_rows_ tokens (decode at batch 1-4) run the GEMMs as gemv kernels with the RMSNorm (and
 // residual add) or SiLU*up fused in as their prologue (the residual then alternates between two
 // buffers); larger steps use cuBLAS after separate norm / SiLU kernels. The final norm + lm_head
@@ -654,8 +656,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   }
 
   // The prefill GEMMs' algorithms, timed once here on layer 0's weights for every size class up
-  // to this engine's largest step (gemm.h), before any decode graph captures one. The activation
-  // buffers are scratch until the first step.
+  // to this engine's largest step (gemm.h), before any decode graph captures one. The buffers
+  // it fills (GEMM inputs, products, x_, delta_) are scratch until the first step.
   void tune_gemms() {
     const int64_t N = max_tokens_, h = c_.hidden_size, inter = c_.intermediate_size;
     const LayerWeights& L = layers_[0];
