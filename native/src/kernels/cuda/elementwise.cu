@@ -83,18 +83,12 @@ __global__ void qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const 
                     [dst](int i, T a, T b) { store_pair(dst + i, a, b); });
 }
 
-// Four consecutive products (p aligned to four elements) as floats: one 16- or 8-byte load.
-template <typename P>
-__device__ __forceinline__ float4 load_products4(const P* p) {
-  if constexpr (std::is_same_v<P, float>) {
-    return *reinterpret_cast<const float4*>(p);
-  } else {
-    struct alignas(8) Quad {
-      P e[4];
-    };
-    const Quad q = *reinterpret_cast<const Quad*>(p);
-    return make_float4(to_f32(q.e[0]), to_f32(q.e[1]), to_f32(q.e[2]), to_f32(q.e[3]));
-  }
+// Four consecutive products (p aligned to four elements): one 16- or 8-byte load.
+template <typename T>
+__device__ __forceinline__ float4 load_products4(const Product<T>* p) {
+  float v[4];
+  load_products<T>(p, v);
+  return make_float4(v[0], v[1], v[2], v[3]);
 }
 
 // V elements per thread (16-byte loads of gate and up when V == 4: inter % 4 == 0; 8-byte ones of
@@ -107,11 +101,11 @@ __global__ void silu_mul_kernel(const Product<T>* gu, const Product<T>* gu_lo, i
   const int64_t o = static_cast<int64_t>(t) * inter;
   for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < inter; i += gridDim.x * blockDim.x * V) {
     if constexpr (V == 4) {
-      float4 a = load_products4(g + i);
-      float4 b = load_products4(g + inter + i);
+      float4 a = load_products4<T>(g + i);
+      float4 b = load_products4<T>(g + inter + i);
       if (gl) {
-        const float4 la = load_products4(gl + i);
-        const float4 lb = load_products4(gl + inter + i);
+        const float4 la = load_products4<T>(gl + i);
+        const float4 lb = load_products4<T>(gl + inter + i);
         a = make_float4(a.x + la.x, a.y + la.y, a.z + la.z, a.w + la.w);
         b = make_float4(b.x + lb.x, b.y + lb.y, b.z + lb.z, b.w + lb.w);
       }

@@ -79,34 +79,41 @@ __device__ __forceinline__ __half from_f32<__half>(float v) {
 }
 
 /**
- * A qkv or gate_up product as its readers use it (kernels.h, Product): read from the 16-bit
- * store, or an fp32 value rounded as that store (cuBLAS's epilogue) rounds it: to nearest, past
- * fp16's range to inf, not saturated as from_f32 does (identity where products are fp32).
+ * A qkv or gate_up product as its readers use it (kernels.h, Product): an fp32 value rounded as
+ * from_f32 rounds to 16 bits, or one read from the 16-bit store, whose inf (cuBLAS's epilogue
+ * overflows where from_f32 saturates) is taken as +-kHalfMax. Both paths thus give the same value,
+ * and a product past fp16's range saturates, as every other fp16 activation does (identity where
+ * products are fp32).
  */
 template <typename T, typename S>
 __device__ __forceinline__ float product_value(S v) {
   if constexpr (!std::is_same_v<S, float>) {
-    return to_f32(v);
+    const float f = to_f32(v);
+    return isinf(f) ? copysignf(kHalfMax, f) : f;
   } else if constexpr (std::is_same_v<Product<T>, float>) {
     return v;
   } else {
-    return __half2float(__float2half_rn(v));
+    return to_f32(from_f32<Product<T>>(v));
   }
 }
 
-/** Two consecutive products (p 4- or 8-byte aligned by its type) as product_value gives them. */
+/** N consecutive products (p aligned to N elements of S) as product_value gives them: one load. */
+template <typename T, int N, typename S>
+__device__ __forceinline__ void load_products(const S* p, float (&out)[N]) {
+  struct alignas(N * sizeof(S)) Vec {
+    S e[N];
+  };
+  const Vec v = *reinterpret_cast<const Vec*>(p);
+#pragma unroll
+  for (int k = 0; k < N; ++k) out[k] = product_value<T>(v.e[k]);
+}
+
+/** Two consecutive products, as load_products gives them. */
 template <typename T, typename S>
 __device__ __forceinline__ float2 product_pair(const S* p) {
-  if constexpr (std::is_same_v<S, float>) {
-    const float2 v = *reinterpret_cast<const float2*>(p);
-    return make_float2(product_value<T>(v.x), product_value<T>(v.y));
-  } else {
-    struct alignas(4) Pair {
-      S a, b;
-    };
-    const Pair v = *reinterpret_cast<const Pair*>(p);
-    return make_float2(to_f32(v.a), to_f32(v.b));
-  }
+  float v[2];
+  load_products<T>(p, v);
+  return make_float2(v[0], v[1]);
 }
 
 }  // namespace sy::cuda
