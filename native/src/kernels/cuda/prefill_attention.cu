@@ -38,6 +38,7 @@
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/store_split.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -51,8 +52,14 @@ namespace {
 constexpr int kRows = 128;  // (token, head) rows per block
 constexpr int kKeys = 64;   // keys per tile
 
-template <int HD, int RG>
+// WG (v6, sm_90a): v4's rows and warps, the two MMAs as warpgroup MMAs (wgmma) reading K and V
+// straight from shared memory, laid out for them: each 64-element half of a key's row is a
+// 128-byte row of its own 64-key block ([half][key][64]), swizzled by key % 8. Where v4's eight
+// warps each read all of K and V by ldmatrix (256 KB of shared-memory reads per 64-key tile), the
+// two warpgroups read them once each (64 KB).
+template <int HD, int RG, bool WG = false>
 struct PrefillShape {
+  static_assert(!WG || (RG == 1 && (HD == 64 || HD == 128)), "wgmma: one row group a warp, 64-element halves");
   static constexpr int WARPS = kRows / (16 * RG);
   static constexpr int THREADS = 32 * WARPS;
   static constexpr bool Q_IN_SMEM = RG > 1;
@@ -64,7 +71,12 @@ struct PrefillShape {
   static constexpr int KK = kKeys / 16;             // k16 slices of P V
   static constexpr size_t TILE_BYTES = kKeys * HD * 2;  // one K or V tile
   static constexpr size_t Q_BYTES = Q_IN_SMEM ? kRows * HD * 2 : 0;
-  static constexpr size_t SMEM_BYTES = 4 * TILE_BYTES + Q_BYTES;  // K and V, two stages; Q
+  static constexpr int HALF_BYTES = kKeys * 128;  // WG: one 64-element half of a tile
+  // A thread's next key to load is this many bytes further on in a tile (THREADS / CH keys on).
+  static constexpr int PASS_BYTES = (THREADS / CH) * (WG ? 128 : HD * 2);
+  static constexpr size_t ALIGN_SLACK = WG ? 1024 : 0;  // wgmma's swizzle atoms start on 1024 bytes
+  static constexpr int STAGES = WG ? 4 : 2;
+  static constexpr size_t SMEM_BYTES = 2 * STAGES * TILE_BYTES + Q_BYTES + ALIGN_SLACK;  // K and V a stage; Q
 };
 
 __device__ __forceinline__ int swizzle(int row, int chunk, int mask) { return chunk ^ (row & mask); }
@@ -140,15 +152,16 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-template <typename T, int HD, int RG>
-__global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
+template <typename T, int HD, int RG, bool WG>
+__global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
     prefill_mma_kernel(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions, PagedKv<T> kv,
                        int num_heads, AttentionOut<T> out) {
-  using S = PrefillShape<HD, RG>;
+  using S = PrefillShape<HD, RG, WG>;
   extern __shared__ __align__(128) unsigned char smem[];
-  // [stage][K, V][key][HD], then Q [row][HD] (RG > 1); each row's 16-byte chunks swizzled.
-  const uint32_t smem_base = smem_address(smem);
-  const uint32_t q_smem = smem_base + 4 * S::TILE_BYTES;
+  // [stage][K, V][key][HD] (WG: [stage][K, V][half][key][64]), then Q [row][HD] (RG > 1); each
+  // row's 16-byte chunks swizzled.
+  const uint32_t smem_base = WG ? (smem_address(smem) + 1023u) & ~1023u : smem_address(smem);
+  const uint32_t q_smem = smem_base + 2 * S::STAGES * S::TILE_BYTES;
 
   // Tiles come longest first (order_prefill_tiles), each with all its KV heads.
   const int tile = blockIdx.x / kv.num_kv_heads;
@@ -180,14 +193,26 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
   // a division and a remainder per 16 bytes, v4 gained 16% (bench/CUDA_NOTES.md, "Session 6").
   constexpr int kKeysPerPass = S::THREADS / S::CH;
   constexpr int kPasses = (kKeys + kKeysPerPass - 1) / kKeysPerPass;
-  static_assert(kKeysPerPass % (S::SWZ + 1) == 0, "a thread's keys share one swizzle");
+  static_assert(kKeysPerPass % (S::SWZ + 1) == 0 && (!WG || kKeysPerPass % 8 == 0), "a thread's keys share one swizzle");
   const int my_chunk = tid % S::CH, my_key = tid / S::CH;
   const int64_t my_column = g * HD + my_chunk * 8;
-  const uint32_t my_dst = smem_base + my_key * HD * 2 + swizzle(my_key, my_chunk, S::SWZ) * 16;
+  const uint32_t my_dst =
+      WG ? smem_base + (my_chunk / 8) * S::HALF_BYTES + my_key * 128 + swizzle(my_key, my_chunk % 8, 7) * 16
+         : smem_base + my_key * HD * 2 + swizzle(my_key, my_chunk, S::SWZ) * 16;
   const int bs = kv.block_size;
   const bool bs_pow2 = (bs & (bs - 1)) == 0;
   const int bs_shift = __ffs(bs) - 1;
-  auto load_tile = [&](int kt, int stage) {
+  // v6 loads a tile's block-table entries a tile ahead of its K/V (into `blocks`), so that issuing
+  // the copies never waits on a table load (v4 and v5 were 10% slower with it: they look up as
+  // they go).
+  auto fetch_blocks = [&](int kt, int (&blocks)[kPasses]) {
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p) {
+      const int j = kt * kKeys + my_key + p * kKeysPerPass;
+      blocks[p] = j <= max_pos ? table[bs_pow2 ? j >> bs_shift : j / bs] : 0;
+    }
+  };
+  auto load_tile = [&](int kt, int stage, const int (&blocks)[kPasses]) {
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
       const int key = my_key + p * kKeysPerPass;
@@ -196,10 +221,11 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
       const bool valid = j <= max_pos;
       int64_t off = 0;
       if (valid) {
-        const int block = bs_pow2 ? j >> bs_shift : j / bs, offset = bs_pow2 ? j & (bs - 1) : j % bs;
-        off = (static_cast<int64_t>(table[block]) * bs + offset) * kv_row + my_column;
+        const int offset = bs_pow2 ? j & (bs - 1) : j % bs;
+        const int32_t block = WG ? blocks[p] : table[bs_pow2 ? j >> bs_shift : j / bs];
+        off = (static_cast<int64_t>(block) * bs + offset) * kv_row + my_column;
       }
-      const uint32_t dst = my_dst + stage * 2 * S::TILE_BYTES + p * kKeysPerPass * HD * 2;
+      const uint32_t dst = my_dst + stage * 2 * S::TILE_BYTES + p * S::PASS_BYTES;
       cp_async_16(dst, kv.k + off, valid);
       cp_async_16(dst + S::TILE_BYTES, kv.v + off, valid);
     }
@@ -228,7 +254,6 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
       qf[ks][3] = *reinterpret_cast<const uint32_t*>(row1 + 8);
     }
   }
-  load_tile(0, 0);
 
   float o[RG][S::DN][4];
   float m_run[RG][2], l_run[RG][2];
@@ -244,21 +269,9 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
   // ldmatrix lanes: lane l gives the address of row (l % 8) of matrix l / 8.
   const int lm_row = lane & 7, lm_matrix = lane >> 3;
 
-  for (int kt = 0; kt < key_tiles; ++kt) {
-    const int stage = kt & 1;
-    if (kt + 1 < key_tiles) {
-      load_tile(kt + 1, stage ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const uint32_t k_tile = smem_base + stage * 2 * S::TILE_BYTES;
-    const uint32_t v_tile = k_tile + S::TILE_BYTES;
-
-    // S = Q Kᵀ: B fragments of two key n8 tiles per ldmatrix.x4 (matrices: keys of tile
-    // 2jp (+8 for 2jp+1), d chunk 2ks (+1)), each used by the warp's RG groups.
-    float s[RG][S::JN][4];
+  // S = Q Kᵀ by mma.sync: B fragments of two key n8 tiles per ldmatrix.x4 (matrices: keys of tile
+  // 2jp (+8 for 2jp+1), d chunk 2ks (+1)), each used by the warp's RG groups.
+  auto qk_mma = [&](uint32_t k_tile, float (&s)[RG][S::JN][4]) {
 #pragma unroll
     for (int gi = 0; gi < RG; ++gi) {
 #pragma unroll
@@ -292,68 +305,10 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
         }
       }
     }
-
-    // Online softmax. Element (jn, e) is key kt * 64 + jn * 8 + quad_col * 2 + (e & 1) of row
-    // half e >> 1. Masking is needed only where the tile reaches past the first row's position.
-    // The running max is kept in log2 units (max of the raw scores times scale_log2, the same
-    // as the max of the scaled scores), so that p = 2^(s * scale_log2 - m) is one FMA and an exp2.
-    const int base = kt * kKeys;
-    const bool needs_mask = base + kKeys - 1 > first_pos;
-    uint32_t pf[RG][S::KK][4];
-#pragma unroll
-    for (int gi = 0; gi < RG; ++gi) {
-      float m_raw[2] = {-INFINITY, -INFINITY};
-      int row_pos[2] = {0, 0};
-      if (needs_mask) {
-        row_pos[0] = first_pos + clamp_row(thread_row(gi, 0)) / group;
-        row_pos[1] = first_pos + clamp_row(thread_row(gi, 1)) / group;
-      }
-#pragma unroll
-      for (int jn = 0; jn < S::JN; ++jn) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int h = e >> 1;
-          if (needs_mask && base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[h]) s[gi][jn][e] = -INFINITY;
-          m_raw[h] = fmaxf(m_raw[h], s[gi][jn][e]);
-        }
-      }
-      float factor[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        // finite from the first tile on: key 0 is before every row
-        const float m_new = fmaxf(m_run[gi][h], quad_max(m_raw[h]) * scale_log2);
-        factor[h] = m_new == m_run[gi][h] ? 1.0f : fast_exp2(m_run[gi][h] - m_new);
-        m_run[gi][h] = m_new;
-        l_run[gi][h] *= factor[h];
-      }
-      // Once the rows' maxima settle, most tiles leave them unchanged: then O needs no rescale
-      // (a factor of exactly 1), which the warp skips together.
-      if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
-#pragma unroll
-        for (int dn = 0; dn < S::DN; ++dn) {
-          o[gi][dn][0] *= factor[0];
-          o[gi][dn][1] *= factor[0];
-          o[gi][dn][2] *= factor[1];
-          o[gi][dn][3] *= factor[1];
-        }
-      }
-      // P as A fragments of P V: k16 slice kk covers S's n8 tiles 2kk and 2kk + 1. The running
-      // sum takes p before its rounding to 16 bits, as v1 did.
-#pragma unroll
-      for (int jn = 0; jn < S::JN; ++jn) {
-        float p[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          p[e] = fast_exp2(fmaf(s[gi][jn][e], scale_log2, -m_run[gi][e >> 1]));
-          l_run[gi][e >> 1] += p[e];
-        }
-        pf[gi][jn / 2][(jn & 1) * 2 + 0] = pack2<T>(p[0], p[1]);
-        pf[gi][jn / 2][(jn & 1) * 2 + 1] = pack2<T>(p[2], p[3]);
-      }
-    }
-
-    // O += P V: B fragments of two d n8 tiles per ldmatrix.x4.trans (matrices: keys 16kk (+8),
-    // d chunk dn (+1)), each used by the warp's RG groups.
+  };
+  // O += P V by mma.sync: B fragments of two d n8 tiles per ldmatrix.x4.trans (matrices: keys
+  // 16kk (+8), d chunk dn (+1)), each used by the warp's RG groups.
+  auto pv_mma = [&](uint32_t v_tile, const uint32_t (&pf)[RG][S::KK][4]) {
 #pragma unroll
     for (int kk = 0; kk < S::KK; ++kk) {
 #pragma unroll
@@ -369,7 +324,193 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
         }
       }
     }
-    __syncthreads();  // every warp is done with this stage before it is refilled
+  };
+  // The same two products by wgmma, issued only (wgmma_commit and wgmma_wait finish them). K is
+  // K-major for B (keys by rows of d): a k16 slice of d is 32 bytes into a half's rows. V is
+  // MN-major (d contiguous): a k16 slice is 16 keys, two 8-row groups of both halves, the halves
+  // HALF_BYTES apart along n. The same values as the mma.sync products (test/native/cuda_prefill_check.cu).
+  auto issue_qk_wgmma = [&](uint32_t k_tile, float (&s)[S::JN][4]) {
+    if constexpr (WG) {
+      wgmma_pin(s);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < S::KS; ++ks) {
+        const uint32_t slice = k_tile + (ks / 4) * S::HALF_BYTES + (ks % 4) * 32;
+        wgmma_rs<T, S::JN, 0>(s, qf[ks], wgmma_descriptor(slice, 16, 1024), ks > 0);
+      }
+      wgmma_commit();
+    }
+  };
+  auto issue_pv_wgmma = [&](uint32_t v_tile, const uint32_t (&pf)[S::KK][4]) {
+    if constexpr (WG) {
+      wgmma_pin(o[0]);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < S::KK; ++kk) {
+        wgmma_rs<T, S::DN, 1>(o[0], pf[kk], wgmma_descriptor(v_tile + kk * 16 * 128, S::HALF_BYTES, 1024), 1);
+      }
+      wgmma_commit();
+    }
+  };
+
+  // Online softmax of key tile kt for row group gi, in three parts: softmax_max masks s, moves the
+  // running max, rescales the running sum and gives O's factors; rescale_o applies those to O;
+  // softmax_exp adds p to the running sum and leaves P as A fragments of P V. Element (jn, e) of s is key
+  // kt * 64 + jn * 8 + quad_col * 2 + (e & 1) of row half e >> 1. Masking is needed only where the
+  // tile reaches past the first row's position. The running max is kept in log2 units (max of the
+  // raw scores times scale_log2, the same as the max of the scaled scores), so that
+  // p = 2^(s * scale_log2 - m) is one FMA and an exp2.
+  auto softmax_max = [&](int gi, int kt, float (&s)[S::JN][4], float (&factor)[2]) {
+    const int base = kt * kKeys;
+    const bool needs_mask = base + kKeys - 1 > first_pos;
+    float m_raw[2] = {-INFINITY, -INFINITY};
+    int row_pos[2] = {0, 0};
+    if (needs_mask) {
+      row_pos[0] = first_pos + clamp_row(thread_row(gi, 0)) / group;
+      row_pos[1] = first_pos + clamp_row(thread_row(gi, 1)) / group;
+    }
+#pragma unroll
+    for (int jn = 0; jn < S::JN; ++jn) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        if (needs_mask && base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[h]) s[jn][e] = -INFINITY;
+        m_raw[h] = fmaxf(m_raw[h], s[jn][e]);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      // finite from the first tile on: key 0 is before every row
+      const float m_new = fmaxf(m_run[gi][h], quad_max(m_raw[h]) * scale_log2);
+      factor[h] = m_new == m_run[gi][h] ? 1.0f : fast_exp2(m_run[gi][h] - m_new);
+      m_run[gi][h] = m_new;
+      l_run[gi][h] *= factor[h];
+    }
+  };
+  // P as A fragments of P V: k16 slice kk covers S's n8 tiles 2kk and 2kk + 1. The running sum
+  // takes p before its rounding to 16 bits, as v1 did.
+  auto softmax_exp = [&](int gi, const float (&s)[S::JN][4], uint32_t (&pf)[S::KK][4]) {
+#pragma unroll
+    for (int jn = 0; jn < S::JN; ++jn) {
+      float p[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        p[e] = fast_exp2(fmaf(s[jn][e], scale_log2, -m_run[gi][e >> 1]));
+        l_run[gi][e >> 1] += p[e];
+      }
+      pf[jn / 2][(jn & 1) * 2 + 0] = pack2<T>(p[0], p[1]);
+      pf[jn / 2][(jn & 1) * 2 + 1] = pack2<T>(p[2], p[3]);
+    }
+  };
+  // O times the factors softmax_max gave (row half h by factor[h]). Once the rows' maxima settle,
+  // most tiles leave them unchanged: then O needs no rescale (a factor of exactly 1), which the
+  // warp skips together.
+  auto rescale_o = [&](int gi, const float (&factor)[2]) {
+    if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
+#pragma unroll
+      for (int dn = 0; dn < S::DN; ++dn) {
+        o[gi][dn][0] *= factor[0];
+        o[gi][dn][1] *= factor[0];
+        o[gi][dn][2] *= factor[1];
+        o[gi][dn][3] *= factor[1];
+      }
+    }
+  };
+
+  const auto k_tile_at = [&](int stage) { return smem_base + stage * 2 * S::TILE_BYTES; };
+  int blocks[kPasses] = {};
+  if constexpr (WG) fetch_blocks(0, blocks);
+  load_tile(0, 0, blocks);
+  if constexpr (!WG) {
+    // Two stages: tile kt + 1 loads while tile kt is multiplied.
+    for (int kt = 0; kt < key_tiles; ++kt) {
+      const int stage = kt & 1;
+      if (kt + 1 < key_tiles) {
+        load_tile(kt + 1, stage ^ 1, blocks);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      float s[RG][S::JN][4];
+      qk_mma(k_tile_at(stage), s);
+      uint32_t pf[RG][S::KK][4];
+#pragma unroll
+      for (int gi = 0; gi < RG; ++gi) {
+        float factor[2];
+        softmax_max(gi, kt, s[gi], factor);
+        rescale_o(gi, factor);
+        softmax_exp(gi, s[gi], pf[gi]);
+      }
+      pv_mma(k_tile_at(stage) + S::TILE_BYTES, pf);
+      __syncthreads();  // every warp is done with this stage before it is refilled
+    }
+  } else {
+    // Four stages, S a tile ahead, P V a tile behind: while a warpgroup's softmax of tile kt
+    // runs, the tensor cores run its P V of tile kt - 1 and Q Kᵀ of tile kt + 1. Tile kt + 2
+    // loads meanwhile, into the stage of tile kt - 2, whose P V was done before this
+    // iteration's barrier. P V reads its P from registers as it runs, so P alternates between
+    // two register sets (the loop is unrolled by two for it, and for S's two sets).
+    if (key_tiles > 1) {
+      fetch_blocks(1, blocks);
+      load_tile(1, 1, blocks);
+      if (key_tiles > 2) fetch_blocks(2, blocks);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_shared_for_wgmma();
+    __syncthreads();
+    float s_a[S::JN][4], s_b[S::JN][4];
+    uint32_t pf_a[S::KK][4], pf_b[S::KK][4];
+    issue_qk_wgmma(k_tile_at(0), s_a);
+    wgmma_wait<0>();
+    wgmma_pin(s_a);
+    // A step with a next tile. Every step issues and waits the same way, so that ptxas can tell
+    // which products are done at each wait (where the steps differed, it serialized the wgmmas).
+    const auto step = [&](int kt, float (&s)[S::JN][4], float (&s_next)[S::JN][4], uint32_t (&pf)[S::KK][4]) {
+      cp_async_wait<0>();  // tile kt + 1, the only copies in flight
+      fence_shared_for_wgmma();
+      __syncthreads();
+      if (kt + 2 < key_tiles) {
+        load_tile(kt + 2, (kt + 2) % 4, blocks);
+        if (kt + 3 < key_tiles) fetch_blocks(kt + 3, blocks);
+      }
+      issue_qk_wgmma(k_tile_at((kt + 1) % 4), s_next);
+      float factor[2];
+      softmax_max(0, kt, s, factor);
+      softmax_exp(0, s, pf);
+      // P V of tile kt - 1 is done (Q Kᵀ of tile kt + 1, issued after it, may still run): O is
+      // ours to rescale.
+      wgmma_wait<1>();
+      wgmma_pin(o[0]);
+      rescale_o(0, factor);
+      issue_pv_wgmma(k_tile_at(kt % 4) + S::TILE_BYTES, pf);
+      wgmma_wait<1>();  // Q Kᵀ of tile kt + 1; P V of tile kt may still run
+      wgmma_pin(s_next);
+    };
+    const auto last_step = [&](int kt, float (&s)[S::JN][4], uint32_t (&pf)[S::KK][4]) {
+      float factor[2];
+      softmax_max(0, kt, s, factor);
+      softmax_exp(0, s, pf);
+      wgmma_wait<0>();
+      wgmma_pin(o[0]);
+      rescale_o(0, factor);
+      issue_pv_wgmma(k_tile_at(kt % 4) + S::TILE_BYTES, pf);
+    };
+    int kt = 0;
+    for (; kt + 2 < key_tiles; kt += 2) {
+      step(kt, s_a, s_b, pf_a);
+      step(kt + 1, s_b, s_a, pf_b);
+    }
+    if (kt + 1 < key_tiles) {
+      step(kt, s_a, s_b, pf_a);
+      last_step(kt + 1, s_b, pf_b);
+    } else {
+      last_step(kt, s_a, pf_a);
+    }
+    wgmma_wait<0>();
+    wgmma_pin(o[0]);
   }
 
 #pragma unroll
@@ -389,17 +530,23 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG>::THREADS, RG)
   }
 }
 
-template <typename T, int HD, int RG>
+/** Lets the kernel have its shared memory (past the default 48 KB); once per instantiation, before any capture. */
+template <typename T, int HD, int RG, bool WG>
+void allow_shared_memory() {
+  static const bool set = [] {
+    SY_CUDA_CHECK(cudaFuncSetAttribute(prefill_mma_kernel<T, HD, RG, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(PrefillShape<HD, RG, WG>::SMEM_BYTES)));
+    return true;
+  }();
+  (void)set;
+}
+
+template <typename T, int HD, int RG, bool WG = false>
 void launch_prefill_rows(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
                          const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
-  using S = PrefillShape<HD, RG>;
-  static bool attribute_set = false;  // per instantiation; set once, before any capture
-  if (!attribute_set) {
-    SY_CUDA_CHECK(cudaFuncSetAttribute(prefill_mma_kernel<T, HD, RG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(S::SMEM_BYTES)));
-    attribute_set = true;
-  }
-  prefill_mma_kernel<T, HD, RG><<<num_tiles * kv.num_kv_heads, S::THREADS, S::SMEM_BYTES, stream>>>(
+  using S = PrefillShape<HD, RG, WG>;
+  allow_shared_memory<T, HD, RG, WG>();
+  prefill_mma_kernel<T, HD, RG, WG><<<num_tiles * kv.num_kv_heads, S::THREADS, S::SMEM_BYTES, stream>>>(
       q, tiles, num_tiles, positions, kv, num_heads, out);
   SY_CUDA_CHECK_LAUNCH(prefill_mma_kernel);
 }
@@ -408,7 +555,7 @@ void launch_prefill_rows(const T* q, const int32_t* tiles, int num_tiles, const 
 
 namespace {
 
-enum class PrefillKernel { kWmma, kRows16, kRows32 };
+enum class PrefillKernel { kWmma, kRows16, kRows32, kWgmma };
 
 const std::string& wanted_kernel() {
   static const std::string wanted = [] {
@@ -430,6 +577,23 @@ int sm_count() {
   return count;
 }
 
+// wgmma exists on compute capability 9.0 only (sm_90a), and the build must have compiled it.
+bool device_has_wgmma() {
+  static const bool has = [] {
+    int device = 0, major = 0, minor = 0;
+    SY_CUDA_CHECK(cudaGetDevice(&device));
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    return kWgmmaBuilt && major == 9 && minor == 0;
+  }();
+  return has;
+}
+
+bool runs_wgmma(int head_dim) {
+  const std::string& w = wanted_kernel();
+  return w != "mma16" && w != "mma32" && !runs_wmma(head_dim) && head_dim == 128 && device_has_wgmma();
+}
+
 // The kernel a launch of `blocks` blocks runs: v1 (WMMA, 64-row tiles) for head_dim 256; v5 (two
 // blocks an SM, each with twice the MMAs per ldmatrix) for launches of more than two blocks an
 // SM; v4 (8 warps of one row group, one block an SM) for smaller ones. In a single wave of v5 an
@@ -437,18 +601,42 @@ int sm_count() {
 // 2048-token prompt (256 blocks) takes 0.107 ms in v5 and 0.083 ms in v4, whose greedy
 // longest-first second wave balances the SMs; four prompts (1024 blocks) 0.260 ms in v5 and 0.312
 // in v4 (H200). SWITCHYARD_CUDA_PREFILL=wmma | mma16 | mma32 forces one wherever it can run (for
-// comparisons); any other value is the default.
+// comparisons); any other value is the default. v6 (wgmma) runs wherever it can: head_dim 64 and
+// 128 on an sm_90a build and a compute capability 9.0 GPU.
 PrefillKernel prefill_kernel(int head_dim, int blocks) {
   if (runs_wmma(head_dim)) return PrefillKernel::kWmma;
+  if (runs_wgmma(head_dim)) return PrefillKernel::kWgmma;
   if (wanted_kernel() == "mma16") return PrefillKernel::kRows16;
   if (wanted_kernel() == "mma32") return PrefillKernel::kRows32;
   return blocks > 2 * sm_count() ? PrefillKernel::kRows32 : PrefillKernel::kRows16;
 }
 
+// v6 was checked only where one block fills an SM (its registers see to that: 230 a thread at
+// head_dim 128). With head_dim 64 and two blocks an SM, an earlier version gave wrong results
+// that were not explained; should a build ever fit two, the mma.sync kernels serve instead.
+template <typename T, int HD>
+bool wgmma_block_fills_sm() {
+  static const bool fills = [] {
+    allow_shared_memory<T, HD, 1, true>();
+    int blocks = 0;
+    SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, prefill_mma_kernel<T, HD, 1, true>,
+                                                                PrefillShape<HD, 1, true>::THREADS,
+                                                                PrefillShape<HD, 1, true>::SMEM_BYTES));
+    return blocks == 1;
+  }();
+  return fills;
+}
+
 template <typename T, int HD>
 void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
                         const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
-  if (prefill_kernel(HD, num_tiles * kv.num_kv_heads) == PrefillKernel::kRows16) {
+  const PrefillKernel kernel = prefill_kernel(HD, num_tiles * kv.num_kv_heads);
+  if constexpr (HD == 128) {
+    if (kernel == PrefillKernel::kWgmma && wgmma_block_fills_sm<T, HD>()) {
+      return launch_prefill_rows<T, HD, 1, true>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
+    }
+  }
+  if (kernel == PrefillKernel::kRows16) {
     return launch_prefill_rows<T, HD, 1>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
   }
   launch_prefill_rows<T, HD, 2>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
@@ -458,6 +646,7 @@ void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const i
 
 const char* prefill_kernel_name(int head_dim) {
   if (runs_wmma(head_dim)) return "wmma";
+  if (runs_wgmma(head_dim)) return "wgmma";
   if (wanted_kernel() == "mma16" || wanted_kernel() == "mma32") return wanted_kernel().c_str();
   return "mma16 or mma32 by launch size";
 }
