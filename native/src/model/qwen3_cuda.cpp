@@ -657,26 +657,21 @@ class Qwen3Cuda final : public CudaModelRunner {
 
   // The prefill GEMMs' algorithms, timed once here on layer 0's weights for every size class up
   // to this engine's largest step (gemm.h), before any decode graph captures one. The buffers
-  // it fills (GEMM inputs, products, x_, delta_) are scratch until the first step.
+  // it fills (the GEMM input hn_, the products qkv_ and gu_) are scratch until the first step.
   void tune_gemms() {
     const int64_t N = max_tokens_, h = c_.hidden_size, inter = c_.intermediate_size;
     const LayerWeights& L = layers_[0];
     const size_t hn_bytes = ((split_.qkv || split_.gate_up) ? 2 : 1) * N * h * sizeof(T);
-    const size_t attn_bytes = (split_.o ? 2 : 1) * N * qdim_ * sizeof(T);
-    const size_t act_bytes = (split_.down ? 2 : 1) * N * inter * sizeof(T);
     // Inputs of moderate size in either dtype (0x3c3c: 1.06 in fp16, 0.0115 in bf16).
     SY_CUDA_CHECK(cudaMemsetAsync(hn_, 0x3c, hn_bytes, stream_));
-    SY_CUDA_CHECK(cudaMemsetAsync(attn_, 0x3c, attn_bytes, stream_));
-    SY_CUDA_CHECK(cudaMemsetAsync(act_, 0x3c, act_bytes, stream_));
-    SY_CUDA_CHECK(cudaMemsetAsync(x_, 0, N * h * 4, stream_));
     const auto rows = [N](bool split) { return split ? 2 * N : N; };
     // qkv and gate_up into their products (stacked_gemm_products: prefill-sized steps are not pure
     // decode steps, whose fused attention reads an fp32 qkv).
     gemm_->tune(hn_, rows(split_.qkv), L.qkv, qkvdim_, h, kGemmType, qkv_, false, kProducts16);
     gemm_->tune(hn_, rows(split_.gate_up), L.gate_up, 2 * inter, h, kGemmType, gu_, false, kProducts16);
-    // o and down as add_to_stream runs them: stacked into delta_ when split, else added to x_.
-    gemm_->tune(attn_, rows(split_.o), L.o, h, qdim_, kGemmType, split_.o ? delta_ : x_, !split_.o, false);
-    gemm_->tune(act_, rows(split_.down), L.down, h, inter, kGemmType, split_.down ? delta_ : x_, !split_.down, false);
+    // o and down stay on cuBLAS's default: bench/cuda_gemm_algos.cu finds nothing faster for them
+    // (within 1%), and loads that timed another fastest here (8-CTA cluster algorithms) ran them
+    // up to 1.7x slower inside the step (bench/CUDA_NOTES.md, "Session 8").
     SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 

@@ -25,9 +25,13 @@ __global__ void embed_kernel(const T* table, const int32_t* tokens, int dim, flo
   for (int i = threadIdx.x; i < dim; i += blockDim.x) out[static_cast<int64_t>(t) * dim + i] = to_f32(row[i]);
 }
 
-// One block per row. The row is read once into registers-by-stride, summed, then written; the
-// output is split (store_split.cuh) when y_lo is not null.
-template <typename T>
+// One block per row; the output is split (store_split.cuh) when y_lo is not null. With V > 0
+// (dim <= V * blockDim), a thread's V elements of the row and of the norm weight are all loaded
+// before any is used and stay in registers for the output: one memory round trip before the
+// reduction instead of one before it and another after (the two norms of a layer took 17 µs at a
+// 2048-token step, for 24 MB; bench/CUDA_NOTES.md, "Session 8"). V = 0 takes any dim and reads the
+// row again. Both sum the same terms in the same order, as the gemv's norm prologue does.
+template <typename T, int V>
 __global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* delta_lo, const int32_t* gather,
                                    const float* weight, int dim, float eps, T* y, T* y_lo, bool write_back) {
   __shared__ float scratch[32];
@@ -36,51 +40,118 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* de
   float* xr = x + src * dim;
   const float* dr = delta ? delta + src * dim : nullptr;
   const float* dl = delta_lo ? delta_lo + src * dim : nullptr;
+  const int64_t yr = static_cast<int64_t>(r) * dim;
   // A split input's two products are summed first, then added to the stream.
   const auto d_at = [dr, dl](int i) { return dl ? dr[i] + dl[i] : dr[i]; };
   float ss = 0;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = xr[i];
-    if (dr) v += d_at(i);
-    if (write_back && dr) xr[i] = v;
-    ss += v * v;
-  }
-  ss = block_sum(ss, scratch);
-  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
-  const int64_t yr = static_cast<int64_t>(r) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = write_back || !dr ? xr[i] : xr[i] + d_at(i);
-    store_split(weight[i] * (v * inv), y, y_lo, yr + i);
+  if constexpr (V > 0) {
+    float v[V], w[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < dim) {
+        v[k] = xr[i];
+        if (dr) v[k] += d_at(i);
+        w[k] = weight[i];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < dim) {
+        if (write_back && dr) xr[i] = v[k];
+        ss += v[k] * v[k];
+      }
+    }
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < dim) store_split(w[k] * (v[k] * inv), y, y_lo, yr + i);
+    }
+  } else {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      float v = xr[i];
+      if (dr) v += d_at(i);
+      if (write_back && dr) xr[i] = v;
+      ss += v * v;
+    }
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      const float v = write_back || !dr ? xr[i] : xr[i] + d_at(i);
+      store_split(weight[i] * (v * inv), y, y_lo, yr + i);
+    }
   }
 }
 
-// One warp per (token, head) of q, k and v.
-template <typename T, typename S>
+/** add_rmsnorm_kernel for rows of dim elements, with the row in registers where it fits. */
+template <typename T>
+void launch_add_rmsnorm(float* x, const float* delta, const float* delta_lo, const int32_t* gather, int rows,
+                        const float* weight, int dim, float eps, T* y, T* y_lo, bool write_back, cudaStream_t stream) {
+  const int per_thread = (dim + kRowThreads - 1) / kRowThreads;
+  const auto kernel = per_thread <= 4    ? add_rmsnorm_kernel<T, 4>
+                      : per_thread <= 8  ? add_rmsnorm_kernel<T, 8>
+                      : per_thread <= 16 ? add_rmsnorm_kernel<T, 16>
+                      : per_thread <= 32 ? add_rmsnorm_kernel<T, 32>
+                                         : add_rmsnorm_kernel<T, 0>;
+  kernel<<<rows, kRowThreads, 0, stream>>>(x, delta, delta_lo, gather, weight, dim, eps, y, y_lo, write_back);
+}
+
+// Up to kHeadsPerWarp heads of one kind (q, k or v) of one token a warp, every head's loads issued
+// before any is used. With one head a warp, a warp's lifetime was two dependent memory round trips
+// (the head and the position, then the position's RoPE row) for 256 bytes, and the pass moved its
+// 34 MB in 25 µs a layer at a 2048-token step (1.3 TB/s; bench/CUDA_NOTES.md, "Session 8"). Each
+// head's arithmetic is norm_rope_head's, lane for lane, so the bits match the fused decode path.
+constexpr int kHeadsPerWarp = 4;
+
+template <typename T, typename S, int STEPS>
 __global__ void qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const int32_t* positions,
                                            const int32_t* slots, const float* rope, const float* q_norm,
                                            const float* k_norm, QkvLayout L, int n, T* q_out, T* k_cache,
                                            T* v_cache) {
-  const int warp = threadIdx.x >> 5;
-  const int heads_total = L.num_heads + 2 * L.num_kv_heads;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
-  const int t = static_cast<int>(item / heads_total), h = static_cast<int>(item % heads_total);
+  constexpr int H = kHeadsPerWarp;
+  const int q_groups = (L.num_heads + H - 1) / H, kv_groups = (L.num_kv_heads + H - 1) / H;
+  const int groups = q_groups + 2 * kv_groups;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int t = static_cast<int>(item / groups), group = static_cast<int>(item % groups);
   if (t >= n) return;  // the whole warp leaves together
-  const int hd = L.head_dim;
-  const int64_t at = (static_cast<int64_t>(t) * heads_total + h) * hd;
-  const S* src = qkv + at;
-  const S* src_lo = qkv_lo ? qkv_lo + at : nullptr;
-  const bool is_q = h < L.num_heads, is_k = !is_q && h < L.num_heads + L.num_kv_heads;
+  const int pos = positions[t];
   const int64_t slot = slots[t];
-  if (!is_q && !is_k) {
-    const int kvh = h - L.num_heads - L.num_kv_heads;
-    T* dst = v_cache + (slot * L.num_kv_heads + kvh) * hd;
-    v_head<T>(src, src_lo, hd, [dst](int i, T a, T b) { store_pair(dst + i, a, b); });
+  // This warp's heads: `count` of them from `first` (within its kind), at column head `column`.
+  const int kind = group < q_groups ? 0 : group < q_groups + kv_groups ? 1 : 2;  // q, k, v
+  const int first = (kind == 0 ? group : kind == 1 ? group - q_groups : group - q_groups - kv_groups) * H;
+  const int count = min(H, (kind == 0 ? L.num_heads : L.num_kv_heads) - first);
+  const int column = kind == 0 ? first : kind == 1 ? L.num_heads + first : L.num_heads + L.num_kv_heads + first;
+  const int hd = L.head_dim;
+  const int64_t at = (static_cast<int64_t>(t) * (L.num_heads + 2 * L.num_kv_heads) + column) * hd;
+  float2 a[H][STEPS], b[H][STEPS];
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    if (h < count) load_head_pairs<T>(qkv + at + h * hd, qkv_lo ? qkv_lo + at + h * hd : nullptr, hd, a[h], b[h]);
+  }
+  const auto dst_of = [&](int h) {
+    return kind == 0 ? q_out + (static_cast<int64_t>(t) * L.num_heads + first + h) * hd
+                     : (kind == 1 ? k_cache : v_cache) + (slot * L.num_kv_heads + first + h) * hd;
+  };
+  if (kind == 2) {
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+      if (h < count) finish_v_head<T>(a[h], b[h], hd, [dst = dst_of(h)](int i, T x, T y) { store_pair(dst + i, x, y); });
+    }
     return;
   }
-  T* dst = is_q ? q_out + (static_cast<int64_t>(t) * L.num_heads + h) * hd
-                : k_cache + (slot * L.num_kv_heads + (h - L.num_heads)) * hd;
-  norm_rope_head<T>(src, src_lo, hd, positions[t], rope, is_q ? q_norm : k_norm, L.eps,
-                    [dst](int i, T a, T b) { store_pair(dst + i, a, b); });
+  const float* norm = kind == 0 ? q_norm : k_norm;
+  NormRopeParams<STEPS> params;
+  load_norm_rope_params(hd, pos, rope, norm, params);
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    if (h < count) {
+      finish_norm_rope_head<T>(a[h], b[h], params, hd, norm != nullptr, L.eps,
+                               [dst = dst_of(h)](int i, T x, T y) { store_pair(dst + i, x, y); });
+    }
+  }
 }
 
 // Four consecutive products (p aligned to four elements): one 16- or 8-byte load.
@@ -175,7 +246,7 @@ template <typename T>
 void add_rmsnorm(float* x, const float* delta, const float* delta_lo, const float* weight, int rows, int dim, float eps,
                  T* y, T* y_lo, cudaStream_t stream) {
   if (rows == 0) return;
-  add_rmsnorm_kernel<T><<<rows, kRowThreads, 0, stream>>>(x, delta, delta_lo, nullptr, weight, dim, eps, y, y_lo, true);
+  launch_add_rmsnorm<T>(x, delta, delta_lo, nullptr, rows, weight, dim, eps, y, y_lo, true, stream);
   SY_CUDA_CHECK_LAUNCH(add_rmsnorm_kernel);
 }
 
@@ -183,8 +254,7 @@ template <typename T>
 void gather_add_rmsnorm(const float* x, const float* delta, const int32_t* rows, int m, const float* weight, int dim,
                         float eps, T* y, T* y_lo, cudaStream_t stream) {
   if (m == 0) return;
-  add_rmsnorm_kernel<T><<<m, kRowThreads, 0, stream>>>(const_cast<float*>(x), delta, nullptr, rows, weight, dim, eps,
-                                                       y, y_lo, false);
+  launch_add_rmsnorm<T>(const_cast<float*>(x), delta, nullptr, rows, m, weight, dim, eps, y, y_lo, false, stream);
   SY_CUDA_CHECK_LAUNCH(gather_add_rmsnorm_kernel);
 }
 
@@ -193,11 +263,12 @@ void qkv_norm_rope_store(const S* qkv, const S* qkv_lo, int n, const int32_t* po
                          const float* rope, const float* q_norm, const float* k_norm, const QkvLayout& L,
                          T* q_out, T* k_cache, T* v_cache, cudaStream_t stream) {
   if (n == 0) return;
-  constexpr int warps = 8;
-  const int64_t items = static_cast<int64_t>(n) * (L.num_heads + 2 * L.num_kv_heads);
-  const unsigned blocks = static_cast<unsigned>((items + warps - 1) / warps);
-  qkv_norm_rope_store_kernel<T, S><<<blocks, warps * 32, 0, stream>>>(
-      qkv, qkv_lo, positions, slots, rope, q_norm, k_norm, L, n, q_out, k_cache, v_cache);
+  constexpr int warps = 8, H = kHeadsPerWarp;
+  const int64_t groups = (L.num_heads + H - 1) / H + 2 * ((L.num_kv_heads + H - 1) / H);
+  const unsigned blocks = static_cast<unsigned>((n * groups + warps - 1) / warps);
+  const auto kernel = L.head_dim <= 128 ? qkv_norm_rope_store_kernel<T, S, 1> : qkv_norm_rope_store_kernel<T, S, 2>;
+  kernel<<<blocks, warps * 32, 0, stream>>>(qkv, qkv_lo, positions, slots, rope, q_norm, k_norm, L, n, q_out, k_cache,
+                                            v_cache);
   SY_CUDA_CHECK_LAUNCH(qkv_norm_rope_store_kernel);
 }
 
