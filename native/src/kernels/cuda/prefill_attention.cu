@@ -75,7 +75,10 @@ struct PrefillShape {
   // A thread's next key to load is this many bytes further on in a tile (THREADS / CH keys on).
   static constexpr int PASS_BYTES = (THREADS / CH) * (WG ? 128 : HD * 2);
   static constexpr size_t ALIGN_SLACK = WG ? 1024 : 0;  // wgmma's swizzle atoms start on 1024 bytes
-  static constexpr int STAGES = WG ? 4 : 2;
+  // K/V stages: v6 loads tiles LOAD_AHEAD ahead and keeps two more (the tile being multiplied
+  // and the one before, whose P V may still run); v4 and v5 double-buffer.
+  static constexpr int LOAD_AHEAD = 2;
+  static constexpr int STAGES = WG ? LOAD_AHEAD + 2 : 2;
   static constexpr size_t SMEM_BYTES = 2 * STAGES * TILE_BYTES + Q_BYTES + ALIGN_SLACK;  // K and V a stage; Q
 };
 
@@ -363,20 +366,31 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
   auto softmax_max = [&](int gi, int kt, float (&s)[S::JN][4], float (&factor)[2]) {
     const int base = kt * kKeys;
     const bool needs_mask = base + kKeys - 1 > first_pos;
-    float m_raw[2] = {-INFINITY, -INFINITY};
-    int row_pos[2] = {0, 0};
     if (needs_mask) {
-      row_pos[0] = first_pos + clamp_row(thread_row(gi, 0)) / group;
-      row_pos[1] = first_pos + clamp_row(thread_row(gi, 1)) / group;
-    }
+      const int row_pos[2] = {first_pos + clamp_row(thread_row(gi, 0)) / group,
+                              first_pos + clamp_row(thread_row(gi, 1)) / group};
 #pragma unroll
-    for (int jn = 0; jn < S::JN; ++jn) {
+      for (int jn = 0; jn < S::JN; ++jn) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e >> 1;
-        if (needs_mask && base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[h]) s[jn][e] = -INFINITY;
-        m_raw[h] = fmaxf(m_raw[h], s[jn][e]);
+        for (int e = 0; e < 4; ++e) {
+          if (base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[e >> 1]) s[jn][e] = -INFINITY;
+        }
       }
+    }
+    // Each row half's max by a tree, not a chain of 16 dependent fmaxf (the same value: max is
+    // exact in any order).
+    float m_raw[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float t[S::JN];
+#pragma unroll
+      for (int jn = 0; jn < S::JN; ++jn) t[jn] = fmaxf(s[jn][2 * h], s[jn][2 * h + 1]);
+#pragma unroll
+      for (int w = S::JN / 2; w > 0; w /= 2) {
+#pragma unroll
+        for (int jn = 0; jn < w; ++jn) t[jn] = fmaxf(t[jn], t[jn + w]);
+      }
+      m_raw[h] = t[0];
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -446,19 +460,24 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
       __syncthreads();  // every warp is done with this stage before it is refilled
     }
   } else {
-    // Four stages, S a tile ahead, P V a tile behind: while a warpgroup's softmax of tile kt
-    // runs, the tensor cores run its P V of tile kt - 1 and Q Kᵀ of tile kt + 1. Tile kt + 2
-    // loads meanwhile, into the stage of tile kt - 2, whose P V was done before this
-    // iteration's barrier. P V reads its P from registers as it runs, so P alternates between
-    // two register sets (the loop is unrolled by two for it, and for S's two sets).
-    if (key_tiles > 1) {
-      fetch_blocks(1, blocks);
-      load_tile(1, 1, blocks);
-      if (key_tiles > 2) fetch_blocks(2, blocks);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+    // S a tile ahead, P V a tile behind: while a warpgroup's softmax of tile kt runs, the tensor
+    // cores run its P V of tile kt - 1 and Q Kᵀ of tile kt + 1. Tile kt + D (D = LOAD_AHEAD)
+    // loads meanwhile, into the stage of tile kt - 2, whose P V was done before this step's
+    // barrier. Every step commits one group of copies (empty past the last tile), so "tile
+    // kt + 1 has landed" is always the same wait. P V reads its P from registers as it runs, so
+    // P alternates between two register sets (the loop is unrolled by two for it, and for S's).
+    constexpr int D = S::LOAD_AHEAD;
+#pragma unroll
+    for (int t = 1; t < D; ++t) {
+      if (t < key_tiles) {
+        fetch_blocks(t, blocks);
+        load_tile(t, t, blocks);
+      } else {
+        cp_async_commit();
+      }
     }
+    if (D < key_tiles) fetch_blocks(D, blocks);
+    cp_async_wait<D - 1>();  // tile 0
     fence_shared_for_wgmma();
     __syncthreads();
     float s_a[S::JN][4], s_b[S::JN][4];
@@ -469,14 +488,16 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
     // A step with a next tile. Every step issues and waits the same way, so that ptxas can tell
     // which products are done at each wait (where the steps differed, it serialized the wgmmas).
     const auto step = [&](int kt, float (&s)[S::JN][4], float (&s_next)[S::JN][4], uint32_t (&pf)[S::KK][4]) {
-      cp_async_wait<0>();  // tile kt + 1, the only copies in flight
+      cp_async_wait<D - 2>();  // tile kt + 1
       fence_shared_for_wgmma();
       __syncthreads();
-      if (kt + 2 < key_tiles) {
-        load_tile(kt + 2, (kt + 2) % 4, blocks);
-        if (kt + 3 < key_tiles) fetch_blocks(kt + 3, blocks);
+      if (kt + D < key_tiles) {
+        load_tile(kt + D, (kt + D) % S::STAGES, blocks);
+        if (kt + D + 1 < key_tiles) fetch_blocks(kt + D + 1, blocks);
+      } else {
+        cp_async_commit();
       }
-      issue_qk_wgmma(k_tile_at((kt + 1) % 4), s_next);
+      issue_qk_wgmma(k_tile_at((kt + 1) % S::STAGES), s_next);
       float factor[2];
       softmax_max(0, kt, s, factor);
       softmax_exp(0, s, pf);
@@ -485,7 +506,7 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
       wgmma_wait<1>();
       wgmma_pin(o[0]);
       rescale_o(0, factor);
-      issue_pv_wgmma(k_tile_at(kt % 4) + S::TILE_BYTES, pf);
+      issue_pv_wgmma(k_tile_at(kt % S::STAGES) + S::TILE_BYTES, pf);
       wgmma_wait<1>();  // Q Kᵀ of tile kt + 1; P V of tile kt may still run
       wgmma_pin(s_next);
     };
@@ -496,7 +517,7 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
       wgmma_wait<0>();
       wgmma_pin(o[0]);
       rescale_o(0, factor);
-      issue_pv_wgmma(k_tile_at(kt % 4) + S::TILE_BYTES, pf);
+      issue_pv_wgmma(k_tile_at(kt % S::STAGES) + S::TILE_BYTES, pf);
     };
     int kt = 0;
     for (; kt + 2 < key_tiles; kt += 2) {
