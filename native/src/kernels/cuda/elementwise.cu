@@ -138,7 +138,9 @@ __global__ void qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const 
   if (kind == 2) {
 #pragma unroll
     for (int h = 0; h < H; ++h) {
-      if (h < count) finish_v_head<T>(a[h], b[h], hd, [dst = dst_of(h)](int i, T x, T y) { store_pair(dst + i, x, y); });
+      if (h < count) {
+        finish_v_head<T>(a[h], b[h], hd, [dst = dst_of(h)](int i, T x, T y) { store_pair(dst + i, x, y); });
+      }
     }
     return;
   }

@@ -100,7 +100,8 @@ __device__ __forceinline__ void finish_norm_rope_head(const float2 (&a)[STEPS], 
 
 /** The v head as the cache stores it, from load_head_pairs: emit(i, a, b) as finish_norm_rope_head calls it. */
 template <typename T, int STEPS, typename Emit>
-__device__ __forceinline__ void finish_v_head(const float2 (&a)[STEPS], const float2 (&b)[STEPS], int head_dim, Emit emit) {
+__device__ __forceinline__ void finish_v_head(const float2 (&a)[STEPS], const float2 (&b)[STEPS], int head_dim,
+                                              Emit emit) {
   const int lane = threadIdx.x & 31, half = head_dim / 2;
 #pragma unroll
   for (int j = 0; j < STEPS; ++j) {

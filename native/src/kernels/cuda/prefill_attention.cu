@@ -1,6 +1,6 @@
-// Prefill attention on tensor cores with the output in registers (v4, v5; the first version, WMMA
-// with O in shared memory, is paged_attention_prefill_wmma in prefill_attention_wmma.cu and still
-// serves head_dim 256).
+// Prefill attention on tensor cores with the output in registers (v4, v5, and v6 on Hopper; the
+// first version, WMMA with O in shared memory, is paged_attention_prefill_wmma in
+// prefill_attention_wmma.cu and still serves head_dim 256).
 //
 // A block takes one prefill tile (consecutive query tokens of one sequence, times the GQA group
 // of one KV head: 128 (token, head) rows) against 64-key tiles of that sequence's paged cache,
@@ -22,7 +22,8 @@
 // row's result depends only on its own position and the keys, not on the other rows of its tile
 // (batch invariance), and a key tile entirely past a row's position leaves that row's state
 // exactly unchanged. v4 and v5 do the same arithmetic in the same order, so they give the same
-// bits.
+// bits; so does v6 (PrefillShape below), whose warpgroup MMAs give the products mma.sync gives
+// (test/native/cuda_prefill_check.cu compares the bits).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -196,7 +197,8 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
   // a division and a remainder per 16 bytes, v4 gained 16% (bench/CUDA_NOTES.md, "Session 6").
   constexpr int kKeysPerPass = S::THREADS / S::CH;
   constexpr int kPasses = (kKeys + kKeysPerPass - 1) / kKeysPerPass;
-  static_assert(kKeysPerPass % (S::SWZ + 1) == 0 && (!WG || kKeysPerPass % 8 == 0), "a thread's keys share one swizzle");
+  static_assert(kKeysPerPass % (S::SWZ + 1) == 0 && (!WG || kKeysPerPass % 8 == 0),
+                "a thread's keys share one swizzle");
   const int my_chunk = tid % S::CH, my_key = tid / S::CH;
   const int64_t my_column = g * HD + my_chunk * 8;
   const uint32_t my_dst =
@@ -206,8 +208,8 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
   const bool bs_pow2 = (bs & (bs - 1)) == 0;
   const int bs_shift = __ffs(bs) - 1;
   // v6 loads a tile's block-table entries a tile ahead of its K/V (into `blocks`), so that issuing
-  // the copies never waits on a table load (v4 and v5 were 10% slower with it: they look up as
-  // they go).
+  // the copies never waits on a table load. v4 and v5 look up as they go (a run of v4 with the
+  // entries ahead, and its softmax split differently, was 10% slower).
   auto fetch_blocks = [&](int kt, int (&blocks)[kPasses]) {
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
@@ -331,7 +333,7 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
   // The same two products by wgmma, issued only (wgmma_commit and wgmma_wait finish them). K is
   // K-major for B (keys by rows of d): a k16 slice of d is 32 bytes into a half's rows. V is
   // MN-major (d contiguous): a k16 slice is 16 keys, two 8-row groups of both halves, the halves
-  // HALF_BYTES apart along n. The same values as the mma.sync products (test/native/cuda_prefill_check.cu).
+  // HALF_BYTES apart along n. They give the mma.sync products' values (cuda_prefill_check).
   auto issue_qk_wgmma = [&](uint32_t k_tile, float (&s)[S::JN][4]) {
     if constexpr (WG) {
       wgmma_pin(s);
@@ -358,8 +360,8 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
 
   // Online softmax of key tile kt for row group gi, in three parts: softmax_max masks s, moves the
   // running max, rescales the running sum and gives O's factors; rescale_o applies those to O;
-  // softmax_exp adds p to the running sum and leaves P as A fragments of P V. Element (jn, e) of s is key
-  // kt * 64 + jn * 8 + quad_col * 2 + (e & 1) of row half e >> 1. Masking is needed only where the
+  // softmax_exp adds p to the running sum and leaves P as A fragments of P V. Element (jn, e) of
+  // s is key kt * 64 + jn * 8 + quad_col * 2 + (e & 1) of row half e >> 1. Masking is needed only where the
   // tile reaches past the first row's position. The running max is kept in log2 units (max of the
   // raw scores times scale_log2, the same as the max of the scaled scores), so that
   // p = 2^(s * scale_log2 - m) is one FMA and an exp2.
@@ -622,8 +624,9 @@ bool runs_wgmma(int head_dim) {
 // 2048-token prompt (256 blocks) takes 0.107 ms in v5 and 0.083 ms in v4, whose greedy
 // longest-first second wave balances the SMs; four prompts (1024 blocks) 0.260 ms in v5 and 0.312
 // in v4 (H200). SWITCHYARD_CUDA_PREFILL=wmma | mma16 | mma32 forces one wherever it can run (for
-// comparisons); any other value is the default. v6 (wgmma) runs wherever it can: head_dim 64 and
-// 128 on an sm_90a build and a compute capability 9.0 GPU.
+// comparisons); any other value is the default. v6 (wgmma) runs wherever it can: head_dim 128 on
+// an sm_90a build and a compute capability 9.0 GPU (head_dim 64 passes the check with today's
+// loop but is left to v4/v5: see wgmma_block_fills_sm).
 PrefillKernel prefill_kernel(int head_dim, int blocks) {
   if (runs_wmma(head_dim)) return PrefillKernel::kWmma;
   if (runs_wgmma(head_dim)) return PrefillKernel::kWgmma;
