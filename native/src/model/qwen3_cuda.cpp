@@ -670,8 +670,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     gemm_->tune(hn_, rows(split_.qkv), L.qkv, qkvdim_, h, kGemmType, qkv_, false, kProducts16);
     gemm_->tune(hn_, rows(split_.gate_up), L.gate_up, 2 * inter, h, kGemmType, gu_, false, kProducts16);
     // o and down stay on cuBLAS's default: bench/cuda_gemm_algos.cu finds nothing faster for them
-    // (within 1%), and loads that timed another fastest here (8-CTA cluster algorithms) ran them
-    // up to 1.7x slower inside the step (bench/CUDA_NOTES.md, "Session 8").
+    // (within 1%), and loads that timed others fastest here (8-CTA cluster algorithms) ran the
+    // pair up to 1.2x slower inside the step (bench/CUDA_NOTES.md, "Session 8").
     SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
