@@ -487,6 +487,17 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
     issue_qk_wgmma(k_tile_at(0), s_a);
     wgmma_wait<0>();
     wgmma_pin(s_a);
+    // Tile kt's softmax, then its P V, once the P V before it is done: at that wait, `pending`
+    // groups issued after that P V may still run (1: the next tile's Q Kᵀ; 0 in the last step).
+    const auto softmax_and_pv = [&](auto pending, int kt, float (&s)[S::JN][4], uint32_t (&pf)[S::KK][4]) {
+      float factor[2];
+      softmax_max(0, kt, s, factor);
+      softmax_exp(0, s, pf);
+      wgmma_wait<decltype(pending)::value>();
+      wgmma_pin(o[0]);  // O is ours to rescale
+      rescale_o(0, factor);
+      issue_pv_wgmma(k_tile_at(kt % S::STAGES) + S::TILE_BYTES, pf);
+    };
     // A step with a next tile. Every step issues and waits the same way, so that ptxas can tell
     // which products are done at each wait (where the steps differed, it serialized the wgmmas).
     const auto step = [&](int kt, float (&s)[S::JN][4], float (&s_next)[S::JN][4], uint32_t (&pf)[S::KK][4]) {
@@ -500,26 +511,12 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
         cp_async_commit();
       }
       issue_qk_wgmma(k_tile_at((kt + 1) % S::STAGES), s_next);
-      float factor[2];
-      softmax_max(0, kt, s, factor);
-      softmax_exp(0, s, pf);
-      // P V of tile kt - 1 is done (Q Kᵀ of tile kt + 1, issued after it, may still run): O is
-      // ours to rescale.
-      wgmma_wait<1>();
-      wgmma_pin(o[0]);
-      rescale_o(0, factor);
-      issue_pv_wgmma(k_tile_at(kt % S::STAGES) + S::TILE_BYTES, pf);
+      softmax_and_pv(std::integral_constant<int, 1>{}, kt, s, pf);
       wgmma_wait<1>();  // Q Kᵀ of tile kt + 1; P V of tile kt may still run
       wgmma_pin(s_next);
     };
     const auto last_step = [&](int kt, float (&s)[S::JN][4], uint32_t (&pf)[S::KK][4]) {
-      float factor[2];
-      softmax_max(0, kt, s, factor);
-      softmax_exp(0, s, pf);
-      wgmma_wait<0>();
-      wgmma_pin(o[0]);
-      rescale_o(0, factor);
-      issue_pv_wgmma(k_tile_at(kt % S::STAGES) + S::TILE_BYTES, pf);
+      softmax_and_pv(std::integral_constant<int, 0>{}, kt, s, pf);
     };
     int kt = 0;
     for (; kt + 2 < key_tiles; kt += 2) {
