@@ -624,16 +624,20 @@ bool runs_wgmma(int head_dim) {
 // comparisons); any other value is the default. v6 (wgmma) runs wherever it can: head_dim 128 on
 // an sm_90a build and a compute capability 9.0 GPU (head_dim 64 passes the check with today's
 // loop but is left to v4/v5: see wgmma_block_fills_sm).
-PrefillKernel prefill_kernel(int head_dim, int blocks) {
-  if (runs_wmma(head_dim)) return PrefillKernel::kWmma;
-  if (runs_wgmma(head_dim)) return PrefillKernel::kWgmma;
+PrefillKernel rows_kernel_for(int blocks) {
   if (wanted_kernel() == "mma16") return PrefillKernel::kRows16;
   if (wanted_kernel() == "mma32") return PrefillKernel::kRows32;
   return blocks > 2 * sm_count() ? PrefillKernel::kRows32 : PrefillKernel::kRows16;
 }
 
-// v6 was checked only where one block fills an SM (its registers see to that: 230 a thread at
-// head_dim 128). With head_dim 64 and two blocks an SM, an earlier version gave wrong results
+PrefillKernel prefill_kernel(int head_dim, int blocks) {
+  if (runs_wmma(head_dim)) return PrefillKernel::kWmma;
+  if (runs_wgmma(head_dim)) return PrefillKernel::kWgmma;
+  return rows_kernel_for(blocks);
+}
+
+// v6 was checked only where one block fills an SM (its registers see to that: over 200 a thread
+// at head_dim 128). With head_dim 64 and two blocks an SM, an earlier version gave wrong results
 // that were not explained; should a build ever fit two, the mma.sync kernels serve instead.
 template <typename T, int HD>
 bool wgmma_block_fills_sm() {
@@ -651,11 +655,15 @@ bool wgmma_block_fills_sm() {
 template <typename T, int HD>
 void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const int32_t* positions,
                         const PagedKv<T>& kv, int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
-  const PrefillKernel kernel = prefill_kernel(HD, num_tiles * kv.num_kv_heads);
-  if constexpr (HD == 128) {
-    if (kernel == PrefillKernel::kWgmma && wgmma_block_fills_sm<T, HD>()) {
-      return launch_prefill_rows<T, HD, 1, true>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
+  const int blocks = num_tiles * kv.num_kv_heads;
+  PrefillKernel kernel = prefill_kernel(HD, blocks);
+  if (kernel == PrefillKernel::kWgmma) {
+    if constexpr (HD == 128) {
+      if (wgmma_block_fills_sm<T, HD>()) {
+        return launch_prefill_rows<T, HD, 1, true>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
+      }
     }
+    kernel = rows_kernel_for(blocks);
   }
   if (kernel == PrefillKernel::kRows16) {
     return launch_prefill_rows<T, HD, 1>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
