@@ -170,8 +170,9 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     async (_name, dirOf) => {
       const dir = dirOf();
       // A prefill launch of more than two blocks an SM runs v5 (prefill_attention.cu), a smaller
-      // one v4: enough 300-token prompts in one step for 320 blocks (two for each SM of a GPU with
-      // up to 160), each prompt taking ceil(300 / (128 / group)) tiles times the KV heads.
+      // one v4 (head_dim 128 on an H100/H200 runs v6 either way): enough 300-token prompts in one
+      // step for 320 blocks (two for each SM of a GPU with up to 160), each prompt taking
+      // ceil(300 / (128 / group)) tiles times the KV heads.
       const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as {
         num_attention_heads: number;
         num_key_value_heads: number;
