@@ -655,20 +655,32 @@ class Qwen3Cuda final : public CudaModelRunner {
     kv_cache_bytes_ = static_cast<int64_t>(kv_mem_.bytes());
   }
 
-  // The prefill GEMMs' algorithms, timed once here on layer 0's weights for every size class up
-  // to this engine's largest step (gemm.h), before any decode graph captures one. The buffers
-  // it fills (the GEMM input hn_, the products qkv_ and gu_) are scratch until the first step.
+  // The prefill GEMMs' algorithms, timed once here for every size class up to this engine's
+  // largest step (gemm.h), before any decode graph captures one. Each timed product takes the next
+  // layer's matrix, so weights stream from memory as they do in a step. The buffers it fills (the
+  // GEMM input hn_, the products qkv_ and gu_) are scratch until the first step.
   void tune_gemms() {
     const int64_t N = max_tokens_, h = c_.hidden_size, inter = c_.intermediate_size;
-    const LayerWeights& L = layers_[0];
-    const size_t hn_bytes = ((split_.qkv || split_.gate_up) ? 2 : 1) * N * h * sizeof(T);
-    // Inputs of moderate size in either dtype (0x3c3c: 1.06 in fp16, 0.0115 in bf16).
-    SY_CUDA_CHECK(cudaMemsetAsync(hn_, 0x3c, hn_bytes, stream_));
+    const int64_t hn_rows = ((split_.qkv || split_.gate_up) ? 2 : 1) * N;
+    // Inputs with the spread of real activations rather than a constant (tensor cores draw more
+    // power, and clock lower, on varied operands): rows of layer 0's gate_up matrix, whose rows
+    // are h long too, repeated. Their lo halves, where split, are these values again.
+    const int64_t source_rows = 2 * inter;
+    for (int64_t r = 0; r < hn_rows; r += source_rows) {
+      const int64_t count = std::min(source_rows, hn_rows - r);
+      SY_CUDA_CHECK(cudaMemcpyAsync(hn_ + r * h, layers_[0].gate_up, static_cast<size_t>(count * h) * sizeof(T),
+                                    cudaMemcpyDeviceToDevice, stream_));
+    }
     const auto rows = [N](bool split) { return split ? 2 * N : N; };
+    std::vector<const void*> qkv, gate_up;
+    for (const LayerWeights& L : layers_) {
+      qkv.push_back(L.qkv);
+      gate_up.push_back(L.gate_up);
+    }
     // qkv and gate_up into their products (stacked_gemm_products: prefill-sized steps are not pure
     // decode steps, whose fused attention reads an fp32 qkv).
-    gemm_->tune(hn_, rows(split_.qkv), L.qkv, qkvdim_, h, kGemmType, qkv_, false, kProducts16);
-    gemm_->tune(hn_, rows(split_.gate_up), L.gate_up, 2 * inter, h, kGemmType, gu_, false, kProducts16);
+    gemm_->tune(hn_, rows(split_.qkv), qkv, qkvdim_, h, kGemmType, qkv_, false, kProducts16);
+    gemm_->tune(hn_, rows(split_.gate_up), gate_up, 2 * inter, h, kGemmType, gu_, false, kProducts16);
     // o and down stay on cuBLAS's default: bench/cuda_gemm_algos.cu finds nothing faster for them
     // (within 1%), and loads that timed others fastest here (8-CTA cluster algorithms) ran the
     // pair up to 1.2x slower inside the step (bench/CUDA_NOTES.md, "Session 8").

@@ -2,6 +2,7 @@
 // q/k norm + RoPE + KV-cache store fused into one pass over the QKV projection, SiLU-and-
 // multiply. Same functions as kernels/cpu/elementwise.cpp; fp32 arithmetic throughout.
 #include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/activation.cuh"
@@ -25,52 +26,84 @@ __global__ void embed_kernel(const T* table, const int32_t* tokens, int dim, flo
   for (int i = threadIdx.x; i < dim; i += blockDim.x) out[static_cast<int64_t>(t) * dim + i] = to_f32(row[i]);
 }
 
-// One block per row; the output is split (store_split.cuh) when y_lo is not null. With V > 0
-// (dim <= V * blockDim), a thread's V elements of the row and of the norm weight are all loaded
+// R rows a block; the output is split (store_split.cuh) when y_lo is not null. With V > 0
+// (dim <= V * blockDim), a thread's V elements of each row and of the norm weight are all loaded
 // before any is used and stay in registers for the output: one memory round trip before the
 // reduction instead of one before it and another after (the two norms of a layer took 17 µs at a
-// 2048-token step, for 24 MB; bench/CUDA_NOTES.md, "Session 8"). V = 0 takes any dim and reads the
-// row again. Both sum the same terms in the same order, as the gemv's norm prologue does.
-template <typename T, int V>
+// 2048-token step, for 24 MB; bench/CUDA_NOTES.md, "Session 8"). R > 1 puts R rows' loads in
+// flight at once and shares the weight's; at one row a block, a 2048-token step's norms were 2048
+// short blocks, two waves of one round trip each ("Session 9"). V = 0 takes any dim and reads the
+// row again (R = 1). Every row sums the same terms in the same order, as the gemv's norm prologue
+// does.
+template <typename T, int V, int R>
 __global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* delta_lo, const int32_t* gather,
-                                   const float* weight, int dim, float eps, T* y, T* y_lo, bool write_back) {
-  __shared__ float scratch[32];
-  const int r = blockIdx.x;
-  const int64_t src = gather ? gather[r] : r;
-  float* xr = x + src * dim;
-  const float* dr = delta ? delta + src * dim : nullptr;
-  const float* dl = delta_lo ? delta_lo + src * dim : nullptr;
-  const int64_t yr = static_cast<int64_t>(r) * dim;
-  // A split input's two products are summed first, then added to the stream.
-  const auto d_at = [dr, dl](int i) { return dl ? dr[i] + dl[i] : dr[i]; };
-  float ss = 0;
+                                   int rows, const float* weight, int dim, float eps, T* y, T* y_lo, bool write_back) {
+  static_assert(R == 1 || V > 0, "several rows a block only with the row in registers");
+  __shared__ float scratch[32 * R];
   if constexpr (V > 0) {
-    float v[V], w[V];
+    float v[R][V], w[V];
+    int64_t src[R];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const int i = threadIdx.x + k * blockDim.x;
-      if (i < dim) {
-        v[k] = xr[i];
-        if (dr) v[k] += d_at(i);
-        w[k] = weight[i];
-      }
+    for (int j = 0; j < R; ++j) {
+      const int r = min(blockIdx.x * R + j, rows - 1);  // a short last block repeats its last row, unstored
+      src[j] = gather ? gather[r] : r;
     }
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int i = threadIdx.x + k * blockDim.x;
-      if (i < dim) {
-        if (write_back && dr) xr[i] = v[k];
-        ss += v[k] * v[k];
+      if (i < dim) w[k] = weight[i];
+    }
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const float* xr = x + src[j] * dim;
+      const float* dr = delta ? delta + src[j] * dim : nullptr;
+      const float* dl = delta_lo ? delta_lo + src[j] * dim : nullptr;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < dim) {
+          v[j][k] = xr[i];
+          // A split input's two products are summed first, then added to the stream.
+          if (dr) v[j][k] += dl ? dr[i] + dl[i] : dr[i];
+        }
       }
     }
-    ss = block_sum(ss, scratch);
-    const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+    float ss[R];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const int i = threadIdx.x + k * blockDim.x;
-      if (i < dim) store_split(w[k] * (v[k] * inv), y, y_lo, yr + i);
+    for (int j = 0; j < R; ++j) {
+      const bool stored = blockIdx.x * R + j < rows;
+      ss[j] = 0;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < dim) {
+          if (write_back && delta && stored) x[src[j] * dim + i] = v[j][k];
+          ss[j] += v[j][k] * v[j][k];
+        }
+      }
+    }
+    block_sum_n<R>(ss, scratch);
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int r = blockIdx.x * R + j;
+      if (r >= rows) break;
+      const float inv = rsqrtf(ss[j] / static_cast<float>(dim) + eps);
+      const int64_t yr = static_cast<int64_t>(r) * dim;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < dim) store_split(w[k] * (v[j][k] * inv), y, y_lo, yr + i);
+      }
     }
   } else {
+    const int r = blockIdx.x;
+    const int64_t src = gather ? gather[r] : r;
+    float* xr = x + src * dim;
+    const float* dr = delta ? delta + src * dim : nullptr;
+    const float* dl = delta_lo ? delta_lo + src * dim : nullptr;
+    const int64_t yr = static_cast<int64_t>(r) * dim;
+    const auto d_at = [dr, dl](int i) { return dl ? dr[i] + dl[i] : dr[i]; };
+    float ss = 0;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
       float v = xr[i];
       if (dr) v += d_at(i);
@@ -86,17 +119,33 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* de
   }
 }
 
+// Rows a block for add_rmsnorm_kernel (SWITCHYARD_CUDA_NORM_ROWS while measuring; Session 9).
+int norm_rows_per_block(int rows) {
+  static const int forced = [] {
+    const char* v = std::getenv("SWITCHYARD_CUDA_NORM_ROWS");
+    return v ? std::atoi(v) : 0;
+  }();
+  if (forced == 1 || forced == 2 || forced == 4) return forced;
+  return rows >= 1024 ? 4 : rows >= 256 ? 2 : 1;
+}
+
 /** add_rmsnorm_kernel for rows of dim elements, with the row in registers where it fits. */
 template <typename T>
 void launch_add_rmsnorm(float* x, const float* delta, const float* delta_lo, const int32_t* gather, int rows,
                         const float* weight, int dim, float eps, T* y, T* y_lo, bool write_back, cudaStream_t stream) {
   const int per_thread = (dim + kRowThreads - 1) / kRowThreads;
-  const auto kernel = per_thread <= 4    ? add_rmsnorm_kernel<T, 4>
-                      : per_thread <= 8  ? add_rmsnorm_kernel<T, 8>
-                      : per_thread <= 16 ? add_rmsnorm_kernel<T, 16>
-                      : per_thread <= 32 ? add_rmsnorm_kernel<T, 32>
-                                         : add_rmsnorm_kernel<T, 0>;
-  kernel<<<rows, kRowThreads, 0, stream>>>(x, delta, delta_lo, gather, weight, dim, eps, y, y_lo, write_back);
+  const int r = per_thread <= 8 ? norm_rows_per_block(rows) : 1;
+  const auto kernel = per_thread <= 4    ? (r == 4   ? add_rmsnorm_kernel<T, 4, 4>
+                                            : r == 2 ? add_rmsnorm_kernel<T, 4, 2>
+                                                     : add_rmsnorm_kernel<T, 4, 1>)
+                      : per_thread <= 8  ? (r == 4   ? add_rmsnorm_kernel<T, 8, 4>
+                                            : r == 2 ? add_rmsnorm_kernel<T, 8, 2>
+                                                     : add_rmsnorm_kernel<T, 8, 1>)
+                      : per_thread <= 16 ? add_rmsnorm_kernel<T, 16, 1>
+                      : per_thread <= 32 ? add_rmsnorm_kernel<T, 32, 1>
+                                         : add_rmsnorm_kernel<T, 0, 1>;
+  const unsigned blocks = static_cast<unsigned>((rows + r - 1) / r);
+  kernel<<<blocks, kRowThreads, 0, stream>>>(x, delta, delta_lo, gather, rows, weight, dim, eps, y, y_lo, write_back);
 }
 
 // Up to kHeadsPerWarp heads of one kind (q, k or v) of one token a warp, every head's loads issued
@@ -114,7 +163,9 @@ __global__ void qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const 
   constexpr int H = kHeadsPerWarp;
   const int q_groups = (L.num_heads + H - 1) / H, kv_groups = (L.num_kv_heads + H - 1) / H;
   const int groups = q_groups + 2 * kv_groups;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  // 32-bit: n * groups is far below 2^31 (a step's tokens times a few dozen), and a 64-bit
+  // division is a long subroutine in front of every warp's loads.
+  const unsigned item = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int t = static_cast<int>(item / groups), group = static_cast<int>(item % groups);
   if (t >= n) return;  // the whole warp leaves together
   const int pos = positions[t];
@@ -156,43 +207,35 @@ __global__ void qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const 
   }
 }
 
-// Four consecutive products (p aligned to four elements): one 16- or 8-byte load.
-template <typename T>
-__device__ __forceinline__ float4 load_products4(const Product<T>* p) {
-  float v[4];
-  load_products<T>(p, v);
-  return make_float4(v[0], v[1], v[2], v[3]);
-}
-
-// V elements per thread (16-byte loads of gate and up when V == 4: inter % 4 == 0; 8-byte ones of
-// 16-bit products).
+// V consecutive elements a thread, V = 16 bytes of products (4 fp32, 8 fp16: one 16-byte load of
+// gate and one of up, inter % V == 0), or V = 1 for any inter. A thread's V outputs are one store.
+// At 4 elements of 16-bit products a thread (8-byte loads), a 2048-token step's SiLU·up moved its
+// 38 MB at 2.9 TB/s ("Session 9").
 template <typename T, int V>
-__global__ void silu_mul_kernel(const Product<T>* gu, const Product<T>* gu_lo, int inter, T* out, T* out_lo) {
-  const int t = blockIdx.y;
+__global__ void silu_mul_kernel(const Product<T>* gu, const Product<T>* gu_lo, int n, int inter, T* out, T* out_lo) {
+  const int per_row = inter / V;
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= static_cast<int64_t>(n) * per_row) return;
+  const int t = static_cast<int>(k / per_row), i = static_cast<int>(k % per_row) * V;
   const Product<T>* g = gu + static_cast<int64_t>(t) * 2 * inter;
   const Product<T>* gl = gu_lo ? gu_lo + static_cast<int64_t>(t) * 2 * inter : nullptr;
-  const int64_t o = static_cast<int64_t>(t) * inter;
-  for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < inter; i += gridDim.x * blockDim.x * V) {
-    if constexpr (V == 4) {
-      float4 a = load_products4<T>(g + i);
-      float4 b = load_products4<T>(g + inter + i);
-      if (gl) {
-        const float4 la = load_products4<T>(gl + i);
-        const float4 lb = load_products4<T>(gl + inter + i);
-        a = make_float4(a.x + la.x, a.y + la.y, a.z + la.z, a.w + la.w);
-        b = make_float4(b.x + lb.x, b.y + lb.y, b.z + lb.z, b.w + lb.w);
-      }
-      // One 8-byte store of hi (and of lo) instead of four 2-byte ones: with the lo half split
-      // off (bf16), the scalar stores took 32 µs a layer in a 2048-token step, these 19.5.
-      const float v[4] = {silu_times(a.x, b.x), silu_times(a.y, b.y), silu_times(a.z, b.z), silu_times(a.w, b.w)};
-      store_split4(v, out, out_lo, o + i);
-    } else {
-      const auto value = [](const Product<T>* p, int at) { return product_value<T>(p[at]); };
-      const float gate = gl ? value(g, i) + value(gl, i) : value(g, i);
-      const float up = gl ? value(g, inter + i) + value(gl, inter + i) : value(g, inter + i);
-      store_split(silu_times(gate, up), out, out_lo, o + i);
+  float a[V], b[V];
+  load_products<T>(g + i, a);
+  load_products<T>(g + inter + i, b);
+  if (gl) {
+    float la[V], lb[V];
+    load_products<T>(gl + i, la);
+    load_products<T>(gl + inter + i, lb);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      a[e] += la[e];
+      b[e] += lb[e];
     }
   }
+  float v[V];
+#pragma unroll
+  for (int e = 0; e < V; ++e) v[e] = silu_times(a[e], b[e]);
+  store_split_n(v, out, out_lo, static_cast<int64_t>(t) * inter + i);
 }
 
 // One thread per (position, angle): the expression norm_rope_head evaluated per element before.
@@ -278,12 +321,14 @@ template <typename T>
 void silu_mul(const Product<T>* gate_up, const Product<T>* gate_up_lo, int n, int inter, T* out, T* out_lo,
               cudaStream_t stream) {
   if (n == 0) return;
-  if (inter % 4 == 0) {
-    const dim3 grid(static_cast<unsigned>((inter / 4 + 255) / 256), static_cast<unsigned>(n));
-    silu_mul_kernel<T, 4><<<grid, 256, 0, stream>>>(gate_up, gate_up_lo, inter, out, out_lo);
+  constexpr int kWide = 16 / sizeof(Product<T>);
+  const bool wide = inter % kWide == 0;
+  const int64_t threads = static_cast<int64_t>(n) * (wide ? inter / kWide : inter);
+  const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
+  if (wide) {
+    silu_mul_kernel<T, kWide><<<blocks, 256, 0, stream>>>(gate_up, gate_up_lo, n, inter, out, out_lo);
   } else {
-    const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(n));
-    silu_mul_kernel<T, 1><<<grid, 256, 0, stream>>>(gate_up, gate_up_lo, inter, out, out_lo);
+    silu_mul_kernel<T, 1><<<blocks, 256, 0, stream>>>(gate_up, gate_up_lo, n, inter, out, out_lo);
   }
   SY_CUDA_CHECK_LAUNCH(silu_mul_kernel);
 }

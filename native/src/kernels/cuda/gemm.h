@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace sy::cuda {
 
@@ -36,14 +37,17 @@ class Gemm {
   /**
    * Times cuBLASLt's candidate algorithms for this shape at each size class of n (powers of two
    * from kMinTunedRows up to max_n, and max_n) and keeps the fastest, or the heuristic's first
-   * unless another beats it by 3%, so that runs that time alike choose alike. x ([max_n, in]),
-   * w and y ([max_n, out], fp32 or, with y_16bit, the 16-bit dtype) are scratch: the timing
-   * overwrites y. Synchronizes the stream. Does
-   * nothing when SWITCHYARD_CUDA_GEMM_TUNE=off; SWITCHYARD_CUDA_GEMM_TUNE=N tunes from N rows
-   * instead of kMinTunedRows (for measuring).
+   * unless another beats it by 3%, so that runs that time alike choose alike. Each timed product
+   * takes the next matrix of `ws` (every layer's, so that weights stream from memory as in a
+   * step), and the candidates are timed in turn over several rounds, each keeping its best round
+   * (so that a clock ramp or a hiccup during one candidate's turn does not pick the winner). x
+   * ([max_n, in]), the matrices and y ([max_n, out], fp32 or, with y_16bit, the 16-bit dtype)
+   * are scratch: the timing overwrites y. Synchronizes the stream. Does nothing when
+   * SWITCHYARD_CUDA_GEMM_TUNE=off; SWITCHYARD_CUDA_GEMM_TUNE=N tunes from N rows instead of
+   * kMinTunedRows (for measuring).
    */
-  void tune(const void* x, int64_t max_n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y,
-            bool accumulate, bool y_16bit);
+  void tune(const void* x, int64_t max_n, const std::vector<const void*>& ws, int64_t out, int64_t in, Half16 dtype,
+            void* y, bool accumulate, bool y_16bit);
 
   /** What tune() chose, for the engine's description: "" when nothing was tuned. */
   std::string tuned_summary() const;

@@ -15,20 +15,20 @@ __device__ __forceinline__ void store_split(float v, T* y, T* y_lo, int64_t i) {
   if (y_lo) y_lo[i] = from_f32<T>(v - to_f32(hi));
 }
 
-/** store_split of v[0..3] at i..i + 3 (y + i and y_lo + i 8-byte aligned), as one 8-byte write each. */
-template <typename T>
-__device__ __forceinline__ void store_split4(const float (&v)[4], T* y, T* y_lo, int64_t i) {
-  struct alignas(8) Quad {
-    T e[4];
+/** store_split of v[0..N-1] at i..i + N - 1 (y + i and y_lo + i aligned to N elements), as one write each. */
+template <int N, typename T>
+__device__ __forceinline__ void store_split_n(const float (&v)[N], T* y, T* y_lo, int64_t i) {
+  struct alignas(N * sizeof(T)) Vec {
+    T e[N];
   };
-  Quad hi, lo;
+  Vec hi, lo;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < N; ++k) {
     hi.e[k] = from_f32<T>(v[k]);
     lo.e[k] = from_f32<T>(v[k] - to_f32(hi.e[k]));
   }
-  *reinterpret_cast<Quad*>(y + i) = hi;
-  if (y_lo) *reinterpret_cast<Quad*>(y_lo + i) = lo;
+  *reinterpret_cast<Vec*>(y + i) = hi;
+  if (y_lo) *reinterpret_cast<Vec*>(y_lo + i) = lo;
 }
 
 /** Stores a and b at dst[0] and dst[1] (dst 4-byte aligned) as one 32-bit write. */
