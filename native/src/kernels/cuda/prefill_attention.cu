@@ -207,30 +207,42 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
   const int bs = kv.block_size;
   const bool bs_pow2 = (bs & (bs - 1)) == 0;
   const int bs_shift = __ffs(bs) - 1;
-  // v6 loads a tile's block-table entries a tile ahead of its K/V (into `blocks`), so that issuing
-  // the copies never waits on a table load. v4 and v5 look up as they go (a run of v4 with the
-  // entries ahead, and its softmax split differently, was 10% slower).
-  auto fetch_blocks = [&](int kt, int (&blocks)[kPasses]) {
+  // v6 looks up a tile's slots (block-table entry times block_size plus the offset, or -1 past
+  // the last key) a step before its copies are issued, so that a copy costs only its address:
+  // the table load, the division and the 64-bit slot arithmetic of each copy had sat in front of
+  // every step's Q Kᵀ. With the lookups moved behind the step's softmax too, the kernel took 5-9%
+  // less time (bench/CUDA_NOTES.md, "Session 9"). v4 and v5 look up as they go (a run of v4 with
+  // the entries ahead, and its softmax split differently, was 10% slower).
+  auto fetch_slots = [&](int kt, int (&slots)[kPasses]) {
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
       const int j = kt * kKeys + my_key + p * kKeysPerPass;
-      blocks[p] = j <= max_pos ? table[bs_pow2 ? j >> bs_shift : j / bs] : 0;
+      slots[p] = j > max_pos ? -1
+                 : bs_pow2   ? table[j >> bs_shift] * bs + (j & (bs - 1))
+                             : table[j / bs] * bs + j % bs;
     }
   };
-  auto load_tile = [&](int kt, int stage, const int (&blocks)[kPasses]) {
+  const int kv_row32 = kv.num_kv_heads * HD;
+  auto load_tile = [&](int kt, int stage, const int (&slots)[kPasses]) {
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
       const int key = my_key + p * kKeysPerPass;
       if (kPasses == 1 && key >= kKeys) break;  // more threads than chunks (head_dim 16, v4)
-      const int j = kt * kKeys + key;
-      const bool valid = j <= max_pos;
-      int64_t off = 0;
-      if (valid) {
-        const int offset = bs_pow2 ? j & (bs - 1) : j % bs;
-        const int32_t block = WG ? blocks[p] : table[bs_pow2 ? j >> bs_shift : j / bs];
-        off = (static_cast<int64_t>(block) * bs + offset) * kv_row + my_column;
-      }
       const uint32_t dst = my_dst + stage * 2 * S::TILE_BYTES + p * S::PASS_BYTES;
+      bool valid;
+      int64_t off = 0;
+      if constexpr (WG) {
+        valid = slots[p] >= 0;
+        off = static_cast<int64_t>(valid ? slots[p] : 0) * kv_row32 + my_column;
+      } else {
+        const int j = kt * kKeys + key;
+        valid = j <= max_pos;
+        if (valid) {
+          const int offset = bs_pow2 ? j & (bs - 1) : j % bs;
+          const int32_t block = table[bs_pow2 ? j >> bs_shift : j / bs];
+          off = (static_cast<int64_t>(block) * bs + offset) * kv_row + my_column;
+        }
+      }
       cp_async_16(dst, kv.k + off, valid);
       cp_async_16(dst + S::TILE_BYTES, kv.v + off, valid);
     }
@@ -434,15 +446,15 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
   };
 
   const auto k_tile_at = [&](int stage) { return smem_base + stage * 2 * S::TILE_BYTES; };
-  int blocks[kPasses] = {};
-  if constexpr (WG) fetch_blocks(0, blocks);
-  load_tile(0, 0, blocks);
+  int slots[kPasses] = {};  // v6: the slots of the next tile to load (fetch_slots)
+  if constexpr (WG) fetch_slots(0, slots);
+  load_tile(0, 0, slots);
   if constexpr (!WG) {
     // Two stages: tile kt + 1 loads while tile kt is multiplied.
     for (int kt = 0; kt < key_tiles; ++kt) {
       const int stage = kt & 1;
       if (kt + 1 < key_tiles) {
-        load_tile(kt + 1, stage ^ 1, blocks);
+        load_tile(kt + 1, stage ^ 1, slots);
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
@@ -472,13 +484,13 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
 #pragma unroll
     for (int t = 1; t < D; ++t) {
       if (t < key_tiles) {
-        fetch_blocks(t, blocks);
-        load_tile(t, t, blocks);
+        fetch_slots(t, slots);
+        load_tile(t, t, slots);
       } else {
         cp_async_commit();
       }
     }
-    if (D < key_tiles) fetch_blocks(D, blocks);
+    if (D < key_tiles) fetch_slots(D, slots);
     cp_async_wait<D - 1>();  // tile 0
     fence_shared_for_wgmma();
     __syncthreads();
@@ -504,14 +516,17 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
       cp_async_wait<D - 2>();  // tile kt + 1
       fence_shared_for_wgmma();
       __syncthreads();
+      // The copies of tile kt + D go first: issued after the softmax, they arrived too late
+      // (four prompts 13% slower); issued after Q Kᵀ, they needed S's registers twice (spills).
+      // The next tile's slot lookups, whose results wait a step anyway, go last.
       if (kt + D < key_tiles) {
-        load_tile(kt + D, (kt + D) % S::STAGES, blocks);
-        if (kt + D + 1 < key_tiles) fetch_blocks(kt + D + 1, blocks);
+        load_tile(kt + D, (kt + D) % S::STAGES, slots);
       } else {
         cp_async_commit();
       }
       issue_qk_wgmma(k_tile_at((kt + 1) % S::STAGES), s_next);
       softmax_and_pv(std::integral_constant<int, 1>{}, kt, s, pf);
+      if (kt + D + 1 < key_tiles) fetch_slots(kt + D + 1, slots);
       wgmma_wait<1>();  // Q Kᵀ of tile kt + 1; P V of tile kt may still run
       wgmma_pin(s_next);
     };
