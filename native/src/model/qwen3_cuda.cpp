@@ -662,9 +662,9 @@ class Qwen3Cuda final : public CudaModelRunner {
   void tune_gemms() {
     const int64_t N = max_tokens_, h = c_.hidden_size, inter = c_.intermediate_size;
     const int64_t hn_rows = ((split_.qkv || split_.gate_up) ? 2 : 1) * N;
-    // Inputs with the spread of real activations rather than a constant (tensor cores draw more
-    // power, and clock lower, on varied operands): rows of layer 0's gate_up matrix, whose rows
-    // are h long too, repeated. Their lo halves, where split, are these values again.
+    // Inputs with a spread of values rather than a constant, since the tensor cores' power, and
+    // with it their clock, depends on the operands: rows of layer 0's gate_up matrix (h long too),
+    // repeated. Where inputs are split, the lo rows get these values as well.
     const int64_t source_rows = 2 * inter;
     for (int64_t r = 0; r < hn_rows; r += source_rows) {
       const int64_t count = std::min(source_rows, hn_rows - r);

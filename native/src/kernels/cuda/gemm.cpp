@@ -244,10 +244,11 @@ void Gemm::tune(const void* x, int64_t max_n, const std::vector<const void*>& ws
       if (launch(i) == CUBLAS_STATUS_SUCCESS && launch(i) == CUBLAS_STATUS_SUCCESS) runnable.push_back(i);
     }
     if (runnable.empty()) continue;
-    // Each timed product is followed by a one-word memset, as a step follows it by a kernel of
-    // ours: back to back, a product's prologue can overlap the one before it (programmatic
-    // dependent launches between cuBLAS's own kernels), which rewarded algorithms that ran 30%
-    // slower inside a step (bench/CUDA_NOTES.md, "Session 9").
+    // Each timed product is followed by a one-word memset, as a step follows each GEMM with a
+    // kernel of ours (back to back, one product's start may overlap the end of the one before).
+    // Without it, one load of three kept qkv on an algorithm that ran 30% slower inside a step,
+    // timed within 3% of the faster one; with it, four loads of four chose the faster one
+    // (bench/CUDA_NOTES.md, "Session 9").
     constexpr int kRounds = 3, kTimed = 6;
     std::vector<float> best_round(runnable.size(), 0.0f);
     for (int round = 0; round < kRounds; ++round) {

@@ -40,7 +40,8 @@ class Gemm {
    * unless another beats it by 3%, so that runs that time alike choose alike. Each timed product
    * takes the next matrix of `ws` (every layer's, so that weights stream from memory as in a
    * step), and the candidates are timed in turn over several rounds, each keeping its best round
-   * (so that a clock ramp or a hiccup during one candidate's turn does not pick the winner). x
+   * (so that a clock ramp or a hiccup during one candidate's turn does not pick the winner),
+   * each product followed by a one-word memset as a step follows it by another kernel. x
    * ([max_n, in]), the matrices and y ([max_n, out], fp32 or, with y_16bit, the 16-bit dtype)
    * are scratch: the timing overwrites y. Synchronizes the stream. Does nothing when
    * SWITCHYARD_CUDA_GEMM_TUNE=off; SWITCHYARD_CUDA_GEMM_TUNE=N tunes from N rows instead of
