@@ -246,9 +246,9 @@ void Gemm::tune(const void* x, int64_t max_n, const std::vector<const void*>& ws
     if (runnable.empty()) continue;
     // Each timed product is followed by a one-word memset, as a step follows each GEMM with a
     // kernel of ours (back to back, one product's start may overlap the end of the one before).
-    // Without it, one load of three kept qkv on an algorithm that ran 30% slower inside a step,
-    // timed within 3% of the faster one; with it, four loads of four chose the faster one
-    // (bench/CUDA_NOTES.md, "Session 9").
+    // Without it, one load of three moved qkv to an algorithm that timed faster here and ran 30%
+    // slower inside a step; with it, four loads of four kept the faster one (bench/CUDA_NOTES.md,
+    // "Session 9").
     constexpr int kRounds = 3, kTimed = 6;
     std::vector<float> best_round(runnable.size(), 0.0f);
     for (int round = 0; round < kRounds; ++round) {
