@@ -176,7 +176,6 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
   const int group = num_heads / kv.num_kv_heads;
   const int valid_rows = nt * group;
   const int32_t* table = kv.block_tables + static_cast<int64_t>(seq) * kv.table_stride;
-  const int64_t kv_row = static_cast<int64_t>(kv.num_kv_heads) * HD;
   const int first_pos = positions[t0];
   const int max_pos = positions[t0 + nt - 1];  // consecutive positions
   const int key_tiles = max_pos / kKeys + 1;
@@ -213,36 +212,27 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
   // every step's Q Kᵀ. With the lookups moved behind the step's softmax too, the kernel took 5-9%
   // less time (bench/CUDA_NOTES.md, "Session 9"). v4 and v5 look up as they go (a run of v4 with
   // the entries ahead, and its softmax split differently, was 10% slower).
+  const auto slot_of = [&](int j) {  // position j's cache slot
+    return bs_pow2 ? table[j >> bs_shift] * bs + (j & (bs - 1)) : table[j / bs] * bs + j % bs;
+  };
   auto fetch_slots = [&](int kt, int (&slots)[kPasses]) {
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
       const int j = kt * kKeys + my_key + p * kKeysPerPass;
-      slots[p] = j > max_pos ? -1
-                 : bs_pow2   ? table[j >> bs_shift] * bs + (j & (bs - 1))
-                             : table[j / bs] * bs + j % bs;
+      slots[p] = j > max_pos ? -1 : slot_of(j);
     }
   };
-  const int kv_row32 = kv.num_kv_heads * HD;
+  const int kv_row = kv.num_kv_heads * HD;
   auto load_tile = [&](int kt, int stage, const int (&slots)[kPasses]) {
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
       const int key = my_key + p * kKeysPerPass;
       if (kPasses == 1 && key >= kKeys) break;  // more threads than chunks (head_dim 16, v4)
       const uint32_t dst = my_dst + stage * 2 * S::TILE_BYTES + p * S::PASS_BYTES;
-      bool valid;
-      int64_t off = 0;
-      if constexpr (WG) {
-        valid = slots[p] >= 0;
-        off = static_cast<int64_t>(valid ? slots[p] : 0) * kv_row32 + my_column;
-      } else {
-        const int j = kt * kKeys + key;
-        valid = j <= max_pos;
-        if (valid) {
-          const int offset = bs_pow2 ? j & (bs - 1) : j % bs;
-          const int32_t block = table[bs_pow2 ? j >> bs_shift : j / bs];
-          off = (static_cast<int64_t>(block) * bs + offset) * kv_row + my_column;
-        }
-      }
+      const int j = kt * kKeys + key;
+      const int slot = WG ? slots[p] : j <= max_pos ? slot_of(j) : -1;
+      const bool valid = slot >= 0;
+      const int64_t off = static_cast<int64_t>(valid ? slot : 0) * kv_row + my_column;
       cp_async_16(dst, kv.k + off, valid);
       cp_async_16(dst + S::TILE_BYTES, kv.v + off, valid);
     }
