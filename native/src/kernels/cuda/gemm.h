@@ -37,7 +37,7 @@ class Gemm {
   /**
    * Times cuBLASLt's candidate algorithms for this shape at each size class of n (powers of two
    * from kMinTunedRows up to max_n, and max_n) and keeps the fastest, or the heuristic's first
-   * unless another beats it by 3%, so that runs that time alike choose alike. Each timed product
+   * unless another beats it by 10%, so that runs that time alike choose alike. Each timed product
    * takes the next matrix of `ws` (every layer's, so that weights stream from memory as in a
    * step), and the candidates are timed in turn over several rounds, each keeping its best round
    * (so that a clock ramp or a hiccup during one candidate's turn does not pick the winner),
