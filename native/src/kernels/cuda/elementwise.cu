@@ -156,16 +156,15 @@ void launch_add_rmsnorm(float* x, const float* delta, const float* delta_lo, con
 constexpr int kHeadsPerWarp = 4;
 
 // Five blocks an SM for float16's 16-bit products and heads up to 128 long: at its natural 53
-// registers four fit, and the pass waits on its loads; ptxas keeps it within 51 without spilling,
-// and a 2048-token step's pass went from 17.8 to 17.0 µs a layer. bfloat16's instance (fp32
+// registers four fit, and the pass waits on its loads; ptxas fits it in 48 without spilling, and
+// a 2048-token step's pass went from 17.8 to 16.9-17.0 µs a layer. bfloat16's instance (fp32
 // products and their lo halves, twice the bytes) spilled a little and measured no faster
 // (bench/CUDA_NOTES.md, "Session 10"); it and longer heads keep their own register count.
 template <typename T, typename S, int STEPS>
 __global__ void __launch_bounds__(256, (STEPS == 1 && std::is_same_v<S, __half>) ? 5 : 1)
-    qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const int32_t* positions,
-                                           const int32_t* slots, const float* rope, const float* q_norm,
-                                           const float* k_norm, QkvLayout L, int n, T* q_out, T* k_cache,
-                                           T* v_cache) {
+    qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const int32_t* positions, const int32_t* slots,
+                               const float* rope, const float* q_norm, const float* k_norm, QkvLayout L, int n,
+                               T* q_out, T* k_cache, T* v_cache) {
   constexpr int H = kHeadsPerWarp;
   const int q_groups = (L.num_heads + H - 1) / H, kv_groups = (L.num_kv_heads + H - 1) / H;
   const int groups = q_groups + 2 * kv_groups;
