@@ -65,7 +65,7 @@ export const EngineFlagsSchema = z.object({
   "served-model-name": z.string().min(1).optional(),
   "block-size": intFlag(1, 1024).default(16),
   "max-num-seqs": intFlag(1).default(256),
-  "max-num-batched-tokens": intFlag(1).default(2048),
+  "max-num-batched-tokens": intFlag(1).optional(),
   "max-model-len": intFlag(2).optional(),
   "enable-prefix-caching": z.boolean().default(true),
   "num-gpu-blocks": intFlag(1).optional(),

@@ -13,7 +13,8 @@ const ENGINE_USAGE = `engine options (vLLM's names):
   --served-model-name NAME      name clients use (default: --model as given)
   --block-size N                tokens per KV block (default 16)
   --max-num-seqs N              running requests at most (default 256)
-  --max-num-batched-tokens N    tokens per engine step (default 2048)
+  --max-num-batched-tokens N    tokens per engine step (default 2048; native on a CUDA GPU of 70 GiB
+                                or more other than an A100: 8192, as vLLM)
   --max-model-len N             context length (default: from config.json)
   --[no-]enable-prefix-caching  default on
   --num-gpu-blocks N            mocker: simulated KV blocks (default 16384)

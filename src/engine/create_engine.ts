@@ -14,7 +14,8 @@ export interface EngineConfig {
   model: string;
   blockSize: number;
   maxNumSeqs: number;
-  maxNumBatchedTokens: number;
+  /** Tokens per step. Default 2048; the native engine on a CUDA GPU of 70 GiB or more (not an A100): 8192, as vLLM. */
+  maxNumBatchedTokens?: number;
   maxModelLen?: number;
   enablePrefixCaching: boolean;
   /** Mocker: KV blocks in its simulated pool. */
@@ -46,7 +47,7 @@ export async function createEngine(config: EngineConfig): Promise<Engine> {
         blockSize: config.blockSize,
         numGpuBlocks: config.numGpuBlocks,
         maxNumSeqs: config.maxNumSeqs,
-        maxNumBatchedTokens: config.maxNumBatchedTokens,
+        maxNumBatchedTokens: config.maxNumBatchedTokens ?? 2048,
         maxModelLen,
         enablePrefixCaching: config.enablePrefixCaching,
         speedupRatio: config.speedupRatio,

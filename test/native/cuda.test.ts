@@ -292,6 +292,13 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     expect(await collect(second, "after", promptTokens(40, 3), greedy(4))).toMatchObject({ finishReason: "length" });
   });
 
+  it("takes vLLM's default step size for this GPU: 8192 tokens from 70 GiB (A100s aside), else 2048", async () => {
+    const engine = await gpuEngine(testQwen3Dir());
+    const large = cuda.totalMemoryBytes >= 70 * 2 ** 30 && !cuda.name.includes("A100");
+    expect(engine.info.maxNumBatchedTokens).toBe(large ? 8192 : 2048);
+    expect((await collect(engine, "steps", promptTokens(300, 9), greedy(3))).finishReason).toBe("length");
+  });
+
   it("refuses float16 for a bf16 checkpoint with a weight past fp16's range, and serves it in bfloat16", async () => {
     const dir = modelWithWeight(testQwen3Dir(), "model.layers.0.mlp.down_proj.weight", 1e5);
     await expect(gpuEngine(dir, { dtype: "float16" })).rejects.toThrow(

@@ -192,6 +192,19 @@ describe("NativeEngine.load errors", () => {
     expect(engine.info.dtype).toBe("float32");
   });
 
+  it("takes 2048 tokens a step on the CPU unless told otherwise, and says how many it takes", async () => {
+    expect(engine.info.maxNumBatchedTokens).toBe(2048);
+    const small = await NativeEngine.load({ model: testLlamaDir(), device: "cpu", kvCacheMemoryBytes: 1 << 20, maxNumBatchedTokens: 24 });
+    try {
+      expect(small.info.maxNumBatchedTokens).toBe(24);
+    } finally {
+      await small.close();
+    }
+    await expect(NativeEngine.load({ model: testLlamaDir(), device: "cpu", maxNumBatchedTokens: -1 })).rejects.toThrow(
+      /max_num_seqs and max_num_batched_tokens must be positive/,
+    );
+  });
+
   it("names a tensor that config.json needs and the checkpoint lacks", async () => {
     const dir = modelVariant("layers", (c) => (c.num_hidden_layers = 3));
     await expect(NativeEngine.load({ model: dir })).rejects.toThrow(/has no tensor model\.layers\.2\./);

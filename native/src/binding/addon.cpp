@@ -395,6 +395,7 @@ class EngineHandle : public Napi::ObjectWrap<EngineHandle> {
     o.Set("architecture", c.architecture);
     o.Set("blockSize", e.block_size());
     o.Set("maxModelLen", e.max_model_len());
+    o.Set("maxNumBatchedTokens", e.max_num_batched_tokens());
     o.Set("numKvBlocks", e.num_kv_blocks());
     o.Set("vocabSize", c.vocab_size);
     o.Set("eosTokenIds", to_js_ints(env, c.eos_token_ids));

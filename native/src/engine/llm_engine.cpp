@@ -5,8 +5,19 @@
 
 namespace sy {
 
+int default_max_num_batched_tokens(const std::string& device) {
+  if (device != "cuda") return 2048;
+  const CudaDeviceInfo gpu = cuda_device_info();
+  // vLLM leaves A100s at 2048: larger steps lowered their throughput there (its PR #17885).
+  const bool large = gpu.total_memory_bytes >= (70LL << 30) && gpu.name.find("A100") == std::string::npos;
+  return large ? 8192 : 2048;
+}
+
 LlmEngine::LlmEngine(const EngineOptions& options) : options_(options), seed_source_(options.seed) {
   if (options_.block_size <= 0) throw std::runtime_error("block size must be positive");
+  if (options_.max_num_batched_tokens == 0) {
+    options_.max_num_batched_tokens = default_max_num_batched_tokens(options_.device);
+  }
   if (options_.max_num_seqs <= 0 || options_.max_num_batched_tokens <= 0) {
     throw std::runtime_error("max_num_seqs and max_num_batched_tokens must be positive");
   }

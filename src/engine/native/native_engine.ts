@@ -42,6 +42,12 @@ export interface NativeEngineOptions {
   /** Bytes of host memory for the paged KV cache; sets the number of blocks. */
   kvCacheMemoryBytes?: number;
   maxNumSeqs?: number;
+  /**
+   * Tokens an engine step takes. Default 2048, or 8192 on a CUDA GPU of 70 GiB or more other than
+   * an A100, as vLLM's OpenAI server chooses: such a GPU runs prefill ~5% faster in the larger
+   * steps (bench/RESULTS.md), at the price of longer steps when long prompts share them with
+   * decodes. `info.maxNumBatchedTokens` says which.
+   */
   maxNumBatchedTokens?: number;
   /** Defaults to the model's max_position_embeddings; capped by what the KV cache holds. */
   maxModelLen?: number;
@@ -89,7 +95,6 @@ export const NATIVE_ENGINE_DEFAULTS = {
   blockSize: 16,
   kvCacheMemoryBytes: 256 * 1024 * 1024,
   maxNumSeqs: 256,
-  maxNumBatchedTokens: 2048,
   enablePrefixCaching: true,
 } as const;
 
@@ -98,6 +103,8 @@ export interface NativeEngineInfo {
   architecture: string;
   blockSize: number;
   maxModelLen: number;
+  /** Tokens an engine step takes: the option, or its default for the device. */
+  maxNumBatchedTokens: number;
   numKvBlocks: number;
   vocabSize: number;
   eosTokenIds: number[];
