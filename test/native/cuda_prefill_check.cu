@@ -9,7 +9,7 @@
 // key it attends to). Exit status 0 when every case passed.
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90a -DSWITCHYARD_CUDA_WGMMA=1 -Inative/src test/native/cuda_prefill_check.cu \
-//     native/src/kernels/cuda/{prefill_attention.cu,prefill_attention_wmma.cu,cuda_check.cpp} -o prefill_check
+//     native/src/kernels/cuda/{prefill_attention.cu,prefill_attention_pingpong.cu,prefill_attention_wmma.cu,cuda_check.cpp} -o prefill_check
 //
 // The new kernel is the one the engine would run: v6 (wgmma) for head_dim 128 on an H100 or H200,
 // v4 or v5 (mma.sync) by launch size elsewhere. SWITCHYARD_CUDA_PREFILL=mma16 or mma32 checks
@@ -268,6 +268,7 @@ int main() {
       {"one 2048-token prompt (Qwen3-0.6B attention)", 128, 16, 8, {{0, 2048}}},
       {"chunk of 200 after 300 cached tokens", 128, 16, 8, {{300, 200}}},
       {"three sequences, odd lengths, prefix hits", 128, 16, 8, {{0, 37}, {64, 100}, {17, 129}}},
+      {"two sequences past a tile of keys, fp16", 128, 16, 8, {{0, 700}, {130, 257}}, true},
       {"group 4, fp16", 64, 8, 2, {{0, 130}, {5, 70}}, true},
       {"group 1", 64, 4, 4, {{0, 300}}},
       {"tiny Qwen3 shape (group 3, 21-token tiles)", 16, 6, 2, {{0, 300}, {200, 100}, {0, 5}}},

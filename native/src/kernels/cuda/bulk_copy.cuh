@@ -11,10 +11,13 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-/** One thread, before any use; a __syncthreads must follow before others wait on it. */
-__device__ __forceinline__ void mbarrier_init(uint64_t* bar) {
+/**
+ * One thread, before any use; a __syncthreads must follow before others wait on it. A phase
+ * completes after `arrivals` arrivals (and, with mbarrier_expect_bytes, the bytes it announced).
+ */
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t arrivals = 1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_address(bar)) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)), "r"(arrivals) : "memory");
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #endif
 }
@@ -56,6 +59,23 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
                  "l"(src), "r"(bytes), "r"(smem_address(bar))
                  : "memory");
   }
+#endif
+}
+
+/** One arrival on the barrier's current phase. */
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_address(bar)) : "memory");
+#endif
+}
+
+/**
+ * One arrival on the barrier's current phase once every cp.async this thread issued before the
+ * call has landed; the thread goes on at once. The arrival is one of those mbarrier_init counted.
+ */
+__device__ __forceinline__ void mbarrier_arrive_after_cp_async(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_address(bar)) : "memory");
 #endif
 }
 

@@ -35,9 +35,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/prefill_attention_pingpong.h"
 #include "kernels/cuda/store_split.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -83,22 +85,6 @@ struct PrefillShape {
   static constexpr size_t SMEM_BYTES = 2 * STAGES * TILE_BYTES + Q_BYTES + ALIGN_SLACK;  // K and V a stage; Q
 };
 
-__device__ __forceinline__ int swizzle(int row, int chunk, int mask) { return chunk ^ (row & mask); }
-
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t address, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
@@ -126,34 +112,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-}
-
-/** Two fp32 values as one register of two 16-bit values (x in the low half). */
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float x, float y) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
-    return *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    __half2 v = __floats2half2_rn(x, y);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-}
-
-/** 2^x (the SFU's approximation; 2^-inf = 0). */
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
 template <typename T, int HD, int RG, bool WG>
@@ -619,6 +577,13 @@ bool runs_wgmma(int head_dim) {
   return w != "mma16" && w != "mma32" && !runs_wmma(head_dim) && head_dim == 128 && device_has_wgmma();
 }
 
+// v7 (prefill_attention_pingpong.cu) where v6 could run: its key tile, or 0 for v6.
+int pingpong_key_tile(int head_dim) {
+  if (!runs_wgmma(head_dim)) return 0;
+  const std::string& w = wanted_kernel();
+  return w == "pingpong64" ? 64 : w == "pingpong128" ? 128 : 0;
+}
+
 // The kernel a launch of `blocks` blocks runs: v1 (WMMA, 64-row tiles) for head_dim 256; v5 (two
 // blocks an SM, each with twice the MMAs per ldmatrix) for launches of more than two blocks an
 // SM; v4 (8 warps of one row group, one block an SM) for smaller ones. In a single wave of v5 an
@@ -664,6 +629,9 @@ void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const i
   PrefillKernel kernel = prefill_kernel(HD, blocks);
   if (kernel == PrefillKernel::kWgmma) {
     if constexpr (HD == 128) {
+      if (const int key_tile = pingpong_key_tile(HD)) {
+        return launch_prefill_pingpong<T>(key_tile, q, tiles, num_tiles, positions, kv, num_heads, out, stream);
+      }
       if (wgmma_block_fills_sm<T, HD>()) {
         return launch_prefill_rows<T, HD, 1, true>(q, tiles, num_tiles, positions, kv, num_heads, out, stream);
       }
@@ -680,6 +648,7 @@ void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const i
 
 const char* prefill_kernel_name(int head_dim) {
   if (runs_wmma(head_dim)) return "wmma";
+  if (pingpong_key_tile(head_dim)) return wanted_kernel().c_str();
   if (runs_wgmma(head_dim)) return "wgmma";
   if (wanted_kernel() == "mma16" || wanted_kernel() == "mma32") return wanted_kernel().c_str();
   return "mma16 or mma32 by launch size";
