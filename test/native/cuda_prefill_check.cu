@@ -11,10 +11,11 @@
 //   nvcc -std=c++17 -O3 -arch=sm_90a -DSWITCHYARD_CUDA_WGMMA=1 -Inative/src test/native/cuda_prefill_check.cu \
 //     native/src/kernels/cuda/{prefill_attention.cu,prefill_attention_pingpong.cu,prefill_attention_wmma.cu,cuda_check.cpp} -o prefill_check
 //
-// The new kernel is the one the engine would run: v6 (wgmma) for head_dim 128 on an H100 or H200,
-// v4 or v5 (mma.sync) by launch size elsewhere. SWITCHYARD_CUDA_PREFILL=mma16 or mma32 checks
-// and times v4 (one 16-row group a warp) or v5 instead. Each case prints a hash of the new
-// kernel's output bits: v4, v5 and v6 must print the same ones.
+// The new kernel is the one the engine would run: v7 (pingpong128) for head_dim 128 on an H100 or
+// H200, v4 or v5 (mma.sync) by launch size elsewhere. SWITCHYARD_CUDA_PREFILL=mma16, mma32, wgmma
+// or pingpong64 checks and times v4 (one 16-row group a warp), v5, v6 or v7 with 64-key tiles
+// instead. Each case prints a hash of the new kernel's output bits: v4, v5, v6 and pingpong64 must
+// print the same ones (pingpong128 sums its softmax over 128 keys a step: other bits).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

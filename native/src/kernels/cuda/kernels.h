@@ -163,9 +163,10 @@ void paged_attention_prefill(const T* q, const int32_t* tiles, int num_tiles, co
 /** Tokens of one sequence one prefill tile holds, for a GQA group of `group` query heads. */
 int prefill_tile_tokens(int group, int head_dim);
 /**
- * The prefill kernel a head_dim runs on: "wgmma" (the default for head_dim 128 on an sm_90a build
- * and a compute capability 9.0 GPU), "wmma", "mma16", "mma32" (forced by SWITCHYARD_CUDA_PREFILL),
- * or "mma16 or mma32 by launch size" (the default elsewhere).
+ * The prefill kernel a head_dim runs on: "pingpong128" (v7, the default for head_dim 128 on an
+ * sm_90a build and a compute capability 9.0 GPU), "pingpong64", "wgmma" (v6), "wmma", "mma16",
+ * "mma32" (forced by SWITCHYARD_CUDA_PREFILL), or "mma16 or mma32 by launch size" (the default
+ * elsewhere).
  */
 const char* prefill_kernel_name(int head_dim);
 /**

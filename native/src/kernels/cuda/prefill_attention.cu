@@ -1,6 +1,7 @@
 // Prefill attention on tensor cores with the output in registers (v4, v5, and v6 on Hopper; the
 // first version, WMMA with O in shared memory, is paged_attention_prefill_wmma in
-// prefill_attention_wmma.cu and still serves head_dim 256).
+// prefill_attention_wmma.cu and still serves head_dim 256; v7, which now serves head_dim 128 on
+// Hopper in v6's place, is prefill_attention_pingpong.cu).
 //
 // A block takes one prefill tile (consecutive query tokens of one sequence, times the GQA group
 // of one KV head: 128 (token, head) rows) against 64-key tiles of that sequence's paged cache,
@@ -85,11 +86,6 @@ struct PrefillShape {
   static constexpr size_t SMEM_BYTES = 2 * STAGES * TILE_BYTES + Q_BYTES + ALIGN_SLACK;  // K and V a stage; Q
 };
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t address, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(address));
-}
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t address, uint32_t& r0, uint32_t& r1, uint32_t& r2,
                                                   uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -577,11 +573,13 @@ bool runs_wgmma(int head_dim) {
   return w != "mma16" && w != "mma32" && !runs_wmma(head_dim) && head_dim == 128 && device_has_wgmma();
 }
 
-// v7 (prefill_attention_pingpong.cu) where v6 could run: its key tile, or 0 for v6.
+// v7 (prefill_attention_pingpong.cu) runs wherever v6 could, with 128-key tiles, unless
+// SWITCHYARD_CUDA_PREFILL asks for v6 ("wgmma") or for v7 with 64-key tiles ("pingpong64", which
+// gives v6's bits). Returns the key tile, or 0 where v7 does not run.
 int pingpong_key_tile(int head_dim) {
   if (!runs_wgmma(head_dim)) return 0;
   const std::string& w = wanted_kernel();
-  return w == "pingpong64" ? 64 : w == "pingpong128" ? 128 : 0;
+  return w == "wgmma" ? 0 : w == "pingpong64" ? 64 : 128;
 }
 
 // The kernel a launch of `blocks` blocks runs: v1 (WMMA, 64-row tiles) for head_dim 256; v5 (two
@@ -591,9 +589,10 @@ int pingpong_key_tile(int head_dim) {
 // 2048-token prompt (256 blocks) takes 0.107 ms in v5 and 0.083 ms in v4, whose greedy
 // longest-first second wave balances the SMs; four prompts (1024 blocks) 0.260 ms in v5 and 0.312
 // in v4 (H200). SWITCHYARD_CUDA_PREFILL=wmma | mma16 | mma32 forces one wherever it can run (for
-// comparisons); any other value is the default. v6 (wgmma) runs wherever it can: head_dim 128 on
-// an sm_90a build and a compute capability 9.0 GPU (head_dim 64 passes the check with today's
-// loop but is left to v4/v5: see wgmma_block_fills_sm).
+// comparisons); any other value is the default. On an sm_90a build and a compute capability 9.0
+// GPU, head_dim 128 runs v7 (prefill_attention_pingpong.cu; "wgmma" forces v6, "pingpong64" v7
+// with v6's 64-key tiles and bits); head_dim 64 passes v6's check with today's loop but is left
+// to v4/v5 (see wgmma_block_fills_sm).
 PrefillKernel rows_kernel_for(int blocks) {
   if (wanted_kernel() == "mma16") return PrefillKernel::kRows16;
   if (wanted_kernel() == "mma32") return PrefillKernel::kRows32;
@@ -648,7 +647,7 @@ void launch_prefill_mma(const T* q, const int32_t* tiles, int num_tiles, const i
 
 const char* prefill_kernel_name(int head_dim) {
   if (runs_wmma(head_dim)) return "wmma";
-  if (pingpong_key_tile(head_dim)) return wanted_kernel().c_str();
+  if (const int key_tile = pingpong_key_tile(head_dim)) return key_tile == 64 ? "pingpong64" : "pingpong128";
   if (runs_wgmma(head_dim)) return "wgmma";
   if (wanted_kernel() == "mma16" || wanted_kernel() == "mma32") return wanted_kernel().c_str();
   return "mma16 or mma32 by launch size";

@@ -1,17 +1,20 @@
-// Prefill attention v7 (sm_90a, head_dim 128): v6's tiles and arithmetic with the block split by
+// Prefill attention v7 (sm_90a, head_dim 128): v6's work and arithmetic with the block split by
 // role, after FlashAttention-3's structure (bench/CUDA_NOTES.md, "Session 11").
 //
-// A block is one prefill tile (128 (token, head) rows, as v6) in three warpgroups:
-//  - a producer, which copies K/V tiles of KN keys into a ring of stages with cp.async; a copy's
-//    completion reaches the consumers through the stage's "full" mbarrier (each producer thread's
-//    arrival fires once its own copies land), and the producer refills a stage once the consumers'
-//    arrivals on its "empty" mbarrier say they are done with it. It runs on 40 registers;
+// One block an SM, each walking a list of work items (a prefill tile of 128 (token, head) rows, as
+// v6's blocks, against one KV head). A block is three warpgroups:
+//  - a producer, which copies each item's Q, then its K/V tiles of KN keys, into shared memory
+//    with cp.async (K/V into a ring of stages). Completions reach the consumers through "full"
+//    mbarriers (each producer thread's arrival fires once its own copies land); a stage or the Q
+//    buffer is refilled once the consumers' arrivals on its "empty" mbarrier say they are done
+//    with it. So the next item's Q and first tiles load while the consumers finish this one. It
+//    runs on 40 registers;
 //  - two consumers of 64 rows each (232 registers), which take turns issuing their MMAs: consumer
 //    c issues Q Kᵀ of tile kt and P V of tile kt - 1, passes the turn (a named barrier the other
-//    waits on), waits for its products, and runs the softmax of tile kt while the other's MMAs
-//    keep the tensor cores busy.
+//    waits on), waits for S, runs the softmax of tile kt while its P V and the other's MMAs keep
+//    the tensor cores busy, then waits for its P V before rescaling O.
 // v6 had every warp copy and both warpgroups meet at a block-wide barrier each 64-key step, so
-// their softmaxes ran side by side while the tensor cores waited.
+// their softmaxes ran side by side while the tensor cores waited; and each block started cold.
 //
 // The arithmetic is v6's, row by row and in the same order: with KN = 64 the output has v6's bits
 // (test/native/cuda_prefill_check.cu compares them). KN = 128 halves the per-tile costs (waits,
@@ -23,6 +26,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/attention_tile.cuh"
@@ -53,8 +57,10 @@ struct PingpongShape {
   static constexpr int STAGES = KN == 128 ? 3 : 6;    // 192 KB either way
   static constexpr int KEYS_PER_PASS = 128 / 16;      // producer threads / 16-byte chunks of a key's row
   static constexpr int PASSES = KN / KEYS_PER_PASS;
-  // wgmma's swizzle atoms start on 1024 bytes; the mbarriers follow the stages.
-  static constexpr size_t SMEM_BYTES = 1024 + size_t{STAGES} * STAGE_BYTES + 2 * STAGES * sizeof(uint64_t);
+  static constexpr int Q_BYTES = 128 * kHeadDim * 2;  // the item's Q rows
+  // wgmma's swizzle atoms start on 1024 bytes; then the stages, Q, and the mbarriers (224 KB and
+  // a little, within the 227 KB a block may have).
+  static constexpr size_t SMEM_BYTES = 1024 + size_t{STAGES} * STAGE_BYTES + Q_BYTES + (2 * STAGES + 2) * sizeof(uint64_t);
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -78,82 +84,114 @@ __device__ __forceinline__ void claim_registers() { __trap(); }
 __device__ __forceinline__ void wait_turn(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
 __device__ __forceinline__ void pass_turn(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 
+// A block's work items (prefill tiles times KV heads, longest first) in rounds of gridDim.x, the
+// rounds alternating in direction so that the block with the longest item of one round takes the
+// shortest of the next (sizes fall from round to round). Both roles walk the same items.
+__device__ __forceinline__ int item_of_round(int round) {
+  const int g = static_cast<int>(gridDim.x), b = static_cast<int>(blockIdx.x);
+  return round * g + ((round & 1) ? g - 1 - b : b);
+}
+
+/** What a work item is: one prefill tile (tiles[3 * tile ..]) against one KV head. */
+struct PrefillItem {
+  int seq, t0, nt, g, first_pos, max_pos;
+  __device__ PrefillItem(const int32_t* tiles, const int32_t* positions, int item, int num_kv_heads) {
+    const int tile = item / num_kv_heads;
+    seq = tiles[3 * tile], t0 = tiles[3 * tile + 1], nt = tiles[3 * tile + 2];
+    g = item % num_kv_heads;
+    first_pos = positions[t0];
+    max_pos = positions[t0 + nt - 1];  // consecutive positions
+  }
+};
+
 template <typename T, int KN>
 __global__ void __launch_bounds__(kThreads, 1)
-    prefill_pingpong_kernel(const T* q, const int32_t* tiles, const int32_t* positions, PagedKv<T> kv, int num_heads,
-                            AttentionOut<T> out) {
+    prefill_pingpong_kernel(const T* q, const int32_t* tiles, int num_items, const int32_t* positions, PagedKv<T> kv,
+                            int num_heads, AttentionOut<T> out) {
   using S = PingpongShape<KN>;
   constexpr int HD = kHeadDim;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t raw = smem_address(smem);
   const uint32_t aligned = (raw + 1023u) & ~1023u;
   const uint32_t stages = aligned;
+  const uint32_t q_smem = aligned + S::STAGES * S::STAGE_BYTES;  // [row][16 chunks], swizzled
   unsigned char* const aligned_ptr = smem + (aligned - raw);
-  uint64_t* const full = reinterpret_cast<uint64_t*>(aligned_ptr + S::STAGES * S::STAGE_BYTES);
+  uint64_t* const full = reinterpret_cast<uint64_t*>(aligned_ptr + S::STAGES * S::STAGE_BYTES + S::Q_BYTES);
   uint64_t* const empty = full + S::STAGES;
-
-  // Tiles come longest first (order_prefill_tiles), each with all its KV heads.
-  const int tile = blockIdx.x / kv.num_kv_heads;
-  const int seq = tiles[3 * tile], t0 = tiles[3 * tile + 1], nt = tiles[3 * tile + 2];
-  const int g = blockIdx.x % kv.num_kv_heads;
+  uint64_t* const q_full = empty + S::STAGES;
+  uint64_t* const q_empty = q_full + 1;
   const int group = num_heads / kv.num_kv_heads;
-  const int valid_rows = nt * group;
-  const int first_pos = positions[t0];
-  const int max_pos = positions[t0 + nt - 1];  // consecutive positions
-  const int key_tiles = max_pos / KN + 1;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < S::STAGES; ++s) {
       mbarrier_init(&full[s], 128);  // each producer thread, once its copies land
       mbarrier_init(&empty[s], 8);   // each consumer warp, once its MMAs are done with the stage
     }
+    mbarrier_init(q_full, 128);
+    mbarrier_init(q_empty, 8);  // each consumer warp, once it holds its Q fragments
   }
   __syncthreads();
 
   if (threadIdx.x < 128) {
-    // The producer. Thread p copies 16-byte chunk p % 16 of keys p / 16 + 8i of every tile; keys
-    // past the sequence load as zeros (and are masked). A thread's keys share one swizzle.
+    // The producer: each item's Q, then its K/V tiles. Thread p copies 16-byte chunk p % 16 of
+    // rows (keys) p / 16 + 8i; keys past the sequence load as zeros (and are masked), Q rows
+    // past the tile as its last row. A thread's rows share one swizzle.
     release_registers<kProducerRegisters>();
     const int p = threadIdx.x;
-    const int my_chunk = p % 16, my_key = p / 16;
-    const int64_t my_column = g * HD + my_chunk * 8;
-    const uint32_t my_dst = stages + (my_chunk / 8) * S::HALF_BYTES + my_key * 128 + swizzle(my_key, my_chunk % 8, 7) * 16;
-    const int32_t* table = kv.block_tables + static_cast<int64_t>(seq) * kv.table_stride;
+    const int my_chunk = p % 16, my_row = p / 16;
+    const uint32_t my_kv_dst = stages + (my_chunk / 8) * S::HALF_BYTES + my_row * 128 + swizzle(my_row, my_chunk % 8, 7) * 16;
+    const uint32_t my_q_dst = q_smem + my_row * HD * 2 + swizzle(my_row, my_chunk, 7) * 16;
     const int bs = kv.block_size;
     const bool bs_pow2 = (bs & (bs - 1)) == 0;
     const int bs_shift = __ffs(bs) - 1;
     const int kv_row = kv.num_kv_heads * HD;
-    // A tile's block-table entries are loaded all at once (keys past the sequence look up the
-    // last key's), then its copies issued: one memory round trip a tile. Looked up one copy at a
-    // time, each copy waited for its own entry, and the consumers waited for the producer
-    // (bench/CUDA_NOTES.md, "Session 11").
-    for (int kt = 0; kt < key_tiles; ++kt) {
-      const int stage = kt % S::STAGES;
-      const int first = kt * KN + my_key;
-      int slot[S::PASSES];
-      if (bs_pow2) {
+    uint32_t tile_count = 0;  // tiles loaded so far: stage tile_count % STAGES, its use tile_count / STAGES
+    for (int round = 0, item; (item = item_of_round(round)) < num_items; ++round) {
+      const PrefillItem it(tiles, positions, item, kv.num_kv_heads);
+      const int valid_rows = it.nt * group;
+      if (round > 0) mbarrier_wait(q_empty, (round - 1) & 1);
+#pragma unroll 4
+      for (int i = 0; i < 128 / 8; ++i) {
+        const int r = min(my_row + 8 * i, valid_rows - 1);
+        const int64_t row = static_cast<int64_t>(it.t0 + r / group) * num_heads + it.g * group + r % group;
+        cp_async_16(my_q_dst + 8 * i * HD * 2, q + row * HD + my_chunk * 8, true);
+      }
+      mbarrier_arrive_after_cp_async(q_full);
+      const int32_t* table = kv.block_tables + static_cast<int64_t>(it.seq) * kv.table_stride;
+      const int64_t my_column = it.g * HD + my_chunk * 8;
+      const int key_tiles = it.max_pos / KN + 1;
+      // A tile's block-table entries are loaded all at once (keys past the sequence look up the
+      // last key's), then its copies issued: one memory round trip a tile. Looked up one copy at
+      // a time, each copy waited for its own entry, and the consumers waited for the producer
+      // (bench/CUDA_NOTES.md, "Session 11").
+      for (int kt = 0; kt < key_tiles; ++kt, ++tile_count) {
+        const int stage = tile_count % S::STAGES;
+        const int first = kt * KN + my_row;
+        int slot[S::PASSES];
+        if (bs_pow2) {
 #pragma unroll
-        for (int i = 0; i < S::PASSES; ++i) slot[i] = table[min(first + i * S::KEYS_PER_PASS, max_pos) >> bs_shift];
+          for (int i = 0; i < S::PASSES; ++i) slot[i] = table[min(first + i * S::KEYS_PER_PASS, it.max_pos) >> bs_shift];
+#pragma unroll
+          for (int i = 0; i < S::PASSES; ++i) {
+            slot[i] = slot[i] * bs + (min(first + i * S::KEYS_PER_PASS, it.max_pos) & (bs - 1));
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < S::PASSES; ++i) slot[i] = table[min(first + i * S::KEYS_PER_PASS, it.max_pos) / bs];
+#pragma unroll
+          for (int i = 0; i < S::PASSES; ++i) slot[i] = slot[i] * bs + min(first + i * S::KEYS_PER_PASS, it.max_pos) % bs;
+        }
+        if (tile_count >= S::STAGES) mbarrier_wait(&empty[stage], (tile_count / S::STAGES - 1) & 1);
+        const uint32_t dst = my_kv_dst + stage * S::STAGE_BYTES;
 #pragma unroll
         for (int i = 0; i < S::PASSES; ++i) {
-          slot[i] = slot[i] * bs + (min(first + i * S::KEYS_PER_PASS, max_pos) & (bs - 1));
+          const bool valid = first + i * S::KEYS_PER_PASS <= it.max_pos;
+          const int64_t off = static_cast<int64_t>(slot[i]) * kv_row + my_column;
+          cp_async_16(dst + i * S::KEYS_PER_PASS * 128, kv.k + off, valid);
+          cp_async_16(dst + S::TILE_BYTES + i * S::KEYS_PER_PASS * 128, kv.v + off, valid);
         }
-      } else {
-#pragma unroll
-        for (int i = 0; i < S::PASSES; ++i) slot[i] = table[min(first + i * S::KEYS_PER_PASS, max_pos) / bs];
-#pragma unroll
-        for (int i = 0; i < S::PASSES; ++i) slot[i] = slot[i] * bs + min(first + i * S::KEYS_PER_PASS, max_pos) % bs;
+        mbarrier_arrive_after_cp_async(&full[stage]);
       }
-      if (kt >= S::STAGES) mbarrier_wait(&empty[stage], (kt / S::STAGES - 1) & 1);
-      const uint32_t dst = my_dst + stage * S::STAGE_BYTES;
-#pragma unroll
-      for (int i = 0; i < S::PASSES; ++i) {
-        const bool valid = first + i * S::KEYS_PER_PASS <= max_pos;
-        const int64_t off = static_cast<int64_t>(slot[i]) * kv_row + my_column;
-        cp_async_16(dst + i * S::KEYS_PER_PASS * 128, kv.k + off, valid);
-        cp_async_16(dst + S::TILE_BYTES + i * S::KEYS_PER_PASS * 128, kv.v + off, valid);
-      }
-      mbarrier_arrive_after_cp_async(&full[stage]);
     }
     cp_async_wait<0>();  // the block's shared memory outlives every copy
     return;
@@ -164,166 +202,190 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int ct = threadIdx.x % 128;
   const int lane = ct & 31, warp = ct >> 5;
   const int quad_row = lane >> 2, quad_col = lane & 3;
-  const auto clamp_row = [&](int r) { return r < valid_rows ? r : valid_rows - 1; };
-  const auto q_offset = [&](int rr) {  // (token * num_heads + head) * HD
-    return (static_cast<int64_t>(t0 + rr / group) * num_heads + g * group + rr % group) * HD;
-  };
   // This thread's rows: quad_row and quad_row + 8 of its warp's 16 (v6's rows for warp 4c + warp).
-  const auto thread_row = [&](int h) { return c * 64 + warp * 16 + quad_row + 8 * h; };
-
-  // Q as wgmma A fragments (v6's, loaded once).
-  uint32_t qf[S::KS][4];
-#pragma unroll
-  for (int ks = 0; ks < S::KS; ++ks) {
-    const int col = ks * 16 + quad_col * 2;
-    const T* row0 = q + q_offset(clamp_row(thread_row(0))) + col;
-    const T* row1 = q + q_offset(clamp_row(thread_row(1))) + col;
-    qf[ks][0] = *reinterpret_cast<const uint32_t*>(row0);
-    qf[ks][1] = *reinterpret_cast<const uint32_t*>(row1);
-    qf[ks][2] = *reinterpret_cast<const uint32_t*>(row0 + 8);
-    qf[ks][3] = *reinterpret_cast<const uint32_t*>(row1 + 8);
-  }
-  const int row_pos[2] = {first_pos + clamp_row(thread_row(0)) / group, first_pos + clamp_row(thread_row(1)) / group};
-
-  float o[S::DN][4];
-#pragma unroll
-  for (int dn = 0; dn < S::DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  const int my_rows[2] = {c * 64 + warp * 16 + quad_row, c * 64 + warp * 16 + quad_row + 8};
   const float scale_log2 = rsqrtf(static_cast<float>(HD)) * 1.4426950408889634f;
-  float s[S::JN][4];
-  uint32_t pf[S::KK][4];
+  const int my_turn = 1 + c, other_turn = 2 - c;
+  const auto k_tile = [&](uint32_t tile_count) { return stages + (tile_count % S::STAGES) * S::STAGE_BYTES; };
 
-  const auto k_tile = [&](int kt) { return stages + (kt % S::STAGES) * S::STAGE_BYTES; };
-  // K is K-major for B (a k16 slice of d is 32 bytes into a half's rows); V is MN-major (a k16
-  // slice is 16 keys, the two halves of d HALF_BYTES apart along n): v6's descriptors.
-  const auto issue_qk = [&](uint32_t k) {
-    wgmma_pin(s);
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < S::KS; ++ks) {
-      const uint32_t slice = k + (ks / 4) * S::HALF_BYTES + (ks % 4) * 32;
-      wgmma_rs<T, S::JN, 0>(s, qf[ks], wgmma_descriptor(slice, 16, 1024), ks > 0);
-    }
-    wgmma_commit();
-  };
-  const auto issue_pv = [&](uint32_t v) {
-    wgmma_pin(o);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < S::KK; ++kk) {
-      wgmma_rs<T, S::DN, 1>(o, pf[kk], wgmma_descriptor(v + kk * 16 * 128, S::HALF_BYTES, 1024), 1);
-    }
-    wgmma_commit();
-  };
+  uint32_t tile_count = 0;  // tiles consumed so far, counted as the producer counts them
+  for (int round = 0, item; (item = item_of_round(round)) < num_items; ++round) {
+    const PrefillItem it(tiles, positions, item, kv.num_kv_heads);
+    const int valid_rows = it.nt * group;
+    const int key_tiles = it.max_pos / KN + 1;
+    const auto q_offset = [&](int rr) {  // (token * num_heads + head) * HD
+      return (static_cast<int64_t>(it.t0 + rr / group) * num_heads + it.g * group + rr % group) * HD;
+    };
+    const int row_pos[2] = {it.first_pos + min(my_rows[0], valid_rows - 1) / group,
+                            it.first_pos + min(my_rows[1], valid_rows - 1) / group};
 
-  // v6's online softmax of one tile (prefill_attention.cu: softmax_max, softmax_exp, rescale_o),
-  // the same operations in the same order, in two parts. scores_to_p masks S, moves the running
-  // max, rescales the running sum, and turns S into p in place (adding it to the sum); it needs
-  // only S, so it runs while P V of the tile before is still in flight. finish_p then rescales O
-  // (which that P V has added to) and packs p into P's 16-bit A fragments.
-  const auto scores_to_p = [&](int kt, float (&factor)[2]) {
-    const int base = kt * KN;
-    if (base + KN - 1 > first_pos) {
+    // Q as wgmma A fragments (the layout of mma.sync's A), by ldmatrix from the producer's copy:
+    // matrices rows 0-7 / 8-15 of the warp's 16, d chunk 2ks / 2ks + 1.
+    uint32_t qf[S::KS][4];
+    mbarrier_wait(q_full, round & 1);
+    {
+      const int lm_row = lane & 7, lm_matrix = lane >> 3;
+      const int row = c * 64 + warp * 16 + (lm_matrix & 1) * 8 + lm_row;
 #pragma unroll
-      for (int jn = 0; jn < S::JN; ++jn) {
+      for (int ks = 0; ks < S::KS; ++ks) {
+        const int chunk = 2 * ks + (lm_matrix >> 1);
+        ldmatrix_x4(q_smem + row * HD * 2 + swizzle(row, chunk, 7) * 16, qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(q_empty);
+
+    float o[S::DN][4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[e >> 1]) s[jn][e] = -INFINITY;
+    for (int dn = 0; dn < S::DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    float s[S::JN][4];
+    uint32_t pf[S::KK][4];
+
+    // K is K-major for B (a k16 slice of d is 32 bytes into a half's rows); V is MN-major (a k16
+    // slice is 16 keys, the two halves of d HALF_BYTES apart along n): v6's descriptors.
+    const auto issue_qk = [&](uint32_t k) {
+      wgmma_pin(s);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < S::KS; ++ks) {
+        const uint32_t slice = k + (ks / 4) * S::HALF_BYTES + (ks % 4) * 32;
+        wgmma_rs<T, S::JN, 0>(s, qf[ks], wgmma_descriptor(slice, 16, 1024), ks > 0);
+      }
+      wgmma_commit();
+    };
+    const auto issue_pv = [&](uint32_t v) {
+      wgmma_pin(o);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < S::KK; ++kk) {
+        wgmma_rs<T, S::DN, 1>(o, pf[kk], wgmma_descriptor(v + kk * 16 * 128, S::HALF_BYTES, 1024), 1);
+      }
+      wgmma_commit();
+    };
+    // v6's online softmax of one tile (prefill_attention.cu: softmax_max, softmax_exp, rescale_o),
+    // the same operations in the same order, in two parts. scores_to_p masks S, moves the running
+    // max, rescales the running sum, and turns S into p in place (adding it to the sum); it needs
+    // only S, so it runs while P V of the tile before is still in flight. finish_p then rescales O
+    // (which that P V has added to) and packs p into P's 16-bit A fragments.
+    const auto scores_to_p = [&](int kt, float (&factor)[2]) {
+      const int base = kt * KN;
+      if (base + KN - 1 > it.first_pos) {
+  #pragma unroll
+        for (int jn = 0; jn < S::JN; ++jn) {
+  #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            if (base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[e >> 1]) s[jn][e] = -INFINITY;
+          }
         }
       }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float t[S::JN];
-#pragma unroll
-      for (int jn = 0; jn < S::JN; ++jn) t[jn] = fmaxf(s[jn][2 * h], s[jn][2 * h + 1]);
-#pragma unroll
-      for (int level = 1; level < S::JN; level *= 2) {  // a tree, as v6 (max is exact in any order)
-#pragma unroll
-        for (int jn = 0; jn < S::JN; jn += 2 * level) t[jn] = fmaxf(t[jn], t[jn + level]);
+  #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float t[S::JN];
+  #pragma unroll
+        for (int jn = 0; jn < S::JN; ++jn) t[jn] = fmaxf(s[jn][2 * h], s[jn][2 * h + 1]);
+  #pragma unroll
+        for (int level = 1; level < S::JN; level *= 2) {  // a tree, as v6 (max is exact in any order)
+  #pragma unroll
+          for (int jn = 0; jn < S::JN; jn += 2 * level) t[jn] = fmaxf(t[jn], t[jn + level]);
+        }
+        const float m_new = fmaxf(m_run[h], quad_max(t[0]) * scale_log2);
+        factor[h] = m_new == m_run[h] ? 1.0f : fast_exp2(m_run[h] - m_new);
+        m_run[h] = m_new;
+        l_run[h] *= factor[h];
       }
-      const float m_new = fmaxf(m_run[h], quad_max(t[0]) * scale_log2);
-      factor[h] = m_new == m_run[h] ? 1.0f : fast_exp2(m_run[h] - m_new);
-      m_run[h] = m_new;
-      l_run[h] *= factor[h];
-    }
-#pragma unroll
-    for (int jn = 0; jn < S::JN; ++jn) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[jn][e] = fast_exp2(fmaf(s[jn][e], scale_log2, -m_run[e >> 1]));
-        l_run[e >> 1] += s[jn][e];
+  #pragma unroll
+      for (int jn = 0; jn < S::JN; ++jn) {
+  #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[jn][e] = fast_exp2(fmaf(s[jn][e], scale_log2, -m_run[e >> 1]));
+          l_run[e >> 1] += s[jn][e];
+        }
       }
-    }
-  };
-  const auto finish_p = [&](const float (&factor)[2]) {
-    if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
-#pragma unroll
-      for (int dn = 0; dn < S::DN; ++dn) {
-        o[dn][0] *= factor[0];
-        o[dn][1] *= factor[0];
-        o[dn][2] *= factor[1];
-        o[dn][3] *= factor[1];
+    };
+    const auto finish_p = [&](const float (&factor)[2]) {
+      if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
+  #pragma unroll
+        for (int dn = 0; dn < S::DN; ++dn) {
+          o[dn][0] *= factor[0];
+          o[dn][1] *= factor[0];
+          o[dn][2] *= factor[1];
+          o[dn][3] *= factor[1];
+        }
       }
-    }
-#pragma unroll
-    for (int jn = 0; jn < S::JN; ++jn) {
-      pf[jn / 2][(jn & 1) * 2 + 0] = pack2<T>(s[jn][0], s[jn][1]);
-      pf[jn / 2][(jn & 1) * 2 + 1] = pack2<T>(s[jn][2], s[jn][3]);
-    }
-  };
+  #pragma unroll
+      for (int jn = 0; jn < S::JN; ++jn) {
+        pf[jn / 2][(jn & 1) * 2 + 0] = pack2<T>(s[jn][0], s[jn][1]);
+        pf[jn / 2][(jn & 1) * 2 + 1] = pack2<T>(s[jn][2], s[jn][3]);
+      }
+    };
 
-  // Consumer 0 issues first; every wait_turn meets exactly one pass_turn (consumer 1 passes once
-  // before its loop and not after its last issue).
-  const int my_turn = 1 + c, other_turn = 2 - c;
-  if (c == 1) pass_turn(1);
-  const auto wait_for_tile = [&](int kt) {
-    mbarrier_wait(&full[kt % S::STAGES], (kt / S::STAGES) & 1);
-    fence_shared_for_wgmma();  // cp.async wrote through the generic proxy; wgmma reads through the async one
-    wait_turn(my_turn);
-  };
-  float factor[2];
-  // Tile 0 has no P V before it. The loop's steps all issue and wait alike, so that ptxas can
-  // tell which products are done at each wait (where steps differed, it serialized the wgmmas).
-  wait_for_tile(0);
-  issue_qk(k_tile(0));
-  pass_turn(other_turn);
-  wgmma_wait<0>();
-  wgmma_pin(s);
-  scores_to_p(0, factor);
-  finish_p(factor);
-  for (int kt = 1; kt < key_tiles; ++kt) {
-    wait_for_tile(kt);
-    issue_qk(k_tile(kt));
-    issue_pv(k_tile(kt - 1) + S::TILE_BYTES);
+
+    // Consumer 0 issues first; every wait_turn meets exactly one pass_turn (consumer 1 passes
+    // once before each item and not after its last issue of it).
+    if (c == 1) pass_turn(1);
+    const auto wait_for_tile = [&](uint32_t t) {
+      mbarrier_wait(&full[t % S::STAGES], (t / S::STAGES) & 1);
+      fence_shared_for_wgmma();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+      wait_turn(my_turn);
+    };
+    float factor[2];
+    // Tile 0 has no P V before it. The loop's steps all issue and wait alike, so that ptxas can
+    // tell which products are done at each wait (where steps differed, it serialized the wgmmas).
+    wait_for_tile(tile_count);
+    issue_qk(k_tile(tile_count));
     pass_turn(other_turn);
-    wgmma_wait<1>();  // Q Kᵀ, committed first; P V may still run
+    wgmma_wait<0>();
     wgmma_pin(s);
-    scores_to_p(kt, factor);
-    // Without this pin the compiler hoisted the wait for P V above the exponentials (it moves
-    // register arithmetic across asm statements freely), and the softmax no longer ran beside P V.
-    wgmma_pin(s);
+    scores_to_p(0, factor);
+    finish_p(factor);
+    for (int kt = 1; kt < key_tiles; ++kt) {
+      const uint32_t t = tile_count + kt;
+      wait_for_tile(t);
+      issue_qk(k_tile(t));
+      issue_pv(k_tile(t - 1) + S::TILE_BYTES);
+      pass_turn(other_turn);
+      wgmma_wait<1>();  // Q Kᵀ, committed first; P V may still run
+      wgmma_pin(s);
+      scores_to_p(kt, factor);
+      // Without this pin the compiler hoisted the wait for P V above the exponentials (it moves
+      // register arithmetic across asm statements freely), and the softmax no longer ran beside P V.
+      wgmma_pin(s);
+      wgmma_wait<0>();
+      wgmma_pin(o);
+      if (lane == 0) mbarrier_arrive(&empty[(t - 1) % S::STAGES]);
+      finish_p(factor);
+    }
+    const uint32_t last = tile_count + key_tiles - 1;
+    wait_turn(my_turn);
+    issue_pv(k_tile(last) + S::TILE_BYTES);
+    if (c == 0) pass_turn(other_turn);
     wgmma_wait<0>();
     wgmma_pin(o);
-    if (lane == 0) mbarrier_arrive(&empty[(kt - 1) % S::STAGES]);
-    finish_p(factor);
-  }
-  wait_turn(my_turn);
-  issue_pv(k_tile(key_tiles - 1) + S::TILE_BYTES);
-  if (c == 0) pass_turn(other_turn);
-  wgmma_wait<0>();
-  wgmma_pin(o);
+    if (lane == 0) mbarrier_arrive(&empty[last % S::STAGES]);
+    tile_count += key_tiles;
 
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float l = quad_sum(l_run[h]);
-    const int r = thread_row(h);
-    if (r >= valid_rows) continue;
-    const float inv = 1.0f / l;
-    const int64_t dst = q_offset(r) + quad_col * 2;
+    for (int h = 0; h < 2; ++h) {
+      const float l = quad_sum(l_run[h]);
+      const int r = my_rows[h];
+      if (r >= valid_rows) continue;
+      const float inv = 1.0f / l;
+      const int64_t dst = q_offset(r) + quad_col * 2;
 #pragma unroll
-    for (int dn = 0; dn < S::DN; ++dn) store_attention_pair(out, dst + dn * 8, o[dn][2 * h] * inv, o[dn][2 * h + 1] * inv);
+      for (int dn = 0; dn < S::DN; ++dn) store_attention_pair(out, dst + dn * 8, o[dn][2 * h] * inv, o[dn][2 * h + 1] * inv);
+    }
   }
+}
+
+int sm_count() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    SY_CUDA_CHECK(cudaGetDevice(&device));
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    return n > 0 ? n : 1;
+  }();
+  return count;
 }
 
 template <typename T, int KN>
@@ -336,8 +398,10 @@ void launch(const T* q, const int32_t* tiles, int num_tiles, const int32_t* posi
     return true;
   }();
   (void)allowed;
-  prefill_pingpong_kernel<T, KN>
-      <<<num_tiles * kv.num_kv_heads, kThreads, S::SMEM_BYTES, stream>>>(q, tiles, positions, kv, num_heads, out);
+  // One block an SM (its registers and shared memory see to that), each walking its items.
+  const int items = num_tiles * kv.num_kv_heads;
+  prefill_pingpong_kernel<T, KN><<<std::min(items, sm_count()), kThreads, S::SMEM_BYTES, stream>>>(
+      q, tiles, items, positions, kv, num_heads, out);
   SY_CUDA_CHECK_LAUNCH(prefill_pingpong_kernel);
 }
 
