@@ -11,8 +11,8 @@
 //    runs on 40 registers;
 //  - two consumers of 64 rows each (232 registers), which take turns issuing their MMAs: consumer
 //    c issues Q Kᵀ of tile kt and P V of tile kt - 1, passes the turn (a named barrier the other
-//    waits on), waits for S, runs the softmax of tile kt while its P V and the other's MMAs keep
-//    the tensor cores busy, then waits for its P V before rescaling O.
+//    waits on), waits for its products, and runs the softmax of tile kt while the other's MMAs
+//    keep the tensor cores busy.
 // v6 had every warp copy and both warpgroups meet at a block-wide barrier each 64-key step, so
 // their softmaxes ran side by side while the tensor cores waited; and each block started cold.
 //
@@ -348,8 +348,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_wait<1>();  // Q Kᵀ, committed first; P V may still run
       wgmma_pin(s);
       scores_to_p(kt, factor);
-      // Without this pin the compiler hoisted the wait for P V above the exponentials (it moves
-      // register arithmetic across asm statements freely), and the softmax no longer ran beside P V.
+      // ptxas waits for every wgmma in flight before the first write to S (SASS, session 11:
+      // pinning S or P did not move that wait), so only the row maxima run beside this
+      // consumer's P V; the other consumer's MMAs are what keep the tensor cores busy meanwhile.
+      // The pin keeps the compiler from moving the wait above the softmax's first reads.
       wgmma_pin(s);
       wgmma_wait<0>();
       wgmma_pin(o);
