@@ -9,7 +9,7 @@
 // key it attends to). Exit status 0 when every case passed.
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90a -DSWITCHYARD_CUDA_WGMMA=1 -Inative/src test/native/cuda_prefill_check.cu \
-//     native/src/kernels/cuda/{prefill_attention.cu,prefill_attention_pingpong.cu,prefill_attention_wmma.cu,cuda_check.cpp} -o prefill_check
+//     native/src/kernels/cuda/{prefill_attention.cu,prefill_attention_pingpong.cu,prefill_attention_wmma.cu,cuda_check.cpp,dependent_launch.cpp} -o prefill_check
 //
 // The new kernel is the one the engine would run: v7 (pingpong128) for head_dim 128 on an H100 or
 // H200, v4 or v5 (mma.sync) by launch size elsewhere. SWITCHYARD_CUDA_PREFILL=mma16, mma32, wgmma

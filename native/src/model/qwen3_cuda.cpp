@@ -15,7 +15,8 @@
 // buffers); larger steps use cuBLAS after separate norm / SiLU kernels. The final norm + lm_head
 // use gemv whenever at most that many rows need logits. In a pure decode step the attention
 // kernel does the q/k norm + RoPE + KV store itself, and the decode kernels are launched as
-// programmatic dependents (kernels/cuda/dependent_launch.cuh). With SWITCHYARD_CUDA_PERSISTENT=on
+// programmatic dependents (kernels/cuda/dependent_launch.cuh), as are a prefill step's norms,
+// q/k pass, attention and SiLU·up. With SWITCHYARD_CUDA_PERSISTENT=on
 // a batch-1 decode step runs all of that as one persistent kernel (kernels/cuda/decode_step.cu),
 // with the same bits, where the GPU and shape allow (at parity so far: off by default).
 #include "model/qwen3_cuda.h"

@@ -39,6 +39,7 @@ template <typename T, int V, int R>
 __global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* delta_lo, const int32_t* gather,
                                    int rows, const float* weight, int dim, float eps, T* y, T* y_lo, bool write_back) {
   static_assert(R == 1 || V > 0, "several rows a block only with the row in registers");
+  wait_for_prior_kernels();  // launched as a programmatic dependent (launch_add_rmsnorm)
   __shared__ float scratch[32 * R];
   if constexpr (V > 0) {
     float v[R][V], w[V];
@@ -145,7 +146,10 @@ void launch_add_rmsnorm(float* x, const float* delta, const float* delta_lo, con
                       : per_thread <= 32 ? add_rmsnorm_kernel<T, 32, 1>
                                          : add_rmsnorm_kernel<T, 0, 1>;
   const unsigned blocks = static_cast<unsigned>((rows + r - 1) / r);
-  kernel<<<blocks, kRowThreads, 0, stream>>>(x, delta, delta_lo, gather, rows, weight, dim, eps, y, y_lo, write_back);
+  // As a programmatic dependent (dependent_launch.cuh): the blocks start as the GEMM before them
+  // drains, and wait for it at their first line.
+  launch_dependent(kernel, dim3(blocks), dim3(kRowThreads), 0, stream, x, delta, delta_lo, gather, rows, weight, dim,
+                   eps, y, y_lo, write_back);
 }
 
 // Up to kHeadsPerWarp heads of one kind (q, k or v) of one token a warp, every head's loads issued
@@ -165,6 +169,8 @@ __global__ void __launch_bounds__(256, (STEPS == 1 && std::is_same_v<S, __half>)
     qkv_norm_rope_store_kernel(const S* qkv, const S* qkv_lo, const int32_t* positions, const int32_t* slots,
                                const float* rope, const float* q_norm, const float* k_norm, QkvLayout L, int n,
                                T* q_out, T* k_cache, T* v_cache) {
+  wait_for_prior_kernels();  // launched as a programmatic dependent, as is the attention after it
+  allow_dependent_launch();
   constexpr int H = kHeadsPerWarp;
   const int q_groups = (L.num_heads + H - 1) / H, kv_groups = (L.num_kv_heads + H - 1) / H;
   const int groups = q_groups + 2 * kv_groups;
@@ -218,6 +224,7 @@ __global__ void __launch_bounds__(256, (STEPS == 1 && std::is_same_v<S, __half>)
 // 16-byte ones, 12.3-12.6 ("Session 9").
 template <typename T, int V>
 __global__ void silu_mul_kernel(const Product<T>* gu, const Product<T>* gu_lo, int n, int inter, T* out, T* out_lo) {
+  wait_for_prior_kernels();  // launched as a programmatic dependent (silu_mul)
   const int per_row = inter / V;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= static_cast<int64_t>(n) * per_row) return;
@@ -317,8 +324,8 @@ void qkv_norm_rope_store(const S* qkv, const S* qkv_lo, int n, const int32_t* po
   const int64_t groups = (L.num_heads + H - 1) / H + 2 * ((L.num_kv_heads + H - 1) / H);
   const unsigned blocks = static_cast<unsigned>((n * groups + warps - 1) / warps);
   const auto kernel = L.head_dim <= 128 ? qkv_norm_rope_store_kernel<T, S, 1> : qkv_norm_rope_store_kernel<T, S, 2>;
-  kernel<<<blocks, warps * 32, 0, stream>>>(qkv, qkv_lo, positions, slots, rope, q_norm, k_norm, L, n, q_out, k_cache,
-                                            v_cache);
+  launch_dependent(kernel, dim3(blocks), dim3(warps * 32), 0, stream, qkv, qkv_lo, positions, slots, rope, q_norm, k_norm,
+                   L, n, q_out, k_cache, v_cache);
   SY_CUDA_CHECK_LAUNCH(qkv_norm_rope_store_kernel);
 }
 
@@ -330,11 +337,8 @@ void silu_mul(const Product<T>* gate_up, const Product<T>* gate_up_lo, int n, in
   const bool wide = inter % kWide == 0;
   const int64_t threads = static_cast<int64_t>(n) * (wide ? inter / kWide : inter);
   const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
-  if (wide) {
-    silu_mul_kernel<T, kWide><<<blocks, 256, 0, stream>>>(gate_up, gate_up_lo, n, inter, out, out_lo);
-  } else {
-    silu_mul_kernel<T, 1><<<blocks, 256, 0, stream>>>(gate_up, gate_up_lo, n, inter, out, out_lo);
-  }
+  launch_dependent(wide ? silu_mul_kernel<T, kWide> : silu_mul_kernel<T, 1>, dim3(blocks), dim3(256), 0, stream, gate_up,
+                   gate_up_lo, n, inter, out, out_lo);
   SY_CUDA_CHECK_LAUNCH(silu_mul_kernel);
 }
 

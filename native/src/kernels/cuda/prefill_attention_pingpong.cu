@@ -32,6 +32,7 @@
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/store_split.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -131,6 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_init(q_empty, 8);  // each consumer warp, once it holds its Q fragments
   }
   __syncthreads();
+  wait_for_prior_kernels();  // launched as a programmatic dependent of the q/k pass that wrote q, K and V
 
   if (threadIdx.x < 128) {
     // The producer: each item's Q, then its K/V tiles. Thread p copies 16-byte chunk p % 16 of
@@ -402,8 +404,8 @@ void launch(const T* q, const int32_t* tiles, int num_tiles, const int32_t* posi
   (void)allowed;
   // One block an SM (its registers and shared memory see to that), each walking its items.
   const int items = num_tiles * kv.num_kv_heads;
-  prefill_pingpong_kernel<T, KN><<<std::min(items, sm_count()), kThreads, S::SMEM_BYTES, stream>>>(
-      q, tiles, items, positions, kv, num_heads, out);
+  launch_dependent(prefill_pingpong_kernel<T, KN>, dim3(std::min(items, sm_count())), dim3(kThreads), S::SMEM_BYTES,
+                   stream, q, tiles, items, positions, kv, num_heads, out);
   SY_CUDA_CHECK_LAUNCH(prefill_pingpong_kernel);
 }
 
