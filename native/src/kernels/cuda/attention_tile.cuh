@@ -5,10 +5,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "kernels/cuda/bulk_copy.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace sy::cuda {
 
@@ -48,6 +50,74 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+/**
+ * Issues S = Q Kᵀ by wgmma (sm_90a) for one warpgroup's 64 rows against a K tile of 8·JN keys laid
+ * out [half][key][64] (each 64-element half of a key's row a 128-byte row, halves `half_bytes`
+ * apart, swizzled by key % 8): K is K-major for B, so a k16 slice of d is 32 bytes into a half's
+ * rows. Q is in A fragments (qf[ks], k16 slice ks of d). Committed as one group.
+ */
+template <typename T, int JN, int KS>
+__device__ __forceinline__ void issue_qk_wgmma(float (&s)[JN][4], const uint32_t (&qf)[KS][4], uint32_t k_tile,
+                                               uint32_t half_bytes) {
+  wgmma_pin(s);
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    const uint32_t slice = k_tile + (ks / 4) * half_bytes + (ks % 4) * 32;
+    wgmma_rs<T, JN, 0>(s, qf[ks], wgmma_descriptor(slice, 16, 1024), ks > 0);
+  }
+  wgmma_commit();
+}
+
+/**
+ * Issues O += P V by wgmma for one warpgroup's 64 rows, V laid out as issue_qk_wgmma's K: V is
+ * MN-major (d contiguous), a k16 slice is 16 keys, the two halves of d `half_bytes` apart along n.
+ * P is in A fragments (pf[kk], keys 16kk..16kk + 15). Committed as one group.
+ */
+template <typename T, int DN, int KK>
+__device__ __forceinline__ void issue_pv_wgmma(float (&o)[DN][4], const uint32_t (&pf)[KK][4], uint32_t v_tile,
+                                               uint32_t half_bytes) {
+  wgmma_pin(o);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < KK; ++kk) {
+    wgmma_rs<T, DN, 1>(o, pf[kk], wgmma_descriptor(v_tile + kk * 16 * 128, half_bytes, 1024), 1);
+  }
+  wgmma_commit();
+}
+
+/**
+ * Masks the scores of keys past each row's position: element (jn, e) of an S accumulator of a
+ * quad's two rows is key base + 8jn + 2·quad_col + (e & 1) of row half e >> 1, at row_pos[e >> 1].
+ */
+template <int JN>
+__device__ __forceinline__ void mask_keys_past_rows(float (&s)[JN][4], int base, int quad_col, const int (&row_pos)[2]) {
+#pragma unroll
+  for (int jn = 0; jn < JN; ++jn) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[e >> 1]) s[jn][e] = -INFINITY;
+    }
+  }
+}
+
+/**
+ * The largest score of row half h (0 or 1) among a thread's elements of an S accumulator, by a
+ * tree rather than a chain of dependent fmaxf (max is exact in any order: the same value).
+ */
+template <int JN>
+__device__ __forceinline__ float thread_row_max(const float (&s)[JN][4], int h) {
+  float t[JN];
+#pragma unroll
+  for (int jn = 0; jn < JN; ++jn) t[jn] = fmaxf(s[jn][2 * h], s[jn][2 * h + 1]);
+#pragma unroll
+  for (int level = 1; level < JN; level *= 2) {
+#pragma unroll
+    for (int jn = 0; jn < JN; jn += 2 * level) t[jn] = fmaxf(t[jn], t[jn + level]);
+  }
+  return t[0];
 }
 
 __device__ __forceinline__ float quad_max(float v) {

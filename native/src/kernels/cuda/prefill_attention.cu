@@ -286,32 +286,13 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
       }
     }
   };
-  // The same two products by wgmma, issued only (wgmma_commit and wgmma_wait finish them). K is
-  // K-major for B (keys by rows of d): a k16 slice of d is 32 bytes into a half's rows. V is
-  // MN-major (d contiguous): a k16 slice is 16 keys, two 8-row groups of both halves, the halves
-  // HALF_BYTES apart along n. They give the mma.sync products' values (cuda_prefill_check).
+  // The same two products by wgmma (attention_tile.cuh), issued only (wgmma_commit and wgmma_wait
+  // finish them). They give the mma.sync products' values (cuda_prefill_check).
   auto issue_qk_wgmma = [&](uint32_t k_tile, float (&s)[S::JN][4]) {
-    if constexpr (WG) {
-      wgmma_pin(s);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < S::KS; ++ks) {
-        const uint32_t slice = k_tile + (ks / 4) * S::HALF_BYTES + (ks % 4) * 32;
-        wgmma_rs<T, S::JN, 0>(s, qf[ks], wgmma_descriptor(slice, 16, 1024), ks > 0);
-      }
-      wgmma_commit();
-    }
+    if constexpr (WG) sy::cuda::issue_qk_wgmma<T>(s, qf, k_tile, S::HALF_BYTES);
   };
   auto issue_pv_wgmma = [&](uint32_t v_tile, const uint32_t (&pf)[S::KK][4]) {
-    if constexpr (WG) {
-      wgmma_pin(o[0]);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < S::KK; ++kk) {
-        wgmma_rs<T, S::DN, 1>(o[0], pf[kk], wgmma_descriptor(v_tile + kk * 16 * 128, S::HALF_BYTES, 1024), 1);
-      }
-      wgmma_commit();
-    }
+    if constexpr (WG) sy::cuda::issue_pv_wgmma<T>(o[0], pf, v_tile, S::HALF_BYTES);
   };
 
   // Online softmax of key tile kt for row group gi, in three parts: softmax_max masks s, moves the
@@ -327,29 +308,11 @@ __global__ void __launch_bounds__(PrefillShape<HD, RG, WG>::THREADS, RG)
     if (needs_mask) {
       const int row_pos[2] = {first_pos + clamp_row(thread_row(gi, 0)) / group,
                               first_pos + clamp_row(thread_row(gi, 1)) / group};
-#pragma unroll
-      for (int jn = 0; jn < S::JN; ++jn) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[e >> 1]) s[jn][e] = -INFINITY;
-        }
-      }
+      mask_keys_past_rows(s, base, quad_col, row_pos);
     }
-    // Each row half's max by a tree, not a chain of 16 dependent fmaxf (the same value: max is
-    // exact in any order).
     float m_raw[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float t[S::JN];
-#pragma unroll
-      for (int jn = 0; jn < S::JN; ++jn) t[jn] = fmaxf(s[jn][2 * h], s[jn][2 * h + 1]);
-#pragma unroll
-      for (int w = S::JN / 2; w > 0; w /= 2) {
-#pragma unroll
-        for (int jn = 0; jn < w; ++jn) t[jn] = fmaxf(t[jn], t[jn + w]);
-      }
-      m_raw[h] = t[0];
-    }
+    for (int h = 0; h < 2; ++h) m_raw[h] = thread_row_max(s, h);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       // finite from the first tile on: key 0 is before every row

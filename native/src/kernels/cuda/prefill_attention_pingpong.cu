@@ -244,61 +244,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     float s[S::JN][4];
     uint32_t pf[S::KK][4];
 
-    // K is K-major for B (a k16 slice of d is 32 bytes into a half's rows); V is MN-major (a k16
-    // slice is 16 keys, the two halves of d HALF_BYTES apart along n): v6's descriptors.
-    const auto issue_qk = [&](uint32_t k) {
-      wgmma_pin(s);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < S::KS; ++ks) {
-        const uint32_t slice = k + (ks / 4) * S::HALF_BYTES + (ks % 4) * 32;
-        wgmma_rs<T, S::JN, 0>(s, qf[ks], wgmma_descriptor(slice, 16, 1024), ks > 0);
-      }
-      wgmma_commit();
-    };
-    const auto issue_pv = [&](uint32_t v) {
-      wgmma_pin(o);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < S::KK; ++kk) {
-        wgmma_rs<T, S::DN, 1>(o, pf[kk], wgmma_descriptor(v + kk * 16 * 128, S::HALF_BYTES, 1024), 1);
-      }
-      wgmma_commit();
-    };
+    const auto issue_qk = [&](uint32_t k) { issue_qk_wgmma<T>(s, qf, k, S::HALF_BYTES); };
+    const auto issue_pv = [&](uint32_t v) { issue_pv_wgmma<T>(o, pf, v, S::HALF_BYTES); };
     // v6's online softmax of one tile (prefill_attention.cu: softmax_max, softmax_exp, rescale_o),
     // the same operations in the same order, in two parts. scores_to_p masks S, moves the running
     // max, rescales the running sum, and turns S into p in place (adding it to the sum); it needs
-    // only S, so it runs while P V of the tile before is still in flight. finish_p then rescales O
-    // (which that P V has added to) and packs p into P's 16-bit A fragments.
+    // only S, which is why it comes before the wait for P V of the tile before (though ptxas waits
+    // for that P V before the first write to S: see the loop). finish_p then rescales O (which
+    // that P V has added to) and packs p into P's 16-bit A fragments.
     const auto scores_to_p = [&](int kt, float (&factor)[2]) {
       const int base = kt * KN;
-      if (base + KN - 1 > it.first_pos) {
-  #pragma unroll
-        for (int jn = 0; jn < S::JN; ++jn) {
-  #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            if (base + jn * 8 + quad_col * 2 + (e & 1) > row_pos[e >> 1]) s[jn][e] = -INFINITY;
-          }
-        }
-      }
-  #pragma unroll
+      if (base + KN - 1 > it.first_pos) mask_keys_past_rows(s, base, quad_col, row_pos);
+#pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float t[S::JN];
-  #pragma unroll
-        for (int jn = 0; jn < S::JN; ++jn) t[jn] = fmaxf(s[jn][2 * h], s[jn][2 * h + 1]);
-  #pragma unroll
-        for (int level = 1; level < S::JN; level *= 2) {  // a tree, as v6 (max is exact in any order)
-  #pragma unroll
-          for (int jn = 0; jn < S::JN; jn += 2 * level) t[jn] = fmaxf(t[jn], t[jn + level]);
-        }
-        const float m_new = fmaxf(m_run[h], quad_max(t[0]) * scale_log2);
+        const float m_new = fmaxf(m_run[h], quad_max(thread_row_max(s, h)) * scale_log2);
         factor[h] = m_new == m_run[h] ? 1.0f : fast_exp2(m_run[h] - m_new);
         m_run[h] = m_new;
         l_run[h] *= factor[h];
       }
-  #pragma unroll
+#pragma unroll
       for (int jn = 0; jn < S::JN; ++jn) {
-  #pragma unroll
+#pragma unroll
         for (int e = 0; e < 4; ++e) {
           s[jn][e] = fast_exp2(fmaf(s[jn][e], scale_log2, -m_run[e >> 1]));
           l_run[e >> 1] += s[jn][e];
@@ -307,7 +273,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     const auto finish_p = [&](const float (&factor)[2]) {
       if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
-  #pragma unroll
+#pragma unroll
         for (int dn = 0; dn < S::DN; ++dn) {
           o[dn][0] *= factor[0];
           o[dn][1] *= factor[0];
@@ -315,13 +281,12 @@ __global__ void __launch_bounds__(kThreads, 1)
           o[dn][3] *= factor[1];
         }
       }
-  #pragma unroll
+#pragma unroll
       for (int jn = 0; jn < S::JN; ++jn) {
         pf[jn / 2][(jn & 1) * 2 + 0] = pack2<T>(s[jn][0], s[jn][1]);
         pf[jn / 2][(jn & 1) * 2 + 1] = pack2<T>(s[jn][2], s[jn][3]);
       }
     };
-
 
     // Consumer 0 issues first; every wait_turn meets exactly one pass_turn (consumer 1 passes
     // once before each item and not after its last issue of it).
