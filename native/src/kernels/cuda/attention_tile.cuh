@@ -1,6 +1,7 @@
-// Pieces the tensor-core attention kernels share: shared-memory rows swizzled by 16-byte chunk,
-// cp.async copies into them, and the arithmetic of an online softmax whose rows live in the four
-// lanes of an MMA accumulator's quad.
+// Pieces the tensor-core prefill attention kernels share (prefill_attention.cu,
+// prefill_attention_pingpong.cu): shared-memory rows swizzled by 16-byte chunk, cp.async copies
+// into them, the wgmma issue of Q Kᵀ and P V over K/V tiles laid out for it, and the arithmetic of
+// an online softmax whose rows live in the four lanes of an MMA accumulator's quad.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
