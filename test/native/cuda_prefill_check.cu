@@ -270,6 +270,7 @@ int main() {
       {"chunk of 200 after 300 cached tokens", 128, 16, 8, {{300, 200}}},
       {"three sequences, odd lengths, prefix hits", 128, 16, 8, {{0, 37}, {64, 100}, {17, 129}}},
       {"two sequences past a tile of keys, fp16", 128, 16, 8, {{0, 700}, {130, 257}}, true},
+      {"group 4 at head_dim 128 (Llama-3-8B's heads), a prefix hit", 128, 32, 8, {{0, 300}, {100, 150}}},
       {"group 4, fp16", 64, 8, 2, {{0, 130}, {5, 70}}, true},
       {"group 1", 64, 4, 4, {{0, 300}}},
       {"tiny Qwen3 shape (group 3, 21-token tiles)", 16, 6, 2, {{0, 300}, {200, 100}, {0, 5}}},
