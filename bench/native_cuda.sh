@@ -3,6 +3,11 @@
 # reference, run the CUDA tests, then the benchmark; prints the table last. From the repo root
 # on the GPU machine, after `. .device/setup.sh` (see bench/CUDA_NOTES.md):
 #   bash bench/native_cuda.sh [OUT_DIR]
+# Optional, as the sessions' final calls ran them:
+#   DTYPES="bfloat16 float16"   the benchmark once per dtype (default: the engine's default dtype);
+#   GAP=1                       bench/native_cuda_gap.ts (largest logprob gaps, both dtypes);
+#   PREFILL_AB="SWITCHYARD_CUDA_PDL=off SWITCHYARD_CUDA_PREFILL=wgmma"
+#                               (4) alone (--prefill-only, float16) with each setting, for A/Bs.
 set -uo pipefail
 out=${1:-${OUT:-bench/out}}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -30,5 +35,19 @@ if [ "${SKIP_HF:-0}" != 1 ]; then
 else
   hf_json=bench/native_cuda_hf_baseline.json  # an earlier run's transformers baseline (it takes ~110 s)
 fi
-timeout 240 node --import tsx bench/native_cuda.ts "$model" "$out/ceilings.json" "$hf_json" --out "$out/table.md" > "$out/bench.log" 2>&1
-echo "bench rc=$?"; tail -30 "$out/bench.log"
+if [ "${GAP:-0}" = 1 ]; then
+  GAP_SETTINGS="bfloat16;float16" timeout 200 node --import tsx bench/native_cuda_gap.ts "$cache/cuda-reference.json" "$model" \
+    --out "$out/gap.md" > "$out/gap.log" 2>&1
+  echo "gap rc=$?"; cat "$out/gap.md"
+fi
+for ab in ${PREFILL_AB:-}; do
+  name=prefill_${ab//[^A-Za-z0-9_]/_}
+  env "$ab" timeout 150 node --import tsx bench/native_cuda.ts "$model" "$out/ceilings.json" "$hf_json" --dtype float16 \
+    --prefill-only --out "$out/$name.md" > "$out/$name.log" 2>&1
+  echo "prefill-only $ab rc=$?"; grep -E "^\(4" "$out/$name.md"
+done
+for dt in ${DTYPES:-auto}; do
+  timeout 240 node --import tsx bench/native_cuda.ts "$model" "$out/ceilings.json" "$hf_json" --dtype "$dt" --out "$out/table_$dt.md" \
+    > "$out/bench_$dt.log" 2>&1
+  echo "bench $dt rc=$?"; tail -30 "$out/bench_$dt.log"
+done
