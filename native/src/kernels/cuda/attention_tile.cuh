@@ -130,4 +130,38 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+/**
+ * One row of an accumulator fragment regathered within its quad, so that a thread can store 8
+ * consecutive columns at once. Before: thread q (lane % 4) holds columns 8 dn + 2q and 8 dn + 2q + 1
+ * of every 8-column block dn, in v[dn]. After: for each g, v[4g .. 4g + 3] hold all 8 columns of
+ * block 4g + q, in order. A 4 x 4 transpose of pairs per g, as two butterfly stages (lane bits 0,
+ * then 1): a thread swaps the pairs whose index bit differs from its own lane bit with its partner.
+ * Every lane of the warp must call it (full-warp shuffles).
+ */
+template <int DN>
+__device__ __forceinline__ void quad_gather_columns(float (&v)[DN][2], int q) {
+  static_assert(DN % 4 == 0, "8-column blocks in groups of four");
+#pragma unroll
+  for (int bit = 1; bit <= 2; bit <<= 1) {
+    const bool mine_high = (q & bit) != 0;
+#pragma unroll
+    for (int g = 0; g < DN; g += 4) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (j & bit) continue;  // j: the pair with the bit clear, j + bit: its partner index
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float send = mine_high ? v[g + j][e] : v[g + j + bit][e];
+          const float got = __shfl_xor_sync(0xffffffffu, send, bit);
+          if (mine_high) {
+            v[g + j][e] = got;
+          } else {
+            v[g + j + bit][e] = got;
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace sy::cuda

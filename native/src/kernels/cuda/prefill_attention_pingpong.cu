@@ -338,11 +338,32 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int h = 0; h < 2; ++h) {
       const float l = quad_sum(l_run[h]);
       const int r = my_rows[h];
-      if (r >= valid_rows) continue;
-      const float inv = 1.0f / l;
-      const int64_t dst = q_offset(r) + quad_col * 2;
+      const float inv = 1.0f / l;  // not finite for rows past valid_rows, which store nothing
+      if (out.f32) {  // fp32 for gemv (steps of a few tokens): column pairs as the fragment holds them
+        if (r >= valid_rows) continue;
+        const int64_t dst = q_offset(r) + quad_col * 2;
 #pragma unroll
-      for (int dn = 0; dn < S::DN; ++dn) store_attention_pair(out, dst + dn * 8, o[dn][2 * h] * inv, o[dn][2 * h + 1] * inv);
+        for (int dn = 0; dn < S::DN; ++dn) store_attention_pair(out, dst + dn * 8, o[dn][2 * h] * inv, o[dn][2 * h + 1] * inv);
+        continue;
+      }
+      // 16-bit outputs: the quad regathers each row so that a thread stores 8 columns (16 bytes,
+      // and as many of lo) at once instead of 2. With the split's lo half to store too, the
+      // 2-column stores cost a bfloat16 2048-token step 49.5 µs a layer of attention against
+      // 41.5 (ncu, bench/CUDA_NOTES.md "Session 12"); same bits.
+      float v[S::DN][2];
+#pragma unroll
+      for (int dn = 0; dn < S::DN; ++dn) {
+        v[dn][0] = o[dn][2 * h] * inv;
+        v[dn][1] = o[dn][2 * h + 1] * inv;
+      }
+      quad_gather_columns<S::DN>(v, quad_col);
+      if (r >= valid_rows) continue;
+      const int64_t dst = q_offset(r);
+#pragma unroll
+      for (int g = 0; g < S::DN; g += 4) {
+        const float cols[8] = {v[g][0], v[g][1], v[g + 1][0], v[g + 1][1], v[g + 2][0], v[g + 2][1], v[g + 3][0], v[g + 3][1]};
+        store_split_n<8>(cols, out.hi, out.lo, dst + (g + quad_col) * 8);
+      }
     }
   }
 }
@@ -362,15 +383,15 @@ void launch(const T* q, const int32_t* tiles, int num_tiles, const int32_t* posi
             int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
   using S = PingpongShape<KN>;
   static const bool allowed = [] {
-    SY_CUDA_CHECK(cudaFuncSetAttribute(prefill_pingpong_kernel<T, KN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(S::SMEM_BYTES)));
+    SY_CUDA_CHECK(cudaFuncSetAttribute(prefill_pingpong_kernel<T, KN>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::SMEM_BYTES)));
     return true;
   }();
   (void)allowed;
   // One block an SM (its registers and shared memory see to that), each walking its items.
   const int items = num_tiles * kv.num_kv_heads;
-  launch_dependent(prefill_pingpong_kernel<T, KN>, dim3(std::min(items, sm_count())), dim3(kThreads), S::SMEM_BYTES,
-                   stream, q, tiles, items, positions, kv, num_heads, out);
+  launch_dependent(prefill_pingpong_kernel<T, KN>, dim3(std::min(items, sm_count())), dim3(kThreads),
+                   S::SMEM_BYTES, stream, q, tiles, items, positions, kv, num_heads, out);
   SY_CUDA_CHECK_LAUNCH(prefill_pingpong_kernel);
 }
 
