@@ -259,6 +259,14 @@ class Qwen3Cuda final : public CudaModelRunner {
     // as one persistent kernel (same bits as kernel per op; bench/CUDA_NOTES.md, "Session 4").
     const char* persistent = std::getenv("SWITCHYARD_CUDA_PERSISTENT");
     persistent_wanted_ = persistent && *persistent ? std::strcmp(persistent, "off") != 0 : kPersistentByDefault;
+    // SWITCHYARD_CUDA_DECODE_SPLITS (1-32): the most splits a decode row's context is cut into
+    // (default 32; fewer means more 64-key tiles a block and fewer partial states to merge).
+    // SWITCHYARD_CUDA_GEMV_SILU=prologue: gemv steps compute SiLU·up in the down projection's
+    // prologue (every block over the whole row) rather than in the gate_up gemv.
+    const char* silu = std::getenv("SWITCHYARD_CUDA_GEMV_SILU");
+    silu_in_gate_up_ = !(silu && std::strcmp(silu, "prologue") == 0);
+    const char* splits = std::getenv("SWITCHYARD_CUDA_DECODE_SPLITS");
+    if (splits && *splits) max_splits_ = std::clamp(std::atoi(splits), 1, kMaxSplits);
     hd_ = c_.head_dim;
     qdim_ = c_.num_heads * hd_;
     kvdim_ = c_.num_kv_heads * hd_;
@@ -442,7 +450,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     // Enough blocks for two waves over the SMs, but no more splits than 64-key tiles of context.
     const int blocks = std::max(1, rows * c_.num_kv_heads);
     const int want = (2 * num_sms_ + blocks - 1) / blocks;
-    return std::max(1, std::min({want, kMaxSplits, (opt_.max_model_len + 63) / 64}));
+    return std::max(1, std::min({want, max_splits_, (opt_.max_model_len + 63) / 64}));
   }
 
   void load_weights(const std::string& dir) {
@@ -875,10 +883,17 @@ class Qwen3Cuda final : public CudaModelRunner {
         GI o_in{GI::kF32, attn_f_};
         o_in.split = split_.o;
         gemv(o_in, n, L.o, h, qdim_, delta_);
-        gemv(GI{GI::kNorm, xa, delta_, nullptr, L.post_norm, eps, xb, split_.gate_up}, n, L.gate_up, 2 * inter, h, gu_);
+        const GI post{GI::kNorm, xa, delta_, nullptr, L.post_norm, eps, xb, split_.gate_up};
         std::swap(xa, xb);
-        GI down_in{GI::kSilu, gu_};
+        // SiLU·up made where gate and up are summed (gemv_silu), so down reads a plain input;
+        // the same values as the SiLU·up prologue of down.
+        GI down_in{silu_in_gate_up_ ? GI::kF32 : GI::kSilu, gu_};
         down_in.split = split_.down;
+        if (silu_in_gate_up_) {
+          cuda::gemv_silu<T>(post, n, L.gate_up, inter, h, gu_, stream_);
+        } else {
+          gemv(post, n, L.gate_up, 2 * inter, h, gu_);
+        }
         gemv(down_in, n, L.down, h, inter, delta_);
       } else {
         add_to_stream(attn_, split_.o, n, L.o, h, qdim_, /*norm_follows=*/true);
@@ -1050,6 +1065,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   SplitGemmInputs split_;
   bool fuse_decode_ = true;
   int gemv_max_rows_ = 4;
+  int max_splits_ = kMaxSplits;  // SWITCHYARD_CUDA_DECODE_SPLITS
+  bool silu_in_gate_up_ = true;   // SWITCHYARD_CUDA_GEMV_SILU
   bool persistent_wanted_ = true, persistent_ok_ = false;
   std::string persistent_why_not_;
   DeviceMemory decode_layers_;  // the persistent step's per-layer pointers (cuda::DecodeLayer)

@@ -51,25 +51,42 @@ constexpr int rows_per_warp() {
   return NT <= 2 ? 1 : 4;
 }
 
-template <typename T, int NT, int R = rows_per_warp<NT>()>
+// SILU: w is gate_up ([2 out][in]) and y[t][j] = silu(gate) * up of rows j and out + j, each
+// product rounded as a cuBLAS step stores it (product_value), so that the down projection's input
+// needs no SiLU·up prologue. A warp's R weight rows are then R / 2 such pairs; every row is summed
+// in the order of the plain kernel over 2 out rows (same `ws`, same k split), so both give the
+// same gate and up values.
+template <typename T, int NT, bool SILU = false, int R = SILU ? 2 * (NT <= 2 ? 1 : 2) : rows_per_warp<NT>()>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w, int out, int in, int ws, float* y) {
   extern __shared__ __align__(16) float xs[];  // [NT][in]
   __shared__ float scratch[32 * NT];
   __shared__ float partial[kWarps][R * NT];
+  constexpr int RO = SILU ? R / 2 : R;  // output rows a warp makes
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31;
-  const int rows_per_block = kWarps / ws * R, sub = warp % ws;
+  const int rows_per_block = kWarps / ws * RO, sub = warp % ws;
   constexpr int KU = kUnroll / R;  // k steps per round; KU * R weight loads in flight per lane
   const int step = 256 * ws;
-  // One round of weight loads: rows row..row+R-1, k = k0 + u * step.
+  // Weight row q of a warp whose first output row is `row`, and whether it exists.
+  const auto weight_row = [out](int row, int q) { return SILU && q >= RO ? out + row + q - RO : row + q; };
+  const auto has_row = [out](int row, int q) { return row + (SILU ? q % RO : q) < out; };
+  // One round of weight loads: the warp's R rows, k = k0 + u * step.
   auto load_round = [&](int row, int k0, uint4 (&wv)[KU][R]) {
 #pragma unroll
     for (int u = 0; u < KU; ++u) {
       const int k = k0 + u * step;
 #pragma unroll
       for (int q = 0; q < R; ++q)
-        if (k < in && row + q < out)
-          wv[u][q] = __ldcs(reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row + q) * in + k));  // streamed once
+        if (k < in && has_row(row, q))
+          wv[u][q] = __ldcs(reinterpret_cast<const uint4*>(w + static_cast<int64_t>(weight_row(row, q)) * in + k));  // streamed once
+    }
+  };
+  // An output value from its weight row's sum (SILU: from its gate and up rows' sums).
+  const auto finish = [](float sum, float up_sum) {
+    if constexpr (SILU) {
+      return silu_times(product_value<T>(sum), product_value<T>(up_sum));
+    } else {
+      return sum;
     }
   };
   // Launched as a programmatic dependent (dependent_launch.cuh): the next kernel may start now,
@@ -77,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
   // kernel finishes; its input is read only after the wait.
   allow_dependent_launch();
   uint4 first[KU][R];
-  load_round(blockIdx.x * rows_per_block + warp / ws * R, (sub * 32 + lane) * 8, first);
+  load_round(blockIdx.x * rows_per_block + warp / ws * RO, (sub * 32 + lane) * 8, first);
   wait_for_prior_kernels();
   stage_gemv_input<T, NT>(x, in, xs, scratch);
 
@@ -85,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
   // (with 8 input rows, x reads rather than HBM would bound a warp that takes one row).
   bool first_round = true;
   for (int row0 = blockIdx.x * rows_per_block; row0 < out; row0 += gridDim.x * rows_per_block) {
-    const int row = row0 + warp / ws * R;  // this warp's first row
+    const int row = row0 + warp / ws * RO;  // this warp's first output row
     float acc[R][NT];
 #pragma unroll
     for (int q = 0; q < R; ++q)
@@ -111,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
           for (int q = 0; q < R; ++q) {
             const T* wh = reinterpret_cast<const T*>(&wv[u][q]);
 #pragma unroll
-            for (int e = 0; e < 8; ++e) wf[q][e] = row + q < out ? to_f32(wh[e]) : 0.0f;
+            for (int e = 0; e < 8; ++e) wf[q][e] = has_row(row, q) ? to_f32(wh[e]) : 0.0f;
           }
 #pragma unroll
           for (int t = 0; t < NT; ++t) {
@@ -141,10 +158,11 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
     if (ws == 1) {
       if (lane == 0) {
 #pragma unroll
-        for (int q = 0; q < R; ++q)
+        for (int q = 0; q < RO; ++q)
           if (row + q < out)
 #pragma unroll
-            for (int t = 0; t < NT; ++t) y[static_cast<int64_t>(t) * out + row + q] = acc[q][t];
+            for (int t = 0; t < NT; ++t)
+              y[static_cast<int64_t>(t) * out + row + q] = finish(acc[q][t], acc[SILU ? q + RO : q][t]);
       }
       continue;
     }
@@ -155,10 +173,14 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
         for (int t = 0; t < NT; ++t) partial[warp][q * NT + t] = acc[q][t];
     }
     __syncthreads();
-    if (sub == 0 && lane < R * NT && row + lane / NT < out) {
-      float s = 0.0f;
-      for (int j = 0; j < ws; ++j) s += partial[warp + j][lane];
-      y[static_cast<int64_t>(lane % NT) * out + row + lane / NT] = s;
+    if (sub == 0 && lane < RO * NT && row + lane / NT < out) {
+      const auto over_warps = [&](int i) {
+        float s = 0.0f;
+        for (int j = 0; j < ws; ++j) s += partial[warp + j][i];
+        return s;
+      };
+      const float sum = over_warps(lane);
+      y[static_cast<int64_t>(lane % NT) * out + row + lane / NT] = finish(sum, SILU ? over_warps(lane + RO * NT) : 0.0f);
     }
     __syncthreads();
   }
@@ -167,26 +189,53 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
 // The dynamic shared memory a launch may ask for: the opt-in maximum less the static part.
 constexpr int kStaticSmemMargin = 4096;
 
-template <typename T, int NT>
+template <typename T, int NT, bool SILU>
 void allow_smem() {
   static bool attribute_set = false;  // per instantiation; gemv_prepare sets it before any capture
   if (attribute_set) return;
-  SY_CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  SY_CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<T, NT, SILU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      max_smem() - kStaticSmemMargin));
   attribute_set = true;
 }
 
-template <typename T, int NT>
+// out: output rows (SILU: gate/up pairs, the weights holding 2 out rows).
+template <typename T, int NT, bool SILU>
 void launch(const GemvInput& x, const T* w, int out, int in, float* y, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(NT) * in * sizeof(float);
-  allow_smem<T, NT>();
+  allow_smem<T, NT, SILU>();
   const int target = blocks_per_sm() * num_sms();
-  constexpr int R = rows_per_warp<NT>();
-  const int ws = gemv_warps_per_row(out, in);
-  const int rows_per_block = kWarps / ws * R;
+  constexpr int RO = SILU ? (NT <= 2 ? 1 : 2) : rows_per_warp<NT>();
+  const int ws = gemv_warps_per_row(SILU ? 2 * out : out, in);
+  const int rows_per_block = kWarps / ws * RO;
   const int blocks = std::min((out + rows_per_block - 1) / rows_per_block, target);
-  launch_dependent(gemv_kernel<T, NT>, dim3(blocks), dim3(kThreads), smem, stream, x, w, out, in, ws, y);
+  launch_dependent(gemv_kernel<T, NT, SILU>, dim3(blocks), dim3(kThreads), smem, stream, x, w, out, in, ws, y);
   SY_CUDA_CHECK_LAUNCH(gemv_kernel);
+}
+
+template <typename T, bool SILU>
+void launch_rows(const GemvInput& x, int n, const T* w, int out, int in, float* y, cudaStream_t stream) {
+  switch (n) {
+    case 1: return launch<T, 1, SILU>(x, w, out, in, y, stream);
+    case 2: return launch<T, 2, SILU>(x, w, out, in, y, stream);
+    case 3: return launch<T, 3, SILU>(x, w, out, in, y, stream);
+    case 4: return launch<T, 4, SILU>(x, w, out, in, y, stream);
+    case 5: return launch<T, 5, SILU>(x, w, out, in, y, stream);
+    case 6: return launch<T, 6, SILU>(x, w, out, in, y, stream);
+    case 7: return launch<T, 7, SILU>(x, w, out, in, y, stream);
+    default: return launch<T, 8, SILU>(x, w, out, in, y, stream);
+  }
+}
+
+template <typename T, bool SILU>
+void allow_smem_all() {
+  allow_smem<T, 1, SILU>();
+  allow_smem<T, 2, SILU>();
+  allow_smem<T, 3, SILU>();
+  allow_smem<T, 4, SILU>();
+  allow_smem<T, 5, SILU>();
+  allow_smem<T, 6, SILU>();
+  allow_smem<T, 7, SILU>();
+  allow_smem<T, 8, SILU>();
 }
 
 }  // namespace
@@ -208,34 +257,27 @@ bool gemv_fits(int n, int in) {
 
 template <typename T>
 void gemv_prepare() {
-  allow_smem<T, 1>();
-  allow_smem<T, 2>();
-  allow_smem<T, 3>();
-  allow_smem<T, 4>();
-  allow_smem<T, 5>();
-  allow_smem<T, 6>();
-  allow_smem<T, 7>();
-  allow_smem<T, 8>();
+  allow_smem_all<T, false>();
+  allow_smem_all<T, true>();
 }
 
 template <typename T>
 void gemv(const GemvInput& x, int n, const T* w, int out, int in, float* y, cudaStream_t stream) {
   if (!gemv_fits(n, in)) throw CudaError("gemv: " + std::to_string(n) + " rows of " + std::to_string(in) + " do not fit");
-  switch (n) {
-    case 1: return launch<T, 1>(x, w, out, in, y, stream);
-    case 2: return launch<T, 2>(x, w, out, in, y, stream);
-    case 3: return launch<T, 3>(x, w, out, in, y, stream);
-    case 4: return launch<T, 4>(x, w, out, in, y, stream);
-    case 5: return launch<T, 5>(x, w, out, in, y, stream);
-    case 6: return launch<T, 6>(x, w, out, in, y, stream);
-    case 7: return launch<T, 7>(x, w, out, in, y, stream);
-    default: return launch<T, 8>(x, w, out, in, y, stream);
-  }
+  launch_rows<T, false>(x, n, w, out, in, y, stream);
+}
+
+template <typename T>
+void gemv_silu(const GemvInput& x, int n, const T* gate_up, int inter, int in, float* act, cudaStream_t stream) {
+  if (!gemv_fits(n, in)) throw CudaError("gemv: " + std::to_string(n) + " rows of " + std::to_string(in) + " do not fit");
+  launch_rows<T, true>(x, n, gate_up, inter, in, act, stream);
 }
 
 template void gemv_prepare<__nv_bfloat16>();
 template void gemv_prepare<__half>();
 template void gemv<__nv_bfloat16>(const GemvInput&, int, const __nv_bfloat16*, int, int, float*, cudaStream_t);
 template void gemv<__half>(const GemvInput&, int, const __half*, int, int, float*, cudaStream_t);
+template void gemv_silu<__nv_bfloat16>(const GemvInput&, int, const __nv_bfloat16*, int, int, float*, cudaStream_t);
+template void gemv_silu<__half>(const GemvInput&, int, const __half*, int, int, float*, cudaStream_t);
 
 }  // namespace sy::cuda

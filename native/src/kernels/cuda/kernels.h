@@ -222,6 +222,13 @@ template <typename T>
 void gemv_prepare();
 template <typename T>
 void gemv(const GemvInput& input, int n, const T* w, int out, int in, float* y, cudaStream_t stream);
+/**
+ * act[n, inter] = silu(gate) * up from the gate_up weights ([2 inter][in]: gate rows, then up
+ * rows), gate and up rounded as a cuBLAS step stores its products (product_value), as gemv would
+ * give them followed by the SiLU·up prologue; so the down projection reads act as a plain input.
+ */
+template <typename T>
+void gemv_silu(const GemvInput& input, int n, const T* gate_up, int inter, int in, float* act, cudaStream_t stream);
 
 /** One layer as the persistent decode step reads it. */
 template <typename T>
