@@ -15,7 +15,7 @@ root=$(pwd); cache=$root/.cache; mkdir -p "$cache"
 model=$cache/qwen3-0.6b-random
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 # 1. build
-( time node node_modules/cmake-js/bin/cmake-js compile -d native -O native/build -B Release ) > "$out/build.log" 2>&1
+( time node node_modules/cmake-js/bin/cmake-js compile -d native -O native/build -B Release -p "$(nproc)" ) > "$out/build.log" 2>&1
 rc=$?; grep -E "switchyard native|error" "$out/build.log" | head -20
 [ $rc -eq 0 ] || { tail -40 "$out/build.log"; exit 1; }
 node -e "const a=require('./native/build/Release/switchyard_native.node'); console.log(JSON.stringify(a.cudaInfo()))"
