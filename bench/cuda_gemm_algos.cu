@@ -19,20 +19,14 @@
 #include <string>
 #include <vector>
 
+#include "cuda_bench.cuh"
+
 namespace {
 
-void cuda_ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-void blas_ok(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) {
-    std::fprintf(stderr, "%s: cuBLAS status %d\n", what, static_cast<int>(s));
-    std::exit(1);
-  }
-}
+using bench::blas_ok;
+using bench::cuda_ok;
+using bench::parse_list;
+using bench::time_ms;
 
 struct Projection {
   const char* name;
@@ -75,33 +69,6 @@ __global__ void fill_random(T* p, size_t n, unsigned seed) {
     h ^= h >> 13;
     p[i] = T(static_cast<float>(h & 0xffff) / 32768.0f - 1.0f);
   }
-}
-
-template <typename F>
-float time_ms(cudaStream_t stream, F&& launch, int reps) {
-  for (int i = 0; i < 3; ++i) launch();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a, stream);
-  for (int i = 0; i < reps; ++i) launch();
-  cudaEventRecord(b, stream);
-  cuda_ok(cudaEventSynchronize(b), "timing");
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms / reps;
-}
-
-std::vector<int> parse_list(const char* s) {
-  std::vector<int> v;
-  for (const char* p = s; *p;) {
-    v.push_back(std::atoi(p));
-    while (*p && *p != ',') ++p;
-    if (*p == ',') ++p;
-  }
-  return v;
 }
 
 }  // namespace

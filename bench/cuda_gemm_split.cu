@@ -20,20 +20,14 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda_bench.cuh"
+
 namespace {
 
-void cuda_ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-void blas_ok(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) {
-    std::fprintf(stderr, "%s: cuBLAS status %d\n", what, static_cast<int>(s));
-    std::exit(1);
-  }
-}
+using bench::blas_ok;
+using bench::cuda_ok;
+using bench::parse_list;
+using bench::time_ms;
 
 struct Projection {
   const char* name;
@@ -83,23 +77,6 @@ __global__ void to_fp8(const __nv_bfloat16* w, size_t n, float scale, __nv_fp8_e
     w8[i] = __nv_fp8_e4m3(__bfloat162float(w[i]) * scale);
 }
 
-template <typename F>
-float time_ms(cudaStream_t stream, F&& launch, int reps) {
-  for (int i = 0; i < 3; ++i) launch();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a, stream);
-  for (int i = 0; i < reps; ++i) launch();
-  cudaEventRecord(b, stream);
-  cuda_ok(cudaEventSynchronize(b), "timing");
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms / reps;
-}
-
 // One cuBLASLt product y[n, out] (+)= alpha * x[n, in] · w[out, in]ᵀ on the heuristic's first pick.
 struct LtGemm {
   cublasLtMatmulDesc_t desc{};
@@ -141,16 +118,6 @@ struct LtGemm {
     cublasLtMatmulDescDestroy(desc);
   }
 };
-
-std::vector<int> parse_list(const char* s) {
-  std::vector<int> v;
-  for (const char* p = s; *p;) {
-    v.push_back(std::atoi(p));
-    while (*p && *p != ',') ++p;
-    if (*p == ',') ++p;
-  }
-  return v;
-}
 
 double rel_rms(const std::vector<float>& y, const std::vector<float>& ref) {
   double e = 0, r = 0;
