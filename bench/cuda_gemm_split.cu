@@ -22,12 +22,9 @@
 
 #include "cuda_bench.cuh"
 
-namespace {
+using namespace bench;  // NOLINT: the helpers every benchmark here uses
 
-using bench::blas_ok;
-using bench::cuda_ok;
-using bench::parse_list;
-using bench::time_ms;
+namespace {
 
 struct Projection {
   const char* name;
