@@ -259,12 +259,12 @@ class Qwen3Cuda final : public CudaModelRunner {
     // as one persistent kernel (same bits as kernel per op; bench/CUDA_NOTES.md, "Session 4").
     const char* persistent = std::getenv("SWITCHYARD_CUDA_PERSISTENT");
     persistent_wanted_ = persistent && *persistent ? std::strcmp(persistent, "off") != 0 : kPersistentByDefault;
-    // SWITCHYARD_CUDA_DECODE_SPLITS (1-32): the most splits a decode row's context is cut into
-    // (default 32; fewer means more 64-key tiles a block and fewer partial states to merge).
     // SWITCHYARD_CUDA_GEMV_SILU=prologue: gemv steps compute SiLU·up in the down projection's
-    // prologue (every block over the whole row) rather than in the gate_up gemv.
+    // prologue (every block over the whole row) rather than in the gate_up gemv (gemv_silu).
     const char* silu = std::getenv("SWITCHYARD_CUDA_GEMV_SILU");
     silu_in_gate_up_ = !(silu && std::strcmp(silu, "prologue") == 0);
+    // SWITCHYARD_CUDA_DECODE_SPLITS (1-32): the most splits a decode row's context is cut into
+    // (default 32; fewer means more 64-key tiles a block and fewer partial states to merge).
     const char* splits = std::getenv("SWITCHYARD_CUDA_DECODE_SPLITS");
     if (splits && *splits) max_splits_ = std::clamp(std::atoi(splits), 1, kMaxSplits);
     hd_ = c_.head_dim;
@@ -890,7 +890,7 @@ class Qwen3Cuda final : public CudaModelRunner {
         GI down_in{silu_in_gate_up_ ? GI::kF32 : GI::kSilu, gu_};
         down_in.split = split_.down;
         if (silu_in_gate_up_) {
-          cuda::gemv_silu<T>(post, n, L.gate_up, inter, h, gu_, stream_);
+          cuda::gemv_silu<T>(post, n, L.gate_up, static_cast<int>(inter), static_cast<int>(h), gu_, stream_);
         } else {
           gemv(post, n, L.gate_up, 2 * inter, h, gu_);
         }

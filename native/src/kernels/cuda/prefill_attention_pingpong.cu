@@ -383,15 +383,15 @@ void launch(const T* q, const int32_t* tiles, int num_tiles, const int32_t* posi
             int num_heads, const AttentionOut<T>& out, cudaStream_t stream) {
   using S = PingpongShape<KN>;
   static const bool allowed = [] {
-    SY_CUDA_CHECK(cudaFuncSetAttribute(prefill_pingpong_kernel<T, KN>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::SMEM_BYTES)));
+    SY_CUDA_CHECK(cudaFuncSetAttribute(prefill_pingpong_kernel<T, KN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(S::SMEM_BYTES)));
     return true;
   }();
   (void)allowed;
   // One block an SM (its registers and shared memory see to that), each walking its items.
   const int items = num_tiles * kv.num_kv_heads;
-  launch_dependent(prefill_pingpong_kernel<T, KN>, dim3(std::min(items, sm_count())), dim3(kThreads),
-                   S::SMEM_BYTES, stream, q, tiles, items, positions, kv, num_heads, out);
+  launch_dependent(prefill_pingpong_kernel<T, KN>, dim3(std::min(items, sm_count())), dim3(kThreads), S::SMEM_BYTES,
+                   stream, q, tiles, items, positions, kv, num_heads, out);
   SY_CUDA_CHECK_LAUNCH(prefill_pingpong_kernel);
 }
 
