@@ -7,7 +7,9 @@
 #   DTYPES="bfloat16 float16"   the benchmark once per dtype (default: the engine's default dtype);
 #   GAP=1                       bench/native_cuda_gap.ts (largest logprob gaps, both dtypes);
 #   PREFILL_AB="SWITCHYARD_CUDA_PDL=off SWITCHYARD_CUDA_PREFILL=wgmma"
-#                               (4) alone (--prefill-only, float16) with each setting, for A/Bs.
+#                               (4) alone (--prefill-only, float16) with each setting, for A/Bs;
+#   REFERENCE=FILE              the transformers reference of an earlier run instead of a new one
+#                               (the models are generated the same way each time; saves ~1 min).
 set -uo pipefail
 out=${1:-${OUT:-bench/out}}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -22,7 +24,11 @@ node -e "const a=require('./native/build/Release/switchyard_native.node'); conso
 # 2. models and the transformers reference
 node --import tsx -e 'import("./test/native/models.ts").then(m => console.log(m.testQwen3Dir() + " " + m.testLlamaDir()))' > "$out/test_models.txt"
 python3 bench/native_cuda_hf.py make-model "$model" 2>&1 | tail -2
-python3 bench/native_cuda_hf.py reference $(cat "$out/test_models.txt") "$model" --out "$cache/cuda-reference.json" 2>&1 | grep -v Warning | tail -3
+if [ -n "${REFERENCE:-}" ]; then
+  cp "$REFERENCE" "$cache/cuda-reference.json"
+else
+  python3 bench/native_cuda_hf.py reference $(cat "$out/test_models.txt") "$model" --out "$cache/cuda-reference.json" 2>&1 | grep -v Warning | tail -3
+fi
 # 3. tests
 SWITCHYARD_CUDA_REFERENCE=$cache/cuda-reference.json SWITCHYARD_QWEN3_06B=$model \
   timeout 240 node node_modules/vitest/vitest.mjs run test/native/cuda.test.ts > "$out/cuda_tests.log" 2>&1
