@@ -205,15 +205,19 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
         for (const [i, [prompt, params]] of requests.entries()) outs.push(await collect(engine, `${tag}${i}`, prompt, params));
         return outs;
       };
-      // SWITCHYARD_CUDA_PERSISTENT (on | off) is read when an engine loads.
+      // SWITCHYARD_CUDA_PERSISTENT (on | off) is read when an engine loads. Kernel per op here
+      // means the attention sublayer's three kernels too: the one-kernel sublayer sums in
+      // another order (the next test).
       const withPersistent = (mode: "on" | "off", detail: RegExp, tag: string): Promise<Collected[]> =>
-        withEnv("SWITCHYARD_CUDA_PERSISTENT", mode, async () => {
-          const engine = await gpuEngine(dir);
-          expect(engine.info.backendDetail).toMatch(detail);
-          const outs = await run(engine, tag);
-          await engine.close();
-          return outs;
-        });
+        withEnv("SWITCHYARD_CUDA_ATTENTION_SUBLAYER", "off", () =>
+          withEnv("SWITCHYARD_CUDA_PERSISTENT", mode, async () => {
+            const engine = await gpuEngine(dir);
+            expect(engine.info.backendDetail).toMatch(detail);
+            const outs = await run(engine, tag);
+            await engine.close();
+            return outs;
+          }),
+        );
       const a = await withPersistent("on", /one persistent kernel/, "p");
       const b = await withPersistent("off", /kernel per op \(SWITCHYARD_CUDA_PERSISTENT is off\)/, "k");
       for (let i = 0; i < requests.length; i++) {
@@ -221,6 +225,38 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
         expect(a[i].tokenIds, `request ${i}: tokens`).toEqual(b[i].tokenIds);
         expect(a[i].logprobs, `request ${i}: logprobs`).toEqual(b[i].logprobs);
       }
+    },
+  );
+
+  it.each(models)(
+    "runs a batch-1 decode layer's qkv, attention and o as one cluster kernel, with kernel per op's output: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      // Contexts shorter than a cluster (blocks without keys), of one 64-key tile a block, and of
+      // two (1500 keys over 16 blocks); one request at a time: batch-1 steps.
+      const requests: [number[], SamplingParams][] = [
+        [promptTokens(5, 91), greedy(24)],
+        [promptTokens(700, 92), greedy(24)],
+        [promptTokens(1500, 93), greedy(24)],
+      ];
+      const run = (mode: "on" | "off"): Promise<{ detail: string; outs: Collected[] }> =>
+        withEnv("SWITCHYARD_CUDA_ATTENTION_SUBLAYER", mode, async () => {
+          const engine = await gpuEngine(dir);
+          const outs: Collected[] = [];
+          for (const [i, [prompt, params]] of requests.entries()) outs.push(await collect(engine, `s-${mode}-${i}`, prompt, params));
+          const detail = engine.info.backendDetail ?? "";
+          await engine.close();
+          return { detail, outs };
+        });
+      const on = await run("on");
+      const off = await run("off");
+      expect(off.detail).toMatch(/attention sublayer: kernel per op \(SWITCHYARD_CUDA_ATTENTION_SUBLAYER is off\)/);
+      if (/attention sublayer: kernel per op \(needs Hopper/.test(on.detail)) {
+        console.warn(`the one-kernel attention sublayer needs Hopper: ${on.detail}`);
+        return;
+      }
+      expect(on.detail).toMatch(/attention sublayer: one kernel, clusters of \d+/);
+      for (let i = 0; i < requests.length; i++) expectSameGreedy(on.outs[i], off.outs[i], `request ${i}: one kernel vs kernel per op`);
     },
   );
 

@@ -111,6 +111,10 @@ constexpr int kMaxSplits = 32;
 // Whether batch-1 decode steps run as one persistent kernel unless SWITCHYARD_CUDA_PERSISTENT
 // (on | off) says otherwise.
 constexpr bool kPersistentByDefault = false;
+// Whether batch-1 decode steps run each layer's attention sublayer as one cluster kernel unless
+// SWITCHYARD_CUDA_ATTENTION_SUBLAYER says otherwise: off, slower than kernel per op on the H200
+// (bench/CUDA_NOTES.md, "Session 13").
+constexpr bool kSublayerByDefault = false;
 
 // fp16 saturates, as the kernels' conversions do (from_f32); the caller counts what did.
 uint16_t f32_to_half_bits(float v, bool bf16) {
@@ -267,12 +271,21 @@ class Qwen3Cuda final : public CudaModelRunner {
     // (default 32; fewer means more 64-key tiles a block and fewer partial states to merge).
     const char* splits = std::getenv("SWITCHYARD_CUDA_DECODE_SPLITS");
     if (splits && *splits) max_splits_ = std::clamp(std::atoi(splits), 1, kMaxSplits);
+    // SWITCHYARD_CUDA_ATTENTION_SUBLAYER (on | off | 2-16; default kSublayerByDefault): batch-1 decode
+    // steps run each layer's qkv, attention and o as one cluster kernel (attention_sublayer.cu);
+    // a number asks for that many blocks a cluster (for measuring).
+    const char* sublayer = std::getenv("SWITCHYARD_CUDA_ATTENTION_SUBLAYER");
+    if (sublayer && *sublayer) {
+      sublayer_wanted_ = std::strcmp(sublayer, "off") != 0;
+      sublayer_cluster_ = std::atoi(sublayer);  // 0 for on: the largest that fits
+    }
     hd_ = c_.head_dim;
     qdim_ = c_.num_heads * hd_;
     kvdim_ = c_.num_kv_heads * hd_;
     qkvdim_ = qdim_ + 2 * kvdim_;
     if (c_.num_heads % c_.num_kv_heads != 0) throw std::runtime_error("num_heads must be a multiple of num_kv_heads");
     load_weights(dir);
+    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads);
     allocate_activations();
     allocate_kv_cache();
     tune_gemms();
@@ -280,6 +293,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     const int widest = static_cast<int>(std::max({c_.hidden_size, c_.intermediate_size, static_cast<int>(qdim_)}));
     gemv_ok_ = cuda::gemv_fits(8, widest) && c_.hidden_size % 8 == 0 && qdim_ % 8 == 0 && c_.intermediate_size % 8 == 0;
     prepare_persistent_step();
+    prepare_attention_sublayer();
   }
 
   void release() {
@@ -302,7 +316,9 @@ class Qwen3Cuda final : public CudaModelRunner {
            (tuned.empty() ? "" : "; " + tuned) + "; prefill attention " +
            cuda::prefill_kernel_name(hd_) + "; " +
            (persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
-                           : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")");
+                           : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")") +
+           (sublayer_.cluster ? "; batch-1 attention sublayer: one kernel, clusters of " + std::to_string(sublayer_.cluster)
+                              : "; batch-1 attention sublayer: kernel per op (" + sublayer_why_not_ + ")");
   }
   int num_kv_blocks() const override { return num_blocks_; }
 
@@ -447,10 +463,19 @@ class Qwen3Cuda final : public CudaModelRunner {
   };
 
   int splits_for(int rows) const {
-    // Enough blocks for two waves over the SMs, but no more splits than 64-key tiles of context.
+    // Enough blocks for two waves over the SMs, but no more splits than 64-key tiles of context;
+    // past one wave of the blocks the GPU runs at once (decode_slots_), a few more splits where
+    // that fills the last wave: at batch 64 one split makes 512 blocks, 1.29 waves of the H200's
+    // 396 slots, two make 2.59 (bench/CUDA_NOTES.md, "Session 13").
     const int blocks = std::max(1, rows * c_.num_kv_heads);
-    const int want = (2 * num_sms_ + blocks - 1) / blocks;
-    return std::max(1, std::min({want, max_splits_, (opt_.max_model_len + 63) / 64}));
+    const int cap = std::max(1, std::min(max_splits_, (opt_.max_model_len + 63) / 64));
+    const int want = std::max(1, std::min((2 * num_sms_ + blocks - 1) / blocks, cap));
+    for (int s = want; s <= std::min(cap, 2 * want); ++s) {
+      const double waves = static_cast<double>(blocks) * s / decode_slots_;
+      if (waves < 1.0) break;
+      if (waves / std::ceil(waves) >= 0.8) return s;
+    }
+    return want;
   }
 
   void load_weights(const std::string& dir) {
@@ -591,6 +616,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     const size_t partials = lay.take(static_cast<size_t>(M) * c_.num_heads * kMaxSplits * (hd_ + 2) * 4);
     const size_t out_ids = lay.take(M * 4 * 2 + M * kMaxTopLogprobs * 8), params = lay.take(M * sizeof(cuda::SampleRow));
     const size_t rope = lay.take(static_cast<size_t>(opt_.max_model_len) * hd_ * 4);
+    const size_t o_parts = lay.take(static_cast<size_t>(c_.num_kv_heads) * h * 4), o_out = lay.take(h * 4);
+    const size_t tickets = lay.take(cuda::kAttentionSublayerMaxCluster * 4);
     act_mem_ = DeviceMemory(lay.size());
     x_ = act_mem_.as<float>(x);
     x2_ = act_mem_.as<float>(x2);
@@ -614,6 +641,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     out_d_ = act_mem_.as<char>(out_ids);
     params_d_ = act_mem_.as<cuda::SampleRow>(params);
     rope_ = act_mem_.as<float>(rope);
+    o_parts_ = act_mem_.as<float>(o_parts);
+    o_out_ = act_mem_.as<float>(o_out);
+    tickets_ = act_mem_.as<int>(tickets);
+    SY_CUDA_CHECK(cudaMemset(tickets_, 0, cuda::kAttentionSublayerMaxCluster * 4));
     // inv_freq_'s pageable cudaMemcpy may still be landing, and stream_ does not wait for it.
     SY_CUDA_CHECK(cudaDeviceSynchronize());
     cuda::rope_table(inv_freq_, opt_.max_model_len, static_cast<int>(hd_), rope_, stream_);
@@ -803,6 +834,35 @@ class Qwen3Cuda final : public CudaModelRunner {
     if (persistent_ok_) step_trace_.init(num_sms_, c_.num_layers);
   }
 
+  // The batch-1 attention sublayer as one kernel, where this GPU and shape allow it
+  // (attention_sublayer_prepare); otherwise its three kernels, and the engine's info says why.
+  void prepare_attention_sublayer() {
+    sublayer_ = {};
+    if (!sublayer_wanted_) {
+      sublayer_why_not_ = "SWITCHYARD_CUDA_ATTENTION_SUBLAYER is off";
+      return;
+    }
+    if (!fuse_decode_ || !gemv_ok_ || gemv_max_rows_ < 1) {
+      sublayer_why_not_ = "it needs the decode fusion and gemv at batch 1";
+      return;
+    }
+    cuda::AttentionSublayer<T>& s = sublayer_;
+    s.eps = static_cast<float>(c_.rms_norm_eps);
+    s.rope = rope_;
+    s.table_stride = table_stride_;
+    s.block_size = opt_.block_size;
+    s.hidden = c_.hidden_size;
+    s.num_heads = c_.num_heads;
+    s.num_kv_heads = c_.num_kv_heads;
+    s.head_dim = hd_;
+    s.split_qkv = split_.qkv;
+    s.split_o = split_.o;
+    s.o_parts = o_parts_;
+    s.tickets = tickets_;
+    s.out = o_out_;
+    if (!cuda::attention_sublayer_prepare<T>(&s, sublayer_cluster_, &sublayer_why_not_)) s.cluster = 0;
+  }
+
   // Launches only (no host synchronization), so that a decode step can be captured in a graph.
   void forward(int n, int m, int num_decode, int num_tiles, int splits) {
     const int h = c_.hidden_size, inter = c_.intermediate_size;
@@ -825,6 +885,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     // Batch 1: every layer in one persistent kernel, which leaves the stream in x_ as the loop
     // below does (two swaps a layer).
     const bool persistent = n == 1 && small && fuse_decode && persistent_ok_;
+    // Batch 1 otherwise: each layer's qkv, attention and o in one kernel, where prepared.
+    const bool sublayer = n == 1 && small && fuse_decode && sublayer_.cluster != 0;
     if (persistent) {
       cuda::decode_step<T>(persistent_step(decode_rows, slots, tables, splits), stream_);
     }
@@ -849,6 +911,26 @@ class Qwen3Cuda final : public CudaModelRunner {
     bool delta_pending = false;
     for (int l = 0; l < c_.num_layers && !persistent; ++l) {
       const LayerWeights& L = layers_[l];
+      if (sublayer) {
+        cuda::AttentionSublayer<T> s = sublayer_;
+        s.x = xa;
+        s.delta = l == 0 ? nullptr : delta_;
+        s.x_out = xb;
+        s.input_norm = L.input_norm;
+        s.qkv = L.qkv;
+        s.o = L.o;
+        s.q_norm = L.q_norm;
+        s.k_norm = L.k_norm;
+        s.rows = decode_rows;
+        s.slots = slots;
+        s.block_tables = tables;
+        s.k_cache = k_cache(l);
+        s.v_cache = v_cache(l);
+        cuda::attention_sublayer<T>(s, stream_);
+        std::swap(xa, xb);
+        mlp_gemv(xa, xb, o_out_, L, n);
+        continue;
+      }
       if (small) {
         const float* d_in = l == 0 ? nullptr : delta_;
         gemv(GI{GI::kNorm, xa, d_in, nullptr, L.input_norm, eps, xb, split_.qkv}, n, L.qkv, qkvdim_, h, qkv_);
@@ -883,18 +965,7 @@ class Qwen3Cuda final : public CudaModelRunner {
         GI o_in{GI::kF32, attn_f_};
         o_in.split = split_.o;
         gemv(o_in, n, L.o, h, qdim_, delta_);
-        const GI post{GI::kNorm, xa, delta_, nullptr, L.post_norm, eps, xb, split_.gate_up};
-        std::swap(xa, xb);
-        // SiLU·up made where gate and up are summed (gemv_silu), so down reads a plain input;
-        // the same values as the SiLU·up prologue of down.
-        GI down_in{silu_in_gate_up_ ? GI::kF32 : GI::kSilu, gu_};
-        down_in.split = split_.down;
-        if (silu_in_gate_up_) {
-          cuda::gemv_silu<T>(post, n, L.gate_up, static_cast<int>(inter), static_cast<int>(h), gu_, stream_);
-        } else {
-          gemv(post, n, L.gate_up, 2 * inter, h, gu_);
-        }
-        gemv(down_in, n, L.down, h, inter, delta_);
+        mlp_gemv(xa, xb, delta_, L, n);
       } else {
         add_to_stream(attn_, split_.o, n, L.o, h, qdim_, /*norm_follows=*/true);
         cuda::add_rmsnorm<T>(x_, split_.o ? delta_ : nullptr, split_.o ? delta_ + rows * h : nullptr, L.post_norm, n, h,
@@ -917,6 +988,25 @@ class Qwen3Cuda final : public CudaModelRunner {
       cuda::gather_add_rmsnorm<T>(xa, last_delta, logit_rows, m, final_norm_, h, eps, last_, last_lo, stream_);
       gemm(last_, last_lo, m, lm_head_, c_.vocab_size, h, logits_);
     }
+  }
+
+  // A small step's MLP half (gemv): gate_up with the RMSNorm of xa + o (xa + o written to xb), then
+  // down into delta_; swaps xa and xb as the stream moves.
+  void mlp_gemv(float*& xa, float*& xb, const float* o, const LayerWeights& L, int n) {
+    using GI = cuda::GemvInput;
+    const int64_t h = c_.hidden_size, inter = c_.intermediate_size;
+    const GI post{GI::kNorm, xa, o, nullptr, L.post_norm, static_cast<float>(c_.rms_norm_eps), xb, split_.gate_up};
+    std::swap(xa, xb);
+    // SiLU·up made where gate and up are summed (gemv_silu), so down reads a plain input;
+    // the same values as the SiLU·up prologue of down.
+    GI down_in{silu_in_gate_up_ ? GI::kF32 : GI::kSilu, gu_};
+    down_in.split = split_.down;
+    if (silu_in_gate_up_) {
+      cuda::gemv_silu<T>(post, n, L.gate_up, static_cast<int>(inter), static_cast<int>(h), gu_, stream_);
+    } else {
+      gemv(post, n, L.gate_up, 2 * inter, h, gu_);
+    }
+    gemv(down_in, n, L.down, h, inter, delta_);
   }
 
   // The decode graph of a padded batch size, captured on first use. A size whose capture fails
@@ -1066,8 +1156,15 @@ class Qwen3Cuda final : public CudaModelRunner {
   bool fuse_decode_ = true;
   int gemv_max_rows_ = 4;
   int max_splits_ = kMaxSplits;  // SWITCHYARD_CUDA_DECODE_SPLITS
+  int decode_slots_ = 1;          // decode attention blocks the GPU runs at once
   bool silu_in_gate_up_ = true;   // SWITCHYARD_CUDA_GEMV_SILU
   bool persistent_wanted_ = true, persistent_ok_ = false;
+  bool sublayer_wanted_ = kSublayerByDefault;  // SWITCHYARD_CUDA_ATTENTION_SUBLAYER
+  int sublayer_cluster_ = 0;
+  cuda::AttentionSublayer<T> sublayer_{};  // the launch's shape; cluster 0 where it does not run
+  std::string sublayer_why_not_;
+  float *o_parts_ = nullptr, *o_out_ = nullptr;  // its scratch and output
+  int* tickets_ = nullptr;
   std::string persistent_why_not_;
   DeviceMemory decode_layers_;  // the persistent step's per-layer pointers (cuda::DecodeLayer)
   unsigned* barrier_ = nullptr;  // its grid barrier's counters

@@ -151,6 +151,13 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
                             const DecodeFusion<T>& fuse, cudaStream_t stream);
 
 /**
+ * How many decode attention blocks the GPU runs at once for this shape (blocks an SM times SMs):
+ * the grid is sized in whole waves of them (splits_for, qwen3_cuda.cpp).
+ */
+template <typename T>
+int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads);
+
+/**
  * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores (prefill_attention.cu). Each tile is
  * tiles[3i..3i+2] = (sequence, first token, token count); its tokens are consecutive positions
  * of one sequence and attend to cache positions 0..pos through the block table. Blocks start
@@ -299,6 +306,60 @@ bool decode_step_prepare(const DecodeStep<T>& shape, std::string* why_not);
 /** Launches the step (cooperatively: one block per SM). decode_step_prepare must have said yes. */
 template <typename T>
 void decode_step(const DecodeStep<T>& step, cudaStream_t stream);
+
+/**
+ * The attention half of a batch-1 decode layer as one kernel (attention_sublayer.cu): the RMSNorm
+ * of the residual stream, the qkv projection, q/k norm + RoPE + the KV store, the attention and
+ * the o projection, where kernel per op runs three kernels (qkv gemv, decode attention, o gemv)
+ * with a grid-wide dependency between each two. Each KV head's GQA group is one thread-block
+ * cluster: its blocks split the group's qkv rows, exchange them through distributed shared
+ * memory, split its context, merge the softmax states the same way, and each makes a share of
+ * the group's part of the o projection; the last group to finish a share adds the groups' parts
+ * in order (deterministic, no float atomics). The qkv weights are copied into shared memory, and
+ * the first K/V tile loaded, before the kernel waits for the one before it; the o weights while
+ * the attention runs.
+ */
+template <typename T>
+struct AttentionSublayer {
+  /** The input: RMSNorm(x + delta) with `input_norm` (delta may be null); x + delta is written to x_out. */
+  const float* x;
+  const float* delta;
+  float* x_out;
+  const float* input_norm;
+  float eps;
+  const T* qkv;  // [(heads + 2 kv_heads) * head_dim][hidden]
+  const T* o;    // [hidden][heads * head_dim]
+  const float* q_norm;  // may be null
+  const float* k_norm;  // may be null
+  const float* rope;    // rope_table
+  const int32_t* rows;  // the one decode row: (token, seq, ctx), as paged_attention_decode's
+  const int32_t* slots;
+  const int32_t* block_tables;
+  int table_stride, block_size;
+  T* k_cache;
+  T* v_cache;
+  int hidden, num_heads, num_kv_heads, head_dim;
+  bool split_qkv, split_o;  // inputs rounded to hi + lo, as gemv rounds them (DecodeStepSplit)
+  float* o_parts;  // [kv_heads][hidden] scratch
+  int* tickets;    // kAttentionSublayerMaxCluster ints, zero before the first launch; each launch leaves them zero
+  float* out;      // [hidden]: the o projection (not `delta`, which blocks may still be reading)
+  int cluster = 0;  // blocks per KV head: set by attention_sublayer_prepare
+};
+constexpr int kAttentionSublayerMaxCluster = 16;
+
+/**
+ * Whether the attention sublayer kernel runs this shape on the current GPU (Hopper or newer, head_dim
+ * 16, 64 or 128, GQA group up to 8, a block's share of the qkv or o weights in shared memory,
+ * every KV head's cluster resident at once), and if so sets s->cluster and lets the kernel take
+ * its shared memory: call before any CUDA-graph capture. `cluster` 0 takes the largest size that
+ * fits (up to 16 blocks); another value asks for that one (2-16, for measuring). `why_not` gets
+ * the reasons when it does not.
+ */
+template <typename T>
+bool attention_sublayer_prepare(AttentionSublayer<T>* s, int cluster, std::string* why_not);
+/** Launches the sublayer (a programmatic dependent launch); attention_sublayer_prepare must have said yes. */
+template <typename T>
+void attention_sublayer(const AttentionSublayer<T>& s, cudaStream_t stream);
 
 /** Per row: argmax (lowest id on ties) and its raw logprob; `scratch` holds argmax_scratch_bytes(rows). */
 size_t argmax_scratch_bytes(int rows);
