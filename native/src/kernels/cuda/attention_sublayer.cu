@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sublayer_kernel(const A
   // consecutive rows of the projection.
   if (tid == 0) {
     mbarrier_init(&qkv_in);
-    mbarrier_init(&o_in);
+    mbarrier_init(&o_in, kThreads);  // every thread's cp.async arrival
   }
   if (tid < G) {
     m_run[tid] = -INFINITY;
@@ -149,15 +149,26 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sublayer_kernel(const A
   const int64_t kv_row = static_cast<int64_t>(kvh) * HD;
   constexpr int kPieces = HD / 8;  // 16-byte pieces of a key's row
   constexpr int kStage = 2 * kTileKeys * HD;
+  // A tile's copies: a thread takes pieces of a few keys, the K and the V piece of each, so each
+  // key's block-table lookup is made once per thread (all of them before any copy is issued).
+  constexpr int kKeysPerRound = kThreads / kPieces;
+  constexpr int kRounds = (kTileKeys + kKeysPerRound - 1) / kKeysPerRound;
   const auto issue_tile = [&](int t) {
     const int base = k_begin + t * kTileKeys, keys = min(kTileKeys, k_end - base);
     T* stage = kv_tiles + (t & 1) * kStage;
-    for (int i = tid; i < 2 * kTileKeys * kPieces; i += kThreads) {
-      const int which = i / (kTileKeys * kPieces), kk = i / kPieces % kTileKeys, piece = i % kPieces;
+    const int piece = tid % kPieces;
+    int64_t at[kRounds];
+#pragma unroll
+    for (int u = 0; u < kRounds; ++u) {
+      const int kk = tid / kPieces + u * kKeysPerRound;
+      at[u] = kk < keys ? slot_of(table, base + kk, s.block_size) * kv_row + g * HD + piece * 8 : 0;
+    }
+#pragma unroll
+    for (int u = 0; u < kRounds; ++u) {
+      const int kk = tid / kPieces + u * kKeysPerRound;
       if (kk < keys && base + kk != own_key) {
-        const int64_t at = slot_of(table, base + kk, s.block_size) * kv_row + g * HD + piece * 8;
-        cp_async_16(smem_address(stage + (which * kTileKeys + kk) * HD + piece * 8), (which ? s.v_cache : s.k_cache) + at,
-                    true);
+        cp_async_16(smem_address(stage + kk * HD + piece * 8), s.k_cache + at[u], true);
+        cp_async_16(smem_address(stage + (kTileKeys + kk) * HD + piece * 8), s.v_cache + at[u], true);
       }
     }
     cp_async_commit();
@@ -173,15 +184,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sublayer_kernel(const A
   dot_slice<T, 1>(rows_per_warp(re - rb), wqkv, xs, hidden, 0, re - rb, part);
   cluster.sync();
   // The o rows (the group's columns only) into the same memory, landing while the attention
-  // runs: the two shares at once would not fit in shared memory at 8 blocks a cluster (the
-  // largest on the H200 that has every cluster resident).
-  if (warp == 0) {
-    if (lane == 0) mbarrier_expect_bytes(&o_in, static_cast<uint32_t>(oe - ob) * ocols * sizeof(T));
-    __syncwarp();  // the bytes are announced before any lane's copy lands
-    for (int row = ob + lane; row < oe; row += 32) {
-      bulk_copy_to_shared(wo + static_cast<int64_t>(row - ob) * ocols, s.o + static_cast<int64_t>(row) * qdim + g * ocols,
-                          ocols * sizeof(T), &o_in, /*read_once=*/true);
+  // runs: the two shares at once would not fit in shared memory at 9 blocks a cluster (the
+  // largest on the H200 that has every cluster resident). 16-byte cp.async from every thread:
+  // one bulk copy a 512-byte row, all from one warp, took ~10% of the kernel to issue (ncu).
+  {
+    const int pieces = ocols / 8;  // 16-byte pieces of a row
+    for (int i = tid; i < (oe - ob) * pieces; i += kThreads) {
+      const int row = i / pieces, piece = i % pieces;
+      cp_async_16(smem_address(wo + static_cast<int64_t>(row) * ocols + piece * 8),
+                  s.o + static_cast<int64_t>(ob + row) * qdim + g * ocols + piece * 8, true);
     }
+    mbarrier_arrive_after_cp_async(&o_in);  // not a commit group: the tiles' waits do not wait for these
   }
 
   // 2. The group's rows from every block; q heads into qs, the new k and v where this block holds
