@@ -23,6 +23,12 @@
 //      per share), in group order: no float atomics, so a step's bits do not depend on timing.
 // The input rows are rounded as gemv rounds them (round16), so a token's values differ from the
 // kernel-per-op path's only by summation order, as they already do between gemv and cuBLAS.
+//
+// Measured, it is slower than the three kernels it replaces, so it is off by default
+// (SWITCHYARD_CUDA_ATTENTION_SUBLAYER=on runs it): on the H200 only 8 clusters of at most 9
+// blocks are resident at once, so the qkv weights stream through 72 SMs rather than 132, and each
+// block's chain of phases on 8 warps is latency-bound: 23.8 µs a layer, a batch-1 step 1.04 ms
+// against 0.92 (bench/CUDA_NOTES.md, "Session 13", with what to try next).
 #include <cooperative_groups.h>
 
 #include <algorithm>

@@ -317,7 +317,8 @@ void decode_step(const DecodeStep<T>& step, cudaStream_t stream);
  * the group's part of the o projection; the last group to finish a share adds the groups' parts
  * in order (deterministic, no float atomics). The qkv weights are copied into shared memory, and
  * the first K/V tile loaded, before the kernel waits for the one before it; the o weights while
- * the attention runs.
+ * the attention runs. Slower than kernel per op on the H200, so the engine runs it only with
+ * SWITCHYARD_CUDA_ATTENTION_SUBLAYER=on (bench/CUDA_NOTES.md, "Session 13").
  */
 template <typename T>
 struct AttentionSublayer {
