@@ -809,18 +809,20 @@ class Qwen3Cuda final : public CudaModelRunner {
     return s;
   }
 
+  // Why a batch-1 fused path switched by the environment variable `env` cannot run, whatever the
+  // GPU: "" when it can be tried.
+  std::string batch1_fusion_blocker(bool wanted, const char* env) const {
+    if (!wanted) return std::string(env) + " is off";
+    if (!fuse_decode_ || !gemv_ok_ || gemv_max_rows_ < 1) return "it needs the decode fusion and gemv at batch 1";
+    return "";
+  }
+
   // The persistent batch-1 decode step, where this GPU and shape allow it (decode_step_prepare);
   // otherwise batch 1 runs kernel per op, as larger batches do, and the engine's info says why.
   void prepare_persistent_step() {
     persistent_ok_ = false;
-    if (!persistent_wanted_) {
-      persistent_why_not_ = "SWITCHYARD_CUDA_PERSISTENT is off";
-      return;
-    }
-    if (!fuse_decode_ || !gemv_ok_ || gemv_max_rows_ < 1) {
-      persistent_why_not_ = "it needs the decode fusion and gemv at batch 1";
-      return;
-    }
+    persistent_why_not_ = batch1_fusion_blocker(persistent_wanted_, "SWITCHYARD_CUDA_PERSISTENT");
+    if (!persistent_why_not_.empty()) return;
     std::vector<cuda::DecodeLayer<T>> layers;
     for (int l = 0; l < c_.num_layers; ++l) {
       const LayerWeights& L = layers_[l];
@@ -838,14 +840,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   // (attention_sublayer_prepare); otherwise its three kernels, and the engine's info says why.
   void prepare_attention_sublayer() {
     sublayer_ = {};
-    if (!sublayer_wanted_) {
-      sublayer_why_not_ = "SWITCHYARD_CUDA_ATTENTION_SUBLAYER is off";
-      return;
-    }
-    if (!fuse_decode_ || !gemv_ok_ || gemv_max_rows_ < 1) {
-      sublayer_why_not_ = "it needs the decode fusion and gemv at batch 1";
-      return;
-    }
+    sublayer_why_not_ = batch1_fusion_blocker(sublayer_wanted_, "SWITCHYARD_CUDA_ATTENTION_SUBLAYER");
+    if (!sublayer_why_not_.empty()) return;
     cuda::AttentionSublayer<T>& s = sublayer_;
     s.eps = static_cast<float>(c_.rms_norm_eps);
     s.rope = rope_;

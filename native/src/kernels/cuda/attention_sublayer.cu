@@ -38,6 +38,7 @@
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/fused_shapes.cuh"
 #include "kernels/cuda/gemv_prologue.cuh"
 #include "kernels/cuda/head_norm_rope.cuh"
 #include "kernels/cuda/kernels.h"
@@ -404,23 +405,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sublayer_kernel(const A
 template <typename T>
 using SublayerKernel = void (*)(AttentionSublayer<T>, Plan);
 
-template <typename T, int HD>
-SublayerKernel<T> kernel_for_group(int group) {
-  if (group <= 2) return attention_sublayer_kernel<T, HD, 2>;
-  if (group <= 4) return attention_sublayer_kernel<T, HD, 4>;
-  if (group <= 8) return attention_sublayer_kernel<T, HD, 8>;
-  return nullptr;
-}
-
-// Head dims of the models in use and in the tests; others run kernel per op.
 template <typename T>
 SublayerKernel<T> kernel_for(int head_dim, int group) {
-  switch (head_dim) {
-    case 16: return kernel_for_group<T, 16>(group);
-    case 64: return kernel_for_group<T, 64>(group);
-    case 128: return kernel_for_group<T, 128>(group);
-    default: return nullptr;
-  }
+  return fused_kernel_for(head_dim, group, [](auto hd, auto g) -> SublayerKernel<T> {
+    return attention_sublayer_kernel<T, decltype(hd)::value, decltype(g)::value>;
+  });
 }
 
 template <typename T>

@@ -25,6 +25,7 @@
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/fused_shapes.cuh"
 #include "kernels/cuda/gemv_prologue.cuh"
 #include "kernels/cuda/grid_barrier.cuh"
 #include "kernels/cuda/kernels.h"
@@ -312,23 +313,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
 template <typename T>
 using StepKernel = void (*)(DecodeStep<T>, StepPlan);
 
-template <typename T, int HD>
-StepKernel<T> kernel_for_group(int group) {
-  if (group <= 2) return decode_step_kernel<T, HD, 2>;
-  if (group <= 4) return decode_step_kernel<T, HD, 4>;
-  if (group <= 8) return decode_step_kernel<T, HD, 8>;
-  return nullptr;
-}
-
-// Head dims of the models in use and in the tests; others run kernel per op.
 template <typename T>
 StepKernel<T> kernel_for(int head_dim, int group) {
-  switch (head_dim) {
-    case 16: return kernel_for_group<T, 16>(group);
-    case 64: return kernel_for_group<T, 64>(group);
-    case 128: return kernel_for_group<T, 128>(group);
-    default: return nullptr;
-  }
+  return fused_kernel_for(head_dim, group, [](auto hd, auto g) -> StepKernel<T> {
+    return decode_step_kernel<T, decltype(hd)::value, decltype(g)::value>;
+  });
 }
 
 template <typename T>
