@@ -31,7 +31,8 @@ else
 fi
 # 3. tests
 SWITCHYARD_CUDA_REFERENCE=$cache/cuda-reference.json SWITCHYARD_QWEN3_06B=$model \
-  timeout 240 node node_modules/vitest/vitest.mjs run test/native/cuda.test.ts > "$out/cuda_tests.log" 2>&1
+  timeout 300 node node_modules/vitest/vitest.mjs run test/native/cuda.test.ts test/native/cuda_disaggregation.test.ts \
+  > "$out/cuda_tests.log" 2>&1
 echo "cuda tests rc=$?"; grep -E "✓|✗|×|FAIL|AssertionError|Error:|Tests  |expected" "$out/cuda_tests.log" | head -40
 # 4. benchmark
 python3 bench/native_cuda_hf.py ceilings --out "$out/ceilings.json" 2>&1 | tail -1
