@@ -10,6 +10,8 @@
 // The block's work is decode_attention_block (decode_attention.cuh), which the persistent decode
 // step runs too.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.cuh"
@@ -32,6 +34,16 @@ constexpr bool has_wide_build() {
   return (G == 2 && HD <= 128) || (G == 4 && HD <= 64);
 }
 
+// SWITCHYARD_CUDA_DECODE_WIDE=off: every grid on the unbounded build, and splits_for back to
+// whole waves of two blocks an SM (as before session 13; for measuring).
+bool wide_builds_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("SWITCHYARD_CUDA_DECODE_WIDE");
+    return !(v && std::strcmp(v, "off") == 0);
+  }();
+  return on;
+}
+
 template <typename T, int HD, int G, bool FUSED, int MIN_BLOCKS>
 __global__ void __launch_bounds__(kDecodeThreads, MIN_BLOCKS) decode_kernel(DecodeAttentionArgs<T> args) {
   allow_dependent_launch();  // dependent_launch.cuh: the next kernel may start launching
@@ -47,8 +59,8 @@ void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const Pa
   static const int sms = current_device_attribute(cudaDevAttrMultiProcessorCount);
   const auto launch = [&](auto kernel) { launch_dependent(kernel, grid, dim3(kDecodeThreads), 0, stream, args); };
   bool wide = false;
-  if constexpr (has_wide_build<HD, G>()) wide = static_cast<int64_t>(num_rows) * kv.num_kv_heads * splits > 2 * sms;
   if constexpr (has_wide_build<HD, G>()) {
+    wide = wide_builds_on() && static_cast<int64_t>(num_rows) * kv.num_kv_heads * splits > 2 * sms;
     if (wide && fuse.qkv) launch(decode_kernel<T, HD, G, true, 3>);
     if (wide && !fuse.qkv) launch(decode_kernel<T, HD, G, false, 3>);
   }
@@ -73,10 +85,11 @@ int blocks_per_sm_for_group(int group) {
   const auto query = [&blocks](auto kernel) {
     SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kDecodeThreads, 0));
   };
+  const bool wide = wide_builds_on();
   if (group <= 2) {
-    query(decode_kernel<T, HD, 2, false, has_wide_build<HD, 2>() ? 3 : 1>);
+    wide && has_wide_build<HD, 2>() ? query(decode_kernel<T, HD, 2, false, 3>) : query(decode_kernel<T, HD, 2, false, 1>);
   } else if (group <= 4) {
-    query(decode_kernel<T, HD, 4, false, has_wide_build<HD, 4>() ? 3 : 1>);
+    wide && has_wide_build<HD, 4>() ? query(decode_kernel<T, HD, 4, false, 3>) : query(decode_kernel<T, HD, 4, false, 1>);
   } else {
     query(decode_kernel<T, HD, 8, false, 1>);
   }
