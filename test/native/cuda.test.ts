@@ -206,8 +206,8 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
         return outs;
       };
       // SWITCHYARD_CUDA_PERSISTENT (on | off) is read when an engine loads. Kernel per op here
-      // means the attention sublayer's three kernels too: the one-kernel sublayer sums in
-      // another order (the next test).
+      // means the attention sublayer's three kernels too, whatever that switch's default: the
+      // one-kernel sublayer sums in another order (the next test).
       const withPersistent = (mode: "on" | "off", detail: RegExp, tag: string): Promise<Collected[]> =>
         withEnv("SWITCHYARD_CUDA_ATTENTION_SUBLAYER", "off", () =>
           withEnv("SWITCHYARD_CUDA_PERSISTENT", mode, async () => {
@@ -233,7 +233,7 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     async (_name, dirOf) => {
       const dir = dirOf();
       // Contexts shorter than a cluster (blocks without keys), of one 64-key tile a block, and of
-      // two (1500 keys over 16 blocks); one request at a time: batch-1 steps.
+      // several (1500 keys over at most 16 blocks); one request at a time: batch-1 steps.
       const requests: [number[], SamplingParams][] = [
         [promptTokens(5, 91), greedy(24)],
         [promptTokens(700, 92), greedy(24)],
