@@ -79,10 +79,8 @@ Plan plan_for(const AttentionSublayer<T>& s, int cluster) {
 
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const T* h = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) out[e] = to_f32(h[e]);
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);  // one 16-byte load
+  to_f32_vec<T, 8>(&raw, out);
 }
 
 // G: the GQA group size rounded up to 2, 4 or 8 (the register and shared-memory shapes); the

@@ -58,13 +58,6 @@ struct DecodeShape {
   static constexpr int PV_PASSES = (kKeyTile + KG - 1) / KG;
 };
 
-template <typename T, int N>
-__device__ __forceinline__ void to_f32_vec(const void* raw, float* out) {
-  const T* h = reinterpret_cast<const T*>(raw);
-#pragma unroll
-  for (int e = 0; e < N; ++e) out[e] = to_f32(h[e]);
-}
-
 // The step's q, k and v heads of a kv group, normalized, rotated and stored by the decode kernel
 // itself (pure decode steps: `fuse.qkv` not null). Warps take items: the group's q heads into
 // `qs`, then, in the block whose chunk ends at the new key, the kv head's k and v into the cache

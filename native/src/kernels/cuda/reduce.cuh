@@ -66,6 +66,14 @@ __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return
 template <>
 __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
 
+/** N consecutive 16-bit values of type T (the bits at `raw`, e.g. one vector load) in fp32. */
+template <typename T, int N>
+__device__ __forceinline__ void to_f32_vec(const void* raw, float* out) {
+  const T* h = reinterpret_cast<const T*>(raw);
+#pragma unroll
+  for (int e = 0; e < N; ++e) out[e] = to_f32(h[e]);
+}
+
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);
 template <>
