@@ -261,6 +261,35 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
   );
 
   it.each(models)(
+    "runs decode attention with warps that step on their own, with the block kernel's output: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      // Contexts of one 64-key tile (written by its block), of several splits (merged), and long
+      // enough for several 16-key steps a warp; decode rows beside prefill rows (q from the q/k
+      // pass) and in pure decode steps (q and the new K/V made by the kernel itself).
+      const prompts = [
+        promptTokens(5, 101),
+        promptTokens(60, 102),
+        promptTokens(300, 103),
+        promptTokens(1500, 104),
+        ...Array.from({ length: 5 }, (_, i) => promptTokens(20 + 37 * i, 105 + i)),
+      ];
+      const run = (mode: "on" | "off"): Promise<Collected[]> =>
+        withEnv("SWITCHYARD_CUDA_DECODE_WARPS", mode, async () => {
+          const engine = await gpuEngine(dir);
+          expect(engine.info.backendDetail).toMatch(
+            mode === "on" ? /decode attention warp-stepped for every grid/ : /decode attention block kernel/,
+          );
+          const outs = await Promise.all(prompts.map((p, i) => collect(engine, `w-${mode}-${i}`, p, greedy(24))));
+          await engine.close();
+          return outs;
+        });
+      const [on, off] = [await run("on"), await run("off")];
+      for (let i = 0; i < prompts.length; i++) expectSameGreedy(off[i], on[i], `prompt ${i}: warp-stepped vs block kernel`);
+    },
+  );
+
+  it.each(models)(
     "runs prefill GEMMs on the cuBLASLt algorithms timed at load, with the output of cuBLAS's default: %s",
     async (_name, dirOf) => {
       const dir = dirOf();

@@ -274,6 +274,12 @@ class Qwen3Cuda final : public CudaModelRunner {
     // SWITCHYARD_CUDA_ATTENTION_SUBLAYER (on | off | 2-16; default kSublayerByDefault): batch-1 decode
     // steps run each layer's qkv, attention and o as one cluster kernel (attention_sublayer.cu);
     // a number asks for that many blocks a cluster (for measuring).
+    // SWITCHYARD_CUDA_DECODE_WARPS (auto | on | off; default auto): which decode attention grids
+    // run the warp-stepped kernel: those past two blocks an SM, every one (for tests and
+    // measuring), or none (the block kernel everywhere, as before session 14).
+    const char* warps = std::getenv("SWITCHYARD_CUDA_DECODE_WARPS");
+    if (warps && std::strcmp(warps, "on") == 0) decode_warps_ = cuda::DecodeWarps::kEveryGrid;
+    if (warps && std::strcmp(warps, "off") == 0) decode_warps_ = cuda::DecodeWarps::kNone;
     const char* sublayer = std::getenv("SWITCHYARD_CUDA_ATTENTION_SUBLAYER");
     if (sublayer && *sublayer) {
       sublayer_wanted_ = std::strcmp(sublayer, "off") != 0;
@@ -285,7 +291,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     qkvdim_ = qdim_ + 2 * kvdim_;
     if (c_.num_heads % c_.num_kv_heads != 0) throw std::runtime_error("num_heads must be a multiple of num_kv_heads");
     load_weights(dir);
-    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads);
+    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads, decode_warps_);
     allocate_activations();
     allocate_kv_cache();
     tune_gemms();
@@ -314,7 +320,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     const std::string tuned = gemm_->tuned_summary();
     return std::string(dtype()) + (split_.any() ? ", GEMM inputs split into hi + lo" : "") +
            (tuned.empty() ? "" : "; " + tuned) + "; prefill attention " +
-           cuda::prefill_kernel_name(hd_) + "; " +
+           cuda::prefill_kernel_name(hd_) + "; decode attention " +
+           cuda::decode_attention_summary(hd_, c_.num_heads, c_.num_kv_heads, decode_warps_) + "; " +
            (persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
                            : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")") +
            (sublayer_.cluster ? "; batch-1 attention sublayer: one kernel, clusters of " + std::to_string(sublayer_.cluster)
@@ -465,8 +472,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   int splits_for(int rows) const {
     // Enough blocks for two waves over the SMs, but no more splits than 64-key tiles of context;
     // past one wave of the blocks the GPU runs at once (decode_slots_), a few more splits where
-    // that fills the last wave: at batch 64 one split makes 512 blocks, 1.29 waves of the H200's
-    // 396 slots, two make 2.59 (bench/CUDA_NOTES.md, "Session 13").
+    // that fills the last wave (bench/CUDA_NOTES.md, "Session 13"). With the warp-stepped kernel's
+    // 264 slots on the H200 (two blocks an SM), batch 64's one split a row is 1.94 waves.
     const int blocks = std::max(1, rows * c_.num_kv_heads);
     const int cap = std::max(1, std::min(max_splits_, (opt_.max_model_len + 63) / 64));
     const int want = std::max(1, std::min((2 * num_sms_ + blocks - 1) / blocks, cap));
@@ -955,7 +962,7 @@ class Qwen3Cuda final : public CudaModelRunner {
       const cuda::AttentionOut<T> attn_out =
           small ? cuda::AttentionOut<T>{attn_f_} : cuda::AttentionOut<T>{nullptr, attn_, attn_lo};
       cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, kv, c_.num_heads, splits, partials_,
-                                      counters_, attn_out, fuse, stream_);
+                                      counters_, attn_out, fuse, decode_warps_, stream_);
       cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_out, stream_);
       if (small) {
         GI o_in{GI::kF32, attn_f_};
@@ -1157,6 +1164,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   bool persistent_wanted_ = true, persistent_ok_ = false;
   bool sublayer_wanted_ = kSublayerByDefault;  // SWITCHYARD_CUDA_ATTENTION_SUBLAYER
   int sublayer_cluster_ = 0;
+  cuda::DecodeWarps decode_warps_ = cuda::DecodeWarps::kLargeGrids;
   cuda::AttentionSublayer<T> sublayer_{};  // the launch's shape; cluster 0 where it does not run
   std::string sublayer_why_not_;
   float *o_parts_ = nullptr, *o_out_ = nullptr;  // its scratch and output

@@ -47,6 +47,21 @@ constexpr int kKeyTile = 64;
 constexpr int kDecodeThreads = 256;
 constexpr int kMaxGroup = 8;
 
+/**
+ * The keys a split of a decode row takes: ceil(ctx / splits) rounded up to whole 64-key tiles, so
+ * a context of one tile is one block's work whatever `splits` is (short contexts give the same
+ * bits at any batch size). ceil(ctx / chunk) splits have keys.
+ */
+__device__ __forceinline__ int decode_chunk(int ctx, int splits) {
+  return ((ctx + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+}
+
+/** The output dims a thread holds at the end of a decode block: tid, tid + kDecodeThreads, ... */
+template <int HD>
+__host__ __device__ constexpr int decode_dims_per_thread() {
+  return (HD + kDecodeThreads - 1) / kDecodeThreads;
+}
+
 template <int HD>
 struct DecodeShape {
   static constexpr int EPL = HD >= 64 ? 8 : 4;         // elements per lane: one 16- or 8-byte load
@@ -102,6 +117,93 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
   }
 }
 
+// The end of a decode block, however it went over its chunk. `m_run` and `l_run` (shared memory)
+// hold each group row's running max and sum; `mine[gg][j]` is this thread's unnormalised output
+// at dim tid + j * kDecodeThreads. A context of one chunk is written by its block directly;
+// otherwise each block stores its partial state and the last active block of the (row, kv head)
+// to finish (a per-(row, kv head) counter) merges them all, so no second kernel is launched.
+template <typename T, int HD, int G>
+__device__ __forceinline__ void finish_decode_block(const DecodeAttentionArgs<T>& a, int r, int g, int z, int token,
+                                                    int group, int active, const float* m_run, const float* l_run,
+                                                    const float (&mine)[G][decode_dims_per_thread<HD>()]) {
+  constexpr int DPT = decode_dims_per_thread<HD>();
+  const int num_heads = a.num_heads, splits = a.splits;
+  float* partials = a.partials;
+  const AttentionOut<T>& out = a.out;
+  const int tid = threadIdx.x;
+  __shared__ bool last_block;
+  if (active == 1) {
+    for (int gg = 0; gg < group; ++gg)
+#pragma unroll
+      for (int j = 0; j < DPT; ++j) {
+        const int d = tid + j * kDecodeThreads;
+        // Same arithmetic as the merge below with one split.
+        if (d < HD) {
+          store_attention(out, (static_cast<int64_t>(token) * num_heads + g * group + gg) * HD + d,
+                          mine[gg][j] / l_run[gg]);
+        }
+      }
+    return;
+  }
+  for (int gg = 0; gg < group; ++gg) {
+    float* part = partials + ((static_cast<int64_t>(r) * num_heads + g * group + gg) * splits + z) * (HD + 2);
+    if (tid == 0) {
+      part[0] = m_run[gg];
+      part[1] = l_run[gg];
+    }
+#pragma unroll
+    for (int j = 0; j < DPT; ++j) {
+      const int d = tid + j * kDecodeThreads;
+      if (d < HD) part[2 + d] = mine[gg][j];
+    }
+  }
+  // The last active block of this (row, kv head) merges:
+  // out = Σ_z acc_z e^(m_z - M) / Σ_z l_z e^(m_z - M).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int* counter = a.counters + static_cast<int64_t>(r) * a.kv.num_kv_heads + g;
+    last_block = atomicAdd(counter, 1) == active - 1;
+    if (last_block) *counter = 0;  // ready for the next launch (kernel boundaries order it)
+  }
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  // Each thread merges its dims: the splits' m, l (the same for every thread: broadcast loads) and
+  // its acc values, sixteen splits' loads issued together (one round trip up to 16 splits), folded
+  // in online.
+  for (int gg = 0; gg < group; ++gg) {
+    const int h = g * group + gg;
+    const float* part = partials + (static_cast<int64_t>(r) * num_heads + h) * splits * (HD + 2);
+    for (int d = tid; d < HD; d += kDecodeThreads) {
+      float M = -INFINITY, den = 0.0f, num = 0.0f;
+      for (int z0 = 0; z0 < active; z0 += 16) {
+        float mz[16], lz[16], az[16];
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+          if (z0 + k < active) {
+            const float* pz = part + (z0 + k) * (HD + 2);
+            mz[k] = __ldcg(pz);
+            lz[k] = __ldcg(pz + 1);
+            az[k] = __ldcg(pz + 2 + d);
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+          if (z0 + k < active) {  // every active split has a finite m
+            const float m_new = fmaxf(M, mz[k]);
+            const float f = __expf(M - m_new), w = __expf(mz[k] - m_new);
+            den = den * f + lz[k] * w;
+            num = num * f + az[k] * w;
+            M = m_new;
+          }
+        }
+      }
+      store_attention(out, (static_cast<int64_t>(token) * num_heads + h) * HD + d, num / den);
+    }
+  }
+}
+
 // Decode: block (r, g, z) takes keys [z * chunk, (z + 1) * chunk) of row r's context for the GQA
 // group of kv head g, chunk = ceil(ctx / splits), in 64-key tiles. Every load of a tile is
 // issued before its arithmetic (16-byte K and V loads together, slots staged in shared memory),
@@ -119,9 +221,6 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
   const int32_t* rows = a.rows;
   const PagedKv<T>& kv = a.kv;
   const int num_heads = a.num_heads, splits = a.splits;
-  float* partials = a.partials;
-  int* counters = a.counters;
-  const AttentionOut<T>& out = a.out;
   const DecodeFusion<T>& fuse = a.fuse;
   using S = DecodeShape<HD>;
   constexpr int WARPS = kDecodeThreads / 32;
@@ -133,17 +232,13 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
   __shared__ float m_run[G], l_run[G], rescale[G];
   __shared__ __align__(16) float red[kDecodeThreads * 8];  // PV partial sums of one group row, [key group][HD]
   __shared__ __align__(16) T new_k[FUSED ? HD : 8], new_v[FUSED ? HD : 8];
-  __shared__ bool last_block;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = num_heads / kv.num_kv_heads;
   // The row's context length comes with it: one round trip before the block table, not two.
   const int token = hint ? hint->token : rows[3 * r], seq = hint ? hint->seq : rows[3 * r + 1],
             ctx = hint ? hint->ctx : rows[3 * r + 2];
-  // Whole 64-key tiles per split: a context of one tile is one block's work whatever `splits` is,
-  // so short contexts give the same bits at any batch size.
-  const int chunk = ((ctx + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
-  const int active = (ctx + chunk - 1) / chunk;
+  const int chunk = decode_chunk(ctx, splits), active = (ctx + chunk - 1) / chunk;
   if (z >= active) return;  // no keys here; the counter counts active blocks only
   const int k_begin = z * chunk, k_end = min(ctx, k_begin + chunk);
   const bool owns_new = FUSED && k_end == ctx;  // this block makes the step's own key
@@ -303,7 +398,7 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
   }
 
   // Sum the key groups' accumulators, one group row at a time; thread t holds dims t, t + 256, ...
-  constexpr int DPT = (HD + kDecodeThreads - 1) / kDecodeThreads;
+  constexpr int DPT = decode_dims_per_thread<HD>();
   float mine[G][DPT];
 #pragma unroll
   for (int gg = 0; gg < G; ++gg) {
@@ -322,76 +417,7 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
       __syncthreads();
     }
   }
-  if (active == 1) {
-    for (int gg = 0; gg < group; ++gg)
-#pragma unroll
-      for (int j = 0; j < DPT; ++j) {
-        const int d = tid + j * kDecodeThreads;
-        // Same arithmetic as the merge below with one split.
-        if (d < HD) {
-          store_attention(out, (static_cast<int64_t>(token) * num_heads + g * group + gg) * HD + d,
-                          mine[gg][j] / l_run[gg]);
-        }
-      }
-    return;
-  }
-  for (int gg = 0; gg < group; ++gg) {
-    float* part = partials + ((static_cast<int64_t>(r) * num_heads + g * group + gg) * splits + z) * (HD + 2);
-    if (tid == 0) {
-      part[0] = m_run[gg];
-      part[1] = l_run[gg];
-    }
-#pragma unroll
-    for (int j = 0; j < DPT; ++j) {
-      const int d = tid + j * kDecodeThreads;
-      if (d < HD) part[2 + d] = mine[gg][j];
-    }
-  }
-  // The last active block of this (row, kv head) merges:
-  // out = Σ_z acc_z e^(m_z - M) / Σ_z l_z e^(m_z - M).
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    int* counter = counters + static_cast<int64_t>(r) * kv.num_kv_heads + g;
-    last_block = atomicAdd(counter, 1) == active - 1;
-    if (last_block) *counter = 0;  // ready for the next launch (kernel boundaries order it)
-  }
-  __syncthreads();
-  if (!last_block) return;
-  __threadfence();
-  // Each thread merges its dims: the splits' m, l (the same for every thread: broadcast loads) and
-  // its acc values, sixteen splits' loads issued together (one round trip up to 16 splits), folded
-  // in online.
-  for (int gg = 0; gg < group; ++gg) {
-    const int h = g * group + gg;
-    const float* part = partials + (static_cast<int64_t>(r) * num_heads + h) * splits * (HD + 2);
-    for (int d = tid; d < HD; d += kDecodeThreads) {
-      float M = -INFINITY, den = 0.0f, num = 0.0f;
-      for (int z0 = 0; z0 < active; z0 += 16) {
-        float mz[16], lz[16], az[16];
-#pragma unroll
-        for (int k = 0; k < 16; ++k) {
-          if (z0 + k < active) {
-            const float* pz = part + (z0 + k) * (HD + 2);
-            mz[k] = __ldcg(pz);
-            lz[k] = __ldcg(pz + 1);
-            az[k] = __ldcg(pz + 2 + d);
-          }
-        }
-#pragma unroll
-        for (int k = 0; k < 16; ++k) {
-          if (z0 + k < active) {  // every active split has a finite m
-            const float m_new = fmaxf(M, mz[k]);
-            const float f = __expf(M - m_new), w = __expf(mz[k] - m_new);
-            den = den * f + lz[k] * w;
-            num = num * f + az[k] * w;
-            M = m_new;
-          }
-        }
-      }
-      store_attention(out, (static_cast<int64_t>(token) * num_heads + h) * HD + d, num / den);
-    }
-  }
+  finish_decode_block<T, HD, G>(a, r, g, z, token, group, active, m_run, l_run, mine);
 }
 
 }  // namespace sy::cuda

@@ -193,8 +193,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_step_kernel(const DecodeSt
   // The row's attention work: (kv head, split) items over the splits that hold keys, as
   // paged_attention_decode's grid has them.
   const int ctx = p.rows[2];
-  const int chunk = ((ctx + p.splits - 1) / p.splits + kKeyTile - 1) / kKeyTile * kKeyTile;
-  const int active = (ctx + chunk - 1) / chunk;
+  const int chunk = decode_chunk(ctx, p.splits), active = (ctx + chunk - 1) / chunk;
   const int items = p.num_kv_heads * active;
   // The block's first item's first tile: its slots, the same in every layer, looked up once, so
   // each layer's attention issues its first loads without waiting on the block table; and each

@@ -139,6 +139,12 @@ struct DecodeFusion {
 };
 
 /**
+ * Which decode attention grids run the warp-stepped kernel (decode_attention_warps.cu) rather than
+ * the block kernel, for the shapes it is built for (SWITCHYARD_CUDA_DECODE_WARPS = auto | on | off).
+ */
+enum class DecodeWarps { kLargeGrids, kEveryGrid, kNone };
+
+/**
  * Decode attention, split over the context: row r is token rows[3r] of sequence rows[3r+1], whose
  * context is rows[3r+2] keys (its position + 1); it attends to cache positions 0..pos. Up to
  * `splits` blocks share each (row, kv head) and write partial softmax states to `partials`; the
@@ -148,14 +154,17 @@ struct DecodeFusion {
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, const AttentionOut<T>& out,
-                            const DecodeFusion<T>& fuse, cudaStream_t stream);
+                            const DecodeFusion<T>& fuse, DecodeWarps warps, cudaStream_t stream);
 
 /**
- * How many decode attention blocks the GPU runs at once for this shape (blocks an SM times SMs):
- * the grid is sized in whole waves of them (splits_for, qwen3_cuda.cpp).
+ * How many blocks of the kernel that runs grids past one wave the GPU runs at once for this shape
+ * (blocks an SM times SMs): such grids are sized in whole waves of them (splits_for, qwen3_cuda.cpp).
  */
 template <typename T>
-int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads);
+int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeWarps warps);
+
+/** Which decode attention kernel runs which grids, in words (the engine's detail). */
+std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, DecodeWarps warps);
 
 /**
  * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores (prefill_attention.cu). Each tile is
