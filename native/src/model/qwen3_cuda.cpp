@@ -18,7 +18,8 @@
 // programmatic dependents (kernels/cuda/dependent_launch.cuh), as are a prefill step's norms,
 // q/k pass, attention and SiLU·up. With SWITCHYARD_CUDA_PERSISTENT=on
 // a batch-1 decode step runs all of that as one persistent kernel (kernels/cuda/decode_step.cu),
-// with the same bits, where the GPU and shape allow (at parity so far: off by default).
+// with the same bits as kernel per op on the block decode attention kernel, where the GPU and
+// shape allow (at parity so far: off by default).
 #include "model/qwen3_cuda.h"
 
 #include <cuda_profiler_api.h>
@@ -260,7 +261,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
     if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
     // SWITCHYARD_CUDA_PERSISTENT (on | off; default kPersistentByDefault): batch-1 decode steps
-    // as one persistent kernel (same bits as kernel per op; bench/CUDA_NOTES.md, "Session 4").
+    // as one persistent kernel (same bits as kernel per op with SWITCHYARD_CUDA_DECODE_WARPS=off;
+    // bench/CUDA_NOTES.md, "Session 4").
     const char* persistent = std::getenv("SWITCHYARD_CUDA_PERSISTENT");
     persistent_wanted_ = persistent && *persistent ? std::strcmp(persistent, "off") != 0 : kPersistentByDefault;
     // SWITCHYARD_CUDA_GEMV_SILU=prologue: gemv steps compute SiLU·up in the down projection's
@@ -274,12 +276,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     // SWITCHYARD_CUDA_ATTENTION_SUBLAYER (on | off | 2-16; default kSublayerByDefault): batch-1 decode
     // steps run each layer's qkv, attention and o as one cluster kernel (attention_sublayer.cu);
     // a number asks for that many blocks a cluster (for measuring).
-    // SWITCHYARD_CUDA_DECODE_WARPS (auto | on | off; default auto): which decode attention grids
-    // run the warp-stepped kernel: those past two blocks an SM, every one (for tests and
-    // measuring), or none (the block kernel everywhere, as before session 14).
+    // SWITCHYARD_CUDA_DECODE_WARPS=off: decode attention on the block kernel, as before session 14
+    // (the persistent decode step's; for measuring and for comparing bits with that step).
     const char* warps = std::getenv("SWITCHYARD_CUDA_DECODE_WARPS");
-    if (warps && std::strcmp(warps, "on") == 0) decode_warps_ = cuda::DecodeWarps::kEveryGrid;
-    if (warps && std::strcmp(warps, "off") == 0) decode_warps_ = cuda::DecodeWarps::kNone;
+    warp_stepped_ = !(warps && std::strcmp(warps, "off") == 0);
     const char* sublayer = std::getenv("SWITCHYARD_CUDA_ATTENTION_SUBLAYER");
     if (sublayer && *sublayer) {
       sublayer_wanted_ = std::strcmp(sublayer, "off") != 0;
@@ -291,7 +291,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     qkvdim_ = qdim_ + 2 * kvdim_;
     if (c_.num_heads % c_.num_kv_heads != 0) throw std::runtime_error("num_heads must be a multiple of num_kv_heads");
     load_weights(dir);
-    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads, decode_warps_);
+    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads, warp_stepped_);
     allocate_activations();
     allocate_kv_cache();
     tune_gemms();
@@ -321,7 +321,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     return std::string(dtype()) + (split_.any() ? ", GEMM inputs split into hi + lo" : "") +
            (tuned.empty() ? "" : "; " + tuned) + "; prefill attention " +
            cuda::prefill_kernel_name(hd_) + "; decode attention " +
-           cuda::decode_attention_summary(hd_, c_.num_heads, c_.num_kv_heads, decode_warps_) + "; " +
+           cuda::decode_attention_summary(hd_, c_.num_heads, c_.num_kv_heads, warp_stepped_) + "; " +
            (persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
                            : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")") +
            (sublayer_.cluster ? "; batch-1 attention sublayer: one kernel, clusters of " + std::to_string(sublayer_.cluster)
@@ -962,7 +962,7 @@ class Qwen3Cuda final : public CudaModelRunner {
       const cuda::AttentionOut<T> attn_out =
           small ? cuda::AttentionOut<T>{attn_f_} : cuda::AttentionOut<T>{nullptr, attn_, attn_lo};
       cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, kv, c_.num_heads, splits, partials_,
-                                      counters_, attn_out, fuse, decode_warps_, stream_);
+                                      counters_, attn_out, fuse, warp_stepped_, stream_);
       cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_out, stream_);
       if (small) {
         GI o_in{GI::kF32, attn_f_};
@@ -1164,7 +1164,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   bool persistent_wanted_ = true, persistent_ok_ = false;
   bool sublayer_wanted_ = kSublayerByDefault;  // SWITCHYARD_CUDA_ATTENTION_SUBLAYER
   int sublayer_cluster_ = 0;
-  cuda::DecodeWarps decode_warps_ = cuda::DecodeWarps::kLargeGrids;
+  bool warp_stepped_ = true;
   cuda::AttentionSublayer<T> sublayer_{};  // the launch's shape; cluster 0 where it does not run
   std::string sublayer_why_not_;
   float *o_parts_ = nullptr, *o_out_ = nullptr;  // its scratch and output

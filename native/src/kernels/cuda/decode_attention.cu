@@ -8,8 +8,8 @@
 // Output in fp32 or as the o projection's 16-bit input (AttentionOut). kernels/cpu/attention.cpp is
 // the reference.
 // The block's work is decode_attention_block (decode_attention.cuh), which the persistent decode
-// step runs too. Grids past one wave run decode_attention_warps.cu's kernel instead: the same
-// grid and merge, with warps that step through the chunk on their own.
+// step runs too. By default the shapes it is built for run decode_attention_warps.cu's kernel
+// instead: the same grid and merge, with warps that step through the chunk on their own.
 #include <algorithm>
 #include <string>
 
@@ -29,28 +29,17 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeAttentionA
   decode_attention_block<T, HD, G, FUSED>(args, blockIdx.x, blockIdx.y, blockIdx.z, [] { wait_for_prior_kernels(); });
 }
 
-// Whether a grid runs the warp-stepped kernel (decode_attention_warps.cu). At large batch the
-// block kernel's time is its serial chain of barriers a tile, not its loads; there the warps'
-// independent steps took batch 64 -28% and batch 256 -31% on the H200 (bench/CUDA_NOTES.md,
-// "Session 14"). Small grids (batch 1) keep the block kernel, whose bits the persistent decode
-// step and the attention sublayer share.
-template <int HD, int G>
-bool runs_warps(DecodeWarps warps, int64_t blocks) {
-  static const int sms = current_device_attribute(cudaDevAttrMultiProcessorCount);
-  return has_warps_build(HD, G) &&
-         (warps == DecodeWarps::kEveryGrid || (warps == DecodeWarps::kLargeGrids && blocks > 2 * sms));
-}
-
 template <typename T, int HD, int G>
 void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
                          float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse,
-                         DecodeWarps warps, cudaStream_t stream) {
+                         bool warp_stepped, cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
   const DecodeAttentionArgs<T> args{q, rows, kv, num_heads, splits, partials, counters, out, fuse};
+  // At batch 64 and 256 the warps' independent steps took the decode step -28% and -31% against
+  // the block kernel, whose serial chain of barriers a tile was the limit, and batch 1 -2% (H200,
+  // bench/CUDA_NOTES.md, "Session 14").
   if constexpr (has_warps_build(HD, G)) {
-    if (runs_warps<HD, G>(warps, static_cast<int64_t>(num_rows) * kv.num_kv_heads * splits)) {
-      return launch_decode_warps<T, HD, G>(args, grid, stream);
-    }
+    if (warp_stepped) return launch_decode_warps<T, HD, G>(args, grid, stream);
   }
   const auto launch = [&](auto kernel) { launch_dependent(kernel, grid, dim3(kDecodeThreads), 0, stream, args); };
   if (fuse.qkv) launch(decode_kernel<T, HD, G, true>);
@@ -61,18 +50,17 @@ void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const Pa
 template <typename T, int HD>
 void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
                    float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse,
-                   DecodeWarps warps, cudaStream_t stream) {
+                   bool warp_stepped, cudaStream_t stream) {
   const int group = num_heads / kv.num_kv_heads;
-  if (group <= 2) return launch_decode_group<T, HD, 2>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warps, stream);
-  if (group <= 4) return launch_decode_group<T, HD, 4>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warps, stream);
-  return launch_decode_group<T, HD, 8>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warps, stream);
+  if (group <= 2) return launch_decode_group<T, HD, 2>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warp_stepped, stream);
+  if (group <= 4) return launch_decode_group<T, HD, 4>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warp_stepped, stream);
+  return launch_decode_group<T, HD, 8>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warp_stepped, stream);
 }
 
-// Blocks an SM of the kernel that runs grids past one wave.
 template <typename T, int HD, int G>
-int large_grid_blocks_per_sm(DecodeWarps warps) {
+int blocks_per_sm(bool warp_stepped) {
   if constexpr (has_warps_build(HD, G)) {
-    if (warps != DecodeWarps::kNone) return decode_warps_blocks_per_sm<T, HD, G>();
+    if (warp_stepped) return decode_warps_blocks_per_sm<T, HD, G>();
   }
   int blocks = 0;
   SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel<T, HD, G, false>, kDecodeThreads, 0));
@@ -80,52 +68,48 @@ int large_grid_blocks_per_sm(DecodeWarps warps) {
 }
 
 template <typename T, int HD>
-int blocks_per_sm_for_group(int group, DecodeWarps warps) {
-  if (group <= 2) return large_grid_blocks_per_sm<T, HD, 2>(warps);
-  if (group <= 4) return large_grid_blocks_per_sm<T, HD, 4>(warps);
-  return large_grid_blocks_per_sm<T, HD, 8>(warps);
+int blocks_per_sm_for_group(int group, bool warp_stepped) {
+  if (group <= 2) return blocks_per_sm<T, HD, 2>(warp_stepped);
+  if (group <= 4) return blocks_per_sm<T, HD, 4>(warp_stepped);
+  return blocks_per_sm<T, HD, 8>(warp_stepped);
 }
 
 }  // namespace
 
 template <typename T>
-int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeWarps warps) {
+int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, bool warp_stepped) {
   const int group = num_heads / num_kv_heads;
   int per_sm = 0;
   switch (head_dim) {
-    case 16: per_sm = blocks_per_sm_for_group<T, 16>(group, warps); break;
-    case 32: per_sm = blocks_per_sm_for_group<T, 32>(group, warps); break;
-    case 64: per_sm = blocks_per_sm_for_group<T, 64>(group, warps); break;
-    case 128: per_sm = blocks_per_sm_for_group<T, 128>(group, warps); break;
-    case 256: per_sm = blocks_per_sm_for_group<T, 256>(group, warps); break;
+    case 16: per_sm = blocks_per_sm_for_group<T, 16>(group, warp_stepped); break;
+    case 32: per_sm = blocks_per_sm_for_group<T, 32>(group, warp_stepped); break;
+    case 64: per_sm = blocks_per_sm_for_group<T, 64>(group, warp_stepped); break;
+    case 128: per_sm = blocks_per_sm_for_group<T, 128>(group, warp_stepped); break;
+    case 256: per_sm = blocks_per_sm_for_group<T, 256>(group, warp_stepped); break;
     default: throw_unsupported_head_dim(head_dim);
   }
   return std::max(1, per_sm) * current_device_attribute(cudaDevAttrMultiProcessorCount);
 }
 
-std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, DecodeWarps warps) {
+std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, bool warp_stepped) {
   const int group = num_heads / num_kv_heads, rounded = group <= 2 ? 2 : group <= 4 ? 4 : 8;
   if (!has_warps_build(head_dim, rounded)) {
     return "block kernel (none warp-stepped for head_dim " + std::to_string(head_dim) + ", GQA group " +
            std::to_string(group) + ")";
   }
-  switch (warps) {
-    case DecodeWarps::kEveryGrid: return "warp-stepped for every grid";
-    case DecodeWarps::kNone: return "block kernel (SWITCHYARD_CUDA_DECODE_WARPS is off)";
-    default: return "warp-stepped for grids past two blocks an SM";
-  }
+  return warp_stepped ? "warp-stepped" : "block kernel (SWITCHYARD_CUDA_DECODE_WARPS is off)";
 }
 
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, const AttentionOut<T>& out,
-                            const DecodeFusion<T>& fuse, DecodeWarps warps, cudaStream_t stream) {
+                            const DecodeFusion<T>& fuse, bool warp_stepped, cudaStream_t stream) {
   if (num_rows == 0) return;
   if (num_heads / kv.num_kv_heads > kMaxGroup) throw CudaError("GQA groups larger than 8 are not supported on CUDA");
   switch (kv.head_dim) {
 #define SY_DECODE_CASE(HD)                                                                                      \
   case HD:                                                                                                      \
-    return launch_decode<T, HD>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warps,     \
+    return launch_decode<T, HD>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warp_stepped,     \
                                 stream);
     SY_DECODE_CASE(16)
     SY_DECODE_CASE(32)
@@ -137,14 +121,14 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
   }
 }
 
-template int decode_attention_slots<__nv_bfloat16>(int, int, int, DecodeWarps);
-template int decode_attention_slots<__half>(int, int, int, DecodeWarps);
+template int decode_attention_slots<__nv_bfloat16>(int, int, int, bool);
+template int decode_attention_slots<__half>(int, int, int, bool);
 template void paged_attention_decode<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, int,
                                                    const PagedKv<__nv_bfloat16>&, int, int, float*, int*,
                                                    const AttentionOut<__nv_bfloat16>&,
-                                                   const DecodeFusion<__nv_bfloat16>&, DecodeWarps, cudaStream_t);
+                                                   const DecodeFusion<__nv_bfloat16>&, bool, cudaStream_t);
 template void paged_attention_decode<__half>(const __half*, const int32_t*, int, const PagedKv<__half>&, int, int,
                                              float*, int*, const AttentionOut<__half>&, const DecodeFusion<__half>&,
-                                             DecodeWarps, cudaStream_t);
+                                             bool, cudaStream_t);
 
 }  // namespace sy::cuda

@@ -11,7 +11,8 @@
 // The arithmetic is the kernel-per-op path's, in the same order: the gemv prologue
 // (gemv_prologue.cuh), each row summed as gemv sums it (gemv_warps_per_row partial sums of 8-wide
 // fused dots), and the decode attention block itself (decode_attention.cuh) with the same splits.
-// So the step gives the same bits either way, which test/native/cuda.test.ts checks.
+// So the step gives the same bits as kernel per op on that block kernel
+// (SWITCHYARD_CUDA_DECODE_WARPS=off), which test/native/cuda.test.ts checks.
 //
 // Off by default (SWITCHYARD_CUDA_PERSISTENT=on turns it on; qwen3_cuda.cpp): on the H200 it is
 // at parity with kernel per op, 0.958 vs 0.961 ms a batch-1 step in the same run. Traced

@@ -139,32 +139,28 @@ struct DecodeFusion {
 };
 
 /**
- * Which decode attention grids run the warp-stepped kernel (decode_attention_warps.cu) rather than
- * the block kernel, for the shapes it is built for (SWITCHYARD_CUDA_DECODE_WARPS = auto | on | off).
- */
-enum class DecodeWarps { kLargeGrids, kEveryGrid, kNone };
-
-/**
  * Decode attention, split over the context: row r is token rows[3r] of sequence rows[3r+1], whose
  * context is rows[3r+2] keys (its position + 1); it attends to cache positions 0..pos. Up to
  * `splits` blocks share each (row, kv head) and write partial softmax states to `partials`; the
  * last of them merges. `partials` holds rows * heads * splits * (head_dim + 2) floats; `counters`
  * rows * kv_heads ints, zero before the first launch (each launch leaves them zero).
+ * `warp_stepped`: the warp-stepped kernel (decode_attention_warps.cu) for the shapes it is built
+ * for, else the block kernel (the persistent decode step's; SWITCHYARD_CUDA_DECODE_WARPS=off).
  */
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, const AttentionOut<T>& out,
-                            const DecodeFusion<T>& fuse, DecodeWarps warps, cudaStream_t stream);
+                            const DecodeFusion<T>& fuse, bool warp_stepped, cudaStream_t stream);
 
 /**
- * How many blocks of the kernel that runs grids past one wave the GPU runs at once for this shape
- * (blocks an SM times SMs): such grids are sized in whole waves of them (splits_for, qwen3_cuda.cpp).
+ * How many decode attention blocks the GPU runs at once for this shape (blocks an SM times SMs):
+ * grids past one wave are sized in whole waves of them (splits_for, qwen3_cuda.cpp).
  */
 template <typename T>
-int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeWarps warps);
+int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, bool warp_stepped);
 
-/** Which decode attention kernel runs which grids, in words (the engine's detail). */
-std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, DecodeWarps warps);
+/** Which decode attention kernel runs, in words (the engine's detail). */
+std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, bool warp_stepped);
 
 /**
  * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores (prefill_attention.cu). Each tile is
@@ -272,8 +268,10 @@ struct DecodeStepSplit {
  * (decode_step.cu): every layer's qkv, attention, o, gate_up and down phases with grid-wide
  * barriers between them instead of kernel boundaries, each block's share of the next phase's
  * weights copied into its shared memory while the current phase runs. It computes what the
- * kernel-per-op path computes (gemv with fused prologues, decode attention with fused q/k norm,
- * RoPE and KV store) with the same arithmetic in the same order, so the same bits.
+ * kernel-per-op path computes (gemv with fused prologues, the block decode attention kernel with
+ * fused q/k norm, RoPE and KV store) with the same arithmetic in the same order, so the same bits
+ * as kernel per op with SWITCHYARD_CUDA_DECODE_WARPS=off (the warp-stepped kernel sums in another
+ * order).
  */
 template <typename T>
 struct DecodeStep {
