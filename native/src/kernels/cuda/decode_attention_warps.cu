@@ -12,9 +12,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/paged_kv.cuh"
@@ -35,7 +32,7 @@ struct WarpStepShape {
 // Two blocks an SM: 16 warps, each with a step's K and V (8 KB at head_dim 128) in flight, is
 // several times what an SM's share of the bandwidth needs to stay busy; three blocks would cap the
 // registers at 80, fewer than a step's loads take.
-template <typename T, int HD, int G, bool FUSED, bool PREFETCH>
+template <typename T, int HD, int G, bool FUSED>
 __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeAttentionArgs<T> a) {
   allow_dependent_launch();  // dependent_launch.cuh: the next kernel may start launching
   using S = WarpStepShape<HD>;
@@ -117,7 +114,6 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeA
     load_k(warp, slot);
     load_v(warp);
   }
-  int64_t next_slot = PREFETCH && warp + WARPS < steps ? slot_at(warp + WARPS) : -1;
   wait_for_prior_kernels();
   if constexpr (FUSED) {
     fused_qkv_prologue<T, HD>(a.fuse, token, a.num_heads, kv.num_kv_heads, g, group, own_key, owns_new, scale, qs,
@@ -137,21 +133,11 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeA
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[gg][e] = 0.0f;
   }
-  // The next step's slots are looked up a step ahead; with PREFETCH the one after it's too, and
-  // the next step's K and V rows are fetched into L2 while this one computes.
   for (int step = warp; step < steps; step += WARPS) {
     const int base = k_begin + step * S::KEYS;
     load_own_key(step, slot);
     const int next = step + WARPS;
-    if constexpr (PREFETCH) {
-      if (next_slot >= 0) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(kv.k + next_slot + qk_off));
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(kv.v + next_slot + qk_off));
-      }
-    } else {
-      next_slot = next < steps ? slot_at(next) : -1;
-    }
-    const int64_t after_slot = PREFETCH && next + WARPS < steps ? slot_at(next + WARPS) : -1;
+    const int64_t next_slot = next < steps ? slot_at(next) : -1;
 
     // QK: lanes k and k + 16 each dot half of key k's dims with every group row.
     float s[G];
@@ -218,7 +204,6 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeA
       load_v(next);
     }
     slot = next_slot;
-    if constexpr (PREFETCH) next_slot = after_slot;
   }
 
   // The lanes holding the same dims of different keys add up (one softmax frame a warp), then the
@@ -279,27 +264,20 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeA
 
 }  // namespace
 
-bool prefetch_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("SWITCHYARD_CUDA_DECODE_PREFETCH");
-    return v && std::strcmp(v, "on") == 0;
-  }();
-  return on;
-}
-
 template <typename T, int HD, int G>
 void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
-  const auto launch = [&](auto kernel) { launch_dependent(kernel, grid, dim3(kDecodeThreads), 0, stream, args); };
-  const bool p = prefetch_on();
-  if (args.fuse.qkv) p ? launch(decode_warps_kernel<T, HD, G, true, true>) : launch(decode_warps_kernel<T, HD, G, true, false>);
-  else p ? launch(decode_warps_kernel<T, HD, G, false, true>) : launch(decode_warps_kernel<T, HD, G, false, false>);
+  if (args.fuse.qkv) {
+    launch_dependent(decode_warps_kernel<T, HD, G, true>, grid, dim3(kDecodeThreads), 0, stream, args);
+  } else {
+    launch_dependent(decode_warps_kernel<T, HD, G, false>, grid, dim3(kDecodeThreads), 0, stream, args);
+  }
   SY_CUDA_CHECK_LAUNCH(decode_warps_kernel);
 }
 
 template <typename T, int HD, int G>
 int decode_warps_blocks_per_sm() {
   int blocks = 0;
-  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_warps_kernel<T, HD, G, false, false>,
+  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_warps_kernel<T, HD, G, false>,
                                                               kDecodeThreads, 0));
   return blocks;
 }
