@@ -12,9 +12,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/paged_kv.cuh"
@@ -23,26 +20,22 @@
 namespace sy::cuda {
 namespace {
 
-template <int HD, int K>
+template <int HD>
 struct WarpStepShape {
-  static constexpr int KEYS = K;                  // keys a warp takes a step
-  static constexpr int QK_PARTS = 32 / KEYS;      // lanes a key in QK: lane, lane + KEYS, ...
-  static constexpr int QK_DIMS = HD / QK_PARTS;   // a key's dims a lane holds in QK
-  static constexpr int QK_LOADS = QK_DIMS / 8;    // 16-byte loads
-  static constexpr int TPK = HD / 8;              // lanes a key in PV, 8 dims each
-  static constexpr int KPI = 32 / TPK;            // keys one PV load instruction covers
+  static constexpr int KEYS = 16;           // keys a warp takes a step
+  static constexpr int QK_LOADS = HD / 16;  // 16-byte loads: lanes k and k + 16 each hold half of key k
+  static constexpr int TPK = HD / 8;        // lanes a key in PV, 8 dims each
+  static constexpr int KPI = 32 / TPK;      // keys one PV load instruction covers
   static constexpr int PV_LOADS = KEYS / KPI;
-  // Two blocks an SM at 16 keys a step (a step's K and V take 64 registers at head_dim 128), three
-  // at 8: 16 or 24 warps, each with a step's loads in flight.
-  static constexpr int MIN_BLOCKS = KEYS == 8 ? 3 : 2;
 };
 
-template <typename T, int HD, int G, bool FUSED, int KEYS>
-__global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_BLOCKS))
-    decode_warps_kernel(DecodeAttentionArgs<T> a) {
+// Two blocks an SM: 16 warps, each with a step's K and V (8 KB at head_dim 128) in flight, is
+// several times what an SM's share of the bandwidth needs to stay busy; three blocks would cap the
+// registers at 80, fewer than a step's loads take.
+template <typename T, int HD, int G, bool FUSED>
+__global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeAttentionArgs<T> a) {
   allow_dependent_launch();  // dependent_launch.cuh: the next kernel may start launching
-  using S = WarpStepShape<HD, KEYS>;
-  static_assert(S::QK_LOADS >= 1 && S::PV_LOADS >= 1, "a step's loads must cover whole 16-byte pieces");
+  using S = WarpStepShape<HD>;
   constexpr int WARPS = kDecodeThreads / 32;
   constexpr int DPT = decode_dims_per_thread<HD>();
   __shared__ __align__(16) float qs[G][HD];
@@ -67,7 +60,7 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
   const int32_t* table = kv.block_tables + static_cast<int64_t>(seq) * kv.table_stride;
   const int64_t kv_row = static_cast<int64_t>(kv.num_kv_heads) * HD;
   const float scale = rsqrtf(static_cast<float>(HD));
-  const int qk_key = lane % S::KEYS, qk_off = (lane / S::KEYS) * S::QK_DIMS;
+  const int qk_key = lane & 15, qk_off = (lane >> 4) * (HD / 2);
   const int pv_key = lane / S::TPK, pv_d = (lane % S::TPK) * 8;
 
   // The cache offset of this lane's QK key in a step, or -1 past the chunk.
@@ -146,7 +139,7 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
     const int next = step + WARPS;
     const int64_t next_slot = next < steps ? slot_at(next) : -1;
 
-    // QK: lanes k, k + KEYS, ... each dot their part of key k's dims with every group row.
+    // QK: lanes k and k + 16 each dot half of key k's dims with every group row.
     float s[G];
 #pragma unroll
     for (int gg = 0; gg < G; ++gg) s[gg] = 0.0f;
@@ -169,9 +162,7 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
 #pragma unroll
     for (int gg = 0; gg < G; ++gg) {
       if (gg < group) {
-        float dot = s[gg];
-#pragma unroll
-        for (int o = S::KEYS; o < 32; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        const float dot = s[gg] + __shfl_xor_sync(0xffffffffu, s[gg], 16);
         const float score = valid ? dot : -INFINITY;
         float top = score;
 #pragma unroll
@@ -271,48 +262,23 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
   finish_decode_block<T, HD, G>(a, r, g, z, token, group, active, m_run, l_run, mine);
 }
 
-// SWITCHYARD_CUDA_DECODE_STEP_KEYS=8: 8-key steps at three blocks an SM where head_dim >= 32 (A/B).
-int step_keys(int head_dim) {
-  static const int keys = [] {
-    const char* v = std::getenv("SWITCHYARD_CUDA_DECODE_STEP_KEYS");
-    return v && std::strcmp(v, "8") == 0 ? 8 : 16;
-  }();
-  return head_dim >= 32 ? keys : 16;
-}
-
-template <typename T, int HD, int G, int KEYS>
-void launch_keys(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
-  if (args.fuse.qkv) {
-    launch_dependent(decode_warps_kernel<T, HD, G, true, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
-  } else {
-    launch_dependent(decode_warps_kernel<T, HD, G, false, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
-  }
-  SY_CUDA_CHECK_LAUNCH(decode_warps_kernel);
-}
-
 }  // namespace
 
 template <typename T, int HD, int G>
 void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
-  if constexpr (HD >= 32) {
-    if (step_keys(HD) == 8) return launch_keys<T, HD, G, 8>(args, grid, stream);
+  if (args.fuse.qkv) {
+    launch_dependent(decode_warps_kernel<T, HD, G, true>, grid, dim3(kDecodeThreads), 0, stream, args);
+  } else {
+    launch_dependent(decode_warps_kernel<T, HD, G, false>, grid, dim3(kDecodeThreads), 0, stream, args);
   }
-  launch_keys<T, HD, G, 16>(args, grid, stream);
+  SY_CUDA_CHECK_LAUNCH(decode_warps_kernel);
 }
 
 template <typename T, int HD, int G>
 int decode_warps_blocks_per_sm() {
   int blocks = 0;
-  const auto query = [&blocks](auto kernel) {
-    SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kDecodeThreads, 0));
-  };
-  if constexpr (HD >= 32) {
-    if (step_keys(HD) == 8) {
-      query(decode_warps_kernel<T, HD, G, false, 8>);
-      return blocks;
-    }
-  }
-  query(decode_warps_kernel<T, HD, G, false, 16>);
+  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_warps_kernel<T, HD, G, false>,
+                                                              kDecodeThreads, 0));
   return blocks;
 }
 
