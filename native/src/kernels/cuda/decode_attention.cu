@@ -35,9 +35,9 @@ void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const Pa
                          bool warp_stepped, cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
   const DecodeAttentionArgs<T> args{q, rows, kv, num_heads, splits, partials, counters, out, fuse};
-  // At batch 64 and 256 the warps' independent steps took the decode step -28% and -31% against
-  // the block kernel, whose serial chain of barriers a tile was the limit, and batch 1 -2% (H200,
-  // bench/CUDA_NOTES.md, "Session 14").
+  // The warps' independent steps took the decode step -25 to -28% at batch 64 and -31 to -39% at
+  // batch 256 against the block kernel, whose serial chain of barriers a tile was the limit, and
+  // -2% at batch 1 (H200, bench/CUDA_NOTES.md, "Session 14").
   if constexpr (has_warps_build(HD, G)) {
     if (warp_stepped) return launch_decode_warps<T, HD, G>(args, grid, stream);
   }
