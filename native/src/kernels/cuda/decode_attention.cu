@@ -109,8 +109,8 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
   switch (kv.head_dim) {
 #define SY_DECODE_CASE(HD)                                                                                      \
   case HD:                                                                                                      \
-    return launch_decode<T, HD>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warp_stepped,     \
-                                stream);
+    return launch_decode<T, HD>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse,    \
+                                warp_stepped, stream);
     SY_DECODE_CASE(16)
     SY_DECODE_CASE(32)
     SY_DECODE_CASE(64)

@@ -1,12 +1,13 @@
-// Decode attention with warps that walk the context on their own, for grids of more than one wave
-// (large batches). The grid, the splits and the merge are decode_attention.cu's: one block per
-// (row, kv head, split), whose last active block merges the partial states. What differs is inside
-// a block. There, each block tile costs three block barriers (QK, the softmax on one warp per group
-// row, PV), and at batch 256 a block's time is that serial chain, not its loads (bench/CUDA_NOTES.md,
-// session 12). Here each warp takes 16-key steps of the chunk (warp w: steps w, w + 8, ...) with
-// its own online softmax. A step has no block barrier. The next step's K loads are issued once QK
-// has used this step's, its V loads once PV has, and its slots are looked up a step ahead. The
-// warps' states merge once, at the end.
+// Decode attention with warps that walk the context on their own: the decode kernel for every grid
+// of the shapes it is built for (decode_attention.cu picks it). The grid, the splits and the merge
+// are the block kernel's: one block per (row, kv head, split), whose last active block merges the
+// partial states. What differs is inside a block. There, each 64-key tile of the block kernel costs
+// five block barriers (the slots, QK, the softmax on one warp per group row, PV, the next slots),
+// and at batch 256 a block's time is that serial chain, not its loads (bench/CUDA_NOTES.md, session
+// 12). Here each warp takes 16-key steps of the chunk (warp w: steps w, w + 8, ...) with its own
+// online softmax. A step has no block barrier. The next step's K loads are issued once QK has used
+// this step's, its V loads once PV has, and its slots are looked up a step ahead. The warps' states
+// merge once, at the end.
 #include "kernels/cuda/decode_attention_warps.h"
 
 #include <cuda_bf16.h>
@@ -29,9 +30,9 @@ struct WarpStepShape {
   static constexpr int PV_LOADS = KEYS / KPI;
 };
 
-// Two blocks an SM: 16 warps, each with a step's K and V (8 KB at head_dim 128) in flight, is
-// several times what an SM's share of the bandwidth needs to stay busy; three blocks would cap the
-// registers at 80, fewer than a step's loads take.
+// Two blocks an SM: 128 registers, of which a step's K and V take 64 at head_dim 128. 8-key steps
+// at three blocks an SM (80 registers) were faster at batch 8 but slower at batch 64 and 256
+// (bench/CUDA_NOTES.md, "Session 14").
 template <typename T, int HD, int G, bool FUSED>
 __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeAttentionArgs<T> a) {
   allow_dependent_launch();  // dependent_launch.cuh: the next kernel may start launching

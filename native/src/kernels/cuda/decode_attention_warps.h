@@ -1,5 +1,5 @@
 // The warp-stepped decode attention kernel (decode_attention_warps.cu), which
-// paged_attention_decode (decode_attention.cu) launches for grids of more than one wave.
+// paged_attention_decode (decode_attention.cu) launches for the shapes it is built for.
 #pragma once
 #include <cuda_runtime.h>
 
