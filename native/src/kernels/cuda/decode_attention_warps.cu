@@ -4,14 +4,17 @@
 // partial states. What differs is inside a block. There, each 64-key tile of the block kernel costs
 // five block barriers (the slots, QK, the softmax on one warp per group row, PV, the next slots),
 // and at batch 256 a block's time is that serial chain, not its loads (bench/CUDA_NOTES.md, session
-// 12). Here each warp takes 16-key steps of the chunk (warp w: steps w, w + 8, ...) with its own
-// online softmax. A step has no block barrier. The next step's K loads are issued once QK has used
+// 12). Here each warp takes 16-key steps (8-key ones where rows are split and chunks short) of the
+// chunk (warp w: steps w, w + 8, ...) with its own online softmax. A step has no block barrier. The next step's K loads are issued once QK has used
 // this step's, its V loads once PV has, and its slots are looked up a step ahead. The warps' states
 // merge once, at the end.
 #include "kernels/cuda/decode_attention_warps.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
@@ -21,22 +24,26 @@
 namespace sy::cuda {
 namespace {
 
-template <int HD>
+template <int HD, int K>
 struct WarpStepShape {
-  static constexpr int KEYS = 16;           // keys a warp takes a step
-  static constexpr int QK_LOADS = HD / 16;  // 16-byte loads: lanes k and k + 16 each hold half of key k
-  static constexpr int TPK = HD / 8;        // lanes a key in PV, 8 dims each
-  static constexpr int KPI = 32 / TPK;      // keys one PV load instruction covers
+  static constexpr int KEYS = K;                 // keys a warp takes a step
+  static constexpr int QK_PARTS = 32 / KEYS;     // lanes a key in QK: k, k + KEYS, ...
+  static constexpr int QK_DIMS = HD / QK_PARTS;  // a key's dims a lane holds in QK
+  static constexpr int QK_LOADS = QK_DIMS / 8;   // 16-byte loads
+  static constexpr int TPK = HD / 8;             // lanes a key in PV, 8 dims each
+  static constexpr int KPI = 32 / TPK;           // keys one PV load instruction covers
   static constexpr int PV_LOADS = KEYS / KPI;
+  // 16-key steps: 128 registers (a step's K and V take 64 at head_dim 128), two blocks an SM.
+  // 8-key steps: 80, three blocks an SM, twice the steps of a short chunk for the block's warps.
+  static constexpr int MIN_BLOCKS = KEYS == 8 ? 3 : 2;
 };
 
-// Two blocks an SM: 128 registers, of which a step's K and V take 64 at head_dim 128. 8-key steps
-// at three blocks an SM (80 registers) were faster at batch 8 but slower at batch 64 and 256
-// (bench/CUDA_NOTES.md, "Session 14").
-template <typename T, int HD, int G, bool FUSED>
-__global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeAttentionArgs<T> a) {
+template <typename T, int HD, int G, bool FUSED, int KEYS>
+__global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_BLOCKS))
+    decode_warps_kernel(DecodeAttentionArgs<T> a) {
   allow_dependent_launch();  // dependent_launch.cuh: the next kernel may start launching
-  using S = WarpStepShape<HD>;
+  using S = WarpStepShape<HD, KEYS>;
+  static_assert(S::QK_LOADS >= 1 && S::PV_LOADS >= 1, "a step's loads must cover whole 16-byte pieces");
   constexpr int WARPS = kDecodeThreads / 32;
   constexpr int DPT = decode_dims_per_thread<HD>();
   __shared__ __align__(16) float qs[G][HD];
@@ -61,7 +68,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeA
   const int32_t* table = kv.block_tables + static_cast<int64_t>(seq) * kv.table_stride;
   const int64_t kv_row = static_cast<int64_t>(kv.num_kv_heads) * HD;
   const float scale = rsqrtf(static_cast<float>(HD));
-  const int qk_key = lane & 15, qk_off = (lane >> 4) * (HD / 2);
+  const int qk_key = lane % S::KEYS, qk_off = (lane / S::KEYS) * S::QK_DIMS;
   const int pv_key = lane / S::TPK, pv_d = (lane % S::TPK) * 8;
 
   // The cache offset of this lane's QK key in a step, or -1 past the chunk.
@@ -140,7 +147,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeA
     const int next = step + WARPS;
     const int64_t next_slot = next < steps ? slot_at(next) : -1;
 
-    // QK: lanes k and k + 16 each dot half of key k's dims with every group row.
+    // QK: lanes k, k + KEYS, ... each dot their part of key k's dims with every group row.
     float s[G];
 #pragma unroll
     for (int gg = 0; gg < G; ++gg) s[gg] = 0.0f;
@@ -163,7 +170,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeA
 #pragma unroll
     for (int gg = 0; gg < G; ++gg) {
       if (gg < group) {
-        const float dot = s[gg] + __shfl_xor_sync(0xffffffffu, s[gg], 16);
+        float dot = s[gg];
+#pragma unroll
+        for (int o = S::KEYS; o < 32; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
         const float score = valid ? dot : -INFINITY;
         float top = score;
 #pragma unroll
@@ -263,22 +272,44 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_warps_kernel(DecodeA
   finish_decode_block<T, HD, G>(a, r, g, z, token, group, active, m_run, l_run, mine);
 }
 
-}  // namespace
+// SWITCHYARD_CUDA_DECODE_STEP_KEYS=16: 16-key steps for every grid (for measuring).
+bool short_steps_allowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("SWITCHYARD_CUDA_DECODE_STEP_KEYS");
+    return !(v && std::strcmp(v, "16") == 0);
+  }();
+  return allowed;
+}
 
-template <typename T, int HD, int G>
-void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
+template <typename T, int HD, int G, int KEYS>
+void launch_keys(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
   if (args.fuse.qkv) {
-    launch_dependent(decode_warps_kernel<T, HD, G, true>, grid, dim3(kDecodeThreads), 0, stream, args);
+    launch_dependent(decode_warps_kernel<T, HD, G, true, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
   } else {
-    launch_dependent(decode_warps_kernel<T, HD, G, false>, grid, dim3(kDecodeThreads), 0, stream, args);
+    launch_dependent(decode_warps_kernel<T, HD, G, false, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
   }
   SY_CUDA_CHECK_LAUNCH(decode_warps_kernel);
 }
 
+}  // namespace
+
+// Rows cut into splits have short chunks (at batch 8 and a 512-token context, 128 keys: one
+// 16-key step for each warp), where 8-key steps keep every warp busy and three blocks fit an SM:
+// batch 8 -7% on the H200. Unsplit rows (batch 64 and 256) keep 16-key steps, which were 4-13%
+// faster there (bench/CUDA_NOTES.md, "Session 14"). Head dims below 32 have no 8-key build.
+template <typename T, int HD, int G>
+void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
+  if constexpr (HD >= 32) {
+    if (args.splits > 1 && short_steps_allowed()) return launch_keys<T, HD, G, 8>(args, grid, stream);
+  }
+  launch_keys<T, HD, G, 16>(args, grid, stream);
+}
+
+// The 16-key build's: the grids past one wave (unsplit rows at large batch) are the ones it runs.
 template <typename T, int HD, int G>
 int decode_warps_blocks_per_sm() {
   int blocks = 0;
-  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_warps_kernel<T, HD, G, false>,
+  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_warps_kernel<T, HD, G, false, 16>,
                                                               kDecodeThreads, 0));
   return blocks;
 }
