@@ -57,9 +57,8 @@ __device__ __forceinline__ void store_attention_pair(const AttentionOut<T>& out,
     *reinterpret_cast<float2*>(out.f32 + i) = make_float2(a, b);
     return;
   }
-  const T ha = from_f32<T>(a), hb = from_f32<T>(b);
-  store_pair(out.hi + i, ha, hb);
-  if (out.lo) store_pair(out.lo + i, from_f32<T>(a - to_f32(ha)), from_f32<T>(b - to_f32(hb)));
+  const float v[2] = {a, b};
+  store_split_n<2>(v, out.hi, out.lo, i);
 }
 
 }  // namespace sy::cuda
