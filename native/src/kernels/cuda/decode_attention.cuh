@@ -117,6 +117,22 @@ __device__ __forceinline__ void fused_qkv_prologue(const DecodeFusion<T>& fuse, 
   }
 }
 
+// The group's q rows in `qs` (fp32, times the softmax scale), for either decode kernel once its
+// inputs are ready: made from the QKV projection with the step's own k and v (FUSED:
+// fused_qkv_prologue), or read from q.
+template <typename T, int HD, bool FUSED>
+__device__ __forceinline__ void stage_group_q(const DecodeAttentionArgs<T>& a, int token, int g, int group, int own_key,
+                                              bool owns_new, float scale, float (*qs)[HD], T* new_k, T* new_v) {
+  if constexpr (FUSED) {
+    fused_qkv_prologue<T, HD>(a.fuse, token, a.num_heads, a.kv.num_kv_heads, g, group, own_key, owns_new, scale, qs,
+                              new_k, new_v);
+  } else {
+    for (int i = threadIdx.x; i < group * HD; i += kDecodeThreads) {
+      qs[i / HD][i % HD] = to_f32(a.q[(static_cast<int64_t>(token) * a.num_heads + g * group) * HD + i]) * scale;
+    }
+  }
+}
+
 // The end of a decode block, however it went over its chunk. `m_run` and `l_run` (shared memory)
 // hold each group row's running max and sum; `mine[gg][j]` is this thread's unnormalised output
 // at dim tid + j * kDecodeThreads. A context of one chunk is written by its block directly;
@@ -217,11 +233,9 @@ template <typename T, int HD, int G, bool FUSED, typename WaitForInputs>
 __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs<T>& a, int r, int g, int z,
                                                        WaitForInputs wait_for_inputs,
                                                        const DecodeItemHint* hint = nullptr) {
-  const T* q = a.q;
   const int32_t* rows = a.rows;
   const PagedKv<T>& kv = a.kv;
   const int num_heads = a.num_heads, splits = a.splits;
-  const DecodeFusion<T>& fuse = a.fuse;
   using S = DecodeShape<HD>;
   constexpr int WARPS = kDecodeThreads / 32;
   // K and V of a tile in flight together, where the registers allow (not at head_dim 256).
@@ -302,14 +316,7 @@ __device__ __forceinline__ void decode_attention_block(const DecodeAttentionArgs
 
   // q (or qkv) comes from the previous kernel (or phase).
   wait_for_inputs();
-  if constexpr (FUSED) {
-    fused_qkv_prologue<T, HD>(fuse, token, num_heads, kv.num_kv_heads, g, group, own_key, owns_new, scale, qs, new_k,
-                              new_v);
-  } else {
-    for (int i = tid; i < group * HD; i += kDecodeThreads) {
-      qs[i / HD][i % HD] = to_f32(q[(static_cast<int64_t>(token) * num_heads + g * group) * HD + i]) * scale;
-    }
-  }
+  stage_group_q<T, HD, FUSED>(a, token, g, group, own_key, owns_new, scale, qs, new_k, new_v);
   if (tid < G) {
     m_run[tid] = -INFINITY;
     l_run[tid] = 0.0f;

@@ -123,14 +123,7 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
     load_v(warp);
   }
   wait_for_prior_kernels();
-  if constexpr (FUSED) {
-    fused_qkv_prologue<T, HD>(a.fuse, token, a.num_heads, kv.num_kv_heads, g, group, own_key, owns_new, scale, qs,
-                              new_k, new_v);
-  } else {
-    for (int i = tid; i < group * HD; i += kDecodeThreads) {
-      qs[i / HD][i % HD] = to_f32(a.q[(static_cast<int64_t>(token) * a.num_heads + g * group) * HD + i]) * scale;
-    }
-  }
+  stage_group_q<T, HD, FUSED>(a, token, g, group, own_key, owns_new, scale, qs, new_k, new_v);
   __syncthreads();  // q and the own key's K/V are in shared memory
 
   float m[G], l[G], acc[G][8];
