@@ -14,7 +14,7 @@ import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { loadNativeAddon, NativeEngine, type NativeDtype, type NativeEngineOptions } from "../../src/engine/native/native_engine.ts";
 import type { SamplingParams } from "../../src/engine/engine.ts";
 import { collect, sampling, type Collected } from "./helpers.ts";
-import { promptTokens, testLlamaDir, testQwen3Dir } from "./models.ts";
+import { promptTokens, testLlamaDir, testQwen3Dir, testQwen3Hd128Dir, testQwen3Hd64Gqa4Dir } from "./models.ts";
 
 const cuda = (() => {
   try {
@@ -263,32 +263,79 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     },
   );
 
+  // Contexts of one 64-key tile (written by its block), of several splits (merged), and long
+  // enough for several 16-key steps a warp; decode rows beside prefill rows (q from the q/k pass)
+  // and in pure decode steps (q and the new K/V made by the kernel itself).
+  const decodeAttentionPrompts = [
+    promptTokens(5, 101),
+    promptTokens(60, 102),
+    promptTokens(300, 103),
+    promptTokens(1500, 104),
+    ...Array.from({ length: 5 }, (_, i) => promptTokens(20 + 37 * i, 105 + i)),
+  ];
+  /** Greedy outputs of those prompts, all in one batch, by an engine loaded with switch `env` set. */
+  const decodeAttentionRun = (
+    dir: string,
+    env: [string, string],
+    detail: RegExp,
+    tag: string,
+    options: Partial<NativeEngineOptions> = {},
+  ): Promise<Collected[]> =>
+    withEnv(env[0], env[1], async () => {
+      const engine = await gpuEngine(dir, options);
+      expect(engine.info.backendDetail).toMatch(detail);
+      const outs = await Promise.all(decodeAttentionPrompts.map((p, i) => collect(engine, `${tag}-${i}`, p, greedy(24))));
+      await engine.close();
+      return outs;
+    });
+
   it.each(models)(
     "runs decode attention with warps that step on their own, with the block kernel's output: %s",
     async (_name, dirOf) => {
       const dir = dirOf();
-      // Contexts of one 64-key tile (written by its block), of several splits (merged), and long
-      // enough for several 16-key steps a warp; decode rows beside prefill rows (q from the q/k
-      // pass) and in pure decode steps (q and the new K/V made by the kernel itself).
-      const prompts = [
-        promptTokens(5, 101),
-        promptTokens(60, 102),
-        promptTokens(300, 103),
-        promptTokens(1500, 104),
-        ...Array.from({ length: 5 }, (_, i) => promptTokens(20 + 37 * i, 105 + i)),
-      ];
-      const run = (mode: "on" | "off"): Promise<Collected[]> =>
-        withEnv("SWITCHYARD_CUDA_DECODE_WARPS", mode, async () => {
-          const engine = await gpuEngine(dir);
-          expect(engine.info.backendDetail).toMatch(
-            mode === "on" ? /decode attention warp-stepped;/ : /decode attention block kernel \(SWITCHYARD_CUDA_DECODE_WARPS is off\)/,
-          );
-          const outs = await Promise.all(prompts.map((p, i) => collect(engine, `w-${mode}-${i}`, p, greedy(24))));
-          await engine.close();
-          return outs;
+      const on = await decodeAttentionRun(
+        dir,
+        ["SWITCHYARD_CUDA_DECODE_MMA", "off"],
+        /decode attention warp-stepped \(SWITCHYARD_CUDA_DECODE_MMA is off\);/,
+        "w-on",
+      );
+      const off = await decodeAttentionRun(
+        dir,
+        ["SWITCHYARD_CUDA_DECODE_WARPS", "off"],
+        /decode attention block kernel \(SWITCHYARD_CUDA_DECODE_WARPS is off\)/,
+        "w-off",
+      );
+      for (let i = 0; i < decodeAttentionPrompts.length; i++) {
+        expectSameGreedy(off[i], on[i], `prompt ${i}: warp-stepped vs block kernel`);
+      }
+    },
+  );
+
+  // The tensor-core kernel is built for head_dim 64 and 128 (the tiny models above have 16).
+  const tensorCoreModels: [string, () => string][] = [
+    ["tiny Qwen3, head_dim 128, GQA 2 (bf16)", testQwen3Hd128Dir],
+    ["tiny Qwen3, head_dim 64, GQA 4 (bf16)", testQwen3Hd64Gqa4Dir],
+  ];
+  if (QWEN3_06B_DIR) tensorCoreModels.push(["Qwen3-0.6B-shaped (bf16)", () => QWEN3_06B_DIR]);
+  it.each(tensorCoreModels)(
+    "runs decode attention on tensor cores, with the warp-stepped kernel's output: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      for (const dtype of ["bfloat16", "float16"] as const) {
+        const mma = await decodeAttentionRun(dir, ["SWITCHYARD_CUDA_DECODE_MMA", "on"], /decode attention tensor-core;/, `mma-${dtype}`, {
+          dtype,
         });
-      const [on, off] = [await run("on"), await run("off")];
-      for (let i = 0; i < prompts.length; i++) expectSameGreedy(off[i], on[i], `prompt ${i}: warp-stepped vs block kernel`);
+        const warps = await decodeAttentionRun(
+          dir,
+          ["SWITCHYARD_CUDA_DECODE_MMA", "off"],
+          /decode attention warp-stepped \(SWITCHYARD_CUDA_DECODE_MMA is off\);/,
+          `warps-${dtype}`,
+          { dtype },
+        );
+        for (let i = 0; i < decodeAttentionPrompts.length; i++) {
+          expectSameGreedy(warps[i], mma[i], `${dtype}, prompt ${i}: tensor cores vs warp-stepped`);
+        }
+      }
     },
   );
 

@@ -31,12 +31,36 @@ export const TEST_LLAMA: RandomModelSpec = {
   initStd: 0.3,
 };
 
+/**
+ * Tiny Qwen3 layouts with the head sizes the tensor-core decode attention is built for (head_dim
+ * 64 and 128, GQA groups 2 and 4); the other test models have 16-dim heads.
+ */
+export const TEST_QWEN3_HD128: RandomModelSpec = {
+  ...TEST_QWEN3,
+  vocabSize: 4096,
+  hiddenSize: 128,
+  intermediateSize: 256,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 128,
+  seed: 9,
+};
+export const TEST_QWEN3_HD64_GQA4: RandomModelSpec = { ...TEST_QWEN3_HD128, numHeads: 8, numKvHeads: 2, headDim: 64, seed: 10 };
+
 export function testQwen3Dir(): string {
   return ensureRandomModel(TEST_QWEN3, "test-qwen3", TEST_MODEL_DIR);
 }
 
 export function testLlamaDir(): string {
   return ensureRandomModel(TEST_LLAMA, "test-llama", TEST_MODEL_DIR);
+}
+
+export function testQwen3Hd128Dir(): string {
+  return ensureRandomModel(TEST_QWEN3_HD128, "test-qwen3-hd128", TEST_MODEL_DIR);
+}
+
+export function testQwen3Hd64Gqa4Dir(): string {
+  return ensureRandomModel(TEST_QWEN3_HD64_GQA4, "test-qwen3-hd64-gqa4", TEST_MODEL_DIR);
 }
 
 /** Deterministic pseudo-random token ids in [lo, hi). */

@@ -278,8 +278,14 @@ class Qwen3Cuda final : public CudaModelRunner {
     // a number asks for that many blocks a cluster (for measuring).
     // SWITCHYARD_CUDA_DECODE_WARPS=off: decode attention on the block kernel, as before session 14
     // (the persistent decode step's; for measuring and for comparing bits with that step).
-    const char* warps = std::getenv("SWITCHYARD_CUDA_DECODE_WARPS");
-    warp_stepped_ = !(warps && std::strcmp(warps, "off") == 0);
+    // SWITCHYARD_CUDA_DECODE_MMA=off: on the warp-stepped kernel, as before session 15.
+    const auto off = [](const char* name) {
+      const char* v = std::getenv(name);
+      return v && std::strcmp(v, "off") == 0;
+    };
+    decode_kernel_ = off("SWITCHYARD_CUDA_DECODE_WARPS") ? cuda::DecodeKernel::Block
+                     : off("SWITCHYARD_CUDA_DECODE_MMA") ? cuda::DecodeKernel::WarpStepped
+                                                         : cuda::DecodeKernel::TensorCore;
     const char* sublayer = std::getenv("SWITCHYARD_CUDA_ATTENTION_SUBLAYER");
     if (sublayer && *sublayer) {
       sublayer_wanted_ = std::strcmp(sublayer, "off") != 0;
@@ -291,7 +297,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     qkvdim_ = qdim_ + 2 * kvdim_;
     if (c_.num_heads % c_.num_kv_heads != 0) throw std::runtime_error("num_heads must be a multiple of num_kv_heads");
     load_weights(dir);
-    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads, warp_stepped_);
+    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads, decode_kernel_);
     allocate_activations();
     allocate_kv_cache();
     tune_gemms();
@@ -321,7 +327,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     return std::string(dtype()) + (split_.any() ? ", GEMM inputs split into hi + lo" : "") +
            (tuned.empty() ? "" : "; " + tuned) + "; prefill attention " +
            cuda::prefill_kernel_name(hd_) + "; decode attention " +
-           cuda::decode_attention_summary(hd_, c_.num_heads, c_.num_kv_heads, warp_stepped_) + "; " +
+           cuda::decode_attention_summary(hd_, c_.num_heads, c_.num_kv_heads, decode_kernel_) + "; " +
            (persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
                            : "batch-1 decode steps: kernel per op (" + persistent_why_not_ + ")") +
            (sublayer_.cluster ? "; batch-1 attention sublayer: one kernel, clusters of " + std::to_string(sublayer_.cluster)
@@ -962,7 +968,7 @@ class Qwen3Cuda final : public CudaModelRunner {
       const cuda::AttentionOut<T> attn_out =
           small ? cuda::AttentionOut<T>{attn_f_} : cuda::AttentionOut<T>{nullptr, attn_, attn_lo};
       cuda::paged_attention_decode<T>(q_, decode_rows, num_decode, kv, c_.num_heads, splits, partials_,
-                                      counters_, attn_out, fuse, warp_stepped_, stream_);
+                                      counters_, attn_out, fuse, decode_kernel_, stream_);
       cuda::paged_attention_prefill<T>(q_, tiles, num_tiles, positions, kv, c_.num_heads, attn_out, stream_);
       if (small) {
         GI o_in{GI::kF32, attn_f_};
@@ -1164,7 +1170,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   bool persistent_wanted_ = true, persistent_ok_ = false;
   bool sublayer_wanted_ = kSublayerByDefault;  // SWITCHYARD_CUDA_ATTENTION_SUBLAYER
   int sublayer_cluster_ = 0;
-  bool warp_stepped_ = true;
+  cuda::DecodeKernel decode_kernel_ = cuda::DecodeKernel::TensorCore;
   cuda::AttentionSublayer<T> sublayer_{};  // the launch's shape; cluster 0 where it does not run
   std::string sublayer_why_not_;
   float *o_parts_ = nullptr, *o_out_ = nullptr;  // its scratch and output

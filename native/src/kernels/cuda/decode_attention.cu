@@ -8,13 +8,15 @@
 // Output in fp32 or as the o projection's 16-bit input (AttentionOut). kernels/cpu/attention.cpp is
 // the reference.
 // The block's work is decode_attention_block (decode_attention.cuh), which the persistent decode
-// step runs too. By default the shapes it is built for run decode_attention_warps.cu's kernel
-// instead: the same grid and merge, with warps that step through the chunk on their own.
+// step runs too. By default the shapes they are built for run decode_attention_mma.cu's or
+// decode_attention_warps.cu's kernel instead: the same grid and merge, with warps that step
+// through the chunk on their own, on tensor cores or on the CUDA cores (DecodeKernel).
 #include <algorithm>
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/decode_attention_mma.h"
 #include "kernels/cuda/decode_attention_warps.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/kernels.h"
@@ -32,14 +34,17 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeAttentionA
 template <typename T, int HD, int G>
 void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
                          float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse,
-                         bool warp_stepped, cudaStream_t stream) {
+                         DecodeKernel kernel, cudaStream_t stream) {
   const dim3 grid(num_rows, kv.num_kv_heads, splits);
   const DecodeAttentionArgs<T> args{q, rows, kv, num_heads, splits, partials, counters, out, fuse};
+  if constexpr (has_mma_build(HD, G)) {
+    if (kernel == DecodeKernel::TensorCore) return launch_decode_mma<T, HD, G>(args, grid, stream);
+  }
   // The warps' independent steps took the decode step -25 to -28% at batch 64 and -31 to -39% at
   // batch 256 against the block kernel, whose serial chain of barriers a tile was the limit, and
   // -2% at batch 1 (H200, bench/CUDA_NOTES.md, "Session 14").
   if constexpr (has_warps_build(HD, G)) {
-    if (warp_stepped) return launch_decode_warps<T, HD, G>(args, grid, stream);
+    if (kernel != DecodeKernel::Block) return launch_decode_warps<T, HD, G>(args, grid, stream);
   }
   const auto launch = [&](auto kernel) { launch_dependent(kernel, grid, dim3(kDecodeThreads), 0, stream, args); };
   if (fuse.qkv) launch(decode_kernel<T, HD, G, true>);
@@ -50,17 +55,20 @@ void launch_decode_group(const T* q, const int32_t* rows, int num_rows, const Pa
 template <typename T, int HD>
 void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
                    float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse,
-                   bool warp_stepped, cudaStream_t stream) {
+                   DecodeKernel kernel, cudaStream_t stream) {
   const int group = num_heads / kv.num_kv_heads;
-  if (group <= 2) return launch_decode_group<T, HD, 2>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warp_stepped, stream);
-  if (group <= 4) return launch_decode_group<T, HD, 4>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warp_stepped, stream);
-  return launch_decode_group<T, HD, 8>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, warp_stepped, stream);
+  if (group <= 2) return launch_decode_group<T, HD, 2>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, kernel, stream);
+  if (group <= 4) return launch_decode_group<T, HD, 4>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, kernel, stream);
+  return launch_decode_group<T, HD, 8>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, kernel, stream);
 }
 
 template <typename T, int HD, int G>
-int blocks_per_sm(bool warp_stepped) {
+int blocks_per_sm(DecodeKernel kernel) {
+  if constexpr (has_mma_build(HD, G)) {
+    if (kernel == DecodeKernel::TensorCore) return decode_mma_blocks_per_sm<T, HD, G>();
+  }
   if constexpr (has_warps_build(HD, G)) {
-    if (warp_stepped) return decode_warps_blocks_per_sm<T, HD, G>();
+    if (kernel != DecodeKernel::Block) return decode_warps_blocks_per_sm<T, HD, G>();
   }
   int blocks = 0;
   SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel<T, HD, G, false>, kDecodeThreads, 0));
@@ -68,49 +76,55 @@ int blocks_per_sm(bool warp_stepped) {
 }
 
 template <typename T, int HD>
-int blocks_per_sm_for_group(int group, bool warp_stepped) {
-  if (group <= 2) return blocks_per_sm<T, HD, 2>(warp_stepped);
-  if (group <= 4) return blocks_per_sm<T, HD, 4>(warp_stepped);
-  return blocks_per_sm<T, HD, 8>(warp_stepped);
+int blocks_per_sm_for_group(int group, DecodeKernel kernel) {
+  if (group <= 2) return blocks_per_sm<T, HD, 2>(kernel);
+  if (group <= 4) return blocks_per_sm<T, HD, 4>(kernel);
+  return blocks_per_sm<T, HD, 8>(kernel);
 }
 
 }  // namespace
 
 template <typename T>
-int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, bool warp_stepped) {
+int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel) {
   const int group = num_heads / num_kv_heads;
   int per_sm = 0;
   switch (head_dim) {
-    case 16: per_sm = blocks_per_sm_for_group<T, 16>(group, warp_stepped); break;
-    case 32: per_sm = blocks_per_sm_for_group<T, 32>(group, warp_stepped); break;
-    case 64: per_sm = blocks_per_sm_for_group<T, 64>(group, warp_stepped); break;
-    case 128: per_sm = blocks_per_sm_for_group<T, 128>(group, warp_stepped); break;
-    case 256: per_sm = blocks_per_sm_for_group<T, 256>(group, warp_stepped); break;
+    case 16: per_sm = blocks_per_sm_for_group<T, 16>(group, kernel); break;
+    case 32: per_sm = blocks_per_sm_for_group<T, 32>(group, kernel); break;
+    case 64: per_sm = blocks_per_sm_for_group<T, 64>(group, kernel); break;
+    case 128: per_sm = blocks_per_sm_for_group<T, 128>(group, kernel); break;
+    case 256: per_sm = blocks_per_sm_for_group<T, 256>(group, kernel); break;
     default: throw_unsupported_head_dim(head_dim);
   }
   return std::max(1, per_sm) * current_device_attribute(cudaDevAttrMultiProcessorCount);
 }
 
-std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, bool warp_stepped) {
+std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel) {
   const int group = num_heads / num_kv_heads, rounded = group <= 2 ? 2 : group <= 4 ? 4 : 8;
-  if (!has_warps_build(head_dim, rounded)) {
-    return "block kernel (none warp-stepped for head_dim " + std::to_string(head_dim) + ", GQA group " +
-           std::to_string(group) + ")";
+  const std::string shape = "head_dim " + std::to_string(head_dim) + ", GQA group " + std::to_string(group);
+  if (kernel == DecodeKernel::TensorCore) {
+    if (has_mma_build(head_dim, rounded)) return "tensor-core";
+    if (has_warps_build(head_dim, rounded)) return "warp-stepped (none on tensor cores for " + shape + ")";
+    return "block kernel (none on tensor cores or warp-stepped for " + shape + ")";
   }
-  return warp_stepped ? "warp-stepped" : "block kernel (SWITCHYARD_CUDA_DECODE_WARPS is off)";
+  if (kernel == DecodeKernel::WarpStepped) {
+    if (has_warps_build(head_dim, rounded)) return "warp-stepped (SWITCHYARD_CUDA_DECODE_MMA is off)";
+    return "block kernel (none warp-stepped for " + shape + ")";
+  }
+  return "block kernel (SWITCHYARD_CUDA_DECODE_WARPS is off)";
 }
 
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, const AttentionOut<T>& out,
-                            const DecodeFusion<T>& fuse, bool warp_stepped, cudaStream_t stream) {
+                            const DecodeFusion<T>& fuse, DecodeKernel kernel, cudaStream_t stream) {
   if (num_rows == 0) return;
   if (num_heads / kv.num_kv_heads > kMaxGroup) throw CudaError("GQA groups larger than 8 are not supported on CUDA");
   switch (kv.head_dim) {
 #define SY_DECODE_CASE(HD)                                                                                      \
   case HD:                                                                                                      \
     return launch_decode<T, HD>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse,    \
-                                warp_stepped, stream);
+                                kernel, stream);
     SY_DECODE_CASE(16)
     SY_DECODE_CASE(32)
     SY_DECODE_CASE(64)
@@ -121,14 +135,14 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
   }
 }
 
-template int decode_attention_slots<__nv_bfloat16>(int, int, int, bool);
-template int decode_attention_slots<__half>(int, int, int, bool);
+template int decode_attention_slots<__nv_bfloat16>(int, int, int, DecodeKernel);
+template int decode_attention_slots<__half>(int, int, int, DecodeKernel);
 template void paged_attention_decode<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, int,
                                                    const PagedKv<__nv_bfloat16>&, int, int, float*, int*,
                                                    const AttentionOut<__nv_bfloat16>&,
-                                                   const DecodeFusion<__nv_bfloat16>&, bool, cudaStream_t);
+                                                   const DecodeFusion<__nv_bfloat16>&, DecodeKernel, cudaStream_t);
 template void paged_attention_decode<__half>(const __half*, const int32_t*, int, const PagedKv<__half>&, int, int,
                                              float*, int*, const AttentionOut<__half>&, const DecodeFusion<__half>&,
-                                             bool, cudaStream_t);
+                                             DecodeKernel, cudaStream_t);
 
 }  // namespace sy::cuda

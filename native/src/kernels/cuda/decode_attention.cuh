@@ -220,6 +220,50 @@ __device__ __forceinline__ void finish_decode_block(const DecodeAttentionArgs<T>
   }
 }
 
+// The end of a decode block whose warps each kept their own softmax state over their own keys
+// (the warp-stepped and tensor-core kernels): warp w's state for group row gg is warp_m[w][gg],
+// warp_l[w][gg] and its unnormalised output warp_acc[w][gg][·] (shared memory, every warp's
+// written, zeros and -inf for a warp without keys). They merge as M = max_w m_w,
+// l = Σ_w l_w e^(m_w - M), acc = Σ_w acc_w e^(m_w - M), then end as finish_decode_block.
+template <typename T, int HD, int G, int WARPS>
+__device__ __forceinline__ void finish_warp_states(const DecodeAttentionArgs<T>& a, int r, int g, int z, int token,
+                                                   int group, int active, const float (*warp_acc)[G][HD],
+                                                   const float (*warp_m)[G], const float (*warp_l)[G]) {
+  constexpr int DPT = decode_dims_per_thread<HD>();
+  __shared__ float warp_f[WARPS][G];
+  __shared__ float m_run[G], l_run[G];
+  const int tid = threadIdx.x;
+  __syncthreads();  // every warp's state is in shared memory
+  if (tid < group) {
+    float top = -INFINITY;
+    for (int w = 0; w < WARPS; ++w) top = fmaxf(top, warp_m[w][tid]);  // finite: warp 0 has keys
+    float sum = 0.0f;
+    for (int w = 0; w < WARPS; ++w) {
+      const float f = __expf(warp_m[w][tid] - top);  // 0 for a warp without keys
+      warp_f[w][tid] = f;
+      sum += warp_l[w][tid] * f;
+    }
+    m_run[tid] = top;
+    l_run[tid] = sum;
+  }
+  __syncthreads();
+  float mine[G][DPT];
+#pragma unroll
+  for (int gg = 0; gg < G; ++gg) {
+#pragma unroll
+    for (int j = 0; j < DPT; ++j) {
+      const int d = threadIdx.x + j * kDecodeThreads;
+      float v = 0.0f;
+      if (gg < group && d < HD) {
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) v += warp_acc[w][gg][d] * warp_f[w][gg];
+      }
+      mine[gg][j] = v;
+    }
+  }
+  finish_decode_block<T, HD, G>(a, r, g, z, token, group, active, m_run, l_run, mine);
+}
+
 // Decode: block (r, g, z) takes keys [z * chunk, (z + 1) * chunk) of row r's context for the GQA
 // group of kv head g, chunk = ceil(ctx / splits), in 64-key tiles. Every load of a tile is
 // issued before its arithmetic (16-byte K and V loads together, slots staged in shared memory),

@@ -45,13 +45,11 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
   using S = WarpStepShape<HD, KEYS>;
   static_assert(S::QK_LOADS >= 1 && S::PV_LOADS >= 1, "a step's loads must cover whole 16-byte pieces");
   constexpr int WARPS = kDecodeThreads / 32;
-  constexpr int DPT = decode_dims_per_thread<HD>();
   __shared__ __align__(16) float qs[G][HD];
   __shared__ float probs[WARPS][G][S::KEYS];
   __shared__ int64_t step_slots[WARPS][S::KEYS];
   __shared__ __align__(16) float warp_acc[WARPS][G][HD];
-  __shared__ float warp_m[WARPS][G], warp_l[WARPS][G], warp_f[WARPS][G];
-  __shared__ float m_run[G], l_run[G];
+  __shared__ float warp_m[WARPS][G], warp_l[WARPS][G];
   __shared__ __align__(16) T new_k[FUSED ? HD : 8], new_v[FUSED ? HD : 8];
 
   const int r = blockIdx.x, g = blockIdx.y, z = blockIdx.z;
@@ -210,7 +208,7 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
   }
 
   // The lanes holding the same dims of different keys add up (one softmax frame a warp), then the
-  // warps' states merge: M = max_w m_w, l = Σ_w l_w e^(m_w - M), acc = Σ_w acc_w e^(m_w - M).
+  // warps' states merge.
 #pragma unroll
   for (int o = S::TPK; o < 32; o <<= 1) {
 #pragma unroll
@@ -234,35 +232,7 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
       warp_l[warp][gg] = l[gg];
     }
   }
-  __syncthreads();
-  if (tid < group) {
-    float top = -INFINITY;
-    for (int w = 0; w < WARPS; ++w) top = fmaxf(top, warp_m[w][tid]);  // finite: warp 0 has step 0
-    float sum = 0.0f;
-    for (int w = 0; w < WARPS; ++w) {
-      const float f = __expf(warp_m[w][tid] - top);  // 0 for a warp without steps
-      warp_f[w][tid] = f;
-      sum += warp_l[w][tid] * f;
-    }
-    m_run[tid] = top;
-    l_run[tid] = sum;
-  }
-  __syncthreads();
-  float mine[G][DPT];
-#pragma unroll
-  for (int gg = 0; gg < G; ++gg) {
-#pragma unroll
-    for (int j = 0; j < DPT; ++j) {
-      const int d = tid + j * kDecodeThreads;
-      float v = 0.0f;
-      if (gg < group && d < HD) {
-#pragma unroll
-        for (int w = 0; w < WARPS; ++w) v += warp_acc[w][gg][d] * warp_f[w][gg];
-      }
-      mine[gg][j] = v;
-    }
-  }
-  finish_decode_block<T, HD, G>(a, r, g, z, token, group, active, m_run, l_run, mine);
+  finish_warp_states<T, HD, G, WARPS>(a, r, g, z, token, group, active, warp_acc, warp_m, warp_l);
 }
 
 // SWITCHYARD_CUDA_DECODE_STEP_KEYS=16: 16-key steps for every grid (for measuring).

@@ -144,23 +144,30 @@ struct DecodeFusion {
  * `splits` blocks share each (row, kv head) and write partial softmax states to `partials`; the
  * last of them merges. `partials` holds rows * heads * splits * (head_dim + 2) floats; `counters`
  * rows * kv_heads ints, zero before the first launch (each launch leaves them zero).
- * `warp_stepped`: the warp-stepped kernel (decode_attention_warps.cu) for the shapes it is built
- * for, else the block kernel (the persistent decode step's; SWITCHYARD_CUDA_DECODE_WARPS=off).
+ * `kernel`: which kernel runs where it is built (DecodeKernel).
  */
+/**
+ * The decode attention kernels, fastest first; each shape runs the first one at or after the
+ * engine's choice that is built for it (the block kernel is built for every shape). TensorCore:
+ * decode_attention_mma.cu; WarpStepped: decode_attention_warps.cu; Block: decode_attention.cuh's
+ * block, which the persistent decode step runs too.
+ */
+enum class DecodeKernel { TensorCore, WarpStepped, Block };
+
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, const AttentionOut<T>& out,
-                            const DecodeFusion<T>& fuse, bool warp_stepped, cudaStream_t stream);
+                            const DecodeFusion<T>& fuse, DecodeKernel kernel, cudaStream_t stream);
 
 /**
  * How many decode attention blocks the GPU runs at once for this shape (blocks an SM times SMs):
  * grids past one wave are sized in whole waves of them (splits_for, qwen3_cuda.cpp).
  */
 template <typename T>
-int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, bool warp_stepped);
+int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel);
 
 /** Which decode attention kernel runs, in words (the engine's detail). */
-std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, bool warp_stepped);
+std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel);
 
 /**
  * Prefill (and chunked-prefill, prefix-hit) attention on tensor cores (prefill_attention.cu). Each tile is
