@@ -1,7 +1,7 @@
-// Pieces the tensor-core prefill attention kernels share (prefill_attention.cu,
-// prefill_attention_pingpong.cu): shared-memory rows swizzled by 16-byte chunk, cp.async copies
-// into them, the wgmma issue of Q Kᵀ and P V over K/V tiles laid out for it, and the arithmetic of
-// an online softmax whose rows live in the four lanes of an MMA accumulator's quad.
+// Pieces the tensor-core attention kernels share (prefill_attention.cu, prefill_attention_pingpong.cu,
+// decode_attention_mma.cu): shared-memory rows swizzled by 16-byte chunk, cp.async copies into
+// them, the mma.sync and wgmma issue of Q Kᵀ and P V, and the arithmetic of an online softmax whose
+// rows live in the four lanes of an MMA accumulator's quad.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -61,6 +61,20 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         "{%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+/** d += a · b for one m16n8k8 tile, 16-bit inputs, fp32 accumulators. */
+template <typename T>
+__device__ __forceinline__ void mma_1688(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b));
   }
 }
 

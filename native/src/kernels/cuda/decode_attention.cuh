@@ -6,6 +6,8 @@
 // kDecodeThreads threads; returns early (without calling wait_for_inputs) when the block's split
 // holds no keys.
 #pragma once
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/head_norm_rope.cuh"
@@ -54,6 +56,18 @@ constexpr int kMaxGroup = 8;
  */
 __device__ __forceinline__ int decode_chunk(int ctx, int splits) {
   return ((ctx + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+}
+
+/**
+ * Whether the warp-stepped and tensor-core kernels take 8-key steps where a launch splits rows
+ * (their chunks are short there); SWITCHYARD_CUDA_DECODE_STEP_KEYS=16 says no, for measuring.
+ */
+inline bool short_decode_steps_allowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("SWITCHYARD_CUDA_DECODE_STEP_KEYS");
+    return !(v && std::strcmp(v, "16") == 0);
+  }();
+  return allowed;
 }
 
 /** The output dims a thread holds at the end of a decode block: tid, tid + kDecodeThreads, ... */

@@ -33,12 +33,16 @@
 namespace sy::cuda {
 namespace {
 
-template <int HD>
+template <int HD, int K>
 struct MmaStepShape {
-  static constexpr int KEYS = 16;            // a warp step: Q Kᵀ's M, P V's K
+  static constexpr int KEYS = K;             // keys a warp takes a step
+  static constexpr int NH = K / 8;           // keys a lane loads a step: row8 (+ 8)
   static constexpr int KS = HD / 16;         // k16 slices of Q Kᵀ
   static constexpr int ROW_LOADS = HD / 32;  // 16-byte loads of a lane's HD / 4 dims of a K row
   static constexpr int DG = HD / 32;         // 32-dim groups of P V: one 16-byte V load a key each
+  // 16-key steps: 128 registers (two keys' K and V a lane), two blocks an SM. 8-key steps: one
+  // key's, three blocks an SM, for the short chunks of split rows.
+  static constexpr int MIN_BLOCKS = K == 8 ? 3 : 2;
 };
 
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
@@ -62,10 +66,11 @@ __device__ __forceinline__ uint32_t pack_part(float x, float y, bool lo) {
   return static_cast<uint32_t>(bits_of(px)) | (static_cast<uint32_t>(bits_of(py)) << 16);
 }
 
-template <typename T, int HD, int G, bool FUSED>
-__global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAttentionArgs<T> a) {
+template <typename T, int HD, int G, bool FUSED, int KEYS>
+__global__ void __launch_bounds__(kDecodeThreads, (MmaStepShape<HD, KEYS>::MIN_BLOCKS))
+    decode_mma_kernel(DecodeAttentionArgs<T> a) {
   allow_dependent_launch();  // dependent_launch.cuh: the next kernel may start launching
-  using S = MmaStepShape<HD>;
+  using S = MmaStepShape<HD, KEYS>;
   constexpr int WARPS = kDecodeThreads / 32;
   constexpr unsigned kAll = 0xffffffffu;
   __shared__ __align__(16) float qs[G][HD];
@@ -92,21 +97,33 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAtt
   const int k_dim = quad * (HD / 4);  // this lane's first K dim in Q Kᵀ
   const int v_dim = 8 * quad;         // its first V dim in each 32-dim group
 
-  // Lane's keys of a step: row8 and row8 + 8; their cache offsets, or -1 past the chunk.
+  // Lane's keys of a step: row8 (and row8 + 8 in 16-key steps); their cache offsets, or -1 past the chunk.
   const auto key_of = [&](int step, int h) { return k_begin + step * S::KEYS + row8 + 8 * h; };
   const auto slot_at = [&](int step, int h) -> int64_t {
     const int key = key_of(step, h);
     return key < k_end ? slot_of(table, key, kv.block_size) * kv_row + g * HD : -1;
   };
   struct Slots {
-    int64_t of[2];
+    int64_t of[S::NH];
   };
-  uint4 kraw[2][S::ROW_LOADS], vraw[2][S::DG];
+  const auto slots_at = [&](int step) {
+    Slots sl;
+#pragma unroll
+    for (int h = 0; h < S::NH; ++h) sl.of[h] = slot_at(step, h);
+    return sl;
+  };
+  const auto no_slots = [] {
+    Slots sl;
+#pragma unroll
+    for (int h = 0; h < S::NH; ++h) sl.of[h] = -1;
+    return sl;
+  };
+  uint4 kraw[S::NH][S::ROW_LOADS], vraw[S::NH][S::DG];
   // A step's loads skip the own key, which the previous kernel or this block writes (load_own_key
   // fetches it after the wait), and give zeros past the chunk (P is 0 there, and 0 · NaN is not).
   const auto load_k = [&](int step, const Slots& sl) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < S::NH; ++h) {
       const bool skip = sl.of[h] < 0 || key_of(step, h) == own_key;
 #pragma unroll
       for (int i = 0; i < S::ROW_LOADS; ++i) {
@@ -116,14 +133,14 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAtt
   };
   const auto load_v = [&](int step, const Slots& sl, int dg) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < S::NH; ++h) {
       const bool skip = sl.of[h] < 0 || key_of(step, h) == own_key;
       vraw[h][dg] = skip ? make_uint4(0, 0, 0, 0) : *reinterpret_cast<const uint4*>(kv.v + sl.of[h] + 32 * dg + v_dim);
     }
   };
   const auto load_own_key = [&](int step, const Slots& sl) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < S::NH; ++h) {
       if (key_of(step, h) != own_key) continue;
 #pragma unroll
       for (int i = 0; i < S::ROW_LOADS; ++i) {
@@ -138,9 +155,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAtt
 
   // The first step's loads read only what earlier steps wrote: issued before the wait, so they
   // overlap the previous kernel's tail.
-  Slots sl{{-1, -1}};
+  Slots sl = no_slots();
   if (warp < steps) {
-    sl = Slots{{slot_at(warp, 0), slot_at(warp, 1)}};
+    sl = slots_at(warp);
     load_k(warp, sl);
 #pragma unroll
     for (int dg = 0; dg < S::DG; ++dg) load_v(warp, sl, dg);
@@ -149,9 +166,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAtt
   stage_group_q<T, HD, FUSED>(a, token, g, group, own_key, owns_new, scale, qs, new_k, new_v);
   __syncthreads();  // q and the own key's K/V are in shared memory
 
-  // q's B fragments, the same for every warp (in shared memory: registers are K's, V's and O's):
-  // lane `lane` of slice j holds dims quad * HD / 4 + 4j.. of column row8, which is group row
-  // row8 / 2's hi (even) or lo (odd) half.
+  // q's fragments, the same for every warp (in shared memory: registers are K's, V's and O's):
+  // lane `lane` of slice j holds dims quad * HD / 4 + 4j.. of q row row8, which is group row
+  // row8 / 2's hi (even) or lo (odd) half. 16-key steps take them as B (q rows as columns),
+  // 8-key steps as A's rows 0-7 (rows 8-15 zero).
   const int col_head = row8 >> 1;
   const bool col_lo = row8 & 1;
   for (int i = tid; i < S::KS * 32; i += kDecodeThreads) {
@@ -163,9 +181,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAtt
   }
   __syncthreads();
 
-  // This lane's softmax state is group row `quad`'s (the same in the 8 lanes of that quad); its
-  // O fragments hold that row's hi and lo columns for dims 32dg + 8(row8 / 2) + 4p + row8 % 2 (+2).
-  float m = -INFINITY, l = 0.0f;
+  // O fragments (both step sizes): group row quad's hi and lo columns for dims
+  // 32dg + 8(row8 / 2) + 4p + row8 % 2 (+2).
   float acc[S::DG][2][4];
 #pragma unroll
   for (int dg = 0; dg < S::DG; ++dg)
@@ -173,39 +190,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAtt
     for (int p = 0; p < 2; ++p)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[dg][p][e] = 0.0f;
-
-  for (int step = warp; step < steps; step += WARPS) {
-    load_own_key(step, sl);
-    const int next = step + WARPS;
-    Slots next_sl{{-1, -1}};
-    if (next < steps) next_sl = Slots{{slot_at(next, 0), slot_at(next, 1)}};
-
-    // S = K qᵀ over the 16 keys.
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < S::KS; ++j) {
-      const int i = j / 2, w = 2 * (j % 2);
-      const uint32_t af[4] = {word_of(kraw[0][i], w), word_of(kraw[1][i], w), word_of(kraw[0][i], w + 1),
-                              word_of(kraw[1][i], w + 1)};
-      const uint2 qb = qfrag[j][lane];
-      mma_16816<T>(s, af, qb.x, qb.y);
-    }
-    if (next < steps) load_k(next, next_sl);
-
-    // The online softmax of group row `quad` over the step's keys, two a lane.
-    const float s0 = key_of(step, 0) < k_end ? s[0] + s[1] : -INFINITY;
-    const float s1 = key_of(step, 1) < k_end ? s[2] + s[3] : -INFINITY;
-    float top = fmaxf(s0, s1);
-#pragma unroll
-    for (int o = 4; o < 32; o <<= 1) top = fmaxf(top, __shfl_xor_sync(kAll, top, o));
-    const float m_new = fmaxf(m, top);  // finite: the step's first key is in the chunk
-    const float p0 = __expf(s0 - m_new), p1 = __expf(s1 - m_new);
-    float sum = p0 + p1;
-#pragma unroll
-    for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(kAll, sum, o);
-    const float f = __expf(m - m_new);
-    m = m_new;
-    l = l * f + sum;
+  // The softmax state a lane keeps: of group row quad (16-key steps) or row8 / 2 (8-key steps).
+  float m = -INFINITY, l = 0.0f;
+  const auto rescale = [&](float f) {
     if (__any_sync(kAll, f != 1.0f)) {
 #pragma unroll
       for (int dg = 0; dg < S::DG; ++dg)
@@ -214,28 +201,108 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAtt
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[dg][p][e] *= f;
     }
+  };
 
-    // P's B fragment: keys 2·quad, +1, +8, +9 of column row8, from the lanes holding group row
-    // col_head's scores of keys k (lane 4(k % 8) + col_head, p0 or p1 by k / 8).
-    const int src = 8 * quad + col_head;
-    const float x0 = __shfl_sync(kAll, p0, src), x1 = __shfl_sync(kAll, p0, src + 4);
-    const float x2 = __shfl_sync(kAll, p1, src), x3 = __shfl_sync(kAll, p1, src + 4);
-    const uint32_t pb0 = col_head < group ? pack_part<T>(x0, x1, col_lo) : 0u;
-    const uint32_t pb1 = col_head < group ? pack_part<T>(x2, x3, col_lo) : 0u;
+  for (int step = warp; step < steps; step += WARPS) {
+    load_own_key(step, sl);
+    const int next = step + WARPS;
+    const Slots next_sl = next < steps ? slots_at(next) : no_slots();
 
-    // O ᵀ += Vᵀ Pᵀ, a 32-dim group at a time; its next V loads go out once it is transposed.
+    if constexpr (KEYS == 16) {
+      // S = K qᵀ: keys row8 and row8 + 8 as rows, q's hi and lo rows as columns.
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int dg = 0; dg < S::DG; ++dg) {
-      uint32_t t[2][4];
+      for (int j = 0; j < S::KS; ++j) {
+        const int i = j / 2, w = 2 * (j % 2);
+        const uint32_t af[4] = {word_of(kraw[0][i], w), word_of(kraw[1][i], w), word_of(kraw[0][i], w + 1),
+                                word_of(kraw[1][i], w + 1)};
+        const uint2 qb = qfrag[j][lane];
+        mma_16816<T>(s, af, qb.x, qb.y);
+      }
+      if (next < steps) load_k(next, next_sl);
+
+      // The online softmax of group row quad over the step's keys, two a lane.
+      const float s0 = key_of(step, 0) < k_end ? s[0] + s[1] : -INFINITY;
+      const float s1 = key_of(step, 1) < k_end ? s[2] + s[3] : -INFINITY;
+      float top = fmaxf(s0, s1);
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+      for (int o = 4; o < 32; o <<= 1) top = fmaxf(top, __shfl_xor_sync(kAll, top, o));
+      const float m_new = fmaxf(m, top);  // finite: the step's first key is in the chunk
+      const float p0 = __expf(s0 - m_new), p1 = __expf(s1 - m_new);
+      float sum = p0 + p1;
 #pragma unroll
-        for (int w = 0; w < 4; ++w) t[h][w] = transpose_8x8(word_of(vraw[h][dg], w));
-      if (next < steps) load_v(next, next_sl, dg);
+      for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(kAll, sum, o);
+      const float f = __expf(m - m_new);
+      m = m_new;
+      l = l * f + sum;
+      rescale(f);
+
+      // P's B fragment: keys 2·quad, +1, +8, +9 of column row8, from the lanes holding group row
+      // col_head's scores of keys k (lane 4(k % 8) + col_head, p0 or p1 by k / 8).
+      const int src = 8 * quad + col_head;
+      const float x0 = __shfl_sync(kAll, p0, src), x1 = __shfl_sync(kAll, p0, src + 4);
+      const float x2 = __shfl_sync(kAll, p1, src), x3 = __shfl_sync(kAll, p1, src + 4);
+      const uint32_t pb0 = col_head < group ? pack_part<T>(x0, x1, col_lo) : 0u;
+      const uint32_t pb1 = col_head < group ? pack_part<T>(x2, x3, col_lo) : 0u;
+
+      // O ᵀ += Vᵀ Pᵀ, a 32-dim group at a time; its next V loads go out once it is transposed.
 #pragma unroll
-      for (int p = 0; p < 2; ++p) {
-        const uint32_t af[4] = {t[0][2 * p], t[0][2 * p + 1], t[1][2 * p], t[1][2 * p + 1]};
-        mma_16816<T>(acc[dg][p], af, pb0, pb1);
+      for (int dg = 0; dg < S::DG; ++dg) {
+        uint32_t t[2][4];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int w = 0; w < 4; ++w) t[h][w] = transpose_8x8(word_of(vraw[h][dg], w));
+        if (next < steps) load_v(next, next_sl, dg);
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const uint32_t af[4] = {t[0][2 * p], t[0][2 * p + 1], t[1][2 * p], t[1][2 * p + 1]};
+          mma_16816<T>(acc[dg][p], af, pb0, pb1);
+        }
+      }
+    } else {
+      // Sᵀ = q Kᵀ: q's hi and lo rows as rows (row8 = 2h + part), key row8 as column row8.
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < S::KS; ++j) {
+        const int i = j / 2, w = 2 * (j % 2);
+        const uint2 qa = qfrag[j][lane];
+        const uint32_t af[4] = {qa.x, 0u, qa.y, 0u};
+        mma_16816<T>(s, af, word_of(kraw[0][i], w), word_of(kraw[0][i], w + 1));
+      }
+      if (next < steps) load_k(next, next_sl);
+
+      // Lane (row8, quad) holds row row8's part of keys 2·quad, +1: hi + lo from the lane 4 on.
+      // The online softmax of group row row8 / 2 over the step's 8 keys, two a lane.
+      const int key0 = k_begin + step * S::KEYS + 2 * quad;
+      const float h0 = s[0] + __shfl_xor_sync(kAll, s[0], 4), h1 = s[1] + __shfl_xor_sync(kAll, s[1], 4);
+      const float s0 = key0 < k_end ? h0 : -INFINITY, s1 = key0 + 1 < k_end ? h1 : -INFINITY;
+      float top = fmaxf(s0, s1);
+      top = fmaxf(top, __shfl_xor_sync(kAll, top, 1));
+      top = fmaxf(top, __shfl_xor_sync(kAll, top, 2));
+      const float m_new = fmaxf(m, top);  // finite: the step's first key is in the chunk
+      const float p0 = __expf(s0 - m_new), p1 = __expf(s1 - m_new);
+      float sum = p0 + p1;
+      sum += __shfl_xor_sync(kAll, sum, 1);
+      sum += __shfl_xor_sync(kAll, sum, 2);
+      const float f = __expf(m - m_new);
+      m = m_new;
+      l = l * f + sum;
+      // O's columns are group row quad's: its factor from a lane that keeps that row (row8 = 2·quad).
+      rescale(__shfl_sync(kAll, f, 8 * quad));
+
+      // P's B fragment (k8 x n8): keys 2·quad, +1 of column row8, this lane's own p0, p1.
+      const uint32_t pb = col_head < group ? pack_part<T>(p0, p1, col_lo) : 0u;
+
+      // O ᵀ += Vᵀ Pᵀ by m16n8k8, a 32-dim group at a time.
+#pragma unroll
+      for (int dg = 0; dg < S::DG; ++dg) {
+        uint32_t t[4];
+#pragma unroll
+        for (int w = 0; w < 4; ++w) t[w] = transpose_8x8(word_of(vraw[0][dg], w));
+        if (next < steps) load_v(next, next_sl, dg);
+#pragma unroll
+        for (int p = 0; p < 2; ++p) mma_1688<T>(acc[dg][p], t[2 * p], t[2 * p + 1], pb);
       }
     }
     sl = next_sl;
@@ -252,31 +319,43 @@ __global__ void __launch_bounds__(kDecodeThreads, 2) decode_mma_kernel(DecodeAtt
         warp_acc[warp][quad][d + 2] = acc[dg][p][2] + acc[dg][p][3];
       }
     }
-    if (row8 == 0) {
-      warp_m[warp][quad] = m;
-      warp_l[warp][quad] = l;
-    }
+  }
+  // Group row quad's softmax state: this lane's (16-key steps) or lane 8·quad's (8-key steps).
+  const float m_q = KEYS == 16 ? m : __shfl_sync(kAll, m, 8 * quad);
+  const float l_q = KEYS == 16 ? l : __shfl_sync(kAll, l, 8 * quad);
+  if (quad < group && row8 == 0) {
+    warp_m[warp][quad] = m_q;
+    warp_l[warp][quad] = l_q;
   }
   finish_warp_states<T, HD, G, WARPS>(a, r, g, z, token, group, active, warp_acc, warp_m, warp_l);
 }
 
-}  // namespace
-
-template <typename T, int HD, int G>
-void launch_decode_mma(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
+template <typename T, int HD, int G, int KEYS>
+void launch_keys(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
   if (args.fuse.qkv) {
-    launch_dependent(decode_mma_kernel<T, HD, G, true>, grid, dim3(kDecodeThreads), 0, stream, args);
+    launch_dependent(decode_mma_kernel<T, HD, G, true, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
   } else {
-    launch_dependent(decode_mma_kernel<T, HD, G, false>, grid, dim3(kDecodeThreads), 0, stream, args);
+    launch_dependent(decode_mma_kernel<T, HD, G, false, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
   }
   SY_CUDA_CHECK_LAUNCH(decode_mma_kernel);
 }
 
+}  // namespace
+
+// As the warp-stepped kernel: 8-key steps (three blocks an SM) where rows are split and chunks
+// short, 16-key steps where not.
+template <typename T, int HD, int G>
+void launch_decode_mma(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
+  if (args.splits > 1 && short_decode_steps_allowed()) return launch_keys<T, HD, G, 8>(args, grid, stream);
+  launch_keys<T, HD, G, 16>(args, grid, stream);
+}
+
+// The 16-key build's: the grids past one wave (unsplit rows at large batch) are the ones it runs.
 template <typename T, int HD, int G>
 int decode_mma_blocks_per_sm() {
   int blocks = 0;
-  SY_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_mma_kernel<T, HD, G, false>, kDecodeThreads, 0));
+  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_mma_kernel<T, HD, G, false, 16>,
+                                                              kDecodeThreads, 0));
   return blocks;
 }
 

@@ -13,9 +13,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/paged_kv.cuh"
@@ -235,15 +232,6 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
   finish_warp_states<T, HD, G, WARPS>(a, r, g, z, token, group, active, warp_acc, warp_m, warp_l);
 }
 
-// SWITCHYARD_CUDA_DECODE_STEP_KEYS=16: 16-key steps for every grid (for measuring).
-bool short_steps_allowed() {
-  static const bool allowed = [] {
-    const char* v = std::getenv("SWITCHYARD_CUDA_DECODE_STEP_KEYS");
-    return !(v && std::strcmp(v, "16") == 0);
-  }();
-  return allowed;
-}
-
 template <typename T, int HD, int G, int KEYS>
 void launch_keys(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
   if (args.fuse.qkv) {
@@ -263,7 +251,7 @@ void launch_keys(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t str
 template <typename T, int HD, int G>
 void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
   if constexpr (HD >= 32) {
-    if (args.splits > 1 && short_steps_allowed()) return launch_keys<T, HD, G, 8>(args, grid, stream);
+    if (args.splits > 1 && short_decode_steps_allowed()) return launch_keys<T, HD, G, 8>(args, grid, stream);
   }
   launch_keys<T, HD, G, 16>(args, grid, stream);
 }
