@@ -344,7 +344,7 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     async (_name, dirOf) => {
       const dir = dirOf();
       // A prefill step of 700+ rows (tuned algorithms: gemm.h, from 512 rows), then decode steps
-      // of 10 rows (cublasGemmEx in a graph of 16, in both engines).
+      // of 10 rows (a graph of 16: cublasGemmEx or small_gemm, the same in both engines).
       const prompts = [promptTokens(700, 81), ...Array.from({ length: 9 }, (_, i) => promptTokens(20 + i, 82 + i))];
       const withTuning = (mode: "on" | "off"): Promise<Collected[]> =>
         withEnv("SWITCHYARD_CUDA_GEMM_TUNE", mode, async () => {
@@ -357,6 +357,27 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
         });
       const [off, on] = [await withTuning("off"), await withTuning("on")];
       for (let i = 0; i < prompts.length; i++) expectSameGreedy(off[i], on[i], `prompt ${i}: tuned vs cuBLAS's default GEMMs`);
+    },
+  );
+
+  it.each(models)(
+    "runs products of a few rows on its own tensor-core kernel, with cuBLAS's output: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      // Seven requests: decode steps of 7 rows in the graph of 8 (bf16 stacks hi and lo: 16 rows,
+      // fp16 8), past the gemv's 4 and within small_gemm's 16.
+      const prompts = Array.from({ length: 7 }, (_, i) => promptTokens(30 + 11 * i, 121 + i));
+      const run = (mode: "on" | "off"): Promise<Collected[]> =>
+        withEnv("SWITCHYARD_CUDA_SMALL_GEMM", mode, async () => {
+          const engine = await gpuEngine(dir);
+          if (mode === "on") expect(engine.info.backendDetail).toMatch(/products of up to 16 rows on tensor cores/);
+          else expect(engine.info.backendDetail).not.toMatch(/products of up to/);
+          const outs = await Promise.all(prompts.map((p, i) => collect(engine, `small-${mode}-${i}`, p, greedy(24))));
+          await engine.close();
+          return outs;
+        });
+      const [off, on] = [await run("off"), await run("on")];
+      for (let i = 0; i < prompts.length; i++) expectSameGreedy(off[i], on[i], `prompt ${i}: small_gemm vs cuBLAS`);
     },
   );
 

@@ -37,6 +37,7 @@
 #include "kernels/cuda/decode_step_trace.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/small_gemm.h"
 #include "model/safetensors.h"
 
 namespace sy {
@@ -325,7 +326,10 @@ class Qwen3Cuda final : public CudaModelRunner {
   std::string detail() const override {
     const std::string tuned = gemm_->tuned_summary();
     return std::string(dtype()) + (split_.any() ? ", GEMM inputs split into hi + lo" : "") +
-           (tuned.empty() ? "" : "; " + tuned) + "; prefill attention " +
+           (tuned.empty() ? "" : "; " + tuned) +
+           (gemm_->small_products()
+                ? "; products of up to " + std::to_string(cuda::kSmallGemmRows) + " rows on tensor cores"
+                : "") + "; prefill attention " +
            cuda::prefill_kernel_name(hd_) + "; decode attention " +
            cuda::decode_attention_summary(hd_, c_.num_heads, c_.num_kv_heads, decode_kernel_) + "; " +
            (persistent_ok_ ? "batch-1 decode steps: one persistent kernel"

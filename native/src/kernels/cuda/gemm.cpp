@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/small_gemm.h"
 
 namespace sy::cuda {
 namespace {
@@ -44,6 +45,13 @@ int64_t min_tuned_rows_from_env() {
   if (std::strcmp(v, "off") == 0) return 0;
   const long long n = std::atoll(v);
   return n > 0 ? static_cast<int64_t>(n) : Gemm::kMinTunedRows;
+}
+
+// SWITCHYARD_CUDA_SMALL_GEMM=off: products of a few rows on cuBLAS too (for measuring). Read by
+// each Gemm, as the tuning switch.
+bool small_gemm_from_env() {
+  const char* v = std::getenv("SWITCHYARD_CUDA_SMALL_GEMM");
+  return !(v && std::strcmp(v, "off") == 0);
 }
 
 // Row-major y[n, out] = x[n, in] · wᵀ is column-major yᵀ[out, n] = (w as [in, out])ᵀ · xᵀ[in, n],
@@ -140,7 +148,10 @@ struct Gemm::Tuned {
 };
 
 Gemm::Gemm(cudaStream_t stream)
-    : stream_(stream), min_tuned_rows_(min_tuned_rows_from_env()), tuned_(std::make_unique<Tuned>()) {
+    : stream_(stream),
+      min_tuned_rows_(min_tuned_rows_from_env()),
+      small_rows_(small_gemm_from_env()),
+      tuned_(std::make_unique<Tuned>()) {
   cublasHandle_t h;
   check(cublasCreate(&h), "cublasCreate");
   handle_ = h;
@@ -173,6 +184,10 @@ void Gemm::run_16bit_out(const void* x, int64_t n, const void* w, int64_t out, i
 void Gemm::matmul(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y,
                   bool y_16bit, bool accumulate) {
   if (n == 0) return;
+  if (small_rows_ && small_gemm_fits(x, n, w, out, in)) {
+    small_gemm(x, n, w, out, in, dtype, y, y_16bit, accumulate, stream_);
+    return;
+  }
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const cudaDataType_t t = data_type(dtype), y_type = y_16bit ? t : CUDA_R_32F;
   if (min_tuned_rows_ > 0 && n >= min_tuned_rows_) {

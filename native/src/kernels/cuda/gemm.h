@@ -1,6 +1,7 @@
-// The CUDA backend's matrix products, through cuBLAS: y[n, out] = x[n, in] · wᵀ with x and w in
-// the model's 16-bit dtype, fp32 accumulation and an fp32 (or 16-bit) result. The only file that includes
-// cuBLAS, so everything else compiles where cuBLAS's headers are absent.
+// The CUDA backend's matrix products: y[n, out] = x[n, in] · wᵀ with x and w in the model's 16-bit
+// dtype, fp32 accumulation and an fp32 (or 16-bit) result. Through cuBLAS, except products of at
+// most kSmallGemmRows rows (decode steps), which run small_gemm.cu's kernel. The only file that
+// includes cuBLAS, so everything else compiles where cuBLAS's headers are absent.
 //
 // Prefill-sized products can run an algorithm picked by timing (tune): cuBLAS's own heuristic,
 // which cublasGemmEx follows, leaves 10-27% on the table for some of the model's prefill shapes
@@ -26,8 +27,9 @@ class Gemm {
 
   /**
    * w is [out, in] row-major; x is [n, in]; y is [n, out] (fp32), or y += x · wᵀ with
-   * `accumulate`. Runs the algorithm tune() chose for this shape and n's size class, where it
-   * chose one, else cublasGemmEx's. Throws with cuBLAS's status.
+   * `accumulate`. Runs small_gemm where it fits (small_gemm.h; SWITCHYARD_CUDA_SMALL_GEMM=off
+   * says not), else the algorithm tune() chose for this shape and n's size class, where it chose
+   * one, else cublasGemmEx's. Throws with cuBLAS's status.
    */
   void run(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, float* y,
            bool accumulate = false);
@@ -50,6 +52,9 @@ class Gemm {
   void tune(const void* x, int64_t max_n, const std::vector<const void*>& ws, int64_t out, int64_t in, Half16 dtype,
             void* y, bool accumulate, bool y_16bit);
 
+  /** Whether products of at most kSmallGemmRows rows run small_gemm where they fit. */
+  bool small_products() const { return small_rows_; }
+
   /** What tune() chose, for the engine's description: "" when nothing was tuned. */
   std::string tuned_summary() const;
 
@@ -68,6 +73,7 @@ class Gemm {
   void* workspace_ = nullptr;
   cudaStream_t stream_;
   int64_t min_tuned_rows_;  // 0: no tuning
+  bool small_rows_;         // small_gemm for the products it fits
   std::unique_ptr<Tuned> tuned_;
 };
 
