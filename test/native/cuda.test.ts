@@ -365,7 +365,7 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     async (_name, dirOf) => {
       const dir = dirOf();
       // Seven requests: decode steps of 7 rows in the graph of 8 (bf16 stacks hi and lo: 16 rows,
-      // fp16 8), past the gemv's 4 and within small_gemm's 16.
+      // fp16 8), past the gemv's 2 and within small_gemm's 16.
       const prompts = Array.from({ length: 7 }, (_, i) => promptTokens(30 + 11 * i, 121 + i));
       const run = (mode: "on" | "off"): Promise<Collected[]> =>
         withEnv("SWITCHYARD_CUDA_SMALL_GEMM", mode, async () => {

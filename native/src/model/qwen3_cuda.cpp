@@ -10,9 +10,9 @@
 // qkv and gate_up products are 16-bit on the cuBLAS path: kernels.h, Product); the cache and q
 // are 16-bit, and GEMM inputs are 16-bit hi + lo pairs (SplitGemmInputs). Prefill-sized GEMMs
 // run the cuBLASLt algorithms timed at load (kernels/cuda/gemm.h). Steps of at most
-// gemv_max_rows_ tokens (decode at batch 1-4) run the GEMMs as gemv kernels with the RMSNorm (and
+// gemv_max_rows_ tokens (decode at batch 1-2) run the GEMMs as gemv kernels with the RMSNorm (and
 // residual add) or SiLU*up fused in as their prologue (the residual then alternates between two
-// buffers); larger steps use cuBLAS after separate norm / SiLU kernels. The final norm + lm_head
+// buffers); larger steps use Gemm (kernels/cuda/gemm.h) after separate norm / SiLU kernels. The final norm + lm_head
 // use gemv whenever at most that many rows need logits. In a pure decode step the attention
 // kernel does the q/k norm + RoPE + KV store itself, and the decode kernels are launched as
 // programmatic dependents (kernels/cuda/dependent_launch.cuh), as are a prefill step's norms,
@@ -256,9 +256,11 @@ class Qwen3Cuda final : public CudaModelRunner {
     // decode steps too (same results; for measuring what the fusion gives).
     const char* fusion = std::getenv("SWITCHYARD_CUDA_DECODE_FUSION");
     fuse_decode_ = !(fusion && std::strcmp(fusion, "off") == 0);
-    // SWITCHYARD_CUDA_GEMV_MAX_ROWS (0-8, default 4): steps of up to that many tokens use gemv,
-    // larger ones cuBLAS. H200 decode steps, gemv vs cuBLAS: batch 3 1.56 vs 2.25 ms, batch 4
-    // 1.58 vs 2.29, batch 6 2.24 vs 2.21, batch 8 2.40 vs 2.35.
+    // SWITCHYARD_CUDA_GEMV_MAX_ROWS (0-8, default 2): steps of up to that many tokens use gemv,
+    // larger ones Gemm (small_gemm up to 16 rows, then cuBLAS). H200 decode steps, gemv vs
+    // cuBLAS (session 3): batch 3 1.56 vs 2.25 ms, batch 4 1.58 vs 2.29, batch 6 2.24 vs 2.21;
+    // gemv vs small_gemm (session 15, bf16): batch 3 1.313 vs 1.224, batch 4 1.360 vs 1.279,
+    // batch 2 1.225 vs 1.229.
     const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
     if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
     // SWITCHYARD_CUDA_PERSISTENT (on | off; default kPersistentByDefault): batch-1 decode steps
@@ -1167,7 +1169,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   T *hn_ = nullptr, *q_ = nullptr, *attn_ = nullptr, *act_ = nullptr, *last_ = nullptr;
   SplitGemmInputs split_;
   bool fuse_decode_ = true;
-  int gemv_max_rows_ = 4;
+  int gemv_max_rows_ = 2;
   int max_splits_ = kMaxSplits;  // SWITCHYARD_CUDA_DECODE_SPLITS
   int decode_slots_ = 1;          // decode attention blocks the GPU runs at once
   bool silu_in_gate_up_ = true;   // SWITCHYARD_CUDA_GEMV_SILU
