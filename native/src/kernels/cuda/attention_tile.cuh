@@ -46,6 +46,11 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
   }
 }
 
+/** 32-bit word i (0-3) of a 16-byte load: two 16-bit values of an MMA fragment. */
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
 /** d += a · b for one m16n8k16 tile, 16-bit inputs, fp32 accumulators. */
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {

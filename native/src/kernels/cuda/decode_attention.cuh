@@ -70,6 +70,24 @@ inline bool short_decode_steps_allowed() {
   return allowed;
 }
 
+/**
+ * Launches the build of a warp-stepped or tensor-core decode kernel a launch needs: `launch`
+ * receives FUSED (the step makes q itself: args.fuse.qkv) and the step size as
+ * std::integral_constant values: 8-key steps where rows are split and chunks short (when the
+ * kernel has them, SHORT_STEPS), 16-key steps where not.
+ */
+template <bool SHORT_STEPS, typename T, typename Launch>
+void launch_warp_steps(const DecodeAttentionArgs<T>& args, Launch&& launch) {
+  const auto with_keys = [&](auto keys) {
+    if (args.fuse.qkv) launch(std::true_type{}, keys);
+    else launch(std::false_type{}, keys);
+  };
+  if constexpr (SHORT_STEPS) {
+    if (args.splits > 1 && short_decode_steps_allowed()) return with_keys(std::integral_constant<int, 8>{});
+  }
+  with_keys(std::integral_constant<int, 16>{});
+}
+
 /** The output dims a thread holds at the end of a decode block: tid, tid + kDecodeThreads, ... */
 template <int HD>
 __host__ __device__ constexpr int decode_dims_per_thread() {

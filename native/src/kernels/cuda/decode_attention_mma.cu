@@ -1,10 +1,10 @@
-// Decode attention on tensor cores: the warp-stepped kernel's grid, splits, 16-key warp steps and
-// merge (decode_attention_warps.cu), with a step's Q Kᵀ and P V as mma.sync m16n8k16 instead of
-// per-lane dot products. At batch 256 the warp-stepped kernel spends ~1000 instructions a warp
-// step on 8 KB of K and V (conversions, FMA chains, shared-memory q reads), reads at ~65% of the
-// copy bandwidth, and is bound by neither its bytes nor its issue rate (bench/CUDA_NOTES.md,
-// session 14): a latency chain. Here a step is 16 MMAs, 32 register transposes and a softmax of
-// two scores a lane.
+// Decode attention on tensor cores: the warp-stepped kernel's grid, splits, warp steps and merge
+// (decode_attention_warps.cu), with a step's Q Kᵀ and P V as mma.sync instead of per-lane dot
+// products. At batch 256 the warp-stepped kernel spent ~1000 instructions a 16-key step on 8 KB of
+// K and V (conversions, FMA chains, shared-memory q reads) and read at ~65% of DRAM peak, bound by
+// neither its bytes nor its issue rate: a latency chain. Here a 16-key step is 16 MMAs, 32 register
+// transposes and a softmax of two scores a lane, and the kernel reads at ~79% of DRAM peak
+// (bench/CUDA_NOTES.md, "Session 15").
 //
 // The fragments come straight from 16-byte global loads, since a dot product does not care in
 // which order its dims are summed, nor P V in which order its keys are:
@@ -18,7 +18,10 @@
 //    four 8x8 matrices (key, dim pair) whose transposes (movmatrix) are Vᵀ's A fragments for dims
 //    32dg + 8(row8 / 2) + 2w + row8 % 2. P's B fragment (P as hi and lo again) is gathered from
 //    the score lanes by four shuffles.
-// Built for head_dim 64 and 128 at GQA groups 2 and 4 (has_mma_build).
+// Where a launch splits rows (short chunks), steps are 8 keys at three blocks an SM, as in the
+// warp-stepped kernel: Sᵀ = q Kᵀ with q's hi and lo rows as A (rows 8-15 zero) against key row8
+// as B's column, hi + lo added by one shuffle, and P V by m16n8k8, P's fragment being the lane's
+// own probabilities. Built for head_dim 64 and 128 at GQA groups 2 and 4 (has_mma_build).
 #include "kernels/cuda/decode_attention_mma.h"
 
 #include <cuda_bf16.h>
@@ -44,10 +47,6 @@ struct MmaStepShape {
   // key's, three blocks an SM, for the short chunks of split rows.
   static constexpr int MIN_BLOCKS = K == 8 ? 3 : 2;
 };
-
-__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
 
 __device__ __forceinline__ uint32_t transpose_8x8(uint32_t x) {
   uint32_t y;
@@ -330,24 +329,17 @@ __global__ void __launch_bounds__(kDecodeThreads, (MmaStepShape<HD, KEYS>::MIN_B
   finish_warp_states<T, HD, G, WARPS>(a, r, g, z, token, group, active, warp_acc, warp_m, warp_l);
 }
 
-template <typename T, int HD, int G, int KEYS>
-void launch_keys(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
-  if (args.fuse.qkv) {
-    launch_dependent(decode_mma_kernel<T, HD, G, true, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
-  } else {
-    launch_dependent(decode_mma_kernel<T, HD, G, false, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
-  }
-  SY_CUDA_CHECK_LAUNCH(decode_mma_kernel);
-}
-
 }  // namespace
 
 // As the warp-stepped kernel: 8-key steps (three blocks an SM) where rows are split and chunks
 // short, 16-key steps where not.
 template <typename T, int HD, int G>
 void launch_decode_mma(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
-  if (args.splits > 1 && short_decode_steps_allowed()) return launch_keys<T, HD, G, 8>(args, grid, stream);
-  launch_keys<T, HD, G, 16>(args, grid, stream);
+  launch_warp_steps<true>(args, [&](auto fused, auto keys) {
+    launch_dependent(decode_mma_kernel<T, HD, G, decltype(fused)::value, decltype(keys)::value>, grid,
+                     dim3(kDecodeThreads), 0, stream, args);
+  });
+  SY_CUDA_CHECK_LAUNCH(decode_mma_kernel);
 }
 
 // The 16-key build's: the grids past one wave (unsplit rows at large batch) are the ones it runs.

@@ -232,16 +232,6 @@ __global__ void __launch_bounds__(kDecodeThreads, (WarpStepShape<HD, KEYS>::MIN_
   finish_warp_states<T, HD, G, WARPS>(a, r, g, z, token, group, active, warp_acc, warp_m, warp_l);
 }
 
-template <typename T, int HD, int G, int KEYS>
-void launch_keys(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
-  if (args.fuse.qkv) {
-    launch_dependent(decode_warps_kernel<T, HD, G, true, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
-  } else {
-    launch_dependent(decode_warps_kernel<T, HD, G, false, KEYS>, grid, dim3(kDecodeThreads), 0, stream, args);
-  }
-  SY_CUDA_CHECK_LAUNCH(decode_warps_kernel);
-}
-
 }  // namespace
 
 // Rows cut into splits have short chunks (at batch 8 and a 512-token context, 128 keys: one
@@ -250,10 +240,11 @@ void launch_keys(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t str
 // faster there (bench/CUDA_NOTES.md, "Session 14"). Head dims below 32 have no 8-key build.
 template <typename T, int HD, int G>
 void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream) {
-  if constexpr (HD >= 32) {
-    if (args.splits > 1 && short_decode_steps_allowed()) return launch_keys<T, HD, G, 8>(args, grid, stream);
-  }
-  launch_keys<T, HD, G, 16>(args, grid, stream);
+  launch_warp_steps<(HD >= 32)>(args, [&](auto fused, auto keys) {
+    launch_dependent(decode_warps_kernel<T, HD, G, decltype(fused)::value, decltype(keys)::value>, grid,
+                     dim3(kDecodeThreads), 0, stream, args);
+  });
+  SY_CUDA_CHECK_LAUNCH(decode_warps_kernel);
 }
 
 // The 16-key build's: the grids past one wave (unsplit rows at large batch) are the ones it runs.

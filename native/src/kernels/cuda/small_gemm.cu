@@ -28,10 +28,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kPiece = 32;   // elements of the inner dimension a lane quad covers with one load each
 constexpr int kRound = 4;    // pieces a warp loads before it multiplies
 
-__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
 template <typename T, int NT, bool OUT16>
 __global__ void __launch_bounds__(kThreads) small_gemm_kernel(const T* __restrict__ x, int n, const T* __restrict__ w,
                                                               int out, int in, void* y, bool accumulate) {
