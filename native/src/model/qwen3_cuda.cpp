@@ -12,8 +12,8 @@
 // run the cuBLASLt algorithms timed at load (kernels/cuda/gemm.h). Steps of at most
 // gemv_max_rows_ tokens (decode at batch 1-2) run the GEMMs as gemv kernels with the RMSNorm (and
 // residual add) or SiLU*up fused in as their prologue (the residual then alternates between two
-// buffers); larger steps use Gemm (kernels/cuda/gemm.h) after separate norm / SiLU kernels. The final norm + lm_head
-// use gemv whenever at most that many rows need logits. In a pure decode step the attention
+// buffers); larger steps use Gemm (kernels/cuda/gemm.h) after separate norm / SiLU kernels. The
+// final norm + lm_head use gemv whenever at most that many rows need logits. In a pure decode step the attention
 // kernel does the q/k norm + RoPE + KV store itself, and the decode kernels are launched as
 // programmatic dependents (kernels/cuda/dependent_launch.cuh), as are a prefill step's norms,
 // q/k pass, attention and SiLU·up. With SWITCHYARD_CUDA_PERSISTENT=on
@@ -484,8 +484,10 @@ class Qwen3Cuda final : public CudaModelRunner {
   int splits_for(int rows) const {
     // Enough blocks for two waves over the SMs, but no more splits than 64-key tiles of context;
     // past one wave of the blocks the GPU runs at once (decode_slots_), a few more splits where
-    // that fills the last wave (bench/CUDA_NOTES.md, "Session 13"). With the warp-stepped kernel's
-    // 264 slots on the H200 (two blocks an SM), batch 64's one split a row is 1.94 waves.
+    // that fills the last wave (bench/CUDA_NOTES.md, "Session 13"). With the 16-key build's 264
+    // slots on the H200 (two blocks an SM, tensor-core or warp-stepped), batch 64's one split a row
+    // is 1.94 waves. Split rows run the 8-key build (three blocks an SM), which these waves do not
+    // count (CUDA_NOTES, "Session 15").
     const int blocks = std::max(1, rows * c_.num_kv_heads);
     const int cap = std::max(1, std::min(max_splits_, (opt_.max_model_len + 63) / 64));
     const int want = std::max(1, std::min((2 * num_sms_ + blocks - 1) / blocks, cap));

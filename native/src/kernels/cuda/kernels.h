@@ -139,14 +139,6 @@ struct DecodeFusion {
 };
 
 /**
- * Decode attention, split over the context: row r is token rows[3r] of sequence rows[3r+1], whose
- * context is rows[3r+2] keys (its position + 1); it attends to cache positions 0..pos. Up to
- * `splits` blocks share each (row, kv head) and write partial softmax states to `partials`; the
- * last of them merges. `partials` holds rows * heads * splits * (head_dim + 2) floats; `counters`
- * rows * kv_heads ints, zero before the first launch (each launch leaves them zero).
- * `kernel`: which kernel runs where it is built (DecodeKernel).
- */
-/**
  * The decode attention kernels, fastest first; each shape runs the first one at or after the
  * engine's choice that is built for it (the block kernel is built for every shape). TensorCore:
  * decode_attention_mma.cu; WarpStepped: decode_attention_warps.cu; Block: decode_attention.cuh's
@@ -154,6 +146,14 @@ struct DecodeFusion {
  */
 enum class DecodeKernel { TensorCore, WarpStepped, Block };
 
+/**
+ * Decode attention, split over the context: row r is token rows[3r] of sequence rows[3r+1], whose
+ * context is rows[3r+2] keys (its position + 1); it attends to cache positions 0..pos. Up to
+ * `splits` blocks share each (row, kv head) and write partial softmax states to `partials`; the
+ * last of them merges. `partials` holds rows * heads * splits * (head_dim + 2) floats; `counters`
+ * rows * kv_heads ints, zero before the first launch (each launch leaves them zero).
+ * `kernel`: which kernel runs where it is built (DecodeKernel).
+ */
 template <typename T>
 void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv,
                             int num_heads, int splits, float* partials, int* counters, const AttentionOut<T>& out,
