@@ -13,6 +13,7 @@
 // through the chunk on their own, on tensor cores or on the CUDA cores (DecodeKernel).
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.cuh"
@@ -24,6 +25,15 @@
 
 namespace sy::cuda {
 namespace {
+
+// The kernels are built for GQA groups rounded up to 2, 4 or 8 (registers and shared memory are
+// sized by it): f(std::integral_constant<int, G>) for a group's G.
+template <typename F>
+decltype(auto) with_rounded_group(int group, F&& f) {
+  if (group <= 2) return f(std::integral_constant<int, 2>{});
+  if (group <= 4) return f(std::integral_constant<int, 4>{});
+  return f(std::integral_constant<int, 8>{});
+}
 
 template <typename T, int HD, int G, bool FUSED>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeAttentionArgs<T> args) {
@@ -56,10 +66,10 @@ template <typename T, int HD>
 void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<T>& kv, int num_heads, int splits,
                    float* partials, int* counters, const AttentionOut<T>& out, const DecodeFusion<T>& fuse,
                    DecodeKernel kernel, cudaStream_t stream) {
-  const int group = num_heads / kv.num_kv_heads;
-  if (group <= 2) return launch_decode_group<T, HD, 2>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, kernel, stream);
-  if (group <= 4) return launch_decode_group<T, HD, 4>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, kernel, stream);
-  return launch_decode_group<T, HD, 8>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out, fuse, kernel, stream);
+  with_rounded_group(num_heads / kv.num_kv_heads, [&](auto g) {
+    launch_decode_group<T, HD, decltype(g)::value>(q, rows, num_rows, kv, num_heads, splits, partials, counters, out,
+                                                   fuse, kernel, stream);
+  });
 }
 
 template <typename T, int HD, int G>
@@ -77,9 +87,7 @@ int blocks_per_sm(DecodeKernel kernel) {
 
 template <typename T, int HD>
 int blocks_per_sm_for_group(int group, DecodeKernel kernel) {
-  if (group <= 2) return blocks_per_sm<T, HD, 2>(kernel);
-  if (group <= 4) return blocks_per_sm<T, HD, 4>(kernel);
-  return blocks_per_sm<T, HD, 8>(kernel);
+  return with_rounded_group(group, [&](auto g) { return blocks_per_sm<T, HD, decltype(g)::value>(kernel); });
 }
 
 }  // namespace
@@ -100,7 +108,8 @@ int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, Decode
 }
 
 std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel) {
-  const int group = num_heads / num_kv_heads, rounded = group <= 2 ? 2 : group <= 4 ? 4 : 8;
+  const int group = num_heads / num_kv_heads;
+  const int rounded = with_rounded_group(group, [](auto g) { return decltype(g)::value; });
   const std::string shape = "head_dim " + std::to_string(head_dim) + ", GQA group " + std::to_string(group);
   if (kernel == DecodeKernel::TensorCore) {
     if (has_mma_build(head_dim, rounded)) return "tensor-core";
