@@ -13,11 +13,11 @@
 // gemv_max_rows_ tokens (decode at batch 1-2) run the GEMMs as gemv kernels with the RMSNorm (and
 // residual add) or SiLU*up fused in as their prologue (the residual then alternates between two
 // buffers); larger steps use Gemm (kernels/cuda/gemm.h) after separate norm / SiLU kernels. The
-// final norm + lm_head use gemv whenever at most that many rows need logits. In a pure decode step the attention
-// kernel does the q/k norm + RoPE + KV store itself, and the decode kernels are launched as
-// programmatic dependents (kernels/cuda/dependent_launch.cuh), as are a prefill step's norms,
-// q/k pass, attention and SiLU·up. With SWITCHYARD_CUDA_PERSISTENT=on
-// a batch-1 decode step runs all of that as one persistent kernel (kernels/cuda/decode_step.cu),
+// final norm + lm_head use gemv whenever at most that many rows need logits. In a pure decode
+// step the attention kernel does the q/k norm + RoPE + KV store itself, and the decode kernels are
+// launched as programmatic dependents (kernels/cuda/dependent_launch.cuh), as are a prefill
+// step's norms, q/k pass, attention and SiLU·up. With SWITCHYARD_CUDA_PERSISTENT=on a batch-1
+// decode step runs all of that as one persistent kernel (kernels/cuda/decode_step.cu),
 // with the same bits as kernel per op on the block decode attention kernel, where the GPU and
 // shape allow (at parity so far: off by default).
 #include "model/qwen3_cuda.h"
@@ -117,6 +117,12 @@ constexpr bool kPersistentByDefault = false;
 // SWITCHYARD_CUDA_ATTENTION_SUBLAYER says otherwise: off, slower than kernel per op on the H200
 // (bench/CUDA_NOTES.md, "Session 13").
 constexpr bool kSublayerByDefault = false;
+
+// Whether the environment variable `name` (a switch read when an engine loads) says "off".
+bool env_is_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, "off") == 0;
+}
 
 // fp16 saturates, as the kernels' conversions do (from_f32); the caller counts what did.
 uint16_t f32_to_half_bits(float v, bool bf16) {
@@ -254,8 +260,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     split_ = SplitGemmInputs::from_env(is_bf16<T>());
     // SWITCHYARD_CUDA_DECODE_FUSION=off keeps the separate q/k norm + RoPE + KV store pass in
     // decode steps too (same results; for measuring what the fusion gives).
-    const char* fusion = std::getenv("SWITCHYARD_CUDA_DECODE_FUSION");
-    fuse_decode_ = !(fusion && std::strcmp(fusion, "off") == 0);
+    fuse_decode_ = !env_is_off("SWITCHYARD_CUDA_DECODE_FUSION");
     // SWITCHYARD_CUDA_GEMV_MAX_ROWS (0-8, default 2): steps of up to that many tokens use gemv,
     // larger ones Gemm (small_gemm up to 16 rows, then cuBLAS). H200 decode steps, gemv vs
     // cuBLAS (session 3): batch 3 1.56 vs 2.25 ms, batch 4 1.58 vs 2.29, batch 6 2.24 vs 2.21;
@@ -282,13 +287,9 @@ class Qwen3Cuda final : public CudaModelRunner {
     // SWITCHYARD_CUDA_DECODE_WARPS=off: decode attention on the block kernel, as before session 14
     // (the persistent decode step's; for measuring and for comparing bits with that step).
     // SWITCHYARD_CUDA_DECODE_MMA=off: on the warp-stepped kernel, as before session 15.
-    const auto off = [](const char* name) {
-      const char* v = std::getenv(name);
-      return v && std::strcmp(v, "off") == 0;
-    };
-    decode_kernel_ = off("SWITCHYARD_CUDA_DECODE_WARPS") ? cuda::DecodeKernel::Block
-                     : off("SWITCHYARD_CUDA_DECODE_MMA") ? cuda::DecodeKernel::WarpStepped
-                                                         : cuda::DecodeKernel::TensorCore;
+    decode_kernel_ = env_is_off("SWITCHYARD_CUDA_DECODE_WARPS") ? cuda::DecodeKernel::Block
+                     : env_is_off("SWITCHYARD_CUDA_DECODE_MMA") ? cuda::DecodeKernel::WarpStepped
+                                                                : cuda::DecodeKernel::TensorCore;
     const char* sublayer = std::getenv("SWITCHYARD_CUDA_ATTENTION_SUBLAYER");
     if (sublayer && *sublayer) {
       sublayer_wanted_ = std::strcmp(sublayer, "off") != 0;

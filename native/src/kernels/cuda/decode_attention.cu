@@ -80,9 +80,7 @@ int blocks_per_sm(DecodeKernel kernel) {
   if constexpr (has_warps_build(HD, G)) {
     if (kernel != DecodeKernel::Block) return decode_warps_blocks_per_sm<T, HD, G>();
   }
-  int blocks = 0;
-  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel<T, HD, G, false>, kDecodeThreads, 0));
-  return blocks;
+  return decode_blocks_per_sm(decode_kernel<T, HD, G, false>);
 }
 
 template <typename T, int HD>

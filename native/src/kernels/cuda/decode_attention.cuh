@@ -88,6 +88,14 @@ void launch_warp_steps(const DecodeAttentionArgs<T>& args, Launch&& launch) {
   with_keys(std::integral_constant<int, 16>{});
 }
 
+/** How many blocks of a decode kernel (kDecodeThreads threads, static shared memory) an SM runs at once. */
+template <typename Kernel>
+int decode_blocks_per_sm(Kernel kernel) {
+  int blocks = 0;
+  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kDecodeThreads, 0));
+  return blocks;
+}
+
 /** The output dims a thread holds at the end of a decode block: tid, tid + kDecodeThreads, ... */
 template <int HD>
 __host__ __device__ constexpr int decode_dims_per_thread() {

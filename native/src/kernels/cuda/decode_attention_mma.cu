@@ -191,6 +191,24 @@ __global__ void __launch_bounds__(kDecodeThreads, (MmaStepShape<HD, KEYS>::MIN_B
       for (int e = 0; e < 4; ++e) acc[dg][p][e] = 0.0f;
   // The softmax state a lane keeps: of group row quad (16-key steps) or row8 / 2 (8-key steps).
   float m = -INFINITY, l = 0.0f;
+  // A step of that online softmax over the lane's two scores, the step's other keys being in lanes
+  // `lane ^ o` for o = xor_first, 2·xor_first, ..., xor_last: their probabilities in p0 and p1;
+  // returns the factor of the old state (m and l move on).
+  const auto softmax_step = [&](float s0, float s1, int xor_first, int xor_last, float& p0, float& p1) {
+    float top = fmaxf(s0, s1);
+#pragma unroll
+    for (int o = xor_first; o <= xor_last; o <<= 1) top = fmaxf(top, __shfl_xor_sync(kAll, top, o));
+    const float m_new = fmaxf(m, top);  // finite: the step's first key is in the chunk
+    p0 = __expf(s0 - m_new);
+    p1 = __expf(s1 - m_new);
+    float sum = p0 + p1;
+#pragma unroll
+    for (int o = xor_first; o <= xor_last; o <<= 1) sum += __shfl_xor_sync(kAll, sum, o);
+    const float f = __expf(m - m_new);
+    m = m_new;
+    l = l * f + sum;
+    return f;
+  };
   const auto rescale = [&](float f) {
     if (__any_sync(kAll, f != 1.0f)) {
 #pragma unroll
@@ -220,21 +238,12 @@ __global__ void __launch_bounds__(kDecodeThreads, (MmaStepShape<HD, KEYS>::MIN_B
       }
       if (next < steps) load_k(next, next_sl);
 
-      // The online softmax of group row quad over the step's keys, two a lane.
+      // The online softmax of group row quad over the step's keys, two a lane (the other keys in
+      // the lanes of the same quad).
       const float s0 = key_of(step, 0) < k_end ? s[0] + s[1] : -INFINITY;
       const float s1 = key_of(step, 1) < k_end ? s[2] + s[3] : -INFINITY;
-      float top = fmaxf(s0, s1);
-#pragma unroll
-      for (int o = 4; o < 32; o <<= 1) top = fmaxf(top, __shfl_xor_sync(kAll, top, o));
-      const float m_new = fmaxf(m, top);  // finite: the step's first key is in the chunk
-      const float p0 = __expf(s0 - m_new), p1 = __expf(s1 - m_new);
-      float sum = p0 + p1;
-#pragma unroll
-      for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(kAll, sum, o);
-      const float f = __expf(m - m_new);
-      m = m_new;
-      l = l * f + sum;
-      rescale(f);
+      float p0, p1;
+      rescale(softmax_step(s0, s1, 4, 16, p0, p1));
 
       // P's B fragment: keys 2·quad, +1, +8, +9 of column row8, from the lanes holding group row
       // col_head's scores of keys k (lane 4(k % 8) + col_head, p0 or p1 by k / 8).
@@ -276,17 +285,8 @@ __global__ void __launch_bounds__(kDecodeThreads, (MmaStepShape<HD, KEYS>::MIN_B
       const int key0 = k_begin + step * S::KEYS + 2 * quad;
       const float h0 = s[0] + __shfl_xor_sync(kAll, s[0], 4), h1 = s[1] + __shfl_xor_sync(kAll, s[1], 4);
       const float s0 = key0 < k_end ? h0 : -INFINITY, s1 = key0 + 1 < k_end ? h1 : -INFINITY;
-      float top = fmaxf(s0, s1);
-      top = fmaxf(top, __shfl_xor_sync(kAll, top, 1));
-      top = fmaxf(top, __shfl_xor_sync(kAll, top, 2));
-      const float m_new = fmaxf(m, top);  // finite: the step's first key is in the chunk
-      const float p0 = __expf(s0 - m_new), p1 = __expf(s1 - m_new);
-      float sum = p0 + p1;
-      sum += __shfl_xor_sync(kAll, sum, 1);
-      sum += __shfl_xor_sync(kAll, sum, 2);
-      const float f = __expf(m - m_new);
-      m = m_new;
-      l = l * f + sum;
+      float p0, p1;
+      const float f = softmax_step(s0, s1, 1, 2, p0, p1);  // the other keys in the row's lanes
       // O's columns are group row quad's: its factor from a lane that keeps that row (row8 = 2·quad).
       rescale(__shfl_sync(kAll, f, 8 * quad));
 
@@ -345,10 +345,7 @@ void launch_decode_mma(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream
 // The 16-key build's: the grids past one wave (unsplit rows at large batch) are the ones it runs.
 template <typename T, int HD, int G>
 int decode_mma_blocks_per_sm() {
-  int blocks = 0;
-  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_mma_kernel<T, HD, G, false, 16>,
-                                                              kDecodeThreads, 0));
-  return blocks;
+  return decode_blocks_per_sm(decode_mma_kernel<T, HD, G, false, 16>);
 }
 
 #define SY_DECODE_MMA(T, HD, G)                                                                    \

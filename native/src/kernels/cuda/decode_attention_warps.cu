@@ -250,10 +250,7 @@ void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStre
 // The 16-key build's: the grids past one wave (unsplit rows at large batch) are the ones it runs.
 template <typename T, int HD, int G>
 int decode_warps_blocks_per_sm() {
-  int blocks = 0;
-  SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_warps_kernel<T, HD, G, false, 16>,
-                                                              kDecodeThreads, 0));
-  return blocks;
+  return decode_blocks_per_sm(decode_warps_kernel<T, HD, G, false, 16>);
 }
 
 #define SY_DECODE_WARPS(T, HD, G)                                                                    \
