@@ -381,6 +381,27 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     },
   );
 
+  it.each(models.filter(([name]) => name.includes("bf16")))(
+    "runs the split lm_head as one product over the stacked hi and lo rows, with two products' output: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      // Decode steps of 7 rows in the graph of 8: past the gemv's 2 rows, within the stacked
+      // lm_head's hidden / 8 rows (8 for the tiny Qwen3, 128 for the 0.6B shape).
+      const prompts = Array.from({ length: 7 }, (_, i) => promptTokens(40 + 9 * i, 141 + i));
+      const run = (rows: "0" | "auto"): Promise<Collected[]> =>
+        withEnv("SWITCHYARD_CUDA_LM_HEAD_STACKED_ROWS", rows === "0" ? "0" : "", async () => {
+          const engine = await gpuEngine(dir);
+          if (rows === "auto") expect(engine.info.backendDetail).toMatch(/lm_head on stacked hi \+ lo rows for up to \d+ rows/);
+          else expect(engine.info.backendDetail).not.toMatch(/lm_head on stacked/);
+          const outs = await Promise.all(prompts.map((p, i) => collect(engine, `lm-head-${rows}-${i}`, p, greedy(24))));
+          await engine.close();
+          return outs;
+        });
+      const [two, stacked] = [await run("0"), await run("auto")];
+      for (let i = 0; i < prompts.length; i++) expectSameGreedy(two[i], stacked[i], `prompt ${i}: stacked vs two lm_head products`);
+    },
+  );
+
   it("gives the same output with a prefix-cache hit and with chunked prefill", async () => {
     const dir = testQwen3Dir();
     const prompt = promptTokens(300, 5);

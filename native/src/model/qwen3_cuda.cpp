@@ -117,6 +117,12 @@ constexpr bool kPersistentByDefault = false;
 // SWITCHYARD_CUDA_ATTENTION_SUBLAYER says otherwise: off, slower than kernel per op on the H200
 // (bench/CUDA_NOTES.md, "Session 13").
 constexpr bool kSublayerByDefault = false;
+// The most rows whose split lm_head input runs as one GEMM over the stacked hi and lo rows, as a
+// share of the hidden size. Stacking reads the weights (vocab x hidden x 2 bytes) once instead of
+// twice, and costs the lo products' logits written and read twice more (2 x m x vocab x 8 bytes
+// in all, against the second GEMM's read and rewrite of the m rows): it pays below m = hidden / 4.
+// Half of that, so that the logits' extra rows stay small (128 rows, 78 MB, for the 0.6B shape).
+constexpr int kStackedLogitRowsPerHidden = 8;  // hidden / 8 rows
 
 // Whether the environment variable `name` (a switch read when an engine loads) says "off".
 bool env_is_off(const char* name) {
@@ -268,6 +274,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     // batch 2 1.225 vs 1.229.
     const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
     if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
+    // SWITCHYARD_CUDA_LM_HEAD_STACKED_ROWS (0 = off; default hidden / kStackedLogitRowsPerHidden):
+    // the most rows whose split lm_head input runs as one stacked GEMM.
+    const char* stacked_rows = std::getenv("SWITCHYARD_CUDA_LM_HEAD_STACKED_ROWS");
+    if (stacked_rows && *stacked_rows) stacked_logit_rows_ = std::max(0, std::atoi(stacked_rows));
     // SWITCHYARD_CUDA_PERSISTENT (on | off; default kPersistentByDefault): batch-1 decode steps
     // as one persistent kernel (same bits as kernel per op with SWITCHYARD_CUDA_DECODE_WARPS=off;
     // bench/CUDA_NOTES.md, "Session 4").
@@ -332,7 +342,11 @@ class Qwen3Cuda final : public CudaModelRunner {
            (tuned.empty() ? "" : "; " + tuned) +
            (gemm_->small_products()
                 ? "; products of up to " + std::to_string(cuda::kSmallGemmRows) + " rows on tensor cores"
-                : "") + "; prefill attention " +
+                : "") +
+           (stacked_logit_rows_ > 0
+                ? "; lm_head on stacked hi + lo rows for up to " + std::to_string(stacked_logit_rows_) + " rows"
+                : "") +
+           "; prefill attention " +
            cuda::prefill_kernel_name(hd_) + "; decode attention " +
            cuda::decode_attention_summary(hd_, c_.num_heads, c_.num_kv_heads, decode_kernel_) + "; " +
            (persistent_ok_ ? "batch-1 decode steps: one persistent kernel"
@@ -632,9 +646,12 @@ class Qwen3Cuda final : public CudaModelRunner {
     const size_t barrier = lay.take(cuda::decode_step_barrier_words() * 4);
     const size_t argmax_scratch = lay.take(cuda::argmax_scratch_bytes(static_cast<int>(M)));
     const size_t gu = lay.take(gu_rows * N * 2 * inter * 4), act = lay.take((split_.down ? 2 : 1) * N * inter * e);
-    const size_t last = lay.take(M * h * e);
-    const size_t last_lo = lay.take(split_.lm_head ? M * h * e : 0);
-    const size_t logits = lay.take(M * c_.vocab_size * 4);
+    // The split lm_head input's lo rows follow its m hi rows (stacked_gemm), and the logits have
+    // room for the lo products of up to stacked_logit_rows_ rows after the m hi ones.
+    const size_t last = lay.take((split_.lm_head ? 2 : 1) * M * h * e);
+    if (stacked_logit_rows_ < 0) stacked_logit_rows_ = c_.hidden_size / kStackedLogitRowsPerHidden;
+    stacked_logit_rows_ = split_.lm_head ? std::min(stacked_logit_rows_, max_rows_) : 0;
+    const size_t logits = lay.take((M + stacked_logit_rows_) * c_.vocab_size * 4);
     const size_t partials = lay.take(static_cast<size_t>(M) * c_.num_heads * kMaxSplits * (hd_ + 2) * 4);
     const size_t out_ids = lay.take(M * 4 * 2 + M * kMaxTopLogprobs * 8), params = lay.take(M * sizeof(cuda::SampleRow));
     const size_t rope = lay.take(static_cast<size_t>(opt_.max_model_len) * hd_ * 4);
@@ -657,7 +674,6 @@ class Qwen3Cuda final : public CudaModelRunner {
     gu_ = act_mem_.as<float>(gu);
     act_ = act_mem_.as<T>(act);
     last_ = act_mem_.as<T>(last);
-    last_lo_ = act_mem_.as<T>(last_lo);
     logits_ = act_mem_.as<float>(logits);
     partials_ = act_mem_.as<float>(partials);
     out_d_ = act_mem_.as<char>(out_ids);
@@ -1002,9 +1018,17 @@ class Qwen3Cuda final : public CudaModelRunner {
       gemv(GI{GI::kNorm, xa, last_delta, logit_rows, final_norm_, eps, nullptr, split_.lm_head}, m, lm_head_,
            c_.vocab_size, h, logits_);
     } else {
-      T* last_lo = split_.lm_head ? last_lo_ : nullptr;
+      T* last_lo = split_.lm_head ? last_ + static_cast<int64_t>(m) * h : nullptr;
       cuda::gather_add_rmsnorm<T>(xa, last_delta, logit_rows, m, final_norm_, h, eps, last_, last_lo, stream_);
-      gemm(last_, last_lo, m, lm_head_, c_.vocab_size, h, logits_);
+      if (last_lo && m <= stacked_logit_rows_) {
+        // One read of lm_head's weights (297 MiB for the 0.6B shape) instead of gemm's two; the
+        // lo products land after the m hi rows and are added in.
+        const int64_t count = static_cast<int64_t>(m) * c_.vocab_size;
+        stacked_gemm(last_, true, m, lm_head_, c_.vocab_size, h, logits_);
+        cuda::add_into(logits_, logits_ + count, count, stream_);
+      } else {
+        gemm(last_, last_lo, m, lm_head_, c_.vocab_size, h, logits_);
+      }
     }
   }
 
@@ -1173,6 +1197,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   SplitGemmInputs split_;
   bool fuse_decode_ = true;
   int gemv_max_rows_ = 2;
+  int stacked_logit_rows_ = -1;  // SWITCHYARD_CUDA_LM_HEAD_STACKED_ROWS; -1: hidden / kStackedLogitRowsPerHidden
   int max_splits_ = kMaxSplits;  // SWITCHYARD_CUDA_DECODE_SPLITS
   int decode_slots_ = 1;          // decode attention blocks the GPU runs at once
   bool silu_in_gate_up_ = true;   // SWITCHYARD_CUDA_GEMV_SILU
@@ -1188,7 +1213,6 @@ class Qwen3Cuda final : public CudaModelRunner {
   DeviceMemory decode_layers_;  // the persistent step's per-layer pointers (cuda::DecodeLayer)
   unsigned* barrier_ = nullptr;  // its grid barrier's counters
   cuda::DecodeStepTrace step_trace_;  // SWITCHYARD_CUDA_PERSISTENT_TRACE=1
-  T* last_lo_ = nullptr;  // the split lm_head input's lo half (the others': after their buffer's n rows)
   char* out_d_ = nullptr;
   size_t out_bytes_ = 0;
   PinnedMemory out_h_, params_h_;

@@ -272,6 +272,29 @@ __global__ void convert_16bit_kernel(const From* in, int64_t count, To* out, uns
   if (past) atomicAdd(beyond, past);
 }
 
+// y += x, 16 bytes a thread where both are aligned and count % 4 == 0.
+__global__ void add_into_kernel(float* y, const float* x, int64_t count) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const bool quads = count % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+                     reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  if (quads) {
+    float4* y4 = reinterpret_cast<float4*>(y);
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    for (; i < count / 4; i += stride) {
+      float4 a = y4[i];
+      const float4 b = __ldg(x4 + i);
+      a.x += b.x;
+      a.y += b.y;
+      a.z += b.z;
+      a.w += b.w;
+      y4[i] = a;
+    }
+  } else {
+    for (; i < count; i += stride) y[i] += x[i];
+  }
+}
+
 }  // namespace
 
 template <typename From, typename To>
@@ -283,6 +306,13 @@ void convert_16bit(const From* in, int64_t count, To* out, unsigned* beyond, cud
 }
 template void convert_16bit<__nv_bfloat16, __half>(const __nv_bfloat16*, int64_t, __half*, unsigned*, cudaStream_t);
 template void convert_16bit<__half, __nv_bfloat16>(const __half*, int64_t, __nv_bfloat16*, unsigned*, cudaStream_t);
+
+void add_into(float* y, const float* x, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((count + 1023) / 1024, 8192));
+  add_into_kernel<<<blocks, 256, 0, stream>>>(y, x, count);
+  SY_CUDA_CHECK_LAUNCH(add_into_kernel);
+}
 
 void rope_table(const float* inv_freq, int positions, int head_dim, float* table, cudaStream_t stream) {
   const int64_t count = static_cast<int64_t>(positions) * (head_dim / 2);

@@ -376,6 +376,9 @@ bool attention_sublayer_prepare(AttentionSublayer<T>* s, int cluster, std::strin
 template <typename T>
 void attention_sublayer(const AttentionSublayer<T>& s, cudaStream_t stream);
 
+/** y += x over `count` floats: the lo product of a stacked split GEMM (the logits') into its hi product. */
+void add_into(float* y, const float* x, int64_t count, cudaStream_t stream);
+
 /** Per row: argmax (lowest id on ties) and its raw logprob; `scratch` holds argmax_scratch_bytes(rows). */
 size_t argmax_scratch_bytes(int rows);
 void argmax_logprob(const float* logits, int rows, int vocab, int32_t* ids, float* logprobs, void* scratch,
