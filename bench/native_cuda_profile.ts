@@ -6,7 +6,9 @@
  * k-th graph decode step's kernels are profiled one by one.
  *
  *   node --import tsx bench/native_cuda_profile.ts MODEL_DIR [BATCH... | prefill] [--gpu-memory-utilization=F] [--dtype=D]
- *     [--step-tokens=N]
+ *     [--step-tokens=N] [--prompt-tokens=N]
+ *
+ * --prompt-tokens: the decode prompts' length (default 512; contexts then run to N + 420).
  *
  * A small F (e.g. 0.05) keeps ncu's kernel replay quick: it saves and restores device memory.
  */
@@ -21,7 +23,10 @@ const dtype = dtypeFlag ? (dtypeFlag.split("=")[1] as NativeDtype) : undefined;
 // prefill: tokens a step takes (default 8192, four prompts a step).
 const stepFlag = process.argv.find((a) => a.startsWith("--step-tokens="));
 const stepTokens = stepFlag ? Number(stepFlag.split("=")[1]) : 8192;
-const [modelDir, ...batchArgs] = process.argv.slice(2).filter((a) => a !== memoryFlag && a !== dtypeFlag && a !== stepFlag);
+const promptFlag = process.argv.find((a) => a.startsWith("--prompt-tokens="));
+const promptLength = promptFlag ? Number(promptFlag.split("=")[1]) : 512;
+const flags = [memoryFlag, dtypeFlag, stepFlag, promptFlag];
+const [modelDir, ...batchArgs] = process.argv.slice(2).filter((a) => !flags.includes(a));
 const prefillMode = batchArgs[0] === "prefill";
 const batches = prefillMode ? [] : batchArgs.length ? batchArgs.map(Number) : [1];
 const greedy = (maxTokens: number): SamplingParams => ({
@@ -29,7 +34,7 @@ const greedy = (maxTokens: number): SamplingParams => ({
   presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1,
 });
 const engine = await NativeEngine.load({
-  model: modelDir, device: "cuda", maxModelLen: 4096, maxNumSeqs: 256, maxNumBatchedTokens: prefillMode ? stepTokens : 2048,
+  model: modelDir, device: "cuda", maxModelLen: Math.max(4096, promptLength + 512), maxNumSeqs: 256, maxNumBatchedTokens: prefillMode ? stepTokens : 2048,
   enablePrefixCaching: false, gpuMemoryUtilization, dtype,
 });
 // "prefill": two rounds of four 2048-token prompts, in steps of --step-tokens (8192: one step a
@@ -53,7 +58,7 @@ for (const batch of batches) {
   const stamps: number[][] = Array.from({ length: batch }, () => []);
   await Promise.all(
     Array.from({ length: batch }, async (_, i) => {
-      const prompt = promptTokens(512, 100 + i + batch * 1000, 0, 150000);
+      const prompt = promptTokens(promptLength, 100 + i + batch * 1000, 0, 150000);
       for await (const out of engine.generate({ requestId: `p${batch}-${i}`, promptTokenIds: prompt, sampling: greedy(steps) })) {
         if (out.finishReason === "error") throw new Error(out.errorMessage);
         for (let k = 0; k < out.tokenIds.length; k++) stamps[i].push(performance.now());

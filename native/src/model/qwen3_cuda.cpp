@@ -311,7 +311,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     qkvdim_ = qdim_ + 2 * kvdim_;
     if (c_.num_heads % c_.num_kv_heads != 0) throw std::runtime_error("num_heads must be a multiple of num_kv_heads");
     load_weights(dir);
-    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads, decode_kernel_);
+    decode_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads, decode_kernel_, false);
+    decode_split_slots_ = cuda::decode_attention_slots<T>(hd_, c_.num_heads, c_.num_kv_heads, decode_kernel_, true);
     allocate_activations();
     allocate_kv_cache();
     tune_gemms();
@@ -498,16 +499,17 @@ class Qwen3Cuda final : public CudaModelRunner {
 
   int splits_for(int rows) const {
     // Enough blocks for two waves over the SMs, but no more splits than 64-key tiles of context;
-    // past one wave of the blocks the GPU runs at once (decode_slots_), a few more splits where
-    // that fills the last wave (bench/CUDA_NOTES.md, "Session 13"). With the 16-key build's 264
-    // slots on the H200 (two blocks an SM, tensor-core or warp-stepped), batch 64's one split a row
-    // is 1.94 waves. Split rows run the 8-key build (three blocks an SM), which these waves do not
-    // count (CUDA_NOTES, "Session 15").
+    // past one wave of the blocks the GPU runs at once, a few more splits where that fills the
+    // last wave (bench/CUDA_NOTES.md, "Session 13"). Waves count the slots of the build a launch
+    // runs: the 16-key build's for unsplit rows (decode_slots_: 264 on the H200, two blocks an
+    // SM, where batch 64's one split a row is 1.94 waves), the 8-key build's for split rows
+    // (decode_split_slots_: 396, three blocks an SM, where batch 8's 5 splits are one wave; counted
+    // as 264 before session 16, its 7 splits were 1.13: +5% a step at 2048-token contexts).
     const int blocks = std::max(1, rows * c_.num_kv_heads);
     const int cap = std::max(1, std::min(max_splits_, (opt_.max_model_len + 63) / 64));
     const int want = std::max(1, std::min((2 * num_sms_ + blocks - 1) / blocks, cap));
     for (int s = want; s <= std::min(cap, 2 * want); ++s) {
-      const double waves = static_cast<double>(blocks) * s / decode_slots_;
+      const double waves = static_cast<double>(blocks) * s / (s > 1 ? decode_split_slots_ : decode_slots_);
       if (waves < 1.0) break;
       if (waves / std::ceil(waves) >= 0.8) return s;
     }
@@ -1199,7 +1201,8 @@ class Qwen3Cuda final : public CudaModelRunner {
   int gemv_max_rows_ = 2;
   int stacked_logit_rows_ = -1;  // SWITCHYARD_CUDA_LM_HEAD_STACKED_ROWS; -1: hidden / kStackedLogitRowsPerHidden
   int max_splits_ = kMaxSplits;  // SWITCHYARD_CUDA_DECODE_SPLITS
-  int decode_slots_ = 1;          // decode attention blocks the GPU runs at once
+  int decode_slots_ = 1;          // decode attention blocks the GPU runs at once (unsplit rows)
+  int decode_split_slots_ = 1;    // the same for split rows
   bool silu_in_gate_up_ = true;   // SWITCHYARD_CUDA_GEMV_SILU
   bool persistent_wanted_ = true, persistent_ok_ = false;
   bool sublayer_wanted_ = kSublayerByDefault;  // SWITCHYARD_CUDA_ATTENTION_SUBLAYER

@@ -73,33 +73,33 @@ void launch_decode(const T* q, const int32_t* rows, int num_rows, const PagedKv<
 }
 
 template <typename T, int HD, int G>
-int blocks_per_sm(DecodeKernel kernel) {
+int blocks_per_sm(DecodeKernel kernel, bool split_rows) {
   if constexpr (has_mma_build(HD, G)) {
-    if (kernel == DecodeKernel::TensorCore) return decode_mma_blocks_per_sm<T, HD, G>();
+    if (kernel == DecodeKernel::TensorCore) return decode_mma_blocks_per_sm<T, HD, G>(split_rows);
   }
   if constexpr (has_warps_build(HD, G)) {
-    if (kernel != DecodeKernel::Block) return decode_warps_blocks_per_sm<T, HD, G>();
+    if (kernel != DecodeKernel::Block) return decode_warps_blocks_per_sm<T, HD, G>(split_rows);
   }
   return decode_blocks_per_sm(decode_kernel<T, HD, G, false>);
 }
 
 template <typename T, int HD>
-int blocks_per_sm_for_group(int group, DecodeKernel kernel) {
-  return with_rounded_group(group, [&](auto g) { return blocks_per_sm<T, HD, decltype(g)::value>(kernel); });
+int blocks_per_sm_for_group(int group, DecodeKernel kernel, bool split_rows) {
+  return with_rounded_group(group, [&](auto g) { return blocks_per_sm<T, HD, decltype(g)::value>(kernel, split_rows); });
 }
 
 }  // namespace
 
 template <typename T>
-int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel) {
+int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel, bool split_rows) {
   const int group = num_heads / num_kv_heads;
   int per_sm = 0;
   switch (head_dim) {
-    case 16: per_sm = blocks_per_sm_for_group<T, 16>(group, kernel); break;
-    case 32: per_sm = blocks_per_sm_for_group<T, 32>(group, kernel); break;
-    case 64: per_sm = blocks_per_sm_for_group<T, 64>(group, kernel); break;
-    case 128: per_sm = blocks_per_sm_for_group<T, 128>(group, kernel); break;
-    case 256: per_sm = blocks_per_sm_for_group<T, 256>(group, kernel); break;
+    case 16: per_sm = blocks_per_sm_for_group<T, 16>(group, kernel, split_rows); break;
+    case 32: per_sm = blocks_per_sm_for_group<T, 32>(group, kernel, split_rows); break;
+    case 64: per_sm = blocks_per_sm_for_group<T, 64>(group, kernel, split_rows); break;
+    case 128: per_sm = blocks_per_sm_for_group<T, 128>(group, kernel, split_rows); break;
+    case 256: per_sm = blocks_per_sm_for_group<T, 256>(group, kernel, split_rows); break;
     default: throw_unsupported_head_dim(head_dim);
   }
   return std::max(1, per_sm) * current_device_attribute(cudaDevAttrMultiProcessorCount);
@@ -142,8 +142,8 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
   }
 }
 
-template int decode_attention_slots<__nv_bfloat16>(int, int, int, DecodeKernel);
-template int decode_attention_slots<__half>(int, int, int, DecodeKernel);
+template int decode_attention_slots<__nv_bfloat16>(int, int, int, DecodeKernel, bool);
+template int decode_attention_slots<__half>(int, int, int, DecodeKernel, bool);
 template void paged_attention_decode<__nv_bfloat16>(const __nv_bfloat16*, const int32_t*, int,
                                                    const PagedKv<__nv_bfloat16>&, int, int, float*, int*,
                                                    const AttentionOut<__nv_bfloat16>&,

@@ -342,15 +342,16 @@ void launch_decode_mma(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream
   SY_CUDA_CHECK_LAUNCH(decode_mma_kernel);
 }
 
-// The 16-key build's: the grids past one wave (unsplit rows at large batch) are the ones it runs.
+// The build a launch of split rows (8-key steps) or of unsplit rows (16-key steps) runs.
 template <typename T, int HD, int G>
-int decode_mma_blocks_per_sm() {
+int decode_mma_blocks_per_sm(bool split_rows) {
+  if (split_rows && short_decode_steps_allowed()) return decode_blocks_per_sm(decode_mma_kernel<T, HD, G, false, 8>);
   return decode_blocks_per_sm(decode_mma_kernel<T, HD, G, false, 16>);
 }
 
 #define SY_DECODE_MMA(T, HD, G)                                                                    \
   template void launch_decode_mma<T, HD, G>(const DecodeAttentionArgs<T>&, dim3, cudaStream_t); \
-  template int decode_mma_blocks_per_sm<T, HD, G>();
+  template int decode_mma_blocks_per_sm<T, HD, G>(bool);
 #define SY_DECODE_MMA_SHAPES(T) \
   SY_DECODE_MMA(T, 64, 2)       \
   SY_DECODE_MMA(T, 128, 2)      \

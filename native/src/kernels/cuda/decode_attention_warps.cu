@@ -247,15 +247,18 @@ void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStre
   SY_CUDA_CHECK_LAUNCH(decode_warps_kernel);
 }
 
-// The 16-key build's: the grids past one wave (unsplit rows at large batch) are the ones it runs.
+// The build a launch of split rows (8-key steps, from head_dim 32) or of unsplit rows runs.
 template <typename T, int HD, int G>
-int decode_warps_blocks_per_sm() {
+int decode_warps_blocks_per_sm(bool split_rows) {
+  if constexpr (HD >= 32) {
+    if (split_rows && short_decode_steps_allowed()) return decode_blocks_per_sm(decode_warps_kernel<T, HD, G, false, 8>);
+  }
   return decode_blocks_per_sm(decode_warps_kernel<T, HD, G, false, 16>);
 }
 
 #define SY_DECODE_WARPS(T, HD, G)                                                                    \
   template void launch_decode_warps<T, HD, G>(const DecodeAttentionArgs<T>&, dim3, cudaStream_t); \
-  template int decode_warps_blocks_per_sm<T, HD, G>();
+  template int decode_warps_blocks_per_sm<T, HD, G>(bool);
 #define SY_DECODE_WARPS_SHAPES(T) \
   SY_DECODE_WARPS(T, 16, 2)       \
   SY_DECODE_WARPS(T, 32, 2)       \

@@ -17,8 +17,8 @@ __host__ __device__ constexpr bool has_warps_build(int head_dim, int group) {
 template <typename T, int HD, int G>
 void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream_t stream);
 
-/** How many of its blocks an SM runs at once. */
+/** How many of its blocks an SM runs at once, in a launch of split rows or of unsplit ones. */
 template <typename T, int HD, int G>
-int decode_warps_blocks_per_sm();
+int decode_warps_blocks_per_sm(bool split_rows);
 
 }  // namespace sy::cuda

@@ -160,11 +160,12 @@ void paged_attention_decode(const T* q, const int32_t* rows, int num_rows, const
                             const DecodeFusion<T>& fuse, DecodeKernel kernel, cudaStream_t stream);
 
 /**
- * How many decode attention blocks the GPU runs at once for this shape (blocks an SM times SMs):
- * grids past one wave are sized in whole waves of them (splits_for, qwen3_cuda.cpp).
+ * How many decode attention blocks the GPU runs at once for this shape (blocks an SM times SMs),
+ * in a launch whose rows are split or not (the tensor-core and warp-stepped kernels run other
+ * builds for split rows): splits_for (qwen3_cuda.cpp) sizes grids by them.
  */
 template <typename T>
-int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel);
+int decode_attention_slots(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel, bool split_rows);
 
 /** Which decode attention kernel runs, in words (the engine's detail). */
 std::string decode_attention_summary(int head_dim, int num_heads, int num_kv_heads, DecodeKernel kernel);
