@@ -119,9 +119,10 @@ constexpr bool kPersistentByDefault = false;
 constexpr bool kSublayerByDefault = false;
 // The most rows whose split lm_head input runs as one GEMM over the stacked hi and lo rows, as a
 // share of the hidden size. Stacking reads the weights (vocab x hidden x 2 bytes) once instead of
-// twice, and costs the lo products' logits written and read twice more (2 x m x vocab x 8 bytes
-// in all, against the second GEMM's read and rewrite of the m rows): it pays below m = hidden / 4.
-// Half of that, so that the logits' extra rows stay small (128 rows, 78 MB, for the 0.6B shape).
+// twice. It moves m x vocab x 8 more bytes of logits: the lo rows written, then add_into reading
+// both halves and writing the sum (4 x m x vocab x 4), against the second GEMM's read and rewrite
+// of the m rows (2 x m x vocab x 4). So it pays below m = hidden / 4; the limit is half that, so
+// that the logits' extra rows stay small (128 rows, 78 MB, for the 0.6B shape).
 constexpr int kStackedLogitRowsPerHidden = 8;  // hidden / 8 rows
 
 // Whether the environment variable `name` (a switch read when an engine loads) says "off".

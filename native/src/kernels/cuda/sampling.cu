@@ -63,7 +63,8 @@ __device__ float log_normalizer(const float* x, int vocab, float mx, float* scra
 // slice of the vocabulary (its best, and Σ exp(x - best) over the slice); one warp per row merges.
 // One block per row was 86 µs for a 151936-token row at batch 1 (one SM's bandwidth). A slice is
 // read once, 16 bytes a load where rows are 16-byte aligned, with the sum kept online (rescaled
-// when the best rises): two passes over it read the logits at ~1.5 TB/s (batch 256, H200).
+// when the best rises). Two passes of 4-byte loads read the logits at ~1.5 TB/s at batch 256 on
+// the H200, this at ~2.5 (102 -> 61 µs; bench/CUDA_NOTES.md, "Session 16").
 constexpr int kArgmaxParts = 32;
 constexpr int kArgmaxThreads = 256;
 constexpr int kArgmaxUnroll = 4;  // 16-byte loads a thread has in flight
