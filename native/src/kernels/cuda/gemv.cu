@@ -46,9 +46,16 @@ int max_smem() {
   return bytes;
 }
 
+// Output rows a warp makes (gate/up pairs for SILU: silu_pairs_per_warp). One shared-memory read
+// of an input element serves that many weight loads. At 2 input rows, 2 rows a warp instead of 1:
+// batch 2 -14 to -15% (H200, bench/CUDA_NOTES.md, "Session 16"); a row's sum keeps its order.
 template <int NT>
 constexpr int rows_per_warp() {
-  return NT <= 2 ? 1 : 4;
+  return NT == 1 ? 1 : NT == 2 ? 2 : 4;
+}
+template <int NT>
+constexpr int silu_pairs_per_warp() {
+  return NT == 1 ? 1 : 2;
 }
 
 // SILU: w is gate_up ([2 out][in]) and y[t][j] = silu(gate) * up of rows j and out + j, each
@@ -56,7 +63,7 @@ constexpr int rows_per_warp() {
 // needs no SiLU·up prologue. A warp's R weight rows are then R / 2 such pairs; every row is summed
 // in the order of the plain kernel over 2 out rows (same `ws`, same k split), so both give the
 // same gate and up values.
-template <typename T, int NT, bool SILU = false, int R = SILU ? 2 * (NT <= 2 ? 1 : 2) : rows_per_warp<NT>()>
+template <typename T, int NT, bool SILU = false, int R = SILU ? 2 * silu_pairs_per_warp<NT>() : rows_per_warp<NT>()>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w, int out, int in, int ws, float* y) {
   extern __shared__ __align__(16) float xs[];  // [NT][in]
   __shared__ float scratch[32 * NT];
@@ -204,7 +211,7 @@ void launch(const GemvInput& x, const T* w, int out, int in, float* y, cudaStrea
   const size_t smem = static_cast<size_t>(NT) * in * sizeof(float);
   allow_smem<T, NT, SILU>();
   const int target = blocks_per_sm() * num_sms();
-  constexpr int RO = SILU ? (NT <= 2 ? 1 : 2) : rows_per_warp<NT>();
+  constexpr int RO = SILU ? silu_pairs_per_warp<NT>() : rows_per_warp<NT>();
   const int ws = gemv_warps_per_row(SILU ? 2 * out : out, in);
   const int rows_per_block = kWarps / ws * RO;
   const int blocks = std::min((out + rows_per_block - 1) / rows_per_block, target);
