@@ -71,21 +71,30 @@ inline bool short_decode_steps_allowed() {
 }
 
 /**
+ * f(keys) for the step size of the warp-stepped or tensor-core build a launch runs, as a
+ * std::integral_constant: 8-key steps where its rows are split and chunks short (when the kernel
+ * has them, SHORT_STEPS), 16-key steps where not. The launch and the occupancy query
+ * (splits_for's slots) both take it from here.
+ */
+template <bool SHORT_STEPS, typename F>
+decltype(auto) with_step_keys(bool split_rows, F&& f) {
+  if constexpr (SHORT_STEPS) {
+    if (split_rows && short_decode_steps_allowed()) return f(std::integral_constant<int, 8>{});
+  }
+  return f(std::integral_constant<int, 16>{});
+}
+
+/**
  * Launches the build of a warp-stepped or tensor-core decode kernel a launch needs: `launch`
- * receives FUSED (the step makes q itself: args.fuse.qkv) and the step size as
- * std::integral_constant values: 8-key steps where rows are split and chunks short (when the
- * kernel has them, SHORT_STEPS), 16-key steps where not.
+ * receives FUSED (the step makes q itself: args.fuse.qkv) and the step size (with_step_keys) as
+ * std::integral_constant values.
  */
 template <bool SHORT_STEPS, typename T, typename Launch>
 void launch_warp_steps(const DecodeAttentionArgs<T>& args, Launch&& launch) {
-  const auto with_keys = [&](auto keys) {
+  with_step_keys<SHORT_STEPS>(args.splits > 1, [&](auto keys) {
     if (args.fuse.qkv) launch(std::true_type{}, keys);
     else launch(std::false_type{}, keys);
-  };
-  if constexpr (SHORT_STEPS) {
-    if (args.splits > 1 && short_decode_steps_allowed()) return with_keys(std::integral_constant<int, 8>{});
-  }
-  with_keys(std::integral_constant<int, 16>{});
+  });
 }
 
 /** How many blocks of a decode kernel (kDecodeThreads threads, static shared memory) an SM runs at once. */

@@ -342,11 +342,12 @@ void launch_decode_mma(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStream
   SY_CUDA_CHECK_LAUNCH(decode_mma_kernel);
 }
 
-// The build a launch of split rows (8-key steps) or of unsplit rows (16-key steps) runs.
+// Of the build a launch of split rows or of unsplit rows runs, as launch_decode_mma picks it.
 template <typename T, int HD, int G>
 int decode_mma_blocks_per_sm(bool split_rows) {
-  if (split_rows && short_decode_steps_allowed()) return decode_blocks_per_sm(decode_mma_kernel<T, HD, G, false, 8>);
-  return decode_blocks_per_sm(decode_mma_kernel<T, HD, G, false, 16>);
+  return with_step_keys<true>(split_rows, [](auto keys) {
+    return decode_blocks_per_sm(decode_mma_kernel<T, HD, G, false, decltype(keys)::value>);
+  });
 }
 
 #define SY_DECODE_MMA(T, HD, G)                                                                    \

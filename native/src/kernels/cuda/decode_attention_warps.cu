@@ -247,13 +247,12 @@ void launch_decode_warps(const DecodeAttentionArgs<T>& args, dim3 grid, cudaStre
   SY_CUDA_CHECK_LAUNCH(decode_warps_kernel);
 }
 
-// The build a launch of split rows (8-key steps, from head_dim 32) or of unsplit rows runs.
+// Of the build a launch of split rows or of unsplit rows runs, as launch_decode_warps picks it.
 template <typename T, int HD, int G>
 int decode_warps_blocks_per_sm(bool split_rows) {
-  if constexpr (HD >= 32) {
-    if (split_rows && short_decode_steps_allowed()) return decode_blocks_per_sm(decode_warps_kernel<T, HD, G, false, 8>);
-  }
-  return decode_blocks_per_sm(decode_warps_kernel<T, HD, G, false, 16>);
+  return with_step_keys<(HD >= 32)>(split_rows, [](auto keys) {
+    return decode_blocks_per_sm(decode_warps_kernel<T, HD, G, false, decltype(keys)::value>);
+  });
 }
 
 #define SY_DECODE_WARPS(T, HD, G)                                                                    \
