@@ -514,8 +514,9 @@ class Qwen3Cuda final : public CudaModelRunner {
     if (last_wave_fill(static_cast<double>(blocks) / decode_slots_) >= 0.8) return 1;
     const int cap = std::max(1, std::min(max_splits_, (opt_.max_model_len + 63) / 64));
     const int want = std::max(1, std::min((2 * num_sms_ + blocks - 1) / blocks, cap));
-    for (int s = want; s <= std::min(cap, 2 * want); ++s) {
-      const double waves = static_cast<double>(blocks) * s / (s > 1 ? decode_split_slots_ : decode_slots_);
+    // One split was settled above (it fills its last wave or it does not): from two on, split rows.
+    for (int s = std::max(want, 2); s <= std::min(cap, 2 * want); ++s) {
+      const double waves = static_cast<double>(blocks) * s / decode_split_slots_;
       if (waves < 1.0) break;
       if (last_wave_fill(waves) >= 0.8) return s;
     }
