@@ -381,6 +381,34 @@ describe.skipIf(!usable)(`CUDA backend (${cuda.name || "no GPU"})`, { timeout: 1
     },
   );
 
+  it.each(models)(
+    "makes SiLU·up in the small gate_up product itself, with the bits of a pass of its own: %s",
+    async (_name, dirOf) => {
+      const dir = dirOf();
+      // Prefill steps of 3-16 rows run small_gemm (bf16 stacks hi and lo rows: up to 8 tokens),
+      // with and without the fused SiLU·up: the same products and the same arithmetic after
+      // them, so every later token (batch-1 decode, on gemv, over that KV cache) is the same too.
+      // One request at a time, so that both engines run the same steps.
+      const prompts = [3, 5, 8, 12, 16].map((length, i) => promptTokens(length, 161 + i));
+      const run = async (mode: "on" | "off"): Promise<Collected[]> =>
+        withEnv("SWITCHYARD_CUDA_SMALL_GEMM_SILU", mode, async () => {
+          const engine = await gpuEngine(dir);
+          if (mode === "on") expect(engine.info.backendDetail).toMatch(/SiLU·up in their gate_up product/);
+          else expect(engine.info.backendDetail).not.toMatch(/SiLU·up in/);
+          const outs: Collected[] = [];
+          for (const [i, prompt] of prompts.entries()) outs.push(await collect(engine, `silu-${mode}-${i}`, prompt, greedy(8)));
+          await engine.close();
+          return outs;
+        });
+      const [own, fused] = [await run("off"), await run("on")];
+      for (let i = 0; i < prompts.length; i++) {
+        expect(fused[i].errorMessage ?? "", `prompt ${i}`).toBe("");
+        expect(fused[i].tokenIds, `prompt ${i}: tokens`).toEqual(own[i].tokenIds);
+        expect(fused[i].logprobs, `prompt ${i}: logprobs`).toEqual(own[i].logprobs);
+      }
+    },
+  );
+
   it.each(models.filter(([name]) => name.includes("bf16")))(
     "runs the split lm_head as one product over the stacked hi and lo rows, with two products' output: %s",
     async (_name, dirOf) => {

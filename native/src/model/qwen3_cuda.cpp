@@ -288,6 +288,9 @@ class Qwen3Cuda final : public CudaModelRunner {
     // prologue (every block over the whole row) rather than in the gate_up gemv (gemv_silu).
     const char* silu = std::getenv("SWITCHYARD_CUDA_GEMV_SILU");
     silu_in_gate_up_ = !(silu && std::strcmp(silu, "prologue") == 0);
+    // SWITCHYARD_CUDA_SMALL_GEMM_SILU=off: steps on small_gemm run SiLU·up as a pass of its own
+    // after the gate_up product, as before session 18 (same bits; for measuring).
+    silu_in_small_gemm_ = !env_is_off("SWITCHYARD_CUDA_SMALL_GEMM_SILU");
     // SWITCHYARD_CUDA_DECODE_SPLITS (1-32): the most splits a decode row's context is cut into
     // (default 32; fewer means more 64-key tiles a block and fewer partial states to merge).
     const char* splits = std::getenv("SWITCHYARD_CUDA_DECODE_SPLITS");
@@ -343,7 +346,8 @@ class Qwen3Cuda final : public CudaModelRunner {
     return std::string(dtype()) + (split_.any() ? ", GEMM inputs split into hi + lo" : "") +
            (tuned.empty() ? "" : "; " + tuned) +
            (gemm_->small_products()
-                ? "; products of up to " + std::to_string(cuda::kSmallGemmRows) + " rows on tensor cores"
+                ? "; products of up to " + std::to_string(cuda::kSmallGemmRows) + " rows on tensor cores" +
+                      (silu_in_small_gemm_ ? ", SiLU·up in their gate_up product" : "")
                 : "") +
            (stacked_logit_rows_ > 0
                 ? "; lm_head on stacked hi + lo rows for up to " + std::to_string(stacked_logit_rows_) + " rows"
@@ -1013,8 +1017,7 @@ class Qwen3Cuda final : public CudaModelRunner {
         add_to_stream(attn_, split_.o, n, L.o, h, qdim_, /*norm_follows=*/true);
         cuda::add_rmsnorm<T>(x_, split_.o ? delta_ : nullptr, split_.o ? delta_ + rows * h : nullptr, L.post_norm, n, h,
                              eps, hn_, split_.gate_up ? hn_lo : nullptr, stream_);
-        stacked_gemm_products(hn_, split_.gate_up, n, L.gate_up, 2 * inter, h, gu_p);
-        cuda::silu_mul<T>(gu_p, gu_p_lo, n, inter, act_, act_lo, stream_);
+        gate_up_silu(n, L, gu_p, gu_p_lo, act_lo);
         // The last layer's down has no norm after it in this loop: it goes into x_ itself.
         const bool norm_follows = l + 1 < c_.num_layers;
         add_to_stream(act_, split_.down, n, L.down, h, inter, norm_follows);
@@ -1039,6 +1042,21 @@ class Qwen3Cuda final : public CudaModelRunner {
         gemm(last_, last_lo, m, lm_head_, c_.vocab_size, h, logits_);
       }
     }
+  }
+
+  // SiLU·up of the gate_up product of hn_ (n rows; lo rows after them when split) into act_ and
+  // act_lo: one small_gemm_silu launch where it serves (steps of a few rows), else the products
+  // in gu_p (and gu_p_lo) and a silu_mul pass. The same bits either way.
+  void gate_up_silu(int n, const LayerWeights& L, Product* gu_p, const Product* gu_p_lo, T* act_lo) {
+    const int64_t h = c_.hidden_size, inter = c_.intermediate_size;
+    const int64_t rows = split_.gate_up ? 2 * n : n;
+    if (silu_in_small_gemm_ && gemm_->small_products() &&
+        cuda::small_gemm_silu_fits(hn_, rows, split_.gate_up, L.gate_up, inter, h)) {
+      cuda::small_gemm_silu(hn_, rows, split_.gate_up, L.gate_up, inter, h, kGemmType, act_, act_lo, stream_);
+      return;
+    }
+    stacked_gemm_products(hn_, split_.gate_up, n, L.gate_up, 2 * inter, h, gu_p);
+    cuda::silu_mul<T>(gu_p, gu_p_lo, n, static_cast<int>(inter), act_, act_lo, stream_);
   }
 
   // A small step's MLP half (gemv): gate_up with the RMSNorm of xa + o (xa + o written to xb), then
@@ -1211,6 +1229,7 @@ class Qwen3Cuda final : public CudaModelRunner {
   int decode_slots_ = 1;          // decode attention blocks the GPU runs at once (unsplit rows)
   int decode_split_slots_ = 1;    // the same for split rows
   bool silu_in_gate_up_ = true;   // SWITCHYARD_CUDA_GEMV_SILU
+  bool silu_in_small_gemm_ = true;  // SWITCHYARD_CUDA_SMALL_GEMM_SILU
   bool persistent_wanted_ = true, persistent_ok_ = false;
   bool sublayer_wanted_ = kSublayerByDefault;  // SWITCHYARD_CUDA_ATTENTION_SUBLAYER
   int sublayer_cluster_ = 0;

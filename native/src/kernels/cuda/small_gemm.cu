@@ -10,15 +10,20 @@
 // (row8, quad) loads elements [32p + 8·quad, +8) of w rows row8 and row8 + 8 and of x row row8,
 // and its words 2s, 2s + 1 are k16 slice s's columns 2·quad, +1 and +8, +9. The first round of
 // weight loads goes out before the wait for the kernel before (dependent_launch.cuh).
+//
+// small_gemm_silu takes a gate tile and its up tile in each block, and finishes with SiLU·up, so a
+// decode step's MLP runs without the separate silu_mul pass.
 #include "kernels/cuda/small_gemm.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/store_split.cuh"
 
 namespace sy::cuda {
 namespace {
@@ -28,16 +33,22 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kPiece = 32;   // elements of the inner dimension a lane quad covers with one load each
 constexpr int kRound = 4;    // pieces a warp loads before it multiplies
 
-template <typename T, int NT, bool OUT16>
-__global__ void __launch_bounds__(kThreads) small_gemm_kernel(const T* __restrict__ x, int n, const T* __restrict__ w,
-                                                              int out, int in, void* y, bool accumulate) {
-  allow_dependent_launch();
-  __shared__ float partial[kWarps][NT][32][4];
+// The block's TILES 16-row tiles of w (first rows tile_row[k]) times all n <= 8 NT rows of x:
+// each warp's sums of its pieces, left in partial[warp] for the epilogue to add in warp order.
+// A warp loads kRound / TILES pieces of each tile a round, so every build keeps as many weight
+// bytes in flight and as many registers for them.
+template <typename T, int NT, int TILES>
+__device__ __forceinline__ void tile_sums(const T* __restrict__ x, int n, const T* __restrict__ w, int in,
+                                          const int (&tile_row)[TILES], float (*partial)[TILES][NT][32][4]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row8 = lane >> 2, quad = lane & 3;
-  const int o0 = blockIdx.x * 16;
   const int pieces = in / kPiece;
-  const T* w0 = w + static_cast<int64_t>(o0 + row8) * in + 8 * quad;
-  const T* w1 = w0 + 8 * static_cast<int64_t>(in);
+  const T* w0[TILES];
+  const T* w1[TILES];
+#pragma unroll
+  for (int k = 0; k < TILES; ++k) {
+    w0[k] = w + static_cast<int64_t>(tile_row[k] + row8) * in + 8 * quad;
+    w1[k] = w0[k] + 8 * static_cast<int64_t>(in);
+  }
   const T* xr[NT];
   bool has[NT];
 #pragma unroll
@@ -46,23 +57,26 @@ __global__ void __launch_bounds__(kThreads) small_gemm_kernel(const T* __restric
     has[nt] = t < n;
     xr[nt] = x + static_cast<int64_t>(has[nt] ? t : 0) * in + 8 * quad;
   }
+  constexpr int kTileRound = kRound / TILES;
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  float acc[NT][4] = {};
-  uint4 a0[kRound], a1[kRound];
+  float acc[TILES][NT][4] = {};
+  uint4 a0[TILES][kTileRound], a1[TILES][kTileRound];
   const auto load_weights = [&](int first) {
 #pragma unroll
-    for (int u = 0; u < kRound; ++u) {
-      const int p = first + u * kWarps;
-      a0[u] = p < pieces ? __ldg(reinterpret_cast<const uint4*>(w0 + p * kPiece)) : zero;
-      a1[u] = p < pieces ? __ldg(reinterpret_cast<const uint4*>(w1 + p * kPiece)) : zero;
-    }
+    for (int k = 0; k < TILES; ++k)
+#pragma unroll
+      for (int u = 0; u < kTileRound; ++u) {
+        const int p = first + u * kWarps;
+        a0[k][u] = p < pieces ? __ldg(reinterpret_cast<const uint4*>(w0[k] + p * kPiece)) : zero;
+        a1[k][u] = p < pieces ? __ldg(reinterpret_cast<const uint4*>(w1[k] + p * kPiece)) : zero;
+      }
   };
   load_weights(warp);  // reads nothing an earlier kernel writes
   wait_for_prior_kernels();
   for (int first = warp;;) {
-    uint4 b[kRound][NT];
+    uint4 b[kTileRound][NT];
 #pragma unroll
-    for (int u = 0; u < kRound; ++u) {
+    for (int u = 0; u < kTileRound; ++u) {
       const int p = first + u * kWarps;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -70,42 +84,84 @@ __global__ void __launch_bounds__(kThreads) small_gemm_kernel(const T* __restric
       }
     }
 #pragma unroll
-    for (int u = 0; u < kRound; ++u) {
+    for (int u = 0; u < kTileRound; ++u) {
       if (first + u * kWarps >= pieces) break;
 #pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        const uint32_t af[4] = {word_of(a0[u], 2 * s), word_of(a1[u], 2 * s), word_of(a0[u], 2 * s + 1),
-                                word_of(a1[u], 2 * s + 1)};
+      for (int k = 0; k < TILES; ++k)
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma_16816<T>(acc[nt], af, word_of(b[u][nt], 2 * s), word_of(b[u][nt], 2 * s + 1));
-      }
+        for (int s = 0; s < 2; ++s) {
+          const uint32_t af[4] = {word_of(a0[k][u], 2 * s), word_of(a1[k][u], 2 * s), word_of(a0[k][u], 2 * s + 1),
+                                  word_of(a1[k][u], 2 * s + 1)};
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+            mma_16816<T>(acc[k][nt], af, word_of(b[u][nt], 2 * s), word_of(b[u][nt], 2 * s + 1));
+        }
     }
-    first += kRound * kWarps;
+    first += kTileRound * kWarps;
     if (first >= pieces) break;
     load_weights(first);
   }
-
-  // The warps' sums, added in warp order. Fragment element e of lane l is row (l / 4) + 8(e / 2)
-  // of the tile and row 2(l % 4) + e % 2 of the 8-row x tile.
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
+  for (int k = 0; k < TILES; ++k)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) partial[warp][nt][lane][e] = acc[nt][e];
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) partial[warp][k][nt][lane][e] = acc[k][nt][e];
   __syncthreads();
-  for (int i = threadIdx.x; i < NT * 128; i += kThreads) {
-    const int nt = i / 128, l = (i / 4) % 32, e = i % 4;
-    const int t = nt * 8 + 2 * (l & 3) + (e & 1);
-    if (t >= n) continue;
-    float v = 0.0f;
+}
+
+// Tile `k`'s sum for x row t and tile row c, its warps' sums added in warp order. Fragment element
+// e of lane l is tile row (l / 4) + 8(e / 2) and row 2(l % 4) + e % 2 of the 8-row x tile.
+template <int NT, int TILES>
+__device__ __forceinline__ float tile_sum(const float (*partial)[TILES][NT][32][4], int k, int t, int c) {
+  const int nt = t / 8, r = t % 8, l = (c % 8) * 4 + r / 2, e = (c / 8) * 2 + r % 2;
+  float v = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kWarps; ++k) v += partial[k][nt][l][e];
-    const int64_t at = static_cast<int64_t>(t) * out + o0 + (l >> 2) + 8 * (e >> 1);
+  for (int j = 0; j < kWarps; ++j) v += partial[j][k][nt][l][e];
+  return v;
+}
+
+template <typename T, int NT, bool OUT16>
+__global__ void __launch_bounds__(kThreads) small_gemm_kernel(const T* __restrict__ x, int n, const T* __restrict__ w,
+                                                              int out, int in, void* y, bool accumulate) {
+  allow_dependent_launch();
+  __shared__ float partial[kWarps][1][NT][32][4];
+  const int o0 = blockIdx.x * 16;
+  tile_sums<T, NT, 1>(x, n, w, in, {o0}, partial);
+  for (int i = threadIdx.x; i < n * 16; i += kThreads) {
+    const int t = i / 16, c = i % 16;
+    const float v = tile_sum<NT, 1>(partial, 0, t, c);
+    const int64_t at = static_cast<int64_t>(t) * out + o0 + c;
     if constexpr (OUT16) {
       static_cast<T*>(y)[at] = from_f32<T>(v);
     } else {
       float* yf = static_cast<float*>(y);
       yf[at] = accumulate ? yf[at] + v : v;
     }
+  }
+}
+
+// The gate_up product and SiLU·up in one: a block takes gate rows o0.. and their up rows
+// inter + o0.., and each output is silu_mul's of the two products as small_gemm would have
+// stored them (product_value), hi and lo products added when x holds a split input (tokens hi
+// rows, then as many lo rows). The same bits as small_gemm followed by silu_mul.
+template <typename T, int NT>
+__global__ void __launch_bounds__(kThreads) small_gemm_silu_kernel(const T* __restrict__ x, int n, int tokens,
+                                                                   const T* __restrict__ gate_up, int inter, int in,
+                                                                   T* act, T* act_lo) {
+  allow_dependent_launch();
+  __shared__ float partial[kWarps][2][NT][32][4];
+  const int o0 = blockIdx.x * 16;
+  tile_sums<T, NT, 2>(x, n, gate_up, in, {o0, inter + o0}, partial);
+  const auto product = [&](int k, int t, int c) { return product_value<T>(tile_sum<NT, 2>(partial, k, t, c)); };
+  for (int i = threadIdx.x; i < tokens * 16; i += kThreads) {
+    const int t = i / 16, c = i % 16;
+    float gate = product(0, t, c), up = product(1, t, c);
+    if (n > tokens) {
+      gate += product(0, t + tokens, c);
+      up += product(1, t + tokens, c);
+    }
+    store_split(silu_times(gate, up), act, act_lo, static_cast<int64_t>(t) * inter + o0 + c);
   }
 }
 
@@ -131,6 +187,27 @@ void launch_for_rows(const void* x, int64_t n, const void* w, int64_t out, int64
   launch<T, 2>(x, n, w, out, in, y, y_16bit, accumulate, stream);
 }
 
+template <typename T, int NT>
+void launch_silu_tiles(const T* x, int n, int tokens, const T* gate_up, int inter, int in, T* act, T* act_lo,
+                       cudaStream_t stream) {
+  launch_dependent(small_gemm_silu_kernel<T, NT>, dim3(static_cast<unsigned>(inter / 16)), dim3(kThreads), 0, stream, x,
+                   n, tokens, gate_up, inter, in, act, act_lo);
+  SY_CUDA_CHECK_LAUNCH(small_gemm_silu_kernel);
+}
+
+template <typename T>
+void launch_silu(const void* x, int64_t n, bool split, const void* gate_up, int64_t inter, int64_t in, void* act,
+                 void* act_lo, cudaStream_t stream) {
+  const auto* xt = static_cast<const T*>(x);
+  const auto* wt = static_cast<const T*>(gate_up);
+  const int ni = static_cast<int>(n), tokens = split ? ni / 2 : ni, ii = static_cast<int>(inter),
+            ini = static_cast<int>(in);
+  auto* a = static_cast<T*>(act);
+  auto* a_lo = static_cast<T*>(act_lo);
+  if (n <= 8) return launch_silu_tiles<T, 1>(xt, ni, tokens, wt, ii, ini, a, a_lo, stream);
+  launch_silu_tiles<T, 2>(xt, ni, tokens, wt, ii, ini, a, a_lo, stream);
+}
+
 }  // namespace
 
 bool small_gemm_fits(const void* x, int64_t n, const void* w, int64_t out, int64_t in) {
@@ -139,10 +216,22 @@ bool small_gemm_fits(const void* x, int64_t n, const void* w, int64_t out, int64
          in < (int64_t{1} << 31) && aligned(x) && aligned(w);
 }
 
+bool small_gemm_silu_fits(const void* x, int64_t n, bool split, const void* gate_up, int64_t inter, int64_t in) {
+  return small_gemm_fits(x, n, gate_up, 2 * inter, in) && inter % 16 == 0 && (!split || n % 2 == 0);
+}
+
 void small_gemm(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y, bool y_16bit,
                 bool accumulate, cudaStream_t stream) {
   if (dtype == Half16::BF16) return launch_for_rows<__nv_bfloat16>(x, n, w, out, in, y, y_16bit, accumulate, stream);
   launch_for_rows<__half>(x, n, w, out, in, y, y_16bit, accumulate, stream);
+}
+
+void small_gemm_silu(const void* x, int64_t n, bool split, const void* gate_up, int64_t inter, int64_t in,
+                     Half16 dtype, void* act, void* act_lo, cudaStream_t stream) {
+  if (dtype == Half16::BF16) {
+    return launch_silu<__nv_bfloat16>(x, n, split, gate_up, inter, in, act, act_lo, stream);
+  }
+  launch_silu<__half>(x, n, split, gate_up, inter, in, act, act_lo, stream);
 }
 
 }  // namespace sy::cuda

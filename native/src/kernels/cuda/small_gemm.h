@@ -32,4 +32,18 @@ bool small_gemm_fits(const void* x, int64_t n, const void* w, int64_t out, int64
 void small_gemm(const void* x, int64_t n, const void* w, int64_t out, int64_t in, Half16 dtype, void* y, bool y_16bit,
                 bool accumulate, cudaStream_t stream);
 
+/** Whether small_gemm_silu serves this product: small_gemm_fits for the whole gate_up matrix, whole
+ *  16-row tiles of gate, and as many lo rows as hi ones when split. */
+bool small_gemm_silu_fits(const void* x, int64_t n, bool split, const void* gate_up, int64_t inter, int64_t in);
+
+/**
+ * act[t] = silu(gate) · up for the gate_up weights ([2 inter, in]: gate rows, then up rows), with
+ * act (and act_lo, the remainder, when not null: the down projection's split input) in the dtype.
+ * x holds n rows; `split`: the first n / 2 are the hi halves of the tokens and the rest their lo
+ * halves, whose products are added. The same bits as small_gemm's products (16-bit ones in
+ * float16, as Product says) followed by silu_mul, in one launch instead of two.
+ */
+void small_gemm_silu(const void* x, int64_t n, bool split, const void* gate_up, int64_t inter, int64_t in,
+                     Half16 dtype, void* act, void* act_lo, cudaStream_t stream);
+
 }  // namespace sy::cuda
