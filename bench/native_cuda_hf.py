@@ -19,23 +19,14 @@ import time
 
 import torch
 
+from prompt_tokens import xorshift_tokens
+
 QWEN3_06B = dict(
     architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=151936, hidden_size=1024,
     intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
     max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
     hidden_act="silu", attention_bias=False, torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645,
 )
-
-
-def xorshift_tokens(length, seed, hi):
-    x = seed & 0xFFFFFFFF or 1
-    out = []
-    for _ in range(length):
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        out.append(x % hi)
-    return out
 
 
 def timed(fn, reps):

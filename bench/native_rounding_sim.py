@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from prompt_tokens import xorshift_tokens
+
 
 def bf16(x):
     """x rounded to bfloat16 (nearest, ties to even), kept in float32."""
@@ -81,18 +83,6 @@ def make_06b(seed):
     cfg = dict(hidden_size=h, head_dim=hd, num_attention_heads=nh, num_key_value_heads=nkv, num_hidden_layers=L,
                rope_theta=1e6, rms_norm_eps=1e-6, vocab_size=V)
     return t, cfg
-
-
-def xorshift_tokens(length, seed, hi):
-    """native_cuda_hf.py's prompt generator (the test's prompts)."""
-    x = seed & 0xFFFFFFFF or 1
-    out = []
-    for _ in range(length):
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        out.append(x % hi)
-    return out
 
 
 def rms(x, w, eps):
