@@ -125,12 +125,6 @@ constexpr bool kSublayerByDefault = false;
 // that the logits' extra rows stay small (128 rows, 78 MB, for the 0.6B shape).
 constexpr int kStackedLogitRowsPerHidden = 8;  // hidden / 8 rows
 
-// Whether the environment variable `name` (a switch read when an engine loads) says "off".
-bool env_is_off(const char* name) {
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, "off") == 0;
-}
-
 // fp16 saturates, as the kernels' conversions do (from_f32); the caller counts what did.
 uint16_t f32_to_half_bits(float v, bool bf16) {
   if (bf16) {

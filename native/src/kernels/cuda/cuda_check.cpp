@@ -1,6 +1,7 @@
 #include "kernels/cuda/cuda_check.h"
 
 #include <cstdlib>
+#include <cstring>
 
 namespace sy {
 
@@ -18,6 +19,11 @@ bool cuda_debug_enabled() {
     return v != nullptr && v[0] == '1';
   }();
   return enabled;
+}
+
+bool env_is_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, "off") == 0;
 }
 
 int current_device_attribute(cudaDeviceAttr attribute) {

@@ -20,6 +20,8 @@ bool cuda_debug_enabled();
 void debug_sync_after_launch(const char* kernel, const char* file, int line);
 /** An attribute of the current device (cudaDeviceGetAttribute), checked. */
 int current_device_attribute(cudaDeviceAttr attribute);
+/** Whether the environment variable `name` (a switch for measuring, read where it applies) says "off". */
+bool env_is_off(const char* name);
 
 }  // namespace sy
 

@@ -47,13 +47,6 @@ int64_t min_tuned_rows_from_env() {
   return n > 0 ? static_cast<int64_t>(n) : Gemm::kMinTunedRows;
 }
 
-// SWITCHYARD_CUDA_SMALL_GEMM=off: products of a few rows on cuBLAS too (for measuring). Read by
-// each Gemm, as the tuning switch.
-bool small_gemm_from_env() {
-  const char* v = std::getenv("SWITCHYARD_CUDA_SMALL_GEMM");
-  return !(v && std::strcmp(v, "off") == 0);
-}
-
 // Row-major y[n, out] = x[n, in] · wᵀ is column-major yᵀ[out, n] = (w as [in, out])ᵀ · xᵀ[in, n],
 // as cuBLASLt describes it. Owns its descriptors.
 class LtProblem {
@@ -150,7 +143,9 @@ struct Gemm::Tuned {
 Gemm::Gemm(cudaStream_t stream)
     : stream_(stream),
       min_tuned_rows_(min_tuned_rows_from_env()),
-      small_rows_(small_gemm_from_env()),
+      // SWITCHYARD_CUDA_SMALL_GEMM=off: products of a few rows on cuBLAS too (for measuring).
+      // Read by each Gemm, as the tuning switch.
+      small_rows_(!env_is_off("SWITCHYARD_CUDA_SMALL_GEMM")),
       tuned_(std::make_unique<Tuned>()) {
   cublasHandle_t h;
   check(cublasCreate(&h), "cublasCreate");
