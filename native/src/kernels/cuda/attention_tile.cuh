@@ -11,22 +11,13 @@
 #include <type_traits>
 
 #include "kernels/cuda/bulk_copy.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace sy::cuda {
 
 /** Chunk `chunk` of row `row` lives at chunk ^ (row & mask): rows read by column hit every bank. */
 __device__ __forceinline__ int swizzle(int row, int chunk, int mask) { return chunk ^ (row & mask); }
-
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t address, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"

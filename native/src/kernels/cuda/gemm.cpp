@@ -158,6 +158,7 @@ Gemm::Gemm(cudaStream_t stream)
   // A fixed workspace keeps cuBLAS from allocating inside CUDA-graph capture.
   check(cublasSetWorkspace(h, workspace_, kWorkspaceBytes), "cublasSetWorkspace");
   check(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+  if (small_rows_) small_gemm_prepare();  // before any capture: its launches ask for more shared memory
 }
 
 Gemm::~Gemm() {

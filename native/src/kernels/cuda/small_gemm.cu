@@ -9,7 +9,9 @@
 // global loads, with the inner dimension in the order they want (a sum does not care): lane
 // (row8, quad) loads elements [32p + 8·quad, +8) of w rows row8 and row8 + 8 and of x row row8,
 // and its words 2s, 2s + 1 are k16 slice s's columns 2·quad, +1 and +8, +9. The first round of
-// weight loads goes out before the wait for the kernel before (dependent_launch.cuh).
+// weight loads goes out before the wait for the kernel before (dependent_launch.cuh), into
+// registers, and up to kMaxStagedRounds more into shared memory (cp.async), so that the products
+// of a longer inner dimension (o, gate_up's two tiles, down) wait on no weights after the wait.
 //
 // small_gemm_silu takes a gate tile and its up tile in each block, and finishes with SiLU·up, so a
 // decode step's MLP runs without the separate silu_mul pass.
@@ -18,8 +20,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/attention_tile.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/reduce.cuh"
@@ -32,14 +37,37 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPiece = 32;   // elements of the inner dimension a lane quad covers with one load each
 constexpr int kRound = 4;    // pieces a warp loads before it multiplies
+// A round in shared memory: each lane's kRound pieces of two w rows, 16 bytes each, every warp.
+constexpr int kRoundBytes = kWarps * kRound * 2 * 32 * 16;
+constexpr int kMaxStagedRounds = 2;
+
+// Rounds a warp runs over `in` (warp 0, which has the most pieces).
+int rounds_over(int64_t in) {
+  const int64_t pieces = in / kPiece, per_warp = (pieces + kWarps - 1) / kWarps;
+  return static_cast<int>((per_warp + kRound - 1) / kRound);
+}
+
+// Rounds after the first that the launch's blocks copy in before their wait (its dynamic shared
+// memory is that many kRoundBytes). Only where x has two 8-row tiles: H200, same call, staged
+// against not, bfloat16 batch 8 (16 stacked rows) 1.289 against 1.333-1.335 ms, float16 batch 16
+// 1.422-1.434 against 1.470-1.488; but with one tile bfloat16 batch 4 1.188-1.189 against
+// 1.145-1.147 and float16 batch 8 1.275-1.288 against 1.243-1.264 (bench/CUDA_NOTES.md, "Session
+// 19"). SWITCHYARD_CUDA_SMALL_GEMM_STAGE=off: none anywhere (for measuring).
+template <int NT>
+int staged_rounds(int64_t in) {
+  static const bool allowed = !env_is_off("SWITCHYARD_CUDA_SMALL_GEMM_STAGE");
+  return allowed && NT == 2 ? std::min(rounds_over(in) - 1, kMaxStagedRounds) : 0;
+}
 
 // The block's TILES 16-row tiles of w (first rows tile_row[k]) times all n <= 8 NT rows of x:
 // each warp's sums of its pieces, left in partial[warp] for the epilogue to add in warp order.
 // A warp loads kRound / TILES pieces of each tile a round, so every build keeps as many weight
 // bytes in flight and as many registers for them.
+// `staged` rounds after the first go through shared memory at `staged_w`, copied before the wait.
 template <typename T, int NT, int TILES>
 __device__ __forceinline__ void tile_sums(const T* __restrict__ x, int n, const T* __restrict__ w, int in,
-                                          const int (&tile_row)[TILES], float (*partial)[TILES][NT][32][4]) {
+                                          const int (&tile_row)[TILES], float (*partial)[TILES][NT][32][4],
+                                          uint4* staged_w, int staged) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row8 = lane >> 2, quad = lane & 3;
   const int pieces = in / kPiece;
   const T* w0[TILES];
@@ -71,9 +99,29 @@ __device__ __forceinline__ void tile_sums(const T* __restrict__ x, int n, const 
         a1[k][u] = p < pieces ? __ldg(reinterpret_cast<const uint4*>(w1[k] + p * kPiece)) : zero;
       }
   };
+  // Piece u of tile k in staged round `slot`, half h (w row row8 or row8 + 8), at
+  // [slot][warp][k][u][h][lane]: a warp's reads of one (k, u, h) are 512 consecutive bytes.
+  const auto staged_at = [&](int slot, int k, int u, int h) {
+    return staged_w + ((((static_cast<int64_t>(slot) * kWarps + warp) * TILES + k) * kTileRound + u) * 2 + h) * 32 + lane;
+  };
   load_weights(warp);  // reads nothing an earlier kernel writes
+  if (staged > 0) {
+    for (int r = 1; r <= staged; ++r) {
+#pragma unroll
+      for (int k = 0; k < TILES; ++k)
+#pragma unroll
+        for (int u = 0; u < kTileRound; ++u) {
+          const int p = warp + (r * kTileRound + u) * kWarps;
+          if (p < pieces) {
+            cp_async_16(static_cast<uint32_t>(__cvta_generic_to_shared(staged_at(r - 1, k, u, 0))), w0[k] + p * kPiece, true);
+            cp_async_16(static_cast<uint32_t>(__cvta_generic_to_shared(staged_at(r - 1, k, u, 1))), w1[k] + p * kPiece, true);
+          }
+        }
+    }
+    cp_async_commit();
+  }
   wait_for_prior_kernels();
-  for (int first = warp;;) {
+  for (int first = warp, round = 0;;) {
     uint4 b[kTileRound][NT];
 #pragma unroll
     for (int u = 0; u < kTileRound; ++u) {
@@ -99,7 +147,19 @@ __device__ __forceinline__ void tile_sums(const T* __restrict__ x, int n, const 
     }
     first += kTileRound * kWarps;
     if (first >= pieces) break;
-    load_weights(first);
+    if (++round <= staged) {
+      if (round == 1) cp_async_wait<0>();  // a lane reads back only what it copied itself
+#pragma unroll
+      for (int k = 0; k < TILES; ++k)
+#pragma unroll
+        for (int u = 0; u < kTileRound; ++u) {
+          const bool live = first + u * kWarps < pieces;
+          a0[k][u] = live ? *staged_at(round - 1, k, u, 0) : zero;
+          a1[k][u] = live ? *staged_at(round - 1, k, u, 1) : zero;
+        }
+    } else {
+      load_weights(first);
+    }
   }
 #pragma unroll
   for (int k = 0; k < TILES; ++k)
@@ -123,11 +183,12 @@ __device__ __forceinline__ float tile_sum(const float (*partial)[TILES][NT][32][
 
 template <typename T, int NT, bool OUT16>
 __global__ void __launch_bounds__(kThreads) small_gemm_kernel(const T* __restrict__ x, int n, const T* __restrict__ w,
-                                                              int out, int in, void* y, bool accumulate) {
+                                                              int out, int in, int staged, void* y, bool accumulate) {
   allow_dependent_launch();
+  extern __shared__ __align__(16) uint4 staged_w[];
   __shared__ float partial[kWarps][1][NT][32][4];
   const int o0 = blockIdx.x * 16;
-  tile_sums<T, NT, 1>(x, n, w, in, {o0}, partial);
+  tile_sums<T, NT, 1>(x, n, w, in, {o0}, partial, staged_w, staged);
   for (int i = threadIdx.x; i < n * 16; i += kThreads) {
     const int t = i / 16, c = i % 16;
     const float v = tile_sum<NT, 1>(partial, 0, t, c);
@@ -148,11 +209,12 @@ __global__ void __launch_bounds__(kThreads) small_gemm_kernel(const T* __restric
 template <typename T, int NT>
 __global__ void __launch_bounds__(kThreads) small_gemm_silu_kernel(const T* __restrict__ x, int n, int tokens,
                                                                    const T* __restrict__ gate_up, int inter, int in,
-                                                                   T* act, T* act_lo) {
+                                                                   int staged, T* act, T* act_lo) {
   allow_dependent_launch();
+  extern __shared__ __align__(16) uint4 staged_w[];
   __shared__ float partial[kWarps][2][NT][32][4];
   const int o0 = blockIdx.x * 16;
-  tile_sums<T, NT, 2>(x, n, gate_up, in, {o0, inter + o0}, partial);
+  tile_sums<T, NT, 2>(x, n, gate_up, in, {o0, inter + o0}, partial, staged_w, staged);
   const auto product = [&](int k, int t, int c) { return product_value<T>(tile_sum<NT, 2>(partial, k, t, c)); };
   for (int i = threadIdx.x; i < tokens * 16; i += kThreads) {
     const int t = i / 16, c = i % 16;
@@ -172,10 +234,14 @@ void launch(const void* x, int64_t n, const void* w, int64_t out, int64_t in, vo
   const auto* xt = static_cast<const T*>(x);
   const auto* wt = static_cast<const T*>(w);
   const int ni = static_cast<int>(n), oi = static_cast<int>(out), ii = static_cast<int>(in);
+  const int staged = staged_rounds<NT>(in);
+  const size_t smem = static_cast<size_t>(staged) * kRoundBytes;
   if (y_16bit) {
-    launch_dependent(small_gemm_kernel<T, NT, true>, grid, dim3(kThreads), 0, stream, xt, ni, wt, oi, ii, y, accumulate);
+    launch_dependent(small_gemm_kernel<T, NT, true>, grid, dim3(kThreads), smem, stream, xt, ni, wt, oi, ii, staged, y,
+                     accumulate);
   } else {
-    launch_dependent(small_gemm_kernel<T, NT, false>, grid, dim3(kThreads), 0, stream, xt, ni, wt, oi, ii, y, accumulate);
+    launch_dependent(small_gemm_kernel<T, NT, false>, grid, dim3(kThreads), smem, stream, xt, ni, wt, oi, ii, staged, y,
+                     accumulate);
   }
   SY_CUDA_CHECK_LAUNCH(small_gemm_kernel);
 }
@@ -190,8 +256,9 @@ void launch_for_rows(const void* x, int64_t n, const void* w, int64_t out, int64
 template <typename T, int NT>
 void launch_silu_tiles(const T* x, int n, int tokens, const T* gate_up, int inter, int in, T* act, T* act_lo,
                        cudaStream_t stream) {
-  launch_dependent(small_gemm_silu_kernel<T, NT>, dim3(static_cast<unsigned>(inter / 16)), dim3(kThreads), 0, stream, x,
-                   n, tokens, gate_up, inter, in, act, act_lo);
+  const int staged = staged_rounds<NT>(in);
+  launch_dependent(small_gemm_silu_kernel<T, NT>, dim3(static_cast<unsigned>(inter / 16)), dim3(kThreads),
+                   static_cast<size_t>(staged) * kRoundBytes, stream, x, n, tokens, gate_up, inter, in, staged, act, act_lo);
   SY_CUDA_CHECK_LAUNCH(small_gemm_silu_kernel);
 }
 
@@ -208,7 +275,20 @@ void launch_silu(const void* x, int64_t n, bool split, const void* gate_up, int6
   launch_silu_tiles<T, 2>(xt, ni, tokens, wt, ii, ini, a, a_lo, stream);
 }
 
+template <typename T>
+void allow_staged_smem() {
+  constexpr int bytes = kMaxStagedRounds * kRoundBytes;  // only the two-tile builds stage (staged_rounds)
+  SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_kernel<T, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_kernel<T, 2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_silu_kernel<T, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
 }  // namespace
+
+void small_gemm_prepare() {
+  allow_staged_smem<__nv_bfloat16>();
+  allow_staged_smem<__half>();
+}
 
 bool small_gemm_fits(const void* x, int64_t n, const void* w, int64_t out, int64_t in) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };

@@ -20,6 +20,9 @@ constexpr int64_t kSmallGemmRows = 16;
  */
 constexpr int64_t kSmallGemmMaxOut = 8192;
 
+/** Lets the kernels take their staged rounds' shared memory; call once before any launch (a graph
+ *  capture included). */
+void small_gemm_prepare();
 /** Whether small_gemm serves this product: few rows, at most kSmallGemmMaxOut rows of w in whole
  *  16-row tiles, rows of w in 32-element pieces, 16-byte aligned operands. */
 bool small_gemm_fits(const void* x, int64_t n, const void* w, int64_t out, int64_t in);
