@@ -5,13 +5,11 @@
 // shared memory once, then loops over its share of the output rows; `ws` warps share one output
 // row (split over `in`) so that the 1024-row projections still put enough loads in flight.
 // Launched as a programmatic dependent, a block loads its first weights before waiting for the
-// kernel that makes its input, into registers, and the next rounds of its share into shared memory
-// (cp.async), so that none of its weight loads waits behind the input. fp32 accumulation throughout.
+// kernel that makes its input. fp32 accumulation throughout.
 #include <algorithm>
 #include <cstdlib>
 #include <string>
 
-#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/gemv_prologue.cuh"
@@ -24,9 +22,6 @@ namespace {
 constexpr int kThreads = kGemvThreads;
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;  // 16-byte weight loads in flight per warp per round
-// A round's weights in shared memory: every warp's kUnroll 16-byte loads a lane (KU * R = kUnroll).
-constexpr int kRoundBytes = kWarps * kUnroll * 32 * 16;
-constexpr int kMaxStagedRounds = 2;  // rounds after the first a block copies in before its wait
 
 int num_sms() {
   static const int sms = current_device_attribute(cudaDevAttrMultiProcessorCount);
@@ -51,18 +46,6 @@ int max_smem() {
   return bytes;
 }
 
-int smem_per_sm() {
-  static const int bytes = current_device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
-  return bytes;
-}
-
-// SWITCHYARD_CUDA_GEMV_STAGE=off: rounds after the first are loaded after the wait, as before
-// session 19 (for measuring).
-bool staging_allowed() {
-  static const bool allowed = !env_is_off("SWITCHYARD_CUDA_GEMV_STAGE");
-  return allowed;
-}
-
 // Output rows a warp makes (gate/up pairs for SILU: silu_pairs_per_warp). One shared-memory read
 // of an input element serves that many weight loads. At 2 input rows, 2 rows a warp instead of 1:
 // batch 2 -14 to -15% (H200, bench/CUDA_NOTES.md, "Session 16"); a row's sum keeps its order.
@@ -80,11 +63,9 @@ constexpr int silu_pairs_per_warp() {
 // needs no SiLU·up prologue. A warp's R weight rows are then R / 2 such pairs; every row is summed
 // in the order of the plain kernel over 2 out rows (same `ws`, same k split), so both give the
 // same gate and up values.
-// `staged`: how many rounds after the first each warp copies into shared memory before its wait.
 template <typename T, int NT, bool SILU = false, int R = SILU ? 2 * silu_pairs_per_warp<NT>() : rows_per_warp<NT>()>
-__global__ void __launch_bounds__(kThreads)
-    gemv_kernel(GemvInput x, const T* w, int out, int in, int ws, int staged, float* y) {
-  extern __shared__ __align__(16) float xs[];  // [NT][in], then `staged` rounds of weights
+__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w, int out, int in, int ws, float* y) {
+  extern __shared__ __align__(16) float xs[];  // [NT][in]
   __shared__ float scratch[32 * NT];
   __shared__ float partial[kWarps][R * NT];
   constexpr int RO = SILU ? R / 2 : R;  // output rows a warp makes
@@ -107,23 +88,6 @@ __global__ void __launch_bounds__(kThreads)
           wv[u][q] = __ldcs(reinterpret_cast<const uint4*>(w + static_cast<int64_t>(weight_row(row, q)) * in + k));  // streamed once
     }
   };
-  // Round `slot` of this warp's copied weights: load (u, q) of a lane at [slot][warp][u][q][lane],
-  // so that a warp's 16-byte reads of one (u, q) are 512 consecutive bytes.
-  uint4* const staged_w = reinterpret_cast<uint4*>(xs + NT * in);
-  const auto staged_at = [&](int slot, int u, int q) {
-    return staged_w + ((static_cast<int64_t>(slot) * kWarps + warp) * KU * R + u * R + q) * 32 + lane;
-  };
-  const auto copy_round = [&](int row, int k0, int slot) {
-#pragma unroll
-    for (int u = 0; u < KU; ++u) {
-      const int k = k0 + u * step;
-#pragma unroll
-      for (int q = 0; q < R; ++q)
-        if (k < in && has_row(row, q))
-          cp_async_16(static_cast<uint32_t>(__cvta_generic_to_shared(staged_at(slot, u, q))),
-                      w + static_cast<int64_t>(weight_row(row, q)) * in + k, true);
-    }
-  };
   // An output value from its weight row's sum (SILU: from its gate and up rows' sums).
   const auto finish = [](float sum, float up_sum) {
     if constexpr (SILU) {
@@ -138,22 +102,12 @@ __global__ void __launch_bounds__(kThreads)
   allow_dependent_launch();
   uint4 first[KU][R];
   load_round(blockIdx.x * rows_per_block + warp / ws * RO, (sub * 32 + lane) * 8, first);
-  // Rounds 1..staged of the loop below, in its order. Without them, blocks with a second round
-  // (qkv's and o's second pass of rows at batch 1, gate_up's second half of `in`) loaded it only
-  // after the prologue: a memory round trip after the wait.
-  if (staged > 0) {
-    int round = 0;
-    for (int row0 = blockIdx.x * rows_per_block; row0 < out && round <= staged; row0 += gridDim.x * rows_per_block)
-      for (int k0 = (sub * 32 + lane) * 8; k0 < in && round <= staged; k0 += KU * step, ++round)
-        if (round > 0) copy_round(row0 + warp / ws * RO, k0, round - 1);
-    cp_async_commit();
-  }
   wait_for_prior_kernels();
   stage_gemv_input<T, NT>(x, in, xs, scratch);
 
   // Each warp takes R output rows at once, so one shared-memory read of x serves R weight loads
   // (with 8 input rows, x reads rather than HBM would bound a warp that takes one row).
-  int round = 0;
+  bool first_round = true;
   for (int row0 = blockIdx.x * rows_per_block; row0 < out; row0 += gridDim.x * rows_per_block) {
     const int row = row0 + warp / ws * RO;  // this warp's first output row
     float acc[R][NT];
@@ -163,21 +117,15 @@ __global__ void __launch_bounds__(kThreads)
       for (int t = 0; t < NT; ++t) acc[q][t] = 0.0f;
     for (int k0 = (sub * 32 + lane) * 8; k0 < in; k0 += KU * step) {
       uint4 wv[KU][R];
-      if (round == 0) {
+      if (first_round) {
 #pragma unroll
         for (int u = 0; u < KU; ++u)
 #pragma unroll
           for (int q = 0; q < R; ++q) wv[u][q] = first[u][q];
-      } else if (round <= staged) {
-        if (round == 1) cp_async_wait<0>();  // a lane reads back only what it copied itself
-#pragma unroll
-        for (int u = 0; u < KU; ++u)
-#pragma unroll
-          for (int q = 0; q < R; ++q) wv[u][q] = *staged_at(round - 1, u, q);
+        first_round = false;
       } else {
         load_round(row, k0, wv);
       }
-      ++round;
 #pragma unroll
       for (int u = 0; u < KU; ++u) {
         const int k = k0 + u * step;
@@ -258,37 +206,16 @@ void allow_smem() {
 }
 
 // out: output rows (SILU: gate/up pairs, the weights holding 2 out rows).
-// Rounds after the first that a warp of the launch copies into shared memory before its wait: all
-// it has, up to kMaxStagedRounds, where blocks_per_sm() blocks of that size and one block's worth
-// for the kernel launched after it still fit an SM.
-int staged_rounds(int rounds, size_t input_bytes) {
-  if (!staging_allowed()) return 0;
-  int staged = std::min(rounds - 1, kMaxStagedRounds);
-  const auto fits = [&](int s) {
-    const size_t block = input_bytes + static_cast<size_t>(s) * kRoundBytes + 1024;  // 1 KB: reserved a block
-    return (blocks_per_sm() + 1) * block <= static_cast<size_t>(smem_per_sm()) &&
-           block + kStaticSmemMargin <= static_cast<size_t>(max_smem());
-  };
-  while (staged > 0 && !fits(staged)) --staged;
-  return std::max(staged, 0);
-}
-
 template <typename T, int NT, bool SILU>
 void launch(const GemvInput& x, const T* w, int out, int in, float* y, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(NT) * in * sizeof(float);
   allow_smem<T, NT, SILU>();
   const int target = blocks_per_sm() * num_sms();
   constexpr int RO = SILU ? silu_pairs_per_warp<NT>() : rows_per_warp<NT>();
-  constexpr int R = SILU ? 2 * RO : RO, KU = kUnroll / R;
   const int ws = gemv_warps_per_row(SILU ? 2 * out : out, in);
   const int rows_per_block = kWarps / ws * RO;
   const int blocks = std::min((out + rows_per_block - 1) / rows_per_block, target);
-  // The most rounds a warp runs: passes over the rows times rounds over `in`.
-  const int passes = (out + blocks * rows_per_block - 1) / (blocks * rows_per_block);
-  const int k_rounds = (in + KU * 256 * ws - 1) / (KU * 256 * ws);
-  const size_t input_bytes = static_cast<size_t>(NT) * in * sizeof(float);
-  const int staged = staged_rounds(passes * k_rounds, input_bytes);
-  const size_t smem = input_bytes + static_cast<size_t>(staged) * kRoundBytes;
-  launch_dependent(gemv_kernel<T, NT, SILU>, dim3(blocks), dim3(kThreads), smem, stream, x, w, out, in, ws, staged, y);
+  launch_dependent(gemv_kernel<T, NT, SILU>, dim3(blocks), dim3(kThreads), smem, stream, x, w, out, in, ws, y);
   SY_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 

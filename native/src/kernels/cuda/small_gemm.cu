@@ -10,8 +10,9 @@
 // (row8, quad) loads elements [32p + 8·quad, +8) of w rows row8 and row8 + 8 and of x row row8,
 // and its words 2s, 2s + 1 are k16 slice s's columns 2·quad, +1 and +8, +9. The first round of
 // weight loads goes out before the wait for the kernel before (dependent_launch.cuh), into
-// registers, and up to kMaxStagedRounds more into shared memory (cp.async), so that the products
-// of a longer inner dimension (o, gate_up's two tiles, down) wait on no weights after the wait.
+// registers; where x has two 8-row tiles, up to kMaxStagedRounds more go into shared memory
+// (cp.async), so that the products of a longer inner dimension (o, gate_up's two tiles, down)
+// wait on no weights after the wait.
 //
 // small_gemm_silu takes a gate tile and its up tile in each block, and finishes with SiLU·up, so a
 // decode step's MLP runs without the separate silu_mul pass.
@@ -50,7 +51,7 @@ int rounds_over(int64_t in) {
 // Rounds after the first that the launch's blocks copy in before their wait (its dynamic shared
 // memory is that many kRoundBytes). Only where x has two 8-row tiles: H200, same call, staged
 // against not, bfloat16 batch 8 (16 stacked rows) 1.289 against 1.333-1.335 ms, float16 batch 16
-// 1.422-1.434 against 1.470-1.488; but with one tile bfloat16 batch 4 1.188-1.189 against
+// 1.422-1.434 against 1.470-1.488; with one tile it lost, bfloat16 batch 4 1.188-1.189 against
 // 1.145-1.147 and float16 batch 8 1.275-1.288 against 1.243-1.264 (bench/CUDA_NOTES.md, "Session
 // 19"). SWITCHYARD_CUDA_SMALL_GEMM_STAGE=off: none anywhere (for measuring).
 template <int NT>
