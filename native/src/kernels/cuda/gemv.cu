@@ -5,7 +5,8 @@
 // shared memory once, then loops over its share of the output rows; `ws` warps share one output
 // row (split over `in`) so that the 1024-row projections still put enough loads in flight.
 // Launched as a programmatic dependent, a block loads its first weights before waiting for the
-// kernel that makes its input. fp32 accumulation throughout.
+// kernel that makes its input, and asks L2 for the next rounds' (prefetch_rounds). fp32
+// accumulation throughout.
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -41,6 +42,22 @@ int blocks_per_sm() {
   return per_sm;
 }
 
+// Rounds after the first whose weights a warp asks L2 for before its wait
+// (SWITCHYARD_CUDA_GEMV_AHEAD, 0-8, default 2). At batch 1, 116 of qkv's, o's and down's 396 blocks
+// take a second pass over the rows and gate_up a second round over `in`; that round's loads, issued
+// after the input was staged, then came from HBM. H200, same call, 0 / 1 / 2: bfloat16 batch 1
+// 0.890-0.894 / 0.873-0.883 / 0.867-0.871 ms, float16 0.907-0.918 / 0.878-0.892 / 0.879-0.880
+// (bench/CUDA_NOTES.md, "Session 19"). Copying those rounds into shared memory instead took a
+// rewritten loop that compiled slower than this one.
+int prefetch_rounds() {
+  static const int rounds = [] {
+    const char* v = std::getenv("SWITCHYARD_CUDA_GEMV_AHEAD");
+    const int n = v && *v ? std::atoi(v) : 2;
+    return std::clamp(n, 0, 8);
+  }();
+  return rounds;
+}
+
 int max_smem() {
   static const int bytes = current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   return bytes;
@@ -63,8 +80,10 @@ constexpr int silu_pairs_per_warp() {
 // needs no SiLU·up prologue. A warp's R weight rows are then R / 2 such pairs; every row is summed
 // in the order of the plain kernel over 2 out rows (same `ws`, same k split), so both give the
 // same gate and up values.
+// `ahead`: rounds after the first whose weights a warp asks L2 for before its wait.
 template <typename T, int NT, bool SILU = false, int R = SILU ? 2 * silu_pairs_per_warp<NT>() : rows_per_warp<NT>()>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w, int out, int in, int ws, float* y) {
+__global__ void __launch_bounds__(kThreads)
+    gemv_kernel(GemvInput x, const T* w, int out, int in, int ws, int ahead, float* y) {
   extern __shared__ __align__(16) float xs[];  // [NT][in]
   __shared__ float scratch[32 * NT];
   __shared__ float partial[kWarps][R * NT];
@@ -102,6 +121,19 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemvInput x, const T* w,
   allow_dependent_launch();
   uint4 first[KU][R];
   load_round(blockIdx.x * rows_per_block + warp / ws * RO, (sub * 32 + lane) * 8, first);
+  // A prefetch holds no register, so the loop below stays as it was (see prefetch_rounds).
+  if (ahead > 0) {
+    int round = 0;
+    for (int row0 = blockIdx.x * rows_per_block; row0 < out && round <= ahead; row0 += gridDim.x * rows_per_block)
+      for (int k0 = (sub * 32 + lane) * 8; k0 < in && round <= ahead; k0 += KU * step, ++round)
+        if (round > 0)
+          for (int u = 0; u < KU; ++u)
+            for (int q = 0; q < R; ++q) {
+              const int row = row0 + warp / ws * RO, k = k0 + u * step;
+              if (k < in && has_row(row, q))
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(w + static_cast<int64_t>(weight_row(row, q)) * in + k));
+            }
+  }
   wait_for_prior_kernels();
   stage_gemv_input<T, NT>(x, in, xs, scratch);
 
@@ -215,7 +247,8 @@ void launch(const GemvInput& x, const T* w, int out, int in, float* y, cudaStrea
   const int ws = gemv_warps_per_row(SILU ? 2 * out : out, in);
   const int rows_per_block = kWarps / ws * RO;
   const int blocks = std::min((out + rows_per_block - 1) / rows_per_block, target);
-  launch_dependent(gemv_kernel<T, NT, SILU>, dim3(blocks), dim3(kThreads), smem, stream, x, w, out, in, ws, y);
+  launch_dependent(gemv_kernel<T, NT, SILU>, dim3(blocks), dim3(kThreads), smem, stream, x, w, out, in, ws,
+                   prefetch_rounds(), y);
   SY_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 
