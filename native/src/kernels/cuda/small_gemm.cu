@@ -42,6 +42,10 @@ constexpr int kRound = 4;    // pieces a warp loads before it multiplies
 constexpr int kRoundBytes = kWarps * kRound * 2 * 32 * 16;
 constexpr int kMaxStagedRounds = 2;
 
+// The most rounds a launch may stage: set by small_gemm_prepare to what the device's shared memory
+// allows beside the largest build's static part, so that a launch before it stages none.
+int staged_round_limit = 0;
+
 // Rounds a warp runs over `in` (warp 0, which has the most pieces).
 int rounds_over(int64_t in) {
   const int64_t pieces = in / kPiece, per_warp = (pieces + kWarps - 1) / kWarps;
@@ -57,7 +61,7 @@ int rounds_over(int64_t in) {
 template <int NT>
 int staged_rounds(int64_t in) {
   static const bool allowed = !env_is_off("SWITCHYARD_CUDA_SMALL_GEMM_STAGE");
-  return allowed && NT == 2 ? std::min(rounds_over(in) - 1, kMaxStagedRounds) : 0;
+  return allowed && NT == 2 ? std::min(rounds_over(in) - 1, staged_round_limit) : 0;
 }
 
 // The block's TILES 16-row tiles of w (first rows tile_row[k]) times all n <= 8 NT rows of x:
@@ -277,8 +281,7 @@ void launch_silu(const void* x, int64_t n, bool split, const void* gate_up, int6
 }
 
 template <typename T>
-void allow_staged_smem() {
-  constexpr int bytes = kMaxStagedRounds * kRoundBytes;  // only the two-tile builds stage (staged_rounds)
+void allow_staged_smem(int bytes) {  // only the two-tile builds stage (staged_rounds)
   SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_kernel<T, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_kernel<T, 2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_silu_kernel<T, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
@@ -287,8 +290,12 @@ void allow_staged_smem() {
 }  // namespace
 
 void small_gemm_prepare() {
-  allow_staged_smem<__nv_bfloat16>();
-  allow_staged_smem<__half>();
+  constexpr int kLargestStatic = kWarps * 2 * 2 * 32 * 4 * sizeof(float);  // small_gemm_silu_kernel<T, 2>'s partial
+  const int optin = current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  const int rounds = std::clamp((optin - kLargestStatic) / kRoundBytes, 0, kMaxStagedRounds);
+  allow_staged_smem<__nv_bfloat16>(rounds * kRoundBytes);
+  allow_staged_smem<__half>(rounds * kRoundBytes);
+  staged_round_limit = rounds;
 }
 
 bool small_gemm_fits(const void* x, int64_t n, const void* w, int64_t out, int64_t in) {

@@ -20,8 +20,8 @@ constexpr int64_t kSmallGemmRows = 16;
  */
 constexpr int64_t kSmallGemmMaxOut = 8192;
 
-/** Lets the kernels take their staged rounds' shared memory; call once before any launch (a graph
- *  capture included). */
+/** Lets the kernels take their staged rounds' shared memory, as much of it as the device has; call
+ *  once before any graph capture (launches before it stage nothing). */
 void small_gemm_prepare();
 /** Whether small_gemm serves this product: few rows, at most kSmallGemmMaxOut rows of w in whole
  *  16-row tiles, rows of w in 32-element pieces, 16-byte aligned operands. */
