@@ -20,6 +20,7 @@ import time
 import torch
 
 from prompt_tokens import xorshift_tokens
+from qwen3_weight_draws import qwen3_weight_draws
 
 QWEN3_06B = dict(
     architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=151936, hidden_size=1024,
@@ -87,7 +88,6 @@ def make_model(folder):
     g = torch.Generator(device="cuda").manual_seed(20261124)
     std = 0.04
     h, hd, inter = c["hidden_size"], c["head_dim"], c["intermediate_size"]
-    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
 
     def mat(rows, cols):
         return (torch.randn(rows, cols, generator=g, device="cuda") * std).to(torch.bfloat16).cpu()
@@ -95,20 +95,9 @@ def make_model(folder):
     def norm(n):
         return (1.0 + 0.1 * torch.randn(n, generator=g, device="cuda")).to(torch.bfloat16).cpu()
 
-    t = {"model.embed_tokens.weight": mat(c["vocab_size"], h), "model.norm.weight": norm(h)}
-    for l in range(c["num_hidden_layers"]):
-        p = f"model.layers.{l}."
-        t[p + "self_attn.q_proj.weight"] = mat(q, h)
-        t[p + "self_attn.k_proj.weight"] = mat(kv, h)
-        t[p + "self_attn.v_proj.weight"] = mat(kv, h)
-        t[p + "self_attn.o_proj.weight"] = mat(h, q)
-        t[p + "self_attn.q_norm.weight"] = norm(hd)
-        t[p + "self_attn.k_norm.weight"] = norm(hd)
-        t[p + "mlp.gate_proj.weight"] = mat(inter, h)
-        t[p + "mlp.up_proj.weight"] = mat(inter, h)
-        t[p + "mlp.down_proj.weight"] = mat(h, inter)
-        t[p + "input_layernorm.weight"] = norm(h)
-        t[p + "post_attention_layernorm.weight"] = norm(h)
+    draws = qwen3_weight_draws(h, hd, inter, c["num_attention_heads"], c["num_key_value_heads"],
+                               c["num_hidden_layers"], c["vocab_size"])
+    t = {name: mat(*shape) if kind == "mat" else norm(*shape) for name, shape, kind in draws}
     save_file(t, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     json.dump(c, open(os.path.join(folder, "config.json"), "w"), indent=1)
     json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "do_sample": False},

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from prompt_tokens import xorshift_tokens
+from qwen3_weight_draws import qwen3_weight_draws
 
 
 def bf16(x):
@@ -66,20 +67,8 @@ def make_06b(seed):
     def norm(n):
         return bf16(np.float32(1) + np.float32(0.1) * rng.standard_normal(n, dtype=np.float32))
 
-    t = {"model.embed_tokens.weight": mat(V, h), "model.norm.weight": norm(h)}
-    for l in range(L):
-        p = f"model.layers.{l}."
-        t[p + "self_attn.q_proj.weight"] = mat(nh * hd, h)
-        t[p + "self_attn.k_proj.weight"] = mat(nkv * hd, h)
-        t[p + "self_attn.v_proj.weight"] = mat(nkv * hd, h)
-        t[p + "self_attn.o_proj.weight"] = mat(h, nh * hd)
-        t[p + "self_attn.q_norm.weight"] = norm(hd)
-        t[p + "self_attn.k_norm.weight"] = norm(hd)
-        t[p + "mlp.gate_proj.weight"] = mat(inter, h)
-        t[p + "mlp.up_proj.weight"] = mat(inter, h)
-        t[p + "mlp.down_proj.weight"] = mat(h, inter)
-        t[p + "input_layernorm.weight"] = norm(h)
-        t[p + "post_attention_layernorm.weight"] = norm(h)
+    t = {name: mat(*shape) if kind == "mat" else norm(*shape)
+         for name, shape, kind in qwen3_weight_draws(h, hd, inter, nh, nkv, L, V)}
     cfg = dict(hidden_size=h, head_dim=hd, num_attention_heads=nh, num_key_value_heads=nkv, num_hidden_layers=L,
                rope_theta=1e6, rms_norm_eps=1e-6, vocab_size=V)
     return t, cfg
