@@ -1,7 +1,8 @@
 // What the chain of dependent steps in a batch-1 decode costs on this GPU by itself
 // (bench/CUDA_NOTES.md, "Session 20"). A batch-1 layer of the Qwen3-0.6B shape is five steps that
 // each read the whole output of the one before (RMSNorm + qkv, attention, o, RMSNorm + gate_up,
-// down), so 140 such steps are a step's lower bound however fast the weights stream beside them.
+// down), so in that structure 140 such steps bound a decode step from below, however fast the
+// weights stream beside them.
 // Each step here is a skeleton of the engine's: read the previous step's vector (n floats, from
 // L2: other SMs wrote it), reduce it across the block as RMSNorm does, and write this block's part
 // of the next vector. Two kinds of step:
@@ -14,7 +15,8 @@
 // and two ways to chain them, as the engine does:
 //   kernels     one kernel a step, captured in a CUDA graph: plain launches, and programmatic
 //               dependent launches (PDL: each kernel lets the next start, which waits in
-//               griddepcontrol.wait), at one and three blocks an SM (gemv runs three);
+//               griddepcontrol.wait), at one block an SM, and bare steps also at three (as
+//               gemv runs);
 //   persistent  one cooperative kernel, one block an SM, the steps separated by the engine's own
 //               grid barrier (native/src/kernels/cuda/grid_barrier.cuh).
 //
@@ -69,6 +71,7 @@ __device__ __forceinline__ void step_body(const float* in, float* out, int n, un
   float* x = reinterpret_cast<float*>(smem + static_cast<size_t>(kRows) * n * 2);
   float* warp_sums = x + n;
   float ss = 0.f;
+#pragma unroll 4
   for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
     const float4 v = __ldcg(reinterpret_cast<const float4*>(in + i));
     *reinterpret_cast<float4*>(x + i) = v;
@@ -89,6 +92,7 @@ __device__ __forceinline__ void step_body(const float* in, float* out, int n, un
   } else {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float acc[kDots ? kRowsPerWarp : 1] = {};
+#pragma unroll 8
     for (int k = lane * 4; k < n; k += 32 * 4) {
       const float4 xv = *reinterpret_cast<const float4*>(x + k);
 #pragma unroll
