@@ -183,10 +183,8 @@ struct StepProfile {
   void init() {
     const char* p = std::getenv("SWITCHYARD_CUDA_PROFILE");
     on = p && *p && *p != '0';
-    const char* k = std::getenv("SWITCHYARD_CUDA_PROFILE_STEP");
-    ncu_step = k && *k ? std::atoi(k) : -1;
-    const char* pk = std::getenv("SWITCHYARD_CUDA_PROFILE_PREFILL_STEP");
-    ncu_prefill_step = pk && *pk ? std::atoi(pk) : -1;
+    ncu_step = env_int("SWITCHYARD_CUDA_PROFILE_STEP").value_or(-1);
+    ncu_prefill_step = env_int("SWITCHYARD_CUDA_PROFILE_PREFILL_STEP").value_or(-1);
     if (on)
       for (auto& e : ev) SY_CUDA_CHECK(cudaEventCreate(&e));
   }
@@ -267,12 +265,10 @@ class Qwen3Cuda final : public CudaModelRunner {
     // cuBLAS (session 3): batch 3 1.56 vs 2.25 ms, batch 4 1.58 vs 2.29, batch 6 2.24 vs 2.21;
     // gemv vs small_gemm (session 15, bf16): batch 3 1.313 vs 1.224, batch 4 1.360 vs 1.279,
     // batch 2 1.225 vs 1.229.
-    const char* max_rows = std::getenv("SWITCHYARD_CUDA_GEMV_MAX_ROWS");
-    if (max_rows && *max_rows) gemv_max_rows_ = std::clamp(std::atoi(max_rows), 0, 8);
+    if (const auto rows = env_int("SWITCHYARD_CUDA_GEMV_MAX_ROWS")) gemv_max_rows_ = std::clamp(*rows, 0, 8);
     // SWITCHYARD_CUDA_LM_HEAD_STACKED_ROWS (0 = off; default hidden / kStackedLogitRowsPerHidden):
     // the most rows whose split lm_head input runs as one stacked GEMM.
-    const char* stacked_rows = std::getenv("SWITCHYARD_CUDA_LM_HEAD_STACKED_ROWS");
-    if (stacked_rows && *stacked_rows) stacked_logit_rows_ = std::max(0, std::atoi(stacked_rows));
+    if (const auto rows = env_int("SWITCHYARD_CUDA_LM_HEAD_STACKED_ROWS")) stacked_logit_rows_ = std::max(0, *rows);
     // SWITCHYARD_CUDA_PERSISTENT (on | off; default kPersistentByDefault): batch-1 decode steps
     // as one persistent kernel (same bits as kernel per op with SWITCHYARD_CUDA_DECODE_WARPS=off;
     // bench/CUDA_NOTES.md, "Session 4").
@@ -287,8 +283,7 @@ class Qwen3Cuda final : public CudaModelRunner {
     silu_in_small_gemm_ = !env_is_off("SWITCHYARD_CUDA_SMALL_GEMM_SILU");
     // SWITCHYARD_CUDA_DECODE_SPLITS (1-32): the most splits a decode row's context is cut into
     // (default 32; fewer means more 64-key tiles a block and fewer partial states to merge).
-    const char* splits = std::getenv("SWITCHYARD_CUDA_DECODE_SPLITS");
-    if (splits && *splits) max_splits_ = std::clamp(std::atoi(splits), 1, kMaxSplits);
+    if (const auto splits = env_int("SWITCHYARD_CUDA_DECODE_SPLITS")) max_splits_ = std::clamp(*splits, 1, kMaxSplits);
     // SWITCHYARD_CUDA_ATTENTION_SUBLAYER (on | off | 2-16; default kSublayerByDefault): batch-1 decode
     // steps run each layer's qkv, attention and o as one cluster kernel (attention_sublayer.cu);
     // a number asks for that many blocks a cluster (for measuring).

@@ -26,6 +26,12 @@ bool env_is_off(const char* name) {
   return v && std::strcmp(v, "off") == 0;
 }
 
+std::optional<int> env_int(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return std::nullopt;
+  return std::atoi(v);
+}
+
 int current_device_attribute(cudaDeviceAttr attribute) {
   int device = 0, value = 0;
   SY_CUDA_CHECK(cudaGetDevice(&device));

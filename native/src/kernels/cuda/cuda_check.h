@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -22,6 +23,9 @@ void debug_sync_after_launch(const char* kernel, const char* file, int line);
 int current_device_attribute(cudaDeviceAttr attribute);
 /** Whether the environment variable `name` (a switch for measuring, read where it applies) says "off". */
 bool env_is_off(const char* name);
+/** The integer the environment variable `name` (a setting for measuring) holds, as atoi reads it;
+ *  nothing when it is unset or empty. */
+std::optional<int> env_int(const char* name);
 
 }  // namespace sy
 

@@ -2,7 +2,6 @@
 // q/k norm + RoPE + KV-cache store fused into one pass over the QKV projection, SiLU-and-
 // multiply. Same functions as kernels/cpu/elementwise.cpp; fp32 arithmetic throughout.
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/activation.cuh"
@@ -122,10 +121,7 @@ __global__ void add_rmsnorm_kernel(float* x, const float* delta, const float* de
 
 // Rows a block for add_rmsnorm_kernel (SWITCHYARD_CUDA_NORM_ROWS while measuring; Session 9).
 int norm_rows_per_block(int rows) {
-  static const int forced = [] {
-    const char* v = std::getenv("SWITCHYARD_CUDA_NORM_ROWS");
-    return v ? std::atoi(v) : 0;
-  }();
+  static const int forced = env_int("SWITCHYARD_CUDA_NORM_ROWS").value_or(0);
   if (forced == 1 || forced == 2 || forced == 4) return forced;
   return rows >= 1024 ? 4 : rows >= 256 ? 2 : 1;
 }

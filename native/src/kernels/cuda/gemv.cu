@@ -8,7 +8,6 @@
 // kernel that makes its input, and asks L2 for the next rounds' (prefetch_rounds). fp32
 // accumulation throughout.
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
@@ -35,8 +34,7 @@ int num_sms() {
 // 1.388 ms, 2 1.044, 3 0.986 (without them: 1 1.274, 2 1.076, 4 1.096).
 int blocks_per_sm() {
   static const int per_sm = [] {
-    const char* v = std::getenv("SWITCHYARD_CUDA_GEMV_BLOCKS_PER_SM");
-    const int n = v ? std::atoi(v) : 0;
+    const int n = env_int("SWITCHYARD_CUDA_GEMV_BLOCKS_PER_SM").value_or(0);
     return n >= 1 && n <= 8 ? n : 3;
   }();
   return per_sm;
@@ -50,11 +48,7 @@ int blocks_per_sm() {
 // (bench/CUDA_NOTES.md, "Session 19"). Copying those rounds into shared memory instead took a
 // rewritten loop that compiled slower than this one.
 int prefetch_rounds() {
-  static const int rounds = [] {
-    const char* v = std::getenv("SWITCHYARD_CUDA_GEMV_AHEAD");
-    const int n = v && *v ? std::atoi(v) : 2;
-    return std::clamp(n, 0, 8);
-  }();
+  static const int rounds = std::clamp(env_int("SWITCHYARD_CUDA_GEMV_AHEAD").value_or(2), 0, 8);
   return rounds;
 }
 
