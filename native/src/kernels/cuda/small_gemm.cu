@@ -22,6 +22,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <array>
+#include <vector>
 
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/attention_tile.cuh"
@@ -280,21 +282,31 @@ void launch_silu(const void* x, int64_t n, bool split, const void* gate_up, int6
   launch_silu_tiles<T, 2>(xt, ni, tokens, wt, ii, ini, a, a_lo, stream);
 }
 
+// The builds that stage (staged_rounds: only the two-tile ones), as cudaFuncSetAttribute takes them.
 template <typename T>
-void allow_staged_smem(int bytes) {  // only the two-tile builds stage (staged_rounds)
-  SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_kernel<T, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_kernel<T, 2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  SY_CUDA_CHECK(cudaFuncSetAttribute(small_gemm_silu_kernel<T, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+std::array<const void*, 3> staging_kernels() {
+  return {reinterpret_cast<const void*>(small_gemm_kernel<T, 2, true>),
+          reinterpret_cast<const void*>(small_gemm_kernel<T, 2, false>),
+          reinterpret_cast<const void*>(small_gemm_silu_kernel<T, 2>)};
 }
 
 }  // namespace
 
 void small_gemm_prepare() {
-  constexpr int kLargestStatic = kWarps * 2 * 2 * 32 * 4 * sizeof(float);  // small_gemm_silu_kernel<T, 2>'s partial
+  std::vector<const void*> kernels;
+  for (const auto& of_type : {staging_kernels<__nv_bfloat16>(), staging_kernels<__half>()})
+    kernels.insert(kernels.end(), of_type.begin(), of_type.end());
+  // Staged rounds go beside each build's own (static) shared memory: the largest bounds them all.
+  int largest_static = 0;
+  for (const void* k : kernels) {
+    cudaFuncAttributes attributes{};
+    SY_CUDA_CHECK(cudaFuncGetAttributes(&attributes, k));
+    largest_static = std::max(largest_static, static_cast<int>(attributes.sharedSizeBytes));
+  }
   const int optin = current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  const int rounds = std::clamp((optin - kLargestStatic) / kRoundBytes, 0, kMaxStagedRounds);
-  allow_staged_smem<__nv_bfloat16>(rounds * kRoundBytes);
-  allow_staged_smem<__half>(rounds * kRoundBytes);
+  const int rounds = std::clamp((optin - largest_static) / kRoundBytes, 0, kMaxStagedRounds);
+  for (const void* k : kernels)
+    SY_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, rounds * kRoundBytes));
   staged_round_limit = rounds;
 }
 
