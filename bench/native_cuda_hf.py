@@ -20,14 +20,7 @@ import time
 import torch
 
 from prompt_tokens import xorshift_tokens
-from qwen3_weight_draws import qwen3_weight_draws
-
-QWEN3_06B = dict(
-    architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=151936, hidden_size=1024,
-    intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-    max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-    hidden_act="silu", attention_bias=False, torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645,
-)
+from qwen3_weight_draws import NORM_STD, QWEN3_06B, WEIGHT_STD, qwen3_weight_draws
 
 
 def timed(fn, reps):
@@ -86,18 +79,14 @@ def make_model(folder):
     os.makedirs(folder, exist_ok=True)
     c = QWEN3_06B
     g = torch.Generator(device="cuda").manual_seed(20261124)
-    std = 0.04
-    h, hd, inter = c["hidden_size"], c["head_dim"], c["intermediate_size"]
 
     def mat(rows, cols):
-        return (torch.randn(rows, cols, generator=g, device="cuda") * std).to(torch.bfloat16).cpu()
+        return (torch.randn(rows, cols, generator=g, device="cuda") * WEIGHT_STD).to(torch.bfloat16).cpu()
 
     def norm(n):
-        return (1.0 + 0.1 * torch.randn(n, generator=g, device="cuda")).to(torch.bfloat16).cpu()
+        return (1.0 + NORM_STD * torch.randn(n, generator=g, device="cuda")).to(torch.bfloat16).cpu()
 
-    draws = qwen3_weight_draws(h, hd, inter, c["num_attention_heads"], c["num_key_value_heads"],
-                               c["num_hidden_layers"], c["vocab_size"])
-    t = {name: mat(*shape) if kind == "mat" else norm(*shape) for name, shape, kind in draws}
+    t = {name: mat(*shape) if kind == "mat" else norm(*shape) for name, shape, kind in qwen3_weight_draws(c)}
     save_file(t, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     json.dump(c, open(os.path.join(folder, "config.json"), "w"), indent=1)
     json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "do_sample": False},

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from prompt_tokens import xorshift_tokens
-from qwen3_weight_draws import qwen3_weight_draws
+from qwen3_weight_draws import NORM_STD, QWEN3_06B, WEIGHT_STD, qwen3_weight_draws
 
 
 def bf16(x):
@@ -60,18 +60,15 @@ def make_06b(seed):
     """Qwen3-0.6B's shape with bf16 weights drawn as native_cuda_hf.py make-model draws them
     (other values: numpy's generator, not torch's)."""
     rng = np.random.default_rng(seed)
-    h, hd, inter, nh, nkv, L, V = 1024, 128, 3072, 16, 8, 28, 151936
+
     def mat(r, c):
-        return bf16(rng.standard_normal((r, c), dtype=np.float32) * np.float32(0.04))
+        return bf16(rng.standard_normal((r, c), dtype=np.float32) * np.float32(WEIGHT_STD))
 
     def norm(n):
-        return bf16(np.float32(1) + np.float32(0.1) * rng.standard_normal(n, dtype=np.float32))
+        return bf16(np.float32(1) + np.float32(NORM_STD) * rng.standard_normal(n, dtype=np.float32))
 
-    t = {name: mat(*shape) if kind == "mat" else norm(*shape)
-         for name, shape, kind in qwen3_weight_draws(h, hd, inter, nh, nkv, L, V)}
-    cfg = dict(hidden_size=h, head_dim=hd, num_attention_heads=nh, num_key_value_heads=nkv, num_hidden_layers=L,
-               rope_theta=1e6, rms_norm_eps=1e-6, vocab_size=V)
-    return t, cfg
+    t = {name: mat(*shape) if kind == "mat" else norm(*shape) for name, shape, kind in qwen3_weight_draws(QWEN3_06B)}
+    return t, QWEN3_06B
 
 
 def rms(x, w, eps):
